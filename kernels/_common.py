@@ -1,0 +1,42 @@
+"""Helpers shared by the kernel launchers: where a kernel may run, and launch-size arithmetic."""
+
+import os
+
+import torch
+import triton
+
+# Triton decides at decoration time whether @triton.jit builds GPU kernels or numpy-backed
+# interpreted ones; TRITON_INTERPRET=1 must therefore be set before this package is imported.
+INTERPRETED = os.environ.get("TRITON_INTERPRET", "0") == "1"
+
+
+def check_launchable(name: str, t: torch.Tensor) -> None:
+    """Raise if ``t`` cannot be passed to a Triton kernel in this process.
+
+    Raises:
+        ValueError: CPU tensor without the interpreter, or bfloat16 under the interpreter
+            (numpy has no bfloat16).
+    """
+    if t.is_cuda:
+        return
+    if not INTERPRETED:
+        raise ValueError(
+            f"{name} is on device {t.device}, but the Triton kernels need CUDA tensors (or "
+            "TRITON_INTERPRET=1 set before importing fastvae, to run them on the CPU through "
+            "Triton's interpreter). Use backend='torch' for CPU tensors."
+        )
+    if t.dtype == torch.bfloat16:
+        raise ValueError(
+            f"{name} has dtype torch.bfloat16, which Triton's CPU interpreter does not support; "
+            "use a CUDA device, another dtype, or backend='torch'."
+        )
+
+
+def loss_dtype(dtype: torch.dtype) -> torch.dtype:
+    """Dtype of losses and reductions: float64 for float64 inputs, float32 otherwise."""
+    return torch.float64 if dtype == torch.float64 else torch.float32
+
+
+def pow2_at_most(n: int, cap: int) -> int:
+    """Smallest power of two >= n, capped at ``cap`` (block sizes must be powers of two)."""
+    return min(triton.next_power_of_2(max(n, 1)), cap)

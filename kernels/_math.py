@@ -1,0 +1,59 @@
+"""Numerically careful elementwise helpers for the kernels (no libdevice: the interpreter lacks it)."""
+
+import triton
+import triton.language as tl
+
+
+@triton.jit
+def to_acc(x):
+    """Accumulation dtype: float64 stays float64, everything else is computed in float32."""
+    if x.dtype == tl.float64:
+        return x
+    else:
+        return x.to(tl.float32)
+
+
+@triton.jit
+def log1p_small(t):
+    """log(1 + t) for t >= 0 without libdevice's log1p (Goldberg's trick: exact-ish when 1 + t
+    rounds): log(u) * t / (u - 1) with u = 1 + t, and t itself when u == 1."""
+    u = 1.0 + t
+    return tl.where(u == 1.0, t, tl.log(u) * (t / (u - 1.0)))
+
+
+@triton.jit
+def expm1_and_phi(v):
+    """(exp(v) - 1, exp(v) - 1 - v), with a Taylor series to v^10 for |v| < 0.5 where both
+    forms cancel (the series is only fed small values, so it cannot overflow)."""
+    small = tl.abs(v) < 0.5
+    s = tl.where(small, v, 0.0)
+    p = 1.0 / 3628800.0
+    p = p * s + 1.0 / 362880.0
+    p = p * s + 1.0 / 40320.0
+    p = p * s + 1.0 / 5040.0
+    p = p * s + 1.0 / 720.0
+    p = p * s + 1.0 / 120.0
+    p = p * s + 1.0 / 24.0
+    p = p * s + 1.0 / 6.0
+    p = p * s + 0.5
+    phi_series = s * s * p
+    ev = tl.exp(v)
+    expm1 = tl.where(small, s + phi_series, ev - 1.0)
+    phi = tl.where(small, phi_series, ev - 1.0 - v)
+    return expm1, phi
+
+
+@triton.jit
+def standard_normal(seed, offset):
+    """N(0, 1) noise for each int64 element index in ``offset``.
+
+    The Philox-4x32-10 counter is (low 32 bits, high 32 bits, 0, 0) of the index and the key is
+    the 64-bit seed, so a value depends only on (seed, index): never on block sizes or launch
+    layout. Two of the four outputs feed one Box-Muller transform.
+    """
+    lo = offset.to(tl.uint32)
+    hi = (offset >> 32).to(tl.uint32)
+    zero = lo * 0
+    r0, r1, _, _ = tl.philox(seed, lo, hi, zero, zero)
+    n, _ = tl.pair_uniform_to_normal(tl.uint_to_uniform_float(r0), tl.uint_to_uniform_float(r1))
+    return n

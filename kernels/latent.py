@@ -1,0 +1,158 @@
+"""Fused latent-space kernels: reparameterization sample and closed-form Gaussian KL.
+
+One kernel does both (``sample_and_kl``); ``reparameterize`` and ``gaussian_kl`` are the same
+kernel with the other half switched off at compile time.
+"""
+
+import torch
+import triton
+import triton.language as tl
+
+from ._common import check_launchable, loss_dtype, pow2_at_most
+from ._math import expm1_and_phi, standard_normal, to_acc
+
+_MAX_BLOCK_L = 128
+_BLOCK_ELEMS = 2048  # elements per program: BLOCK_B rows x BLOCK_L columns
+
+
+# Forward, for row b, column j and sample k (counter c = k*B*L + b*L + j):
+#   eps = Philox-normal(seed, c);  z[k, b, j] = mu + eps * exp(0.5 * lv)
+#   kl[b] = 0.5 * sum_j (mu^2 + exp(lv) - 1 - lv)
+# Backward, given dz (K, B, L) and dkl (B,) (stride 0 when the KL was summed or averaged):
+#   dmu = sum_k dz_k + dkl_b * mu
+#   dlv = 0.5 * exp(0.5 * lv) * sum_k dz_k * eps_k + dkl_b * 0.5 * (exp(lv) - 1)
+# eps is regenerated from (seed, c) in backward: it is never stored.
+@triton.jit
+def _sample_and_kl_fwd_kernel(
+    mu_ptr, lv_ptr, seed_ptr, z_ptr, kl_ptr,
+    B, L, K, sample_stride,
+    SAMPLE: tl.constexpr, KL: tl.constexpr, BLOCK_B: tl.constexpr, BLOCK_L: tl.constexpr,
+):
+    rows = tl.program_id(0).to(tl.int64) * BLOCK_B + tl.arange(0, BLOCK_B)
+    row_mask = rows < B
+    seed = tl.load(seed_ptr)
+    kl_acc = tl.zeros([BLOCK_B], dtype=kl_ptr.dtype.element_ty)
+    for col0 in range(0, L, BLOCK_L):
+        cols = col0 + tl.arange(0, BLOCK_L)
+        mask = row_mask[:, None] & (cols < L)[None, :]
+        idx = rows[:, None] * L + cols[None, :]
+        mu = to_acc(tl.load(mu_ptr + idx, mask=mask, other=0.0))
+        lv = to_acc(tl.load(lv_ptr + idx, mask=mask, other=0.0))
+        if KL:
+            _, phi = expm1_and_phi(lv)
+            kl_acc += tl.sum(tl.where(mask, mu * mu + phi, 0.0), axis=1)
+        if SAMPLE:
+            std = tl.exp(0.5 * lv)
+            off = idx
+            for _k in range(K):
+                eps = standard_normal(seed, off)
+                z = mu + eps.to(mu.dtype) * std
+                tl.store(z_ptr + off, z.to(z_ptr.dtype.element_ty), mask=mask)
+                off += sample_stride
+    if KL:
+        tl.store(kl_ptr + rows, 0.5 * kl_acc, mask=row_mask)
+
+
+@triton.jit
+def _sample_and_kl_bwd_kernel(
+    mu_ptr, lv_ptr, seed_ptr, dz_ptr, dkl_ptr, dmu_ptr, dlv_ptr,
+    B, L, K, sample_stride, dkl_stride,
+    HAS_DZ: tl.constexpr, HAS_DKL: tl.constexpr, BLOCK_B: tl.constexpr, BLOCK_L: tl.constexpr,
+):
+    rows = tl.program_id(0).to(tl.int64) * BLOCK_B + tl.arange(0, BLOCK_B)
+    row_mask = rows < B
+    seed = tl.load(seed_ptr)
+    if HAS_DKL:
+        g = to_acc(tl.load(dkl_ptr + rows * dkl_stride, mask=row_mask, other=0.0))[:, None]
+    for col0 in range(0, L, BLOCK_L):
+        cols = col0 + tl.arange(0, BLOCK_L)
+        mask = row_mask[:, None] & (cols < L)[None, :]
+        idx = rows[:, None] * L + cols[None, :]
+        mu = to_acc(tl.load(mu_ptr + idx, mask=mask, other=0.0))
+        lv = to_acc(tl.load(lv_ptr + idx, mask=mask, other=0.0))
+        dmu = tl.zeros_like(mu)
+        dlv = tl.zeros_like(lv)
+        if HAS_DZ:
+            dz_eps = tl.zeros_like(mu)
+            off = idx
+            for _k in range(K):
+                dz = to_acc(tl.load(dz_ptr + off, mask=mask, other=0.0))
+                eps = standard_normal(seed, off)
+                dmu += dz
+                dz_eps += dz * eps.to(mu.dtype)
+                off += sample_stride
+            dlv += 0.5 * tl.exp(0.5 * lv) * dz_eps
+        if HAS_DKL:
+            expm1, _ = expm1_and_phi(lv)
+            dmu += g * mu
+            dlv += g * 0.5 * expm1
+        tl.store(dmu_ptr + idx, dmu.to(dmu_ptr.dtype.element_ty), mask=mask)
+        tl.store(dlv_ptr + idx, dlv.to(dlv_ptr.dtype.element_ty), mask=mask)
+
+
+def _blocks(L: int) -> tuple[int, int]:
+    block_l = pow2_at_most(L, _MAX_BLOCK_L)
+    return max(1, _BLOCK_ELEMS // block_l), block_l
+
+
+def sample_and_kl_fwd(
+    mu: torch.Tensor, logvar: torch.Tensor, seed: torch.Tensor, n_samples: int, sample: bool, kl: bool
+) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+    """Launch the fused forward kernel.
+
+    Args:
+        mu, logvar: ``(B, L)``, same floating dtype and device (made contiguous here).
+        seed: int64 tensor of one element on the same device (the Philox key).
+        n_samples: K >= 1 samples per row; z is ``(B, L)`` for K == 1, else ``(K, B, L)``.
+        sample, kl: which outputs to compute.
+
+    Returns:
+        ``(z or None, kl or None)``: z in the input dtype, per-row KL ``(B,)`` in float32
+        (float64 for float64 inputs), in nats.
+    """
+    check_launchable("mu", mu)
+    mu, logvar = mu.contiguous(), logvar.contiguous()
+    B, L = mu.shape
+    z_shape = (B, L) if n_samples == 1 else (n_samples, B, L)
+    z = torch.empty(z_shape, dtype=mu.dtype, device=mu.device) if sample else None
+    kl_rows = torch.empty(B, dtype=loss_dtype(mu.dtype), device=mu.device) if kl else None
+    if B * L > 0:
+        block_b, block_l = _blocks(L)
+        _sample_and_kl_fwd_kernel[(triton.cdiv(B, block_b),)](
+            mu, logvar, seed, z if sample else mu, kl_rows if kl else mu,
+            B, L, n_samples, B * L,
+            SAMPLE=sample, KL=kl, BLOCK_B=block_b, BLOCK_L=block_l,
+        )
+    elif kl:
+        kl_rows.zero_()
+    return z, kl_rows
+
+
+def sample_and_kl_bwd(
+    mu: torch.Tensor,
+    logvar: torch.Tensor,
+    seed: torch.Tensor,
+    n_samples: int,
+    grad_z: torch.Tensor | None,
+    grad_kl: torch.Tensor | None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Launch the fused backward kernel; returns ``(dmu, dlogvar)`` in the input dtype.
+
+    ``grad_z`` has z's shape (or is None when z was unused); ``grad_kl`` is ``(B,)`` and may be
+    an expanded (stride 0) view, or None when the KL was unused. eps is regenerated from seed.
+    """
+    check_launchable("mu", mu)
+    mu, logvar = mu.contiguous(), logvar.contiguous()
+    B, L = mu.shape
+    dmu, dlv = torch.empty_like(mu), torch.empty_like(logvar)
+    if B * L > 0:
+        if grad_z is not None:
+            grad_z = grad_z.contiguous()
+        block_b, block_l = _blocks(L)
+        _sample_and_kl_bwd_kernel[(triton.cdiv(B, block_b),)](
+            mu, logvar, seed, mu if grad_z is None else grad_z, mu if grad_kl is None else grad_kl,
+            dmu, dlv, B, L, n_samples, B * L, 0 if grad_kl is None else grad_kl.stride(0),
+            HAS_DZ=grad_z is not None, HAS_DKL=grad_kl is not None,
+            BLOCK_B=block_b, BLOCK_L=block_l,
+        )
+    return dmu, dlv

@@ -1,0 +1,172 @@
+"""Fused reconstruction losses: per-sample negative log-likelihood and its gradient in one pass."""
+
+import torch
+import triton
+import triton.language as tl
+
+from ._common import check_launchable, loss_dtype, pow2_at_most
+from ._math import log1p_small, to_acc
+
+LIKELIHOOD_CODES = {"bernoulli": 0, "mse": 1, "gaussian": 2}
+_MAX_BLOCK_D = 4096
+_HALF_LOG_2PI = 0.9189385332046727
+
+
+# Per element, with r the decoder output (logits l or mean m), x the target, v the log-variance:
+#   bernoulli: loss = max(l, 0) - l*x + log(1 + exp(-|l|))      dl = sigmoid(l) - x
+#   mse:       loss = (r - x)^2                                   dr = 2 (r - x)
+#   gaussian:  loss = 0.5 (log 2pi + v + (x - m)^2 exp(-v))       dm = (m - x) exp(-v)
+#                                                                 dv = 0.5 (1 - (x - m)^2 exp(-v))
+# sigmoid(l) is t/(1+t) or 1/(1+t) with t = exp(-|l|), so nothing overflows for any |l|.
+@triton.jit
+def _recon_terms(r, x, v, LIKELIHOOD: tl.constexpr):
+    if LIKELIHOOD == 0:
+        t = tl.exp(-tl.abs(r))
+        loss = tl.maximum(r, 0.0) - r * x + log1p_small(t)
+        dr = tl.where(r >= 0, 1.0 / (1.0 + t), t / (1.0 + t)) - x
+        dv = dr
+    elif LIKELIHOOD == 1:
+        diff = r - x
+        loss = diff * diff
+        dr = 2.0 * diff
+        dv = dr
+    else:
+        diff = r - x
+        inv_var = tl.exp(-v)
+        scaled = diff * diff * inv_var
+        loss = _HALF_LOG_2PI + 0.5 * (v + scaled)
+        dr = diff * inv_var
+        dv = 0.5 * (1.0 - scaled)
+    return loss, dr, dv
+
+
+# One program per (row, chunk of BLOCK_D features): writes the chunk's loss sum to partial[pid]
+# (rows are summed from these partials on the host side of the launch, deterministically) and,
+# when asked, the gradient divided by grad_div (1 for "sum", B for "mean"), so that backward
+# only multiplies it by grad_output.
+@triton.jit
+def _recon_loss_fwd_kernel(
+    r_ptr, x_ptr, v_ptr, partial_ptr, dr_ptr, dv_ptr,
+    D, n_chunks, grad_div,
+    LIKELIHOOD: tl.constexpr, WRITE_DR: tl.constexpr, WRITE_DV: tl.constexpr, BLOCK_D: tl.constexpr,
+):
+    pid = tl.program_id(0)
+    row = pid // n_chunks
+    cols = (pid % n_chunks) * BLOCK_D + tl.arange(0, BLOCK_D)
+    mask = cols < D
+    off = row.to(tl.int64) * D + cols
+    r = to_acc(tl.load(r_ptr + off, mask=mask, other=0.0))
+    x = to_acc(tl.load(x_ptr + off, mask=mask, other=0.0))
+    v = r
+    if LIKELIHOOD == 2:
+        v = to_acc(tl.load(v_ptr + off, mask=mask, other=0.0))
+    loss, dr, dv = _recon_terms(r, x, v, LIKELIHOOD)
+    tl.store(partial_ptr + pid, tl.sum(tl.where(mask, loss, 0.0), axis=0))
+    if WRITE_DR:
+        tl.store(dr_ptr + off, (dr / grad_div).to(dr_ptr.dtype.element_ty), mask=mask)
+    if WRITE_DV:
+        tl.store(dv_ptr + off, (dv / grad_div).to(dv_ptr.dtype.element_ty), mask=mask)
+
+
+# Backward for reduction "none": grad_output g is per row, so the gradient is recomputed here,
+# scaled by g[row]: dr = g * dr_elem, dv = g * dv_elem.
+@triton.jit
+def _recon_loss_bwd_kernel(
+    r_ptr, x_ptr, v_ptr, g_ptr, dr_ptr, dv_ptr,
+    D, n_chunks, g_stride,
+    LIKELIHOOD: tl.constexpr, WRITE_DR: tl.constexpr, WRITE_DV: tl.constexpr, BLOCK_D: tl.constexpr,
+):
+    pid = tl.program_id(0)
+    row = pid // n_chunks
+    cols = (pid % n_chunks) * BLOCK_D + tl.arange(0, BLOCK_D)
+    mask = cols < D
+    off = row.to(tl.int64) * D + cols
+    r = to_acc(tl.load(r_ptr + off, mask=mask, other=0.0))
+    x = to_acc(tl.load(x_ptr + off, mask=mask, other=0.0))
+    v = r
+    if LIKELIHOOD == 2:
+        v = to_acc(tl.load(v_ptr + off, mask=mask, other=0.0))
+    g = to_acc(tl.load(g_ptr + row.to(tl.int64) * g_stride))
+    _, dr, dv = _recon_terms(r, x, v, LIKELIHOOD)
+    if WRITE_DR:
+        tl.store(dr_ptr + off, (g * dr).to(dr_ptr.dtype.element_ty), mask=mask)
+    if WRITE_DV:
+        tl.store(dv_ptr + off, (g * dv).to(dv_ptr.dtype.element_ty), mask=mask)
+
+
+def _layout(recon: torch.Tensor) -> tuple[int, int, int, int]:
+    B = recon.shape[0]
+    D = recon.numel() // B if B else 0
+    block_d = pow2_at_most(D, _MAX_BLOCK_D)
+    return B, D, block_d, triton.cdiv(D, block_d)
+
+
+def recon_loss_fwd(
+    recon: torch.Tensor,
+    x: torch.Tensor,
+    recon_logvar: torch.Tensor | None,
+    likelihood: str,
+    grad_div: int,
+    grad_recon: bool,
+    grad_logvar: bool,
+) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
+    """Per-sample reconstruction loss, and optionally its gradient, in one pass.
+
+    Args:
+        recon, x, recon_logvar: ``(B, *feature_shape)``, same floating dtype and device
+            (made contiguous here); recon_logvar only for "gaussian".
+        likelihood: "bernoulli", "mse" or "gaussian".
+        grad_div: the written gradients are divided by this (1 for "sum", B for "mean").
+        grad_recon, grad_logvar: which gradients to write.
+
+    Returns:
+        ``(loss_rows, d_recon or None, d_logvar or None)``: loss_rows ``(B,)`` in float32
+        (float64 for float64 inputs), in nats; gradients in the input dtype and shape.
+    """
+    check_launchable("recon", recon)
+    recon, x = recon.contiguous(), x.contiguous()
+    gaussian = likelihood == "gaussian"
+    logvar = recon_logvar.contiguous() if gaussian else recon
+    B, D, block_d, n_chunks = _layout(recon)
+    partial = torch.zeros(B * n_chunks, dtype=loss_dtype(recon.dtype), device=recon.device)
+    dr = torch.empty_like(recon) if grad_recon else None
+    dv = torch.empty_like(logvar) if grad_logvar and gaussian else None
+    if B * D > 0:
+        _recon_loss_fwd_kernel[(B * n_chunks,)](
+            recon, x, logvar, partial, recon if dr is None else dr, recon if dv is None else dv,
+            D, n_chunks, grad_div,
+            LIKELIHOOD=LIKELIHOOD_CODES[likelihood], WRITE_DR=dr is not None,
+            WRITE_DV=dv is not None, BLOCK_D=block_d,
+        )
+    return partial.view(B, n_chunks).sum(dim=1), dr, dv
+
+
+def recon_loss_bwd(
+    recon: torch.Tensor,
+    x: torch.Tensor,
+    recon_logvar: torch.Tensor | None,
+    likelihood: str,
+    grad_rows: torch.Tensor,
+    grad_recon: bool,
+    grad_logvar: bool,
+) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+    """Gradient of ``sum_b grad_rows[b] * loss_rows[b]`` for reduction "none".
+
+    ``grad_rows`` is ``(B,)`` (any stride, including an expanded view). Returns
+    ``(d_recon or None, d_logvar or None)`` in the input dtype.
+    """
+    check_launchable("recon", recon)
+    recon, x = recon.contiguous(), x.contiguous()
+    gaussian = likelihood == "gaussian"
+    logvar = recon_logvar.contiguous() if gaussian else recon
+    B, D, block_d, n_chunks = _layout(recon)
+    dr = torch.empty_like(recon) if grad_recon else None
+    dv = torch.empty_like(logvar) if grad_logvar and gaussian else None
+    if B * D > 0 and (dr is not None or dv is not None):
+        _recon_loss_bwd_kernel[(B * n_chunks,)](
+            recon, x, logvar, grad_rows, recon if dr is None else dr, recon if dv is None else dv,
+            D, n_chunks, grad_rows.stride(0),
+            LIKELIHOOD=LIKELIHOOD_CODES[likelihood], WRITE_DR=dr is not None,
+            WRITE_DV=dv is not None, BLOCK_D=block_d,
+        )
+    return dr, dv
