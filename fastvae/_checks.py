@@ -1,0 +1,79 @@
+"""Argument checks for the public API: every failure names the argument and what was expected."""
+
+from __future__ import annotations
+
+import math
+import numbers
+
+import torch
+
+FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
+
+
+def tensor(name: str, t, *, ndim: int | None = None, min_ndim: int = 1) -> None:
+    """``t`` must be a floating-point tensor with ``ndim`` dims (or at least ``min_ndim``)."""
+    if not isinstance(t, torch.Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
+    if t.dtype not in FLOAT_DTYPES:
+        raise TypeError(
+            f"{name} must be a floating-point tensor (float16, bfloat16, float32 or float64), "
+            f"got dtype {t.dtype}"
+        )
+    if ndim is not None and t.dim() != ndim:
+        raise ValueError(
+            f"{name} must have {ndim} dims, got {t.dim()} (shape {tuple(t.shape)})"
+        )
+    if t.dim() < min_ndim:
+        raise ValueError(
+            f"{name} must have at least {min_ndim} dim (the batch), got shape {tuple(t.shape)}"
+        )
+
+
+def same(name_a: str, a: torch.Tensor, name_b: str, b: torch.Tensor) -> None:
+    """``a`` and ``b`` must agree in shape, dtype and device."""
+    if a.shape != b.shape:
+        raise ValueError(
+            f"{name_b} must have the same shape as {name_a}: expected {tuple(a.shape)}, "
+            f"got {tuple(b.shape)}"
+        )
+    if a.dtype != b.dtype:
+        raise TypeError(
+            f"{name_b} must have the same dtype as {name_a}: expected {a.dtype}, got {b.dtype}"
+        )
+    if a.device != b.device:
+        raise ValueError(
+            f"{name_b} must be on the same device as {name_a}: expected {a.device}, "
+            f"got {b.device}"
+        )
+
+
+def choice(name: str, value, choices: tuple[str, ...]) -> None:
+    if value not in choices:
+        raise ValueError(f"{name} must be one of {', '.join(map(repr, choices))}; got {value!r}")
+
+
+def positive_int(name: str, value) -> None:
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
+        raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
+
+
+def beta(value) -> None:
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, numbers.Real)
+        or not math.isfinite(value)
+        or value < 0
+    ):
+        raise ValueError(f"beta must be a finite number >= 0, got {value!r}")
+
+
+def generator(gen, device: torch.device) -> None:
+    if gen is None:
+        return
+    if not isinstance(gen, torch.Generator):
+        raise TypeError(f"generator must be a torch.Generator or None, got {type(gen).__name__}")
+    if gen.device.type != device.type:
+        raise ValueError(
+            f"generator must be on the device type of mu ({device.type}), got a generator on "
+            f"{gen.device}"
+        )

@@ -1,0 +1,194 @@
+"""The Triton kernels registered as PyTorch operators (``torch.library.custom_op``).
+
+Each op has a fake (shape-only) implementation and an autograd formula, so it composes with
+autograd, runs under ``torch.compile(fullgraph=True)`` without graph breaks, and is opaque to
+the compiler. Optional outputs that were not asked for come back as empty tensors.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from fastvae import kernels
+from fastvae.kernels._common import loss_dtype
+
+
+def _empty(like: Tensor, dtype: torch.dtype | None = None) -> Tensor:
+    return like.new_empty(0, dtype=dtype)
+
+
+# ---------------------------------------------------------------- reparameterization + KL
+
+
+@torch.library.custom_op("fastvae::sample_and_kl", mutates_args=())
+def sample_and_kl_op(
+    mu: Tensor, logvar: Tensor, seed: Tensor, n_samples: int, sample: bool, kl: bool
+) -> tuple[Tensor, Tensor]:
+    """(z, per-row KL) from one kernel launch; either may be switched off (empty result)."""
+    z, kl_rows = kernels.sample_and_kl_fwd(mu, logvar, seed, n_samples, sample, kl)
+    return (
+        z if z is not None else _empty(mu),
+        kl_rows if kl_rows is not None else _empty(mu, loss_dtype(mu.dtype)),
+    )
+
+
+@sample_and_kl_op.register_fake
+def _(mu, logvar, seed, n_samples, sample, kl):
+    B, L = mu.shape
+    z_shape = (B, L) if n_samples == 1 else (n_samples, B, L)
+    z = mu.new_empty(z_shape) if sample else _empty(mu)
+    kl_rows = mu.new_empty(B if kl else 0, dtype=loss_dtype(mu.dtype))
+    return z, kl_rows
+
+
+@torch.library.custom_op("fastvae::sample_and_kl_backward", mutates_args=())
+def sample_and_kl_backward_op(
+    mu: Tensor,
+    logvar: Tensor,
+    seed: Tensor,
+    n_samples: int,
+    grad_z: Tensor | None,
+    grad_kl: Tensor | None,
+) -> tuple[Tensor, Tensor]:
+    """(dmu, dlogvar) from one kernel launch; eps is regenerated from ``seed``."""
+    return kernels.sample_and_kl_bwd(mu, logvar, seed, n_samples, grad_z, grad_kl)
+
+
+@sample_and_kl_backward_op.register_fake
+def _(mu, logvar, seed, n_samples, grad_z, grad_kl):
+    return torch.empty_like(mu), torch.empty_like(logvar)
+
+
+def _sample_and_kl_setup(ctx, inputs, output):
+    mu, logvar, seed, n_samples, _, _ = inputs
+    ctx.save_for_backward(mu, logvar, seed)
+    ctx.n_samples = n_samples
+    ctx.set_materialize_grads(False)  # an unused output gets None, not a tensor of zeros
+
+
+def _sample_and_kl_backward(ctx, grad_z, grad_kl):
+    mu, logvar, seed = ctx.saved_tensors
+    if grad_z is None and grad_kl is None:
+        return None, None, None, None, None, None
+    dmu, dlogvar = sample_and_kl_backward_op(mu, logvar, seed, ctx.n_samples, grad_z, grad_kl)
+    return dmu, dlogvar, None, None, None, None
+
+
+sample_and_kl_op.register_autograd(_sample_and_kl_backward, setup_context=_sample_and_kl_setup)
+
+
+# ---------------------------------------------------------------- reconstruction loss
+
+
+@torch.library.custom_op("fastvae::reconstruction_loss", mutates_args=())
+def reconstruction_loss_op(
+    recon: Tensor,
+    x: Tensor,
+    recon_logvar: Tensor | None,
+    likelihood: str,
+    reduction: str,
+    grad_recon: bool,
+    grad_logvar: bool,
+) -> tuple[Tensor, Tensor, Tensor]:
+    """(loss, d_recon, d_logvar): the loss reduced as asked; for "sum"/"mean" the gradients
+    (already divided by B for "mean") come from the same pass, for "none" they are empty and
+    computed in backward, where grad_output is per row."""
+    if reduction == "none":
+        rows, _, _ = kernels.recon_loss_fwd(recon, x, recon_logvar, likelihood, 1, False, False)
+        return rows, _empty(recon), _empty(recon)
+    B = recon.shape[0]
+    grad_div = B if reduction == "mean" and B > 0 else 1
+    rows, dr, dv = kernels.recon_loss_fwd(
+        recon, x, recon_logvar, likelihood, grad_div, grad_recon, grad_logvar
+    )
+    total = rows.sum() if reduction == "sum" else rows.mean()
+    return total, dr if dr is not None else _empty(recon), dv if dv is not None else _empty(recon)
+
+
+@reconstruction_loss_op.register_fake
+def _(recon, x, recon_logvar, likelihood, reduction, grad_recon, grad_logvar):
+    dtype = loss_dtype(recon.dtype)
+    loss = recon.new_empty(recon.shape[:1] if reduction == "none" else (), dtype=dtype)
+    fused = reduction != "none"
+    dr = torch.empty_like(recon) if fused and grad_recon else _empty(recon)
+    gaussian = likelihood == "gaussian"
+    dv = torch.empty_like(recon) if fused and grad_logvar and gaussian else _empty(recon)
+    return loss, dr, dv
+
+
+@torch.library.custom_op("fastvae::reconstruction_loss_backward", mutates_args=())
+def reconstruction_loss_backward_op(
+    recon: Tensor,
+    x: Tensor,
+    recon_logvar: Tensor | None,
+    likelihood: str,
+    grad_rows: Tensor,
+    grad_recon: bool,
+    grad_logvar: bool,
+) -> tuple[Tensor, Tensor]:
+    """Gradients for reduction "none" (per-row grad_output), recomputed from recon and x."""
+    dr, dv = kernels.recon_loss_bwd(
+        recon, x, recon_logvar, likelihood, grad_rows, grad_recon, grad_logvar
+    )
+    return dr if dr is not None else _empty(recon), dv if dv is not None else _empty(recon)
+
+
+@reconstruction_loss_backward_op.register_fake
+def _(recon, x, recon_logvar, likelihood, grad_rows, grad_recon, grad_logvar):
+    dr = torch.empty_like(recon) if grad_recon else _empty(recon)
+    dv = torch.empty_like(recon) if grad_logvar and likelihood == "gaussian" else _empty(recon)
+    return dr, dv
+
+
+def _recon_setup(ctx, inputs, output):
+    recon, x, recon_logvar, likelihood, reduction, _, _ = inputs
+    _, dr, dv = output
+    ctx.save_for_backward(recon, x, recon_logvar, dr, dv)
+    ctx.likelihood, ctx.reduction = likelihood, reduction
+    ctx.mark_non_differentiable(dr, dv)
+    ctx.set_materialize_grads(False)
+
+
+def _target_grad(recon, x, recon_logvar, likelihood, g):
+    """d loss / d x, for the rare case that the target requires grad (PyTorch ops, not fused):
+    bernoulli -l, mse -2 (r - x), gaussian -(m - x) exp(-v); times the broadcast weight g."""
+    acc = loss_dtype(recon.dtype)
+    r, t = recon.to(acc), x.to(acc)
+    if likelihood == "bernoulli":
+        d = -r
+    elif likelihood == "mse":
+        d = -2.0 * (r - t)
+    else:
+        d = -(r - t) * torch.exp(-recon_logvar.to(acc))
+    return (d * g).to(x.dtype)
+
+
+def _recon_backward(ctx, grad_loss, _grad_dr, _grad_dv):
+    recon, x, recon_logvar, dr, dv = ctx.saved_tensors
+    need_r, need_x, need_v = ctx.needs_input_grad[:3]
+    if grad_loss is None:
+        return None, None, None, None, None, None, None
+    d_recon = d_x = d_logvar = None
+    if ctx.reduction == "none":
+        if need_r or need_v:
+            d_recon, d_logvar = reconstruction_loss_backward_op(
+                recon, x, recon_logvar, ctx.likelihood, grad_loss, need_r, need_v
+            )
+        g = grad_loss.reshape((-1,) + (1,) * (recon.dim() - 1))
+    else:
+        scale = grad_loss.to(recon.dtype)
+        d_recon = dr * scale if need_r else None
+        d_logvar = dv * scale if need_v else None
+        g = grad_loss / recon.shape[0] if ctx.reduction == "mean" else grad_loss
+    if need_x:
+        d_x = _target_grad(recon, x, recon_logvar, ctx.likelihood, g)
+    return (
+        d_recon if need_r else None,
+        d_x,
+        d_logvar if need_v else None,
+        None, None, None, None,
+    )
+
+
+reconstruction_loss_op.register_autograd(_recon_backward, setup_context=_recon_setup)
