@@ -16,7 +16,6 @@ from __future__ import annotations
 import math
 
 import torch
-import torch.nn.functional as F
 
 LIKELIHOODS = ("bernoulli", "mse", "gaussian")
 REDUCTIONS = ("none", "sum", "mean")
@@ -54,7 +53,10 @@ def exp_minus_one_minus(v: torch.Tensor) -> torch.Tensor:
     poly = torch.full_like(s, 1.0 / math.factorial(10))
     for n in range(9, 1, -1):
         poly = poly * s + 1.0 / math.factorial(n)
-    return torch.where(small, s * s * poly, torch.exp(v) - 1.0 - v)
+    ev = torch.exp(v)
+    # Beyond v = 64 the "- 1 - v" is below half an ulp of exp(v) even in float64; dropping it
+    # keeps phi(+inf) = +inf instead of inf - inf = NaN.
+    return torch.where(small, s * s * poly, torch.where(v > 64.0, ev, ev - 1.0 - v))
 
 
 def gaussian_kl(mu: torch.Tensor, logvar: torch.Tensor, reduction: str = "mean") -> torch.Tensor:
@@ -116,8 +118,8 @@ def reconstruction_loss(
 ) -> torch.Tensor:
     """Negative log-likelihood of x under the decoder output, summed over each row, in nats.
 
-    - "bernoulli": recon holds logits l; sum max(l, 0) - l*x + log(1 + exp(-|l|)), written here
-      as (1 - x) * l - logsigmoid(l), whose autograd gradient sigmoid(l) - x is exact at l = 0.
+    - "bernoulli": recon holds logits l; sum max(l, 0) - l*x + log(1 + exp(-|l|)); its autograd
+      gradient is sigmoid(l) - x, exact at l = 0 too.
     - "mse": sum (recon - x)^2 (the L2 loss of the seed reports; not a normalized density).
     - "gaussian": recon is the mean m, recon_logvar the log-variance v (same shape);
       sum 0.5 * (log(2 pi) + v + (x - m)^2 * exp(-v)).
@@ -128,13 +130,16 @@ def reconstruction_loss(
     acc = accumulation_dtype(recon.dtype)
     r, t = recon.to(acc), x.to(acc)
     if likelihood == "bernoulli":
-        elem = (1.0 - t) * r - F.logsigmoid(r)
+        # max(l, 0) and -|l| both take their l >= 0 branch at l = 0, so autograd's one-sided
+        # derivative there is the true one, sigmoid(0) - x.
+        pos = r >= 0
+        elem = torch.where(pos, r, 0.0) - r * t + torch.log1p(torch.exp(torch.where(pos, -r, r)))
     elif likelihood == "mse":
         elem = (r - t) ** 2
     else:
         v = recon_logvar.to(acc)
         elem = 0.5 * (_LOG_2PI + v + (t - r) ** 2 * torch.exp(-v))
-    per_sample = elem.reshape(elem.shape[0], -1).sum(dim=1)
+    per_sample = elem.reshape(elem.shape[0], math.prod(elem.shape[1:])).sum(dim=1)
     return reduce_rows(per_sample, reduction)
 
 

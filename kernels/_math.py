@@ -39,7 +39,9 @@ def expm1_and_phi(v):
     phi_series = s * s * p
     ev = tl.exp(v)
     expm1 = tl.where(small, s + phi_series, ev - 1.0)
-    phi = tl.where(small, phi_series, ev - 1.0 - v)
+    # Past v = 64, "- 1 - v" is below half an ulp of exp(v) (even in float64): dropping it
+    # keeps phi(+inf) = +inf rather than inf - inf = NaN.
+    phi = tl.where(small, phi_series, tl.where(v > 64.0, ev, ev - 1.0 - v))
     return expm1, phi
 
 

@@ -1,0 +1,168 @@
+"""Public API: backend dispatch, argument errors, nn.Module wrappers, operator registration."""
+
+import pytest
+import torch
+from helpers import assert_close
+
+import fastvae
+from fastvae import _ops, reference
+from fastvae.kernels import _common
+
+
+def small(device="cpu", shape=(4, 6), seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return [torch.randn(shape, generator=g).to(device) for _ in range(4)]
+
+
+def test_auto_backend_uses_reference_on_cpu(monkeypatch):
+    monkeypatch.delenv("FASTVAE_BACKEND", raising=False)
+    recon, x, mu, lv = small()
+    x = x.sigmoid()
+    got = fastvae.elbo_loss(recon, x, mu, lv, beta=2.0)
+    want = reference.elbo_loss(recon, x, mu, lv, beta=2.0)
+    for a, b in zip(got, want):
+        assert torch.equal(a, b)
+    torch.manual_seed(0)
+    z = fastvae.reparameterize(mu, lv)
+    torch.manual_seed(0)
+    assert torch.equal(z, reference.reparameterize(mu, lv))
+
+
+def test_backend_from_environment(monkeypatch, device):
+    recon, x, mu, lv = small(device)
+    monkeypatch.setenv("FASTVAE_BACKEND", "triton")
+    assert fastvae.functional.resolve_backend(None, mu) == "triton"
+    monkeypatch.setenv("FASTVAE_BACKEND", "torch")
+    assert fastvae.functional.resolve_backend(None, mu) == "torch"
+    assert fastvae.functional.resolve_backend("triton", mu) == "triton"  # the argument wins
+    monkeypatch.setenv("FASTVAE_BACKEND", "cuda")
+    with pytest.raises(ValueError, match="FASTVAE_BACKEND must be one of"):
+        fastvae.gaussian_kl(mu, lv)
+    with pytest.raises(ValueError, match="backend must be one of .*'fast'"):
+        fastvae.gaussian_kl(mu, lv, backend="fast")
+
+
+def test_triton_backend_on_cpu_without_interpreter_is_refused(monkeypatch):
+    monkeypatch.setattr(_common, "INTERPRETED", False)
+    _, _, mu, lv = small("cpu")
+    with pytest.raises(ValueError, match="need CUDA tensors .*TRITON_INTERPRET=1"):
+        fastvae.sample_and_kl(mu, lv, backend="triton")
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="the interpreter only runs without CUDA here")
+def test_bfloat16_under_interpreter_is_refused():
+    _, _, mu, lv = small()
+    with pytest.raises(ValueError, match="bfloat16"):
+        fastvae.gaussian_kl(mu.bfloat16(), lv.bfloat16(), backend="triton")
+
+
+@pytest.mark.parametrize("backend", ["torch", "triton"])
+def test_elbo_is_recon_plus_beta_kl(backend, device):
+    recon, x, mu, lv = small(device, seed=1)
+    x = x.sigmoid()
+    for beta in (0.0, 1.0, 4.0):
+        out = fastvae.elbo_loss(recon, x, mu, lv, beta=beta, reduction="none", backend=backend)
+        assert isinstance(out, fastvae.ELBO)
+        assert_close(out.loss, out.recon + beta * out.kl)
+        assert_close(out.recon, reference.reconstruction_loss(recon, x, reduction="none"))
+        assert_close(out.kl, reference.gaussian_kl(mu, lv, "none"))
+
+
+def test_modules_match_functional(device):
+    recon, x, mu, lv = small(device, seed=2)
+    x = x.sigmoid()
+    crit = fastvae.ELBOLoss(beta=3.0, reduction="sum", backend="triton")
+    assert "beta=3.0" in repr(crit)
+    got = crit(recon, x, mu, lv)
+    want = fastvae.elbo_loss(recon, x, mu, lv, beta=3.0, reduction="sum", backend="triton")
+    assert all(torch.equal(a, b) for a, b in zip(got, want))
+    rec = fastvae.ReconstructionLoss("mse", "none", backend="triton")(recon, x)
+    assert torch.equal(rec, fastvae.reconstruction_loss(recon, x, "mse", reduction="none", backend="triton"))
+    kl = fastvae.GaussianKL("mean", backend="triton")(mu, lv)
+    assert torch.equal(kl, fastvae.gaussian_kl(mu, lv, backend="triton"))
+
+
+X = torch.zeros(2, 3)
+L = torch.zeros(2, 3)
+BAD_CALLS = [
+    ("recon and x shapes", lambda: fastvae.reconstruction_loss(X, torch.zeros(2, 4)), ValueError, r"x must have the same shape as recon: expected \(2, 3\), got \(2, 4\)"),
+    ("integer recon", lambda: fastvae.reconstruction_loss(X.long(), X), TypeError, r"recon must be a floating-point tensor .*torch.int64"),
+    ("bool x", lambda: fastvae.reconstruction_loss(X, X.bool()), TypeError, r"x must be a floating-point tensor .*torch.bool"),
+    ("mixed dtypes", lambda: fastvae.reconstruction_loss(X, X.double()), TypeError, r"x must have the same dtype as recon: expected torch.float32, got torch.float64"),
+    ("not a tensor", lambda: fastvae.reconstruction_loss([1.0], X), TypeError, r"recon must be a torch.Tensor, got list"),
+    ("zero-dim recon", lambda: fastvae.reconstruction_loss(torch.tensor(1.0), torch.tensor(1.0)), ValueError, r"recon must have at least 1 dim"),
+    ("unknown likelihood", lambda: fastvae.reconstruction_loss(X, X, "poisson"), ValueError, r"likelihood must be one of 'bernoulli', 'mse', 'gaussian'; got 'poisson'"),
+    ("unknown reduction", lambda: fastvae.reconstruction_loss(X, X, reduction="avg"), ValueError, r"reduction must be one of 'none', 'sum', 'mean'; got 'avg'"),
+    ("gaussian without logvar", lambda: fastvae.reconstruction_loss(X, X, "gaussian"), ValueError, r"recon_logvar is required"),
+    ("logvar wrong shape", lambda: fastvae.reconstruction_loss(X, X, "gaussian", recon_logvar=torch.zeros(2, 1)), ValueError, r"recon_logvar must have the same shape as recon"),
+    ("logvar for bernoulli", lambda: fastvae.reconstruction_loss(X, X, recon_logvar=X), ValueError, r"recon_logvar is only used by likelihood='gaussian'"),
+    ("mu logvar shapes", lambda: fastvae.gaussian_kl(L, torch.zeros(2, 4)), ValueError, r"logvar must have the same shape as mu"),
+    ("mu 1-D", lambda: fastvae.sample_and_kl(torch.zeros(3), torch.zeros(3)), ValueError, r"mu must have 2 dims, got 1"),
+    ("mu 3-D", lambda: fastvae.reparameterize(torch.zeros(1, 2, 3), torch.zeros(1, 2, 3)), ValueError, r"mu must have 2 dims, got 3"),
+    ("integer logvar", lambda: fastvae.gaussian_kl(L, L.int()), TypeError, r"logvar must be a floating-point tensor"),
+    ("mu logvar dtypes", lambda: fastvae.gaussian_kl(L, L.half()), TypeError, r"logvar must have the same dtype as mu"),
+    ("n_samples 0", lambda: fastvae.reparameterize(L, L, n_samples=0), ValueError, r"n_samples must be an integer >= 1, got 0"),
+    ("n_samples float", lambda: fastvae.reparameterize(L, L, n_samples=2.0), ValueError, r"n_samples must be an integer >= 1, got 2.0"),
+    ("negative beta", lambda: fastvae.elbo_loss(X, X, L, L, beta=-1.0), ValueError, r"beta must be a finite number >= 0, got -1.0"),
+    ("nan beta", lambda: fastvae.elbo_loss(X, X, L, L, beta=float("nan")), ValueError, r"beta must be a finite number >= 0"),
+    ("batch mismatch", lambda: fastvae.elbo_loss(X, X, torch.zeros(5, 3), torch.zeros(5, 3)), ValueError, r"mu must have the batch size of x: expected 2, got 5"),
+    ("generator type", lambda: fastvae.reparameterize(L, L, generator=0), TypeError, r"generator must be a torch.Generator"),
+]
+
+
+@pytest.mark.parametrize("backend", ["torch", "triton"])
+@pytest.mark.parametrize("case", BAD_CALLS, ids=[c[0] for c in BAD_CALLS])
+def test_bad_input_raises_clear_error(case, backend, monkeypatch):
+    monkeypatch.setenv("FASTVAE_BACKEND", backend)
+    _, call, error, message = case
+    with pytest.raises(error, match=message):
+        call()
+
+
+@pytest.mark.cuda
+def test_tensors_on_different_devices():
+    with pytest.raises(ValueError, match="x must be on the same device as recon"):
+        fastvae.reconstruction_loss(X.cuda(), X)
+    with pytest.raises(ValueError, match="generator must be on the device type of mu"):
+        fastvae.reparameterize(L.cuda(), L.cuda(), generator=torch.Generator())
+
+
+def test_operator_registrations(device):
+    """torch.library.opcheck: schema, fake tensors, autograd registration, AOT dispatch."""
+    g = torch.Generator().manual_seed(0)
+    mu = torch.randn(3, 5, generator=g).to(device).requires_grad_(True)
+    lv = torch.randn(3, 5, generator=g).to(device).requires_grad_(True)
+    seed = torch.tensor([7], device=device)
+    torch.library.opcheck(_ops.sample_and_kl_op, (mu, lv, seed, 2, True, True))
+    torch.library.opcheck(_ops.sample_and_kl_backward_op, (mu.detach(), lv.detach(), seed, 1, torch.ones(3, 5, device=device), None))
+    recon = torch.randn(3, 7, generator=g).to(device).requires_grad_(True)
+    x = torch.rand(3, 7, generator=g).to(device)
+    for reduction in ("none", "mean"):
+        torch.library.opcheck(_ops.reconstruction_loss_op, (recon, x, lv[:, :1].expand(3, 7).detach(), "gaussian", reduction, True, False))
+    torch.library.opcheck(_ops.reconstruction_loss_backward_op, (recon.detach(), x, None, "mse", torch.ones(3, device=device), True, False))
+
+
+def test_compiles_without_graph_breaks(device):
+    """A loss head made of fastvae ops traces with torch.compile(fullgraph=True)."""
+    mu, lv, recon = (t.requires_grad_(True) for t in small(device, seed=3)[:3])
+    x = torch.rand(4, 6, device=device)
+
+    def head(mu, lv, recon, x):
+        z, kl = fastvae.sample_and_kl(mu, lv, backend="triton")
+        rec = fastvae.reconstruction_loss(recon + z, x, backend="triton")
+        return rec + 2.0 * kl
+
+    compiled = torch.compile(head, backend="aot_eager", fullgraph=True)
+    torch.manual_seed(1)
+    got = compiled(mu, lv, recon, x)
+    got.backward()
+    grads = [t.grad.clone() for t in (mu, lv, recon)]
+    assert all(torch.isfinite(g).all() for g in grads)
+    for t in (mu, lv, recon):
+        t.grad = None
+    torch.manual_seed(1)
+    want = head(mu, lv, recon, x)
+    want.backward()
+    assert_close(got, want)
+    for a, t in zip(grads, (mu, lv, recon)):
+        assert_close(a, t.grad)

@@ -1,0 +1,276 @@
+"""The fused latent kernel (reparameterize, gaussian_kl, sample_and_kl) against the reference
+and against torch.distributions, on CUDA or on the CPU through Triton's interpreter."""
+
+import math
+
+import pytest
+import torch
+import triton
+import triton.language as tl
+from helpers import TOLERANCES, assert_close
+from torch.distributions import Normal, kl_divergence
+
+import fastvae
+from fastvae import reference
+from fastvae.kernels._math import standard_normal
+
+TRITON = {"backend": "triton"}
+SHAPES = [(1, 1), (1, 20), (7, 3), (5, 129), (33, 20)]
+DTYPES = [
+    torch.float32,
+    torch.float16,
+    torch.float64,
+    pytest.param(torch.bfloat16, marks=pytest.mark.cuda),
+]
+
+
+def gen(device, seed=0):
+    return torch.Generator(device=device).manual_seed(seed)
+
+
+def latent(shape, dtype, device, seed=0, lv_scale=1.0):
+    g = torch.Generator().manual_seed(seed)
+    mu = torch.randn(shape, generator=g)
+    lv = torch.randn(shape, generator=g) * lv_scale
+    return mu.to(device, dtype), lv.to(device, dtype)
+
+
+def kernel_eps(shape, device, seed, n_samples=1, dtype=torch.float32):
+    """The kernel's noise for ``seed``: with mu = 0 and logvar = 0, z is eps itself."""
+    zeros = torch.zeros(shape, device=device, dtype=dtype)
+    return fastvae.reparameterize(zeros, zeros, n_samples=n_samples, generator=gen(device, seed), **TRITON)
+
+
+def kl_oracle(mu, lv):
+    """Per-row KL in float64 from torch.distributions."""
+    mu, lv = mu.double(), lv.double()
+    return kl_divergence(Normal(mu, torch.exp(0.5 * lv)), Normal(0.0, 1.0)).sum(-1)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("shape", SHAPES)
+def test_sample_and_kl_forward(shape, dtype, device):
+    mu, lv = latent(shape, dtype, device)
+    z, kl = fastvae.sample_and_kl(mu, lv, reduction="none", generator=gen(device, 3), **TRITON)
+    eps = kernel_eps(shape, device, 3)
+    assert z.dtype == dtype and kl.dtype == reference.accumulation_dtype(dtype)
+    assert_close(z, reference.reparameterize(mu, lv, eps=eps), dtype=dtype, name="z")
+    assert_close(kl, reference.gaussian_kl(mu, lv, "none"), dtype=dtype, name="kl vs reference")
+    assert_close(kl, kl_oracle(mu, lv), dtype=dtype, name="kl vs torch.distributions")
+
+
+@pytest.mark.parametrize("reduction", ["none", "sum", "mean"])
+def test_gaussian_kl_reductions(reduction, device):
+    mu, lv = latent((6, 5), torch.float32, device)
+    got = fastvae.gaussian_kl(mu, lv, reduction, **TRITON)
+    rows = kl_oracle(mu, lv)
+    want = {"none": rows, "sum": rows.sum(), "mean": rows.mean()}[reduction]
+    assert_close(got, want, dtype=torch.float32)
+
+
+def test_kl_precise_near_zero_and_at_extremes(device):
+    lv = torch.tensor(
+        [[1e-7, -1e-7, 1e-4, -1e-4, 0.01, -0.3, 0.4999, 0.5, -0.5001, 3.0],
+         [-80.0, 80.0, -40.0, 40.0, -1.0, 1.0, 0.2, -0.2, 60.0, -60.0]],
+        device=device,
+    )
+    mu = torch.zeros_like(lv)
+    got = fastvae.gaussian_kl(mu, lv, "none", **TRITON)
+    assert_close(got, kl_oracle(mu, lv), rtol=1e-5, atol=0)
+    # Row of tiny log-variances alone: the cancellation the series exists for.
+    tiny = lv[:1, :5]
+    assert_close(fastvae.gaussian_kl(tiny * 0, tiny, "none", **TRITON), kl_oracle(tiny * 0, tiny), rtol=1e-5, atol=0)
+
+
+def test_overflow_and_nan_propagate_like_reference(device):
+    mu = torch.tensor([[0.5, 1.0], [float("nan"), 0.0], [0.0, 0.0], [1e20, 0.0]], device=device)
+    lv = torch.tensor([[100.0, 0.0], [0.0, 0.0], [0.0, float("inf")], [0.0, -100.0]], device=device)
+    z, kl = fastvae.sample_and_kl(mu, lv, reduction="none", generator=gen(device, 1), **TRITON)
+    eps = kernel_eps(mu.shape, device, 1)
+    assert_close(kl, reference.gaussian_kl(mu, lv, "none"), name="kl")
+    assert_close(z, reference.reparameterize(mu, lv, eps=eps), name="z")
+    assert torch.isinf(kl[0]) and torch.isnan(kl[1]) and torch.isinf(kl[2]) and torch.isinf(kl[3])
+
+
+@pytest.mark.parametrize("reduction", ["none", "sum", "mean"])
+@pytest.mark.parametrize("shape", [(1, 1), (5, 3), (4, 130)])
+def test_sample_and_kl_backward(shape, reduction, device):
+    mu, lv = latent(shape, torch.float32, device, seed=1)
+    mu.requires_grad_(True)
+    lv.requires_grad_(True)
+    w = torch.randn(shape, device=device)
+    row_w = torch.rand(shape[0], device=device) + 0.5
+
+    def objective(z, kl):
+        kl_term = (kl * row_w).sum() if reduction == "none" else 3.0 * kl
+        return (z * w).sum() + kl_term  # grad_output != 1 for both outputs
+
+    z, kl = fastvae.sample_and_kl(mu, lv, reduction=reduction, generator=gen(device, 7), **TRITON)
+    got = torch.autograd.grad(objective(z, kl), (mu, lv))
+    eps = kernel_eps(shape, device, 7)
+    zr, klr = reference.sample_and_kl(mu, lv, reduction=reduction, eps=eps)
+    want = torch.autograd.grad(objective(zr, klr), (mu, lv))
+    assert_close(got[0], want[0], dtype=torch.float32, name="dmu")
+    assert_close(got[1], want[1], dtype=torch.float32, name="dlogvar")
+    # Closed forms (DESIGN.md section 2): dmu = dz + g*mu, dlv = 0.5 dz eps std + g*0.5*(e^lv - 1).
+    g = row_w if reduction == "none" else torch.full_like(row_w, 3.0 / (shape[0] if reduction == "mean" else 1))
+    std = torch.exp(0.5 * lv.detach())
+    assert_close(got[0], w + g[:, None] * mu.detach(), dtype=torch.float32, name="dmu closed form")
+    dlv = 0.5 * w * eps * std + g[:, None] * 0.5 * torch.expm1(lv.detach())
+    assert_close(got[1], dlv, dtype=torch.float32, name="dlogvar closed form")
+
+
+@pytest.mark.parametrize("use", ["z", "kl"])
+def test_backward_with_one_output_unused(use, device):
+    mu, lv = latent((4, 6), torch.float32, device, seed=2)
+    mu.requires_grad_(True)
+    lv.requires_grad_(True)
+    z, kl = fastvae.sample_and_kl(mu, lv, generator=gen(device, 5), **TRITON)
+    dmu, dlv = torch.autograd.grad(z.sum() if use == "z" else kl, (mu, lv))
+    if use == "z":
+        eps = kernel_eps((4, 6), device, 5)
+        assert_close(dmu, torch.ones_like(mu))
+        assert_close(dlv, 0.5 * eps * torch.exp(0.5 * lv.detach()))
+    else:
+        assert_close(dmu, mu.detach() / 4)
+        assert_close(dlv, 0.5 * torch.expm1(lv.detach()) / 4)
+
+
+def test_reparameterize_n_samples(device):
+    mu, lv = latent((3, 5), torch.float32, device, seed=4)
+    mu.requires_grad_(True)
+    lv.requires_grad_(True)
+    z = fastvae.reparameterize(mu, lv, n_samples=4, generator=gen(device, 9), **TRITON)
+    assert z.shape == (4, 3, 5)
+    eps = kernel_eps((3, 5), device, 9, n_samples=4)
+    assert_close(z, reference.reparameterize(mu, lv, n_samples=4, eps=eps))
+    assert not torch.equal(z[0], z[1])
+    # The first sample is the n_samples=1 draw of the same seed: the counter is the element index.
+    assert torch.equal(z[0], fastvae.reparameterize(mu, lv, generator=gen(device, 9), **TRITON))
+    w = torch.randn(4, 3, 5, device=device)
+    got = torch.autograd.grad((z * w).sum(), (mu, lv))
+    want = torch.autograd.grad((reference.reparameterize(mu, lv, n_samples=4, eps=eps) * w).sum(), (mu, lv))
+    assert_close(got[0], want[0], name="dmu")
+    assert_close(got[1], want[1], name="dlogvar")
+
+
+def test_gradcheck_float64(device):
+    mu, lv = latent((3, 4), torch.float64, device, seed=5)
+    mu.requires_grad_(True)
+    lv.requires_grad_(True)
+
+    def fused(m, v):  # a fresh generator per call: gradcheck needs the same noise every time
+        return fastvae.sample_and_kl(m, v, reduction="none", generator=gen(device, 2), **TRITON)
+
+    def multi(m, v):
+        return fastvae.reparameterize(m, v, n_samples=3, generator=gen(device, 2), **TRITON)
+
+    def kl_mean(m, v):
+        return fastvae.gaussian_kl(m, v, "mean", **TRITON)
+
+    for fn in (fused, multi, kl_mean):
+        assert torch.autograd.gradcheck(fn, (mu, lv), eps=1e-6, atol=1e-6, rtol=1e-4)
+
+
+def test_non_contiguous_inputs(device):
+    mu_full, lv_full = latent((6, 10), torch.float32, device, seed=6)
+    mu, lv = mu_full[:, ::2], lv_full.t().contiguous().t()[:, 1::2]  # strided views
+    assert not mu.is_contiguous() and not lv.is_contiguous()
+    z, kl = fastvae.sample_and_kl(mu, lv, reduction="none", generator=gen(device, 4), **TRITON)
+    z_c, kl_c = fastvae.sample_and_kl(mu.contiguous(), lv.contiguous(), reduction="none", generator=gen(device, 4), **TRITON)
+    assert torch.equal(z, z_c) and torch.equal(kl, kl_c)
+
+
+def test_forward_only_and_inputs_untouched(device):
+    mu, lv = latent((5, 7), torch.float32, device, seed=8)
+    mu0, lv0 = mu.clone(), lv.clone()
+    mu.requires_grad_(True)
+    with torch.no_grad():
+        z, kl = fastvae.sample_and_kl(mu, lv, **TRITON)
+    assert z.grad_fn is None and kl.grad_fn is None
+    z, kl = fastvae.sample_and_kl(mu, lv, **TRITON)
+    (z.sum() + kl).backward()
+    assert torch.equal(mu.detach(), mu0) and torch.equal(lv, lv0)
+
+
+def test_seeded_runs_are_bitwise_reproducible(device):
+    mu, lv = latent((9, 11), torch.float32, device, seed=9)
+    mu.requires_grad_(True)
+    runs = []
+    for _ in range(2):
+        torch.manual_seed(123)
+        z, kl = fastvae.sample_and_kl(mu, lv, **TRITON)
+        (grad,) = torch.autograd.grad((z * z).sum() + kl, mu)
+        runs.append((z, kl, grad))
+    for a, b in zip(*runs):
+        assert torch.equal(a, b)
+    # Consecutive calls draw fresh noise; so do different seeds.
+    z1 = fastvae.reparameterize(mu, lv, **TRITON)
+    z2 = fastvae.reparameterize(mu, lv, **TRITON)
+    assert not torch.equal(z1, z2)
+    assert not torch.equal(kernel_eps((9, 11), device, 0), kernel_eps((9, 11), device, 1))
+
+
+def test_noise_statistics(device):
+    n = 200_000
+    eps = kernel_eps((n // 100, 100), device, 11).double().flatten().cpu()
+    # Mean and variance of n standard normals: sd of the mean is 1/sqrt(n), of the variance
+    # sqrt(2/n); 6 sd bounds fail a correct generator with probability ~1e-9.
+    assert abs(eps.mean().item()) < 6 / math.sqrt(n)
+    assert abs(eps.var().item() - 1) < 6 * math.sqrt(2 / n)
+    # Kolmogorov-Smirnov against N(0, 1): critical value at alpha = 1e-6 is about 2.7 / sqrt(n).
+    s, _ = eps.sort()
+    cdf = torch.special.ndtr(s)
+    i = torch.arange(1, n + 1, dtype=torch.float64)
+    ks = torch.maximum(i / n - cdf, cdf - (i - 1) / n).max().item()
+    assert ks < 2.7 / math.sqrt(n), f"KS statistic {ks:.5f}"
+    # Neighbouring elements (same row, next row) and samples k, k+1 are uncorrelated.
+    grid = eps.view(-1, 100)
+    for a, b in ((grid[:, :-1], grid[:, 1:]), (grid[:-1], grid[1:])):
+        r = torch.corrcoef(torch.stack([a.flatten(), b.flatten()]))[0, 1].item()
+        assert abs(r) < 6 / math.sqrt(a.numel())
+    k = kernel_eps((100, 50), device, 12, n_samples=2).double().cpu()
+    r = torch.corrcoef(torch.stack([k[0].flatten(), k[1].flatten()]))[0, 1].item()
+    assert abs(r) < 6 / math.sqrt(5000)
+
+
+def test_counter_uses_high_index_bits(device):
+    """Noise for element index i and i + 2**32 must differ (int64-safe Philox counter)."""
+    out = torch.empty(2, 16, device=device)
+    _draw_normals[(1,)](out[0], 5, 0, N=16)
+    _draw_normals[(1,)](out[1], 5, 2**32, N=16)
+    assert torch.isfinite(out).all()
+    assert not torch.equal(out[0], out[1])
+
+
+@triton.jit
+def _draw_normals(out_ptr, seed, base, N: tl.constexpr):
+    offs = tl.arange(0, N)
+    tl.store(out_ptr + offs, standard_normal(seed, base + offs.to(tl.int64)))
+
+
+def test_empty_batch(device):
+    mu = torch.zeros(0, 4, device=device)
+    z, kl = fastvae.sample_and_kl(mu, mu.clone(), reduction="none", **TRITON)
+    assert z.shape == (0, 4) and kl.shape == (0,)
+    assert fastvae.gaussian_kl(mu, mu.clone(), "sum", **TRITON).item() == 0
+    assert torch.isnan(fastvae.gaussian_kl(mu, mu.clone(), "mean", **TRITON))
+
+
+@pytest.mark.cuda
+def test_cuda_graph_replay_draws_fresh_noise():
+    mu = torch.zeros(64, 32, device="cuda")
+    lv = torch.zeros(64, 32, device="cuda")
+    stream = torch.cuda.Stream()
+    stream.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(stream):
+        fastvae.reparameterize(mu, lv, **TRITON)  # warm-up compiles the kernel outside capture
+    torch.cuda.current_stream().wait_stream(stream)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        z = fastvae.reparameterize(mu, lv, **TRITON)
+    graph.replay()
+    first = z.clone()
+    graph.replay()
+    assert not torch.equal(first, z)
+    assert abs(z.float().std().item() - 1) < 0.1
