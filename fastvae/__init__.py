@@ -27,6 +27,7 @@ from fastvae.functional import (  # noqa: E402
     sample_and_kl,
 )
 from fastvae.modules import ELBOLoss, GaussianKL, ReconstructionLoss  # noqa: E402
+from fastvae.models import MLPVAE  # noqa: E402
 
 __version__ = "0.1.0"
 
@@ -34,6 +35,7 @@ __all__ = [
     "ELBO",
     "ELBOLoss",
     "GaussianKL",
+    "MLPVAE",
     "ReconstructionLoss",
     "SampleKL",
     "elbo_loss",

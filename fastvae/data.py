@@ -1,0 +1,227 @@
+"""Data: MNIST as device-resident uint8 tensors, and a fast batch iterator over them.
+
+The whole of MNIST is 47 MB as uint8, so it lives on the training device; batches are cut
+from it by index with a permutation drawn from a ``torch.Generator``, converted to float in
+[0, 1] on the fly and optionally binarized. There are no DataLoader workers and no per-item
+PIL transforms (which dominate the epoch time of the usual torchvision pipeline on MNIST).
+
+The data root is ``$FASTVAE_DATA`` if set, else ``./data``; MNIST is read from
+``<root>/MNIST/raw`` in torchvision's layout.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Iterator, NamedTuple
+
+import torch
+
+BINARIZE = ("none", "dynamic", "static")
+MNIST_FILES = (
+    "train-images-idx3-ubyte",
+    "train-labels-idx1-ubyte",
+    "t10k-images-idx3-ubyte",
+    "t10k-labels-idx1-ubyte",
+)
+# Seed of the one-off Bernoulli draw behind binarize="static": fixed, so every run and every
+# training seed sees the same binary images.
+STATIC_BINARIZE_SEED = 0
+
+
+class DataNotFoundError(FileNotFoundError):
+    """A data set is not on disk and could not be downloaded; the message says where it goes."""
+
+
+def data_root() -> Path:
+    """``$FASTVAE_DATA`` if set (and non-empty), else ``./data`` (relative to the cwd)."""
+    return Path(os.environ.get("FASTVAE_DATA") or "data")
+
+
+class Split(NamedTuple):
+    """One split of an image data set as tensors.
+
+    images: uint8 ``(N, H, W)`` (or ``(N, C, H, W)``), values 0..255.
+    labels: int64 ``(N,)``.
+    """
+
+    images: torch.Tensor
+    labels: torch.Tensor
+
+
+def _missing_mnist_error(root: Path, reason: str) -> DataNotFoundError:
+    raw = root / "MNIST" / "raw"
+    return DataNotFoundError(
+        f"MNIST was not found under {raw} and could not be downloaded ({reason}). Put the four "
+        f"uncompressed IDX files ({', '.join(MNIST_FILES)}; torchvision's layout) in "
+        f"{raw}{os.sep}, or set the environment variable "
+        f"FASTVAE_DATA to a folder that holds MNIST/raw/ with them (for example "
+        f"`export FASTVAE_DATA=/path/to/data`); the default root is ./data."
+    )
+
+
+def load_mnist(
+    train: bool = True,
+    root: str | os.PathLike | None = None,
+    *,
+    limit: int | None = None,
+    device: str | torch.device = "cpu",
+) -> Split:
+    """MNIST's train (60,000) or test (10,000) split as tensors on ``device``.
+
+    Reads through ``torchvision.datasets.MNIST(root, train=train, download=False)``; if the
+    files are missing, tries ``download=True`` once.
+
+    Args:
+        train: the training split if True, else the test split.
+        root: data root (default :func:`data_root`); the files live in ``<root>/MNIST/raw``.
+        limit: keep only the first ``limit`` images (quick runs and tests).
+        device: where the tensors go.
+
+    Returns:
+        :class:`Split` with images uint8 ``(N, 28, 28)`` and labels int64 ``(N,)``.
+
+    Raises:
+        DataNotFoundError: the files are absent and the download failed; the message says
+            where the four files must go and how to set ``FASTVAE_DATA``.
+    """
+    from torchvision.datasets import MNIST
+
+    root = Path(root) if root is not None else data_root()
+    try:
+        ds = MNIST(str(root), train=train, download=False)
+    except RuntimeError:
+        try:
+            ds = MNIST(str(root), train=train, download=True)
+        except Exception as exc:  # network errors, checksum errors, read-only folders...
+            reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise _missing_mnist_error(root, f"download failed: {reason}") from None
+    images, labels = ds.data, ds.targets
+    if limit is not None:
+        if limit < 1:
+            raise ValueError(f"limit must be >= 1 or None, got {limit}")
+        images, labels = images[:limit], labels[:limit]
+    return Split(images.to(device).contiguous(), labels.to(device=device, dtype=torch.int64))
+
+
+def static_binarize(images: torch.Tensor, seed: int = STATIC_BINARIZE_SEED) -> torch.Tensor:
+    """Binarize uint8 images once: pixel ~ Bernoulli(intensity / 255), from a fixed seed.
+
+    Returns uint8 0/1 of the input's shape and device. This is a fixed sample drawn here, NOT
+    the binarized MNIST file of Larochelle & Murray (2011) used by some papers; numbers on the
+    two are close but not identical.
+    """
+    gen = torch.Generator(device=images.device).manual_seed(seed)
+    probs = images.to(torch.float32).div_(255.0)
+    return torch.bernoulli(probs, generator=gen).to(torch.uint8)
+
+
+class ImageBatches:
+    """Re-iterable batches from uint8 images resident on a device; one ``iter()`` = one epoch.
+
+    Each epoch draws a permutation with ``torch.randperm`` from the iterator's generator (when
+    ``shuffle``), cuts batches by index, and yields ``(x, y)``:
+
+    - ``x``: float32 ``(B, C, H, W)`` in [0, 1] (``(B, 1, 28, 28)`` for MNIST), on the images'
+      device. binarize="none": intensity / 255 (continuous); "dynamic": a fresh
+      Bernoulli(intensity / 255) draw every time a batch is produced, from the generator;
+      "static": binarized once at construction by :func:`static_binarize` (fixed seed
+      ``STATIC_BINARIZE_SEED``, independent of ``seed``), the same values every epoch.
+    - ``y``: int64 ``(B,)`` labels.
+
+    Args:
+        images: uint8 ``(N, H, W)`` or ``(N, C, H, W)``, values 0..255.
+        labels: ``(N,)``.
+        batch_size: B; the last batch is smaller unless ``drop_last``.
+        shuffle: draw a new order every epoch (else the stored order).
+        binarize: "none", "dynamic" or "static".
+        seed: seeds the generator (shuffling and dynamic binarization) when ``generator`` is
+            None. A generator made here lives on the images' device.
+        generator: use this torch.Generator instead (same device type as the images).
+        drop_last: skip a final partial batch.
+    """
+
+    def __init__(
+        self,
+        images: torch.Tensor,
+        labels: torch.Tensor,
+        batch_size: int,
+        *,
+        shuffle: bool = True,
+        binarize: str = "none",
+        seed: int = 0,
+        generator: torch.Generator | None = None,
+        drop_last: bool = False,
+    ):
+        if images.dtype != torch.uint8:
+            raise TypeError(f"images must be uint8 (0..255), got {images.dtype}")
+        if images.dim() == 3:
+            images = images.unsqueeze(1)
+        if images.dim() != 4:
+            raise ValueError(f"images must be (N, H, W) or (N, C, H, W), got {tuple(images.shape)}")
+        if labels.shape[0] != images.shape[0]:
+            raise ValueError(f"{images.shape[0]} images but {labels.shape[0]} labels")
+        if binarize not in BINARIZE:
+            raise ValueError(f"binarize must be one of {BINARIZE}, got {binarize!r}")
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        self.binarize = binarize
+        self.images = static_binarize(images) if binarize == "static" else images
+        # Static images are 0/1 already; the others are scaled by 1/255 per batch.
+        self.scale = 1.0 if binarize == "static" else 1.0 / 255.0
+        self.labels = labels
+        self.batch_size = int(batch_size)
+        self.shuffle = shuffle
+        self.drop_last = drop_last
+        self.generator = generator or torch.Generator(device=images.device).manual_seed(seed)
+
+    @property
+    def device(self) -> torch.device:
+        return self.images.device
+
+    @property
+    def num_images(self) -> int:
+        return self.images.shape[0]
+
+    def __len__(self) -> int:
+        """Batches per epoch."""
+        n, b = self.num_images, self.batch_size
+        return n // b if self.drop_last else -(-n // b)
+
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        n = self.num_images
+        images, labels = self.images, self.labels
+        if self.shuffle:
+            # One gather of the whole (uint8) set per epoch, then contiguous slices: much
+            # cheaper than a small gather per batch.
+            order = torch.randperm(n, generator=self.generator, device=self.device)
+            images, labels = images[order], labels[order]
+        for i in range(len(self)):
+            lo, hi = i * self.batch_size, min((i + 1) * self.batch_size, n)
+            x, y = images[lo:hi], labels[lo:hi]
+            x = x.to(torch.float32).mul_(self.scale)
+            if self.binarize == "dynamic":
+                x = torch.bernoulli(x, generator=self.generator)
+            yield x, y
+
+
+def mnist_batches(
+    train: bool = True,
+    batch_size: int = 128,
+    *,
+    binarize: str = "none",
+    shuffle: bool | None = None,
+    seed: int = 0,
+    limit: int | None = None,
+    device: str | torch.device = "cpu",
+    root: str | os.PathLike | None = None,
+) -> ImageBatches:
+    """:func:`load_mnist` then :class:`ImageBatches`: ``(x, y)`` with x ``(B, 1, 28, 28)``.
+
+    ``shuffle`` defaults to ``train``. See :class:`ImageBatches` for binarize and seed.
+    """
+    split = load_mnist(train, root, limit=limit, device=device)
+    return ImageBatches(
+        split.images, split.labels, batch_size,
+        shuffle=train if shuffle is None else shuffle, binarize=binarize, seed=seed,
+    )
