@@ -4,17 +4,26 @@ import importlib.util
 import sys
 from pathlib import Path
 
-# setup.py installs the repository's kernels/ folder as fastvae.kernels. In a source checkout
-# used without installing (PYTHONPATH=.), load it from beside this package instead.
-if not (Path(__file__).parent / "kernels").is_dir() and "fastvae.kernels" not in sys.modules:
-    _src = Path(__file__).resolve().parent.parent / "kernels" / "__init__.py"
-    if _src.is_file():
-        _spec = importlib.util.spec_from_file_location(
-            "fastvae.kernels", _src, submodule_search_locations=[str(_src.parent)]
-        )
-        _module = importlib.util.module_from_spec(_spec)
-        sys.modules["fastvae.kernels"] = _module
-        _spec.loader.exec_module(_module)
+
+def _load_checkout_kernels():
+    """setup.py installs the repository's kernels/ folder as fastvae.kernels; in a source
+    checkout used without installing (PYTHONPATH=.), load it from beside this package."""
+    init = Path(__file__).resolve().parent.parent / "kernels" / "__init__.py"
+    spec = importlib.util.spec_from_file_location(
+        "fastvae.kernels", init, submodule_search_locations=[str(init.parent)]
+    )
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["fastvae.kernels"] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+try:
+    from fastvae import kernels
+except ModuleNotFoundError as err:
+    if err.name != "fastvae.kernels":
+        raise
+    kernels = _load_checkout_kernels()
 
 from fastvae import reference  # noqa: E402
 from fastvae.functional import (  # noqa: E402

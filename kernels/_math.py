@@ -7,10 +7,9 @@ import triton.language as tl
 @triton.jit
 def to_acc(x):
     """Accumulation dtype: float64 stays float64, everything else is computed in float32."""
-    if x.dtype == tl.float64:
-        return x
-    else:
-        return x.to(tl.float32)
+    if x.dtype != tl.float64:
+        x = x.to(tl.float32)
+    return x
 
 
 @triton.jit
