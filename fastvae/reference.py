@@ -21,7 +21,7 @@ LIKELIHOODS = ("bernoulli", "mse", "gaussian")
 REDUCTIONS = ("none", "sum", "mean")
 
 # phi(v) = exp(v) - 1 - v cancels catastrophically near v = 0; below this |v| a Taylor series is
-# used instead (truncation error < 1e-10 relative at the switch, direct form < 1e-6 in fp32).
+# used instead (truncation error about 1e-10 relative at the switch, direct form < 1e-6 in fp32).
 SERIES_CUTOFF = 0.5
 _LOG_2PI = math.log(2.0 * math.pi)
 
@@ -130,10 +130,11 @@ def reconstruction_loss(
     acc = accumulation_dtype(recon.dtype)
     r, t = recon.to(acc), x.to(acc)
     if likelihood == "bernoulli":
-        # max(l, 0) and -|l| both take their l >= 0 branch at l = 0, so autograd's one-sided
-        # derivative there is the true one, sigmoid(0) - x.
+        # max(l, 0) - l*x as l*(1 - x) or -l*x: a confidently wrong infinite logit gives +inf,
+        # not inf - inf. Both where()s take their l >= 0 branch at l = 0, so autograd's
+        # one-sided derivative there is the true one, sigmoid(0) - x.
         pos = r >= 0
-        elem = torch.where(pos, r, 0.0) - r * t + torch.log1p(torch.exp(torch.where(pos, -r, r)))
+        elem = torch.where(pos, r * (1.0 - t), -r * t) + torch.log1p(torch.exp(torch.where(pos, -r, r)))
     elif likelihood == "mse":
         elem = (r - t) ** 2
     else:

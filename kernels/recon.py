@@ -17,12 +17,13 @@ _HALF_LOG_2PI = 0.9189385332046727
 #   mse:       loss = (r - x)^2                                   dr = 2 (r - x)
 #   gaussian:  loss = 0.5 (log 2pi + v + (x - m)^2 exp(-v))       dm = (m - x) exp(-v)
 #                                                                 dv = 0.5 (1 - (x - m)^2 exp(-v))
-# sigmoid(l) is t/(1+t) or 1/(1+t) with t = exp(-|l|), so nothing overflows for any |l|.
+# sigmoid(l) is t/(1+t) or 1/(1+t) with t = exp(-|l|), so nothing overflows for any |l|;
+# max(l, 0) - l*x is l*(1 - x) or -l*x, so a confidently wrong infinite logit gives +inf.
 @triton.jit
 def _recon_terms(r, x, v, LIKELIHOOD: tl.constexpr):
     if LIKELIHOOD == 0:
         t = tl.exp(-tl.abs(r))
-        loss = tl.maximum(r, 0.0) - r * x + log1p_small(t)
+        loss = tl.where(r >= 0, r * (1.0 - x), -r * x) + log1p_small(t)
         dr = tl.where(r >= 0, 1.0 / (1.0 + t), t / (1.0 + t)) - x
         dv = dr
     elif LIKELIHOOD == 1:

@@ -232,3 +232,12 @@ def test_empty_batch(reduction, device):
     assert_close(got, want)
     got.sum().backward()
     assert recon.grad.shape == (0, 5)
+
+
+def test_infinite_logits_like_reference(device):
+    inf = float("inf")
+    logits = torch.tensor([[inf], [-inf], [inf], [-inf]], device=device)
+    x = torch.tensor([[0.0], [1.0], [0.5], [0.25]], device=device)  # confidently wrong: +inf
+    got = fastvae.reconstruction_loss(logits, x, "bernoulli", reduction="none", **TRITON)
+    assert_close(got, reference.reconstruction_loss(logits, x, "bernoulli", reduction="none"))
+    assert torch.isinf(got).all() and (got > 0).all()

@@ -355,10 +355,6 @@ def test_mse_gaussian_infinite_values():
     assert g.tolist() == [inf, inf]
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "reference bernoulli computes max(l, 0) - l * x as where(l >= 0, l, 0) - l * x: at l = +inf, "
-    "x = 0 that is inf - inf * 0 = NaN, where the loss (and F.binary_cross_entropy_with_logits) "
-    "is +inf"))
 def test_bernoulli_infinite_logit_confidently_wrong_is_inf():
     inf = math.inf
     logits = torch.tensor([[inf], [-inf]])
