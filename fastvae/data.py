@@ -167,8 +167,9 @@ class ImageBatches:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
         self.binarize = binarize
         self.images = static_binarize(images) if binarize == "static" else images
-        # Static images are 0/1 already; the others are scaled by 1/255 per batch.
-        self.scale = 1.0 if binarize == "static" else 1.0 / 255.0
+        # Static images are 0/1 already; the others are divided by 255 per batch (exactly as
+        # torchvision's ToTensor does).
+        self.divisor = 1.0 if binarize == "static" else 255.0
         self.labels = labels
         self.batch_size = int(batch_size)
         self.shuffle = shuffle
@@ -199,7 +200,7 @@ class ImageBatches:
         for i in range(len(self)):
             lo, hi = i * self.batch_size, min((i + 1) * self.batch_size, n)
             x, y = images[lo:hi], labels[lo:hi]
-            x = x.to(torch.float32).mul_(self.scale)
+            x = x.to(torch.float32).div_(self.divisor)
             if self.binarize == "dynamic":
                 x = torch.bernoulli(x, generator=self.generator)
             yield x, y

@@ -202,6 +202,9 @@ def train(config: TrainConfig | None = None) -> Path:
     cfg = config if config is not None else TrainConfig()
     device = resolve_device(cfg.device)
     seed_everything(cfg.seed)
+    # Data first: a missing data set should not leave an empty run folder behind.
+    train_split = load_mnist(True, limit=cfg.limit_train, device=device)
+    test_split = load_mnist(False, limit=cfg.limit_test, device=device)
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
     import fastvae
@@ -219,8 +222,6 @@ def train(config: TrainConfig | None = None) -> Path:
         out / "config.json",
     )
 
-    train_split = load_mnist(True, limit=cfg.limit_train, device=device)
-    test_split = load_mnist(False, limit=cfg.limit_test, device=device)
     train_batches = ImageBatches(
         *train_split, cfg.batch_size, shuffle=True, binarize=cfg.binarize, seed=cfg.seed
     )

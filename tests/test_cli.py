@@ -1,0 +1,117 @@
+"""The `fastvae` command line: help, flags mapped onto TrainConfig, a tiny real run, sampling."""
+
+import dataclasses
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+from fastvae import cli
+from fastvae.train import METRIC_COLUMNS, TrainConfig
+
+from test_data import HAVE_MNIST, NO_MNIST
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def run_module(*args, timeout=300):
+    """``python -m fastvae ARGS`` in a fresh process that imports this checkout."""
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")]))
+    return subprocess.run(
+        [sys.executable, "-m", "fastvae", *args], capture_output=True, text=True,
+        env=env, timeout=timeout,
+    )
+
+
+def test_help():
+    top = run_module("--help")
+    assert top.returncode == 0, top.stderr
+    assert "train" in top.stdout and "sample" in top.stdout
+    for sub in ("train", "sample"):
+        with pytest.raises(SystemExit) as info:
+            cli.main([sub, "--help"])
+        assert info.value.code == 0
+
+
+def test_every_train_config_field_has_a_flag():
+    parser = cli.build_parser()
+    train_parser = parser._subparsers._group_actions[0].choices["train"]
+    dests = {a.dest for a in train_parser._actions} - {"help"}
+    assert dests == {f.name for f in dataclasses.fields(TrainConfig)}
+    # Defaults of the flags are the TrainConfig defaults.
+    args = parser.parse_args(["train"])
+    config = TrainConfig(**{k: v for k, v in vars(args).items() if k != "command"})
+    assert config == TrainConfig()
+
+
+def test_flags_reach_the_config(monkeypatch):
+    seen = {}
+    monkeypatch.setattr("fastvae.train.train", lambda config: seen.setdefault("config", config))
+    rc = cli.main([
+        "train", "--epochs", "3", "--batch-size", "32", "--lr", "0.01", "--latent-dim", "2",
+        "--hidden-dims", "256", "128", "--beta", "4", "--likelihood", "mse", "--binarize",
+        "static", "--seed", "7", "--device", "cpu", "--backend", "torch", "--out", "x/y",
+        "--limit-train", "100", "--limit-test", "50", "--test-batch-size", "25",
+    ])
+    assert rc == 0
+    assert seen["config"] == TrainConfig(
+        epochs=3, batch_size=32, lr=0.01, latent_dim=2, hidden_dims=(256, 128), beta=4.0,
+        likelihood="mse", binarize="static", seed=7, device="cpu", backend="torch", out="x/y",
+        limit_train=100, limit_test=50, test_batch_size=25,
+    )
+
+
+def test_bad_flag_values_exit_cleanly(capsys):
+    with pytest.raises(SystemExit) as info:
+        cli.main(["train", "--binarize", "maybe"])
+    assert info.value.code == 2
+    assert cli.main(["train", "--epochs", "0"]) == 2
+    err = capsys.readouterr().err
+    assert "epochs must be >= 1" in err and "Traceback" not in err
+
+
+def test_missing_data_is_one_clear_message(monkeypatch, tmp_path, capsys):
+    import torchvision.datasets.mnist
+
+    def no_download(self):
+        raise RuntimeError("downloads are disabled in this test")
+
+    monkeypatch.setattr(torchvision.datasets.mnist.MNIST, "download", no_download)
+    monkeypatch.setenv("FASTVAE_DATA", str(tmp_path / "nowhere"))
+    rc = cli.main(["train", "--epochs", "1", "--device", "cpu", "--out", str(tmp_path / "run")])
+    assert rc == 2
+    err = capsys.readouterr().err
+    assert "MNIST was not found" in err and "FASTVAE_DATA" in err
+    assert str(tmp_path / "nowhere" / "MNIST" / "raw") in err
+    assert "Traceback" not in err
+    assert not (tmp_path / "run").exists(), "no run folder is left behind"
+
+
+@pytest.mark.skipif(not HAVE_MNIST, reason=NO_MNIST)
+def test_train_then_sample_in_subprocesses(tmp_path):
+    out = tmp_path / "run"
+    res = run_module(
+        "train", "--epochs", "1", "--batch-size", "64", "--limit-train", "256",
+        "--limit-test", "100", "--test-batch-size", "50", "--device", "cpu", "--out", str(out),
+    )
+    assert res.returncode == 0, res.stderr
+    last = res.stdout.strip().splitlines()[-1]
+    assert last.startswith("final test NELBO") and "wall time" in last, res.stdout
+    header = (out / "metrics.csv").read_text().splitlines()[0]
+    assert header == ",".join(METRIC_COLUMNS)
+
+    png = tmp_path / "more.png"
+    res = run_module("sample", str(out / "checkpoint.pt"), "--n", "16", "--out", str(png),
+                     "--seed", "3")
+    assert res.returncode == 0, res.stderr
+    with Image.open(png) as im:
+        assert im.format == "PNG" and im.size == (242, 62)  # 8 x 2 grid of 28 px + padding
+
+
+def test_sample_missing_checkpoint(tmp_path, capsys):
+    assert cli.main(["sample", str(tmp_path / "none.pt")]) == 2
+    assert "none.pt" in capsys.readouterr().err

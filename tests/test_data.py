@@ -1,0 +1,154 @@
+"""Data: the data root, real MNIST (when $FASTVAE_DATA has it), the batch iterator, errors."""
+
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+from fastvae import data as fdata
+from fastvae.data import DataNotFoundError, ImageBatches, data_root, load_mnist, static_binarize
+
+
+def mnist_root():
+    """$FASTVAE_DATA if it holds the four MNIST files, else None."""
+    root = os.environ.get("FASTVAE_DATA")
+    if not root:
+        return None
+    raw = Path(root) / "MNIST" / "raw"
+    return root if all((raw / f).is_file() for f in fdata.MNIST_FILES) else None
+
+
+HAVE_MNIST = mnist_root() is not None
+NO_MNIST = (
+    "real MNIST not found: set FASTVAE_DATA to a folder holding MNIST/raw/ "
+    "(the four IDX files; in this repository, the absolute path of ../shared/data)"
+)
+needs_mnist = pytest.mark.skipif(not HAVE_MNIST, reason=NO_MNIST)
+
+
+def synthetic(n=10, h=4, w=3, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    images = torch.randint(0, 256, (n, h, w), generator=g, dtype=torch.uint8)
+    return images, torch.arange(n)
+
+
+def test_data_root(monkeypatch, tmp_path):
+    monkeypatch.setenv("FASTVAE_DATA", str(tmp_path))
+    assert data_root() == tmp_path
+    monkeypatch.delenv("FASTVAE_DATA")
+    assert data_root() == Path("data")
+
+
+@needs_mnist
+def test_real_mnist_loads():
+    train = load_mnist(True)
+    test = load_mnist(False)
+    assert train.images.shape == (60000, 28, 28) and train.images.dtype == torch.uint8
+    assert test.images.shape == (10000, 28, 28) and test.images.dtype == torch.uint8
+    assert train.labels.shape == (60000,) and train.labels.dtype == torch.int64
+    assert test.labels.shape == (10000,)
+    assert train.labels.bincount().tolist() == [
+        5923, 6742, 5958, 6131, 5842, 5421, 5918, 6265, 5851, 5949
+    ]
+    assert train.labels[:5].tolist() == [5, 0, 4, 1, 9]  # the published first labels
+    assert train.images.max() == 255 and train.images.min() == 0
+    # Mean intensity of MNIST's training images: 0.1307 (the usual normalization constant).
+    assert abs(train.images.float().mean().item() / 255 - 0.1307) < 1e-3
+    small = load_mnist(False, limit=100)
+    assert small.images.shape == (100, 28, 28)
+    assert torch.equal(small.images, test.images[:100])
+
+
+@needs_mnist
+def test_real_mnist_batches():
+    b = fdata.mnist_batches(True, 256, limit=1000)
+    assert len(b) == 4
+    x, y = next(iter(b))
+    assert x.shape == (256, 1, 28, 28) and x.dtype == torch.float32
+    assert y.shape == (256,) and y.dtype == torch.int64
+    assert 0 <= x.min() and x.max() <= 1 and x.max() > 0.99
+
+
+def test_batches_cover_every_image_once_per_epoch():
+    images, labels = synthetic(10)
+    b = ImageBatches(images, labels, 4, seed=0)
+    assert len(b) == 3
+    epochs = []
+    for _ in range(2):
+        xs, ys = zip(*b)
+        assert [x.shape[0] for x in xs] == [4, 4, 2]
+        assert all(x.shape[1:] == (1, 4, 3) and x.dtype == torch.float32 for x in xs)
+        y = torch.cat(ys)
+        assert sorted(y.tolist()) == list(range(10))
+        # Each image stays paired with its label: x == images[y] / 255.
+        torch.testing.assert_close(torch.cat(xs), images[y].unsqueeze(1).float() / 255)
+        epochs.append(y.tolist())
+    assert epochs[0] != epochs[1], "a new order every epoch"
+    again = [torch.cat([y for _, y in ImageBatches(images, labels, 4, seed=0)]).tolist()]
+    assert again[0] == epochs[0], "same seed, same first epoch"
+    assert len(ImageBatches(images, labels, 4, drop_last=True)) == 2
+    plain = torch.cat([y for _, y in ImageBatches(images, labels, 4, shuffle=False)])
+    assert plain.tolist() == list(range(10))
+
+
+def test_binarization_modes():
+    images, labels = synthetic(50, 8, 8)
+    images[0] = 0
+    images[1] = 255
+
+    def epoch(b):
+        return torch.cat([x for x, _ in b])
+
+    cont = epoch(ImageBatches(images, labels, 16, shuffle=False))
+    torch.testing.assert_close(cont, images.unsqueeze(1).float() / 255, rtol=0, atol=0)
+    assert len(cont.unique()) > 2
+
+    dyn = ImageBatches(images, labels, 16, shuffle=False, binarize="dynamic", seed=0)
+    d1, d2 = epoch(dyn), epoch(dyn)
+    for d in (d1, d2):
+        assert set(d.unique().tolist()) == {0.0, 1.0}
+        assert (d[0] == 0).all() and (d[1] == 1).all()
+    assert not torch.equal(d1, d2), "dynamic binarization must resample every epoch"
+    # Bernoulli(p): the mean of the binary pixels tracks the intensities.
+    assert abs(d1.mean().item() - cont.mean().item()) < 0.02
+
+    st = ImageBatches(images, labels, 16, shuffle=False, binarize="static", seed=0)
+    s1, s2 = epoch(st), epoch(st)
+    assert set(s1.unique().tolist()) == {0.0, 1.0}
+    assert torch.equal(s1, s2), "static binarization must not change between epochs"
+    other_seed = epoch(ImageBatches(images, labels, 16, shuffle=False, binarize="static", seed=5))
+    assert torch.equal(s1, other_seed), "static binarization uses its own fixed seed"
+    assert abs(s1.mean().item() - cont.mean().item()) < 0.02
+    torch.testing.assert_close(s1, static_binarize(images).unsqueeze(1).float(), rtol=0, atol=0)
+
+
+def test_batches_reject_bad_input():
+    images, labels = synthetic(4)
+    with pytest.raises(TypeError, match="uint8"):
+        ImageBatches(images.float(), labels, 2)
+    with pytest.raises(ValueError, match="binarize"):
+        ImageBatches(images, labels, 2, binarize="yes")
+    with pytest.raises(ValueError, match="labels"):
+        ImageBatches(images, labels[:3], 2)
+
+
+def _no_download(self):
+    raise RuntimeError("downloads are disabled in this test")
+
+
+def test_missing_mnist_gives_a_clear_error(monkeypatch, tmp_path):
+    import torchvision.datasets.mnist
+
+    monkeypatch.setattr(torchvision.datasets.mnist.MNIST, "download", _no_download)
+    monkeypatch.setenv("FASTVAE_DATA", str(tmp_path))
+    with pytest.raises(DataNotFoundError) as info:
+        load_mnist(True)
+    err = info.value
+    assert isinstance(err, FileNotFoundError)
+    msg = str(err)
+    assert str(tmp_path / "MNIST" / "raw") in msg
+    assert "FASTVAE_DATA" in msg and "train-images-idx3-ubyte" in msg
+    assert "downloads are disabled in this test" in msg  # the reason, in one line
+    assert "\n" not in msg
+    assert err.__cause__ is None and err.__suppress_context__  # no chained library traceback
