@@ -36,6 +36,11 @@ class MLPVAE(nn.Module):
     - ``"gaussian"``: a mean and a log-variance per pixel (the last layer has ``2 * D``
       outputs); :meth:`decode` returns them as a tuple ``(mean, logvar)``.
 
+    The "gaussian" decoder's per-pixel variance is unconstrained. On MNIST, whose background
+    pixels are exactly 0, the density is unbounded as those variances shrink: the negative
+    ELBO goes below zero and keeps falling, and the mean samples get worse. That is the model,
+    not a bug; prefer "bernoulli" (or "mse") for MNIST.
+
     Args:
         input_shape: shape of one sample, e.g. ``(1, 28, 28)``; D is its product.
         hidden_dims: widths of the encoder's hidden layers (the decoder mirrors them).

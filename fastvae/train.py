@@ -44,6 +44,9 @@ METRIC_COLUMNS = (
     "epoch_seconds", "elapsed_seconds",
 )
 MNIST_SHAPE = (1, 28, 28)
+# Files are created with the permissions open() would give (mkstemp alone makes them 0600).
+_UMASK = os.umask(0)
+os.umask(_UMASK)
 # Offsets from TrainConfig.seed for the independent streams of a run.
 _TEST_DATA_SEED, _EVAL_NOISE_SEED, _SAMPLE_SEED = 1, 2, 3
 
@@ -133,6 +136,7 @@ def save_checkpoint(obj: dict[str, Any], path: str | os.PathLike) -> Path:
             torch.save(obj, f)
             f.flush()
             os.fsync(f.fileno())
+        os.chmod(tmp, 0o666 & ~_UMASK)
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):
