@@ -15,6 +15,17 @@ _MAX_BLOCK_L = 128
 _BLOCK_ELEMS = 2048  # elements per program: BLOCK_B rows x BLOCK_L columns
 
 
+@triton.jit
+def _load_tile(mu_ptr, lv_ptr, rows, row_mask, col0, L, BLOCK_L: tl.constexpr):
+    """The (rows, col0 : col0 + BLOCK_L) tile: mask, int64 element indices, mu and logvar."""
+    cols = col0 + tl.arange(0, BLOCK_L)
+    mask = row_mask[:, None] & (cols < L)[None, :]
+    idx = rows[:, None] * L + cols[None, :]
+    mu = to_acc(tl.load(mu_ptr + idx, mask=mask, other=0.0))
+    lv = to_acc(tl.load(lv_ptr + idx, mask=mask, other=0.0))
+    return mask, idx, mu, lv
+
+
 # Forward, for row b, column j and sample k (counter c = k*B*L + b*L + j):
 #   eps = Philox-normal(seed, c);  z[k, b, j] = mu + eps * exp(0.5 * lv)
 #   kl[b] = 0.5 * sum_j (mu^2 + exp(lv) - 1 - lv)
@@ -33,11 +44,7 @@ def _sample_and_kl_fwd_kernel(
     seed = tl.load(seed_ptr)
     kl_acc = tl.zeros([BLOCK_B], dtype=kl_ptr.dtype.element_ty)
     for col0 in range(0, L, BLOCK_L):
-        cols = col0 + tl.arange(0, BLOCK_L)
-        mask = row_mask[:, None] & (cols < L)[None, :]
-        idx = rows[:, None] * L + cols[None, :]
-        mu = to_acc(tl.load(mu_ptr + idx, mask=mask, other=0.0))
-        lv = to_acc(tl.load(lv_ptr + idx, mask=mask, other=0.0))
+        mask, idx, mu, lv = _load_tile(mu_ptr, lv_ptr, rows, row_mask, col0, L, BLOCK_L)
         if KL:
             _, phi = expm1_and_phi(lv)
             kl_acc += tl.sum(tl.where(mask, mu * mu + phi, 0.0), axis=1)
@@ -65,11 +72,7 @@ def _sample_and_kl_bwd_kernel(
     if HAS_DKL:
         g = to_acc(tl.load(dkl_ptr + rows * dkl_stride, mask=row_mask, other=0.0))[:, None]
     for col0 in range(0, L, BLOCK_L):
-        cols = col0 + tl.arange(0, BLOCK_L)
-        mask = row_mask[:, None] & (cols < L)[None, :]
-        idx = rows[:, None] * L + cols[None, :]
-        mu = to_acc(tl.load(mu_ptr + idx, mask=mask, other=0.0))
-        lv = to_acc(tl.load(lv_ptr + idx, mask=mask, other=0.0))
+        mask, idx, mu, lv = _load_tile(mu_ptr, lv_ptr, rows, row_mask, col0, L, BLOCK_L)
         dmu = tl.zeros_like(mu)
         dlv = tl.zeros_like(lv)
         if HAS_DZ:

@@ -41,6 +41,30 @@ def _recon_terms(r, x, v, LIKELIHOOD: tl.constexpr):
     return loss, dr, dv
 
 
+@triton.jit
+def _load_chunk(r_ptr, x_ptr, v_ptr, D, n_chunks, LIKELIHOOD: tl.constexpr, BLOCK_D: tl.constexpr):
+    """This program's (row, chunk of BLOCK_D features): int64 offsets, mask and the inputs."""
+    pid = tl.program_id(0)
+    row = pid // n_chunks
+    cols = (pid % n_chunks) * BLOCK_D + tl.arange(0, BLOCK_D)
+    mask = cols < D
+    off = row.to(tl.int64) * D + cols
+    r = to_acc(tl.load(r_ptr + off, mask=mask, other=0.0))
+    x = to_acc(tl.load(x_ptr + off, mask=mask, other=0.0))
+    v = r
+    if LIKELIHOOD == 2:
+        v = to_acc(tl.load(v_ptr + off, mask=mask, other=0.0))
+    return pid, row, off, mask, r, x, v
+
+
+@triton.jit
+def _store_grads(dr_ptr, dv_ptr, off, mask, dr, dv, WRITE_DR: tl.constexpr, WRITE_DV: tl.constexpr):
+    if WRITE_DR:
+        tl.store(dr_ptr + off, dr.to(dr_ptr.dtype.element_ty), mask=mask)
+    if WRITE_DV:
+        tl.store(dv_ptr + off, dv.to(dv_ptr.dtype.element_ty), mask=mask)
+
+
 # One program per (row, chunk of BLOCK_D features): writes the chunk's loss sum to partial[pid]
 # (rows are summed from these partials on the host side of the launch, deterministically) and,
 # when asked, the gradient divided by grad_div (1 for "sum", B for "mean"), so that backward
@@ -51,22 +75,10 @@ def _recon_loss_fwd_kernel(
     D, n_chunks, grad_div,
     LIKELIHOOD: tl.constexpr, WRITE_DR: tl.constexpr, WRITE_DV: tl.constexpr, BLOCK_D: tl.constexpr,
 ):
-    pid = tl.program_id(0)
-    row = pid // n_chunks
-    cols = (pid % n_chunks) * BLOCK_D + tl.arange(0, BLOCK_D)
-    mask = cols < D
-    off = row.to(tl.int64) * D + cols
-    r = to_acc(tl.load(r_ptr + off, mask=mask, other=0.0))
-    x = to_acc(tl.load(x_ptr + off, mask=mask, other=0.0))
-    v = r
-    if LIKELIHOOD == 2:
-        v = to_acc(tl.load(v_ptr + off, mask=mask, other=0.0))
+    pid, _, off, mask, r, x, v = _load_chunk(r_ptr, x_ptr, v_ptr, D, n_chunks, LIKELIHOOD, BLOCK_D)
     loss, dr, dv = _recon_terms(r, x, v, LIKELIHOOD)
     tl.store(partial_ptr + pid, tl.sum(tl.where(mask, loss, 0.0), axis=0))
-    if WRITE_DR:
-        tl.store(dr_ptr + off, (dr / grad_div).to(dr_ptr.dtype.element_ty), mask=mask)
-    if WRITE_DV:
-        tl.store(dv_ptr + off, (dv / grad_div).to(dv_ptr.dtype.element_ty), mask=mask)
+    _store_grads(dr_ptr, dv_ptr, off, mask, dr / grad_div, dv / grad_div, WRITE_DR, WRITE_DV)
 
 
 # Backward for reduction "none": grad_output g is per row, so the gradient is recomputed here,
@@ -77,22 +89,10 @@ def _recon_loss_bwd_kernel(
     D, n_chunks, g_stride,
     LIKELIHOOD: tl.constexpr, WRITE_DR: tl.constexpr, WRITE_DV: tl.constexpr, BLOCK_D: tl.constexpr,
 ):
-    pid = tl.program_id(0)
-    row = pid // n_chunks
-    cols = (pid % n_chunks) * BLOCK_D + tl.arange(0, BLOCK_D)
-    mask = cols < D
-    off = row.to(tl.int64) * D + cols
-    r = to_acc(tl.load(r_ptr + off, mask=mask, other=0.0))
-    x = to_acc(tl.load(x_ptr + off, mask=mask, other=0.0))
-    v = r
-    if LIKELIHOOD == 2:
-        v = to_acc(tl.load(v_ptr + off, mask=mask, other=0.0))
+    _, row, off, mask, r, x, v = _load_chunk(r_ptr, x_ptr, v_ptr, D, n_chunks, LIKELIHOOD, BLOCK_D)
     g = to_acc(tl.load(g_ptr + row.to(tl.int64) * g_stride))
     _, dr, dv = _recon_terms(r, x, v, LIKELIHOOD)
-    if WRITE_DR:
-        tl.store(dr_ptr + off, (g * dr).to(dr_ptr.dtype.element_ty), mask=mask)
-    if WRITE_DV:
-        tl.store(dv_ptr + off, (g * dv).to(dv_ptr.dtype.element_ty), mask=mask)
+    _store_grads(dr_ptr, dv_ptr, off, mask, g * dr, g * dv, WRITE_DR, WRITE_DV)
 
 
 def _layout(recon: torch.Tensor) -> tuple[int, int, int, int]:

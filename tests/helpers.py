@@ -7,6 +7,8 @@ Import from test files as ``from helpers import assert_close, TOLERANCES`` (pyte
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
+from torch.distributions import Normal, kl_divergence
 
 # dtype -> (rtol, atol). A pair passes where |actual - expected| <= atol + rtol * |expected|
 # (torch.isclose semantics), elementwise, compared in float64.
@@ -103,3 +105,33 @@ def assert_close(
         f"{atol + rtol * abs(ev):.3g} from rtol={rtol:g}, atol={atol:g}"
         f"{'' if dtype is None else f' for {dtype}'})"
     )
+
+
+# ------------------------------------------------------------------ independent oracles
+
+
+def reduce(rows: torch.Tensor, reduction: str) -> torch.Tensor:
+    return {"none": rows, "sum": rows.sum(), "mean": rows.mean()}[reduction]
+
+
+def kl_oracle(mu: torch.Tensor, lv: torch.Tensor) -> torch.Tensor:
+    """Per-sample KL(N(mu, exp(lv)) || N(0, 1)) in float64 via torch.distributions."""
+    mu64, lv64 = mu.double(), lv.double()
+    q = Normal(mu64, torch.exp(0.5 * lv64), validate_args=False)
+    p = Normal(torch.zeros_like(mu64), torch.ones_like(mu64), validate_args=False)
+    return kl_divergence(q, p).sum(-1)
+
+
+def recon_oracle(likelihood, recon, x, logvar=None) -> torch.Tensor:
+    """Per-sample losses in float64 from torch.nn.functional."""
+    r, t = recon.double(), x.double()
+    if likelihood == "bernoulli":
+        elem = F.binary_cross_entropy_with_logits(r, t, reduction="none")
+    elif likelihood == "mse":
+        elem = F.mse_loss(r, t, reduction="none")
+    else:
+        # gaussian_nll_loss clamps var at eps (under no_grad) and divides by it; with a tiny eps
+        # and the inputs used here (logvar >= -8, var >= 3e-4) it never clamps.
+        var = torch.exp(logvar.double())
+        elem = F.gaussian_nll_loss(r, t, var, full=True, eps=1e-300, reduction="none")
+    return elem.reshape(elem.shape[0], -1).sum(1)

@@ -5,8 +5,7 @@ import math
 
 import pytest
 import torch
-import torch.nn.functional as F
-from helpers import TOLERANCES, assert_close
+from helpers import TOLERANCES, assert_close, recon_oracle, reduce
 
 import fastvae
 from fastvae import reference
@@ -34,22 +33,6 @@ def make(likelihood, shape, dtype, device, seed=0):
     return cast(recon), cast(x), cast(logvar)
 
 
-def oracle_rows(likelihood, recon, x, logvar):
-    """Per-sample losses in float64 from torch.nn.functional."""
-    r, t = recon.double(), x.double()
-    if likelihood == "bernoulli":
-        elem = F.binary_cross_entropy_with_logits(r, t, reduction="none")
-    elif likelihood == "mse":
-        elem = F.mse_loss(r, t, reduction="none")
-    else:
-        elem = F.gaussian_nll_loss(r, t, torch.exp(logvar.double()), full=True, eps=0.0, reduction="none")
-    return elem.reshape(elem.shape[0], -1).sum(1)
-
-
-def reduce(rows, reduction):
-    return {"none": rows, "sum": rows.sum(), "mean": rows.mean()}[reduction]
-
-
 def loss_tol(dtype, rows):
     """Row sums add D rounding errors of the inputs: scale atol by the row size."""
     rtol, atol = TOLERANCES[dtype]
@@ -67,7 +50,7 @@ def test_forward_matches_reference_and_oracle(likelihood, shape, dtype, device):
         want = reference.reconstruction_loss(recon, x, likelihood, recon_logvar=logvar, reduction=reduction)
         tol = loss_tol(dtype, math.prod(shape[1:]))
         assert_close(got, want, **tol, name=f"{reduction} vs reference")
-        assert_close(got, reduce(oracle_rows(likelihood, recon, x, logvar), reduction), **tol, name=f"{reduction} vs oracle")
+        assert_close(got, reduce(recon_oracle(likelihood, recon, x, logvar), reduction), **tol, name=f"{reduction} vs oracle")
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
@@ -182,7 +165,7 @@ def test_extreme_logits(device):
     logits.requires_grad_(True)
     loss = fastvae.reconstruction_loss(logits, x, "bernoulli", reduction="sum", **TRITON)
     assert torch.isfinite(loss)
-    assert_close(loss, oracle_rows("bernoulli", logits.detach(), x, None).sum(), rtol=1e-5, atol=1e-5)
+    assert_close(loss, recon_oracle("bernoulli", logits.detach(), x, None).sum(), rtol=1e-5, atol=1e-5)
     (grad,) = torch.autograd.grad(loss, logits)
     assert_close(grad, torch.sigmoid(logits.detach().double()) - x.double(), rtol=1e-5, atol=1e-6)
 

@@ -13,10 +13,9 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
-from helpers import TOLERANCES, assert_close
+from helpers import TOLERANCES, assert_close, kl_oracle, recon_oracle, reduce
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from torch.distributions import Normal, kl_divergence
 
 from fastvae import reference as R
 
@@ -28,19 +27,7 @@ def gen(seed: int = 0) -> torch.Generator:
     return torch.Generator().manual_seed(seed)
 
 
-def reduce(rows: torch.Tensor, reduction: str) -> torch.Tensor:
-    return {"none": rows, "sum": rows.sum(), "mean": rows.mean()}[reduction]
-
-
 # ---------------------------------------------------------------------------------- oracles
-
-
-def kl_oracle(mu: torch.Tensor, lv: torch.Tensor) -> torch.Tensor:
-    """Per-sample KL(N(mu, exp(lv)) || N(0, 1)) in float64 via torch.distributions."""
-    mu64, lv64 = mu.double(), lv.double()
-    q = Normal(mu64, torch.exp(0.5 * lv64), validate_args=False)
-    p = Normal(torch.zeros_like(mu64), torch.ones_like(mu64), validate_args=False)
-    return kl_divergence(q, p).sum(-1)
 
 
 def phi_exact(v: torch.Tensor) -> torch.Tensor:
@@ -52,21 +39,6 @@ def phi_exact(v: torch.Tensor) -> torch.Tensor:
     v = v.double()
     series = v * v * (0.5 + v * (1.0 / 6 + v / 24))
     return torch.where(v.abs() < 1e-4, series, torch.expm1(v) - v)
-
-
-def recon_oracle(likelihood, recon, x, logvar=None) -> torch.Tensor:
-    """Per-sample losses in float64 from torch.nn.functional."""
-    r, t = recon.double(), x.double()
-    if likelihood == "bernoulli":
-        elem = F.binary_cross_entropy_with_logits(r, t, reduction="none")
-    elif likelihood == "mse":
-        elem = F.mse_loss(r, t, reduction="none")
-    else:
-        # gaussian_nll_loss clamps var at eps (under no_grad) and divides by it; with a tiny eps
-        # and the inputs used here (logvar >= -8, var >= 3e-4) it never clamps.
-        var = torch.exp(logvar.double())
-        elem = F.gaussian_nll_loss(r, t, var, full=True, eps=1e-300, reduction="none")
-    return elem.reshape(elem.shape[0], -1).sum(1)
 
 
 def make_recon(likelihood, shape, dtype=torch.float32, seed=0, scale=2.0):
