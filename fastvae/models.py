@@ -17,7 +17,7 @@ import torch
 from torch import nn
 
 from fastvae import _checks
-from fastvae.functional import ELBO, reconstruction_loss, sample_and_kl
+from fastvae.functional import ELBO, reconstruction_loss, reparameterize, sample_and_kl
 from fastvae.reference import LIKELIHOODS, REDUCTIONS
 
 
@@ -163,7 +163,7 @@ class MLPVAE(nn.Module):
             ``(mean, logvar)`` for "gaussian"), ``mu`` and ``logvar`` ``(B, L)``.
         """
         mu, logvar = self.encode(x)
-        z, _ = sample_and_kl(mu, logvar, generator=generator, backend=self.backend)
+        z = reparameterize(mu, logvar, generator=generator, backend=self.backend)
         return self.decode(z), mu, logvar
 
     def loss(
