@@ -9,7 +9,7 @@ from ._math import log1p_small, to_acc
 
 LIKELIHOOD_CODES = {"bernoulli": 0, "mse": 1, "gaussian": 2}
 _MAX_BLOCK_D = 4096
-_HALF_LOG_2PI = 0.9189385332046727
+_HALF_LOG_2PI = tl.constexpr(0.9189385332046727)  # log(2 pi) / 2
 
 
 # Per element, with r the decoder output (logits l or mean m), x the target, v the log-variance:
