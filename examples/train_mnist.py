@@ -7,6 +7,7 @@ with a run folder, checkpoints and figures: `fastvae train`.
 """
 
 import argparse
+from pathlib import Path
 
 import torch
 from torchvision.utils import save_image
@@ -16,7 +17,7 @@ from fastvae.data import mnist_batches
 
 parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
 parser.add_argument("--epochs", type=int, default=2)
-parser.add_argument("--out", default="mnist_samples.png", help="PNG grid of 64 samples")
+parser.add_argument("--out", default="runs/examples/mnist_samples.png", help="PNG grid of 64 samples")
 args = parser.parse_args()
 
 torch.manual_seed(0)
@@ -38,5 +39,6 @@ for epoch in range(1, args.epochs + 1):
         total = sum(model.loss(x, reduction="sum").loss.item() for x, _ in test)
     print(f"epoch {epoch}: test negative ELBO {total / test.num_images:.2f} nats per image")
 
+Path(args.out).parent.mkdir(parents=True, exist_ok=True)
 save_image(model.sample(64), args.out, nrow=8)
 print(f"wrote {args.out}")
