@@ -15,9 +15,9 @@ import pytest  # noqa: E402
 
 import fastvae  # noqa: E402,F401
 
+from helpers import KERNEL_DEVICE  # noqa: E402
+
 CUDA = torch.cuda.is_available()
-# Where the kernel tests run: CUDA when present, else the CPU through the interpreter.
-KERNEL_DEVICE = "cuda" if CUDA else "cpu"
 
 
 def pytest_configure(config):

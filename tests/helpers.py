@@ -10,6 +10,10 @@ import torch
 import torch.nn.functional as F
 from torch.distributions import Normal, kl_divergence
 
+# Where the kernel tests run: CUDA when present, else the CPU through Triton's interpreter
+# (tests/conftest.py sets TRITON_INTERPRET=1 there).
+KERNEL_DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
+
 # dtype -> (rtol, atol). A pair passes where |actual - expected| <= atol + rtol * |expected|
 # (torch.isclose semantics), elementwise, compared in float64.
 TOLERANCES: dict[torch.dtype, tuple[float, float]] = {

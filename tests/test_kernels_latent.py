@@ -5,9 +5,11 @@ import math
 
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 import triton
 import triton.language as tl
-from helpers import assert_close, kl_oracle
+from helpers import KERNEL_DEVICE, assert_close, kl_oracle
 
 import fastvae
 from fastvae import reference
@@ -267,3 +269,23 @@ def test_cuda_graph_replay_draws_fresh_noise():
     graph.replay()
     assert not torch.equal(first, z)
     assert abs(z.float().std().item() - 1) < 0.1
+
+
+@settings(max_examples=30, deadline=None)
+@given(batch=st.integers(1, 70), dim=st.integers(1, 300), n_samples=st.integers(1, 3), seed=st.integers(0, 2**16))
+def test_random_sizes_match_reference(batch, dim, n_samples, seed):
+    """Any batch and latent size, any number of samples: z, KL and both gradients."""
+    mu, lv = latent((batch, dim), torch.float32, KERNEL_DEVICE, seed=seed)
+    mu.requires_grad_(True)
+    lv.requires_grad_(True)
+    z = fastvae.reparameterize(mu, lv, n_samples=n_samples, generator=gen(KERNEL_DEVICE, seed), **TRITON)
+    kl = fastvae.gaussian_kl(mu, lv, "none", **TRITON)
+    eps = kernel_eps((batch, dim), KERNEL_DEVICE, seed, n_samples=n_samples)
+    z_ref = reference.reparameterize(mu, lv, n_samples=n_samples, eps=eps)
+    kl_ref = reference.gaussian_kl(mu, lv, "none")
+    assert_close(z, z_ref, name="z")
+    assert_close(kl, kl_ref, name="kl")
+    got = torch.autograd.grad(z.sum() + kl.sum(), (mu, lv))
+    want = torch.autograd.grad(z_ref.sum() + kl_ref.sum(), (mu, lv))
+    assert_close(got[0], want[0], name="dmu")
+    assert_close(got[1], want[1], name="dlogvar")

@@ -5,7 +5,9 @@ import math
 
 import pytest
 import torch
-from helpers import TOLERANCES, assert_close, recon_oracle, reduce
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from helpers import KERNEL_DEVICE, TOLERANCES, assert_close, recon_oracle, reduce
 
 import fastvae
 from fastvae import reference
@@ -224,3 +226,24 @@ def test_infinite_logits_like_reference(device):
     got = fastvae.reconstruction_loss(logits, x, "bernoulli", reduction="none", **TRITON)
     assert_close(got, reference.reconstruction_loss(logits, x, "bernoulli", reduction="none"))
     assert torch.isinf(got).all() and (got > 0).all()
+
+
+@settings(max_examples=30, deadline=None)
+@given(
+    batch=st.integers(1, 9),
+    features=st.integers(1, 5000),
+    likelihood=st.sampled_from(LIKELIHOODS),
+    reduction=st.sampled_from(REDUCTIONS),
+    seed=st.integers(0, 2**16),
+)
+def test_random_sizes_match_reference(batch, features, likelihood, reduction, seed):
+    """Any batch and feature size (not only powers of two), forward and gradient."""
+    recon, x, logvar = make(likelihood, (batch, features), torch.float32, KERNEL_DEVICE, seed=seed)
+    recon.requires_grad_(True)
+    kw = dict(recon_logvar=logvar, reduction=reduction)
+    got = fastvae.reconstruction_loss(recon, x, likelihood, **kw, **TRITON)
+    want = reference.reconstruction_loss(recon, x, likelihood, **kw)
+    assert_close(got, want, **loss_tol(torch.float32, features), name="loss")
+    (g_got,) = torch.autograd.grad(got.sum(), recon)
+    (g_want,) = torch.autograd.grad(want.sum(), recon)
+    assert_close(g_got, g_want, name="d_recon")
