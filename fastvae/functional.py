@@ -130,7 +130,7 @@ def gaussian_kl(
     _checks.choice("reduction", reduction, REDUCTIONS)
     if resolve_backend(backend, mu) == "torch":
         return reference.gaussian_kl(mu, logvar, reduction)
-    seed = mu.new_zeros(1, dtype=torch.int64)  # unused: nothing is sampled
+    seed = mu.new_empty(0, dtype=torch.int64)  # never read: nothing is sampled
     _, kl_rows = sample_and_kl_op(mu, logvar, seed, 1, False, True)
     return reference.reduce_rows(kl_rows, reduction)
 

@@ -41,7 +41,8 @@ def _sample_and_kl_fwd_kernel(
 ):
     rows = tl.program_id(0).to(tl.int64) * BLOCK_B + tl.arange(0, BLOCK_B)
     row_mask = rows < B
-    seed = tl.load(seed_ptr)
+    if SAMPLE:
+        seed = tl.load(seed_ptr)
     kl_acc = tl.zeros([BLOCK_B], dtype=kl_ptr.dtype.element_ty)
     for col0 in range(0, L, BLOCK_L):
         mask, idx, mu, lv = _load_tile(mu_ptr, lv_ptr, rows, row_mask, col0, L, BLOCK_L)
@@ -68,7 +69,8 @@ def _sample_and_kl_bwd_kernel(
 ):
     rows = tl.program_id(0).to(tl.int64) * BLOCK_B + tl.arange(0, BLOCK_B)
     row_mask = rows < B
-    seed = tl.load(seed_ptr)
+    if HAS_DZ:
+        seed = tl.load(seed_ptr)
     if HAS_DKL:
         g = to_acc(tl.load(dkl_ptr + rows * dkl_stride, mask=row_mask, other=0.0))[:, None]
     for col0 in range(0, L, BLOCK_L):
@@ -105,7 +107,8 @@ def sample_and_kl_fwd(
 
     Args:
         mu, logvar: ``(B, L)``, same floating dtype and device (made contiguous here).
-        seed: int64 tensor of one element on the same device (the Philox key).
+        seed: int64 tensor of one element on the same device (the Philox key); read only
+            when sampling.
         n_samples: K >= 1 samples per row; z is ``(B, L)`` for K == 1, else ``(K, B, L)``.
         sample, kl: which outputs to compute.
 
