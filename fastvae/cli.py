@@ -15,25 +15,14 @@ import sys
 from fastvae.data import BINARIZE
 from fastvae.functional import BACKENDS
 from fastvae.reference import LIKELIHOODS
-
-_DEFAULTS = None
-
-
-def _defaults():
-    global _DEFAULTS
-    if _DEFAULTS is None:
-        from fastvae.train import TrainConfig
-
-        _DEFAULTS = TrainConfig()
-    return _DEFAULTS
-
+from fastvae.train import TrainConfig, load_checkpoint, resolve_device, train
 
 def _optional_int(text: str) -> int | None:
     return None if text.lower() in ("none", "all") else int(text)
 
 
 def build_parser() -> argparse.ArgumentParser:
-    d = _defaults()
+    d = TrainConfig()
     parser = argparse.ArgumentParser(
         prog="fastvae",
         description="fastvae: VAEs with fused Triton losses. Train an MLP VAE on MNIST, or "
@@ -93,8 +82,6 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _train(args: argparse.Namespace) -> int:
-    from fastvae.train import TrainConfig, train
-
     fields = {f.name for f in dataclasses.fields(TrainConfig)}
     config = TrainConfig(**{k: v for k, v in vars(args).items() if k in fields})
     train(config)
@@ -105,7 +92,6 @@ def _sample(args: argparse.Namespace) -> int:
     import torch
 
     from fastvae.plots import save_samples
-    from fastvae.train import load_checkpoint, resolve_device
 
     if args.n < 1:
         raise ValueError(f"--n must be >= 1, got {args.n}")

@@ -50,7 +50,7 @@ def test_every_train_config_field_has_a_flag():
 
 def test_flags_reach_the_config(monkeypatch):
     seen = {}
-    monkeypatch.setattr("fastvae.train.train", lambda config: seen.setdefault("config", config))
+    monkeypatch.setattr("fastvae.cli.train", lambda config: seen.setdefault("config", config))
     rc = cli.main([
         "train", "--epochs", "3", "--batch-size", "32", "--lr", "0.01", "--latent-dim", "2",
         "--hidden-dims", "256", "128", "--beta", "4", "--likelihood", "mse", "--binarize",
