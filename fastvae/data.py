@@ -17,6 +17,8 @@ from typing import Iterator, NamedTuple
 
 import torch
 
+from fastvae import _checks
+
 BINARIZE = ("none", "dynamic", "static")
 MNIST_FILES = (
     "train-images-idx3-ubyte",
@@ -98,8 +100,7 @@ def load_mnist(
             raise _missing_mnist_error(root, f"download failed: {reason}") from None
     images, labels = ds.data, ds.targets
     if limit is not None:
-        if limit < 1:
-            raise ValueError(f"limit must be >= 1 or None, got {limit}")
+        _checks.positive_int("limit", limit)
         images, labels = images[:limit], labels[:limit]
     return Split(images.to(device).contiguous(), labels.to(device=device, dtype=torch.int64))
 
@@ -161,10 +162,8 @@ class ImageBatches:
             raise ValueError(f"images must be (N, H, W) or (N, C, H, W), got {tuple(images.shape)}")
         if labels.shape[0] != images.shape[0]:
             raise ValueError(f"{images.shape[0]} images but {labels.shape[0]} labels")
-        if binarize not in BINARIZE:
-            raise ValueError(f"binarize must be one of {BINARIZE}, got {binarize!r}")
-        if batch_size < 1:
-            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        _checks.choice("binarize", binarize, BINARIZE)
+        _checks.positive_int("batch_size", batch_size)
         self.binarize = binarize
         self.images = static_binarize(images) if binarize == "static" else images
         # Static images are 0/1 already; the others are divided by 255 per batch (exactly as

@@ -33,7 +33,7 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
-from fastvae import plots
+from fastvae import _checks, plots
 from fastvae.data import BINARIZE, ImageBatches, load_mnist
 from fastvae.functional import BACKENDS
 from fastvae.models import MLPVAE
@@ -82,20 +82,16 @@ class TrainConfig:
         self.hidden_dims = tuple(int(h) for h in self.hidden_dims)
         self.out = str(self.out)
         for name in ("epochs", "batch_size", "latent_dim", "test_batch_size"):
-            if int(getattr(self, name)) < 1:
-                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+            _checks.positive_int(name, getattr(self, name))
         for name in ("limit_train", "limit_test"):
-            if getattr(self, name) is not None and getattr(self, name) < 1:
-                raise ValueError(f"{name} must be >= 1 or None, got {getattr(self, name)}")
+            if getattr(self, name) is not None:
+                _checks.positive_int(name, getattr(self, name))
         if not self.lr > 0:
             raise ValueError(f"lr must be > 0, got {self.lr}")
-        if not self.beta >= 0:
-            raise ValueError(f"beta must be >= 0, got {self.beta}")
-        for name, choices in (
-            ("likelihood", LIKELIHOODS), ("binarize", BINARIZE), ("backend", BACKENDS)
-        ):
-            if getattr(self, name) not in choices:
-                raise ValueError(f"{name} must be one of {choices}, got {getattr(self, name)!r}")
+        _checks.beta(self.beta)
+        _checks.choice("likelihood", self.likelihood, LIKELIHOODS)
+        _checks.choice("binarize", self.binarize, BINARIZE)
+        _checks.choice("backend", self.backend, BACKENDS)
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "TrainConfig":

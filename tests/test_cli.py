@@ -71,7 +71,7 @@ def test_bad_flag_values_exit_cleanly(capsys):
     assert info.value.code == 2
     assert cli.main(["train", "--epochs", "0"]) == 2
     err = capsys.readouterr().err
-    assert "epochs must be >= 1" in err and "Traceback" not in err
+    assert "epochs must be an integer >= 1, got 0" in err and "Traceback" not in err
 
 
 def test_missing_data_is_one_clear_message(monkeypatch, tmp_path, capsys):
