@@ -21,25 +21,45 @@ def _empty(like: Tensor, dtype: torch.dtype | None = None) -> Tensor:
 # ---------------------------------------------------------------- reparameterization + KL
 
 
+def _kl_div(reduction: str, B: int) -> int:
+    """The kernels divide each row's KL (and its gradient) by this: B for "mean", else 1."""
+    return B if reduction == "mean" and B > 0 else 1
+
+
+def _reduce_scaled_rows(rows: Tensor, reduction: str) -> Tensor:
+    """"none": the rows; "sum"/"mean": their sum (one launch: for "mean" the kernel has already
+    divided each row by B). An empty batch's mean is NaN, as torch.mean's."""
+    if reduction == "none":
+        return rows
+    if reduction == "mean" and rows.numel() == 0:
+        return rows.new_full((), float("nan"))
+    return rows.sum()
+
+
 @torch.library.custom_op("fastvae::sample_and_kl", mutates_args=())
 def sample_and_kl_op(
-    mu: Tensor, logvar: Tensor, seed: Tensor, n_samples: int, sample: bool, kl: bool
+    mu: Tensor, logvar: Tensor, seed: Tensor, n_samples: int, sample: bool, kl: bool,
+    reduction: str,
 ) -> tuple[Tensor, Tensor]:
-    """(z, per-row KL) from one kernel launch; either may be switched off (empty result)."""
-    z, kl_rows = kernels.sample_and_kl_fwd(mu, logvar, seed, n_samples, sample, kl)
+    """(z, KL reduced as asked) from one kernel launch, plus one reduction launch for "sum" or
+    "mean"; either output may be switched off (empty result)."""
+    z, kl_rows = kernels.sample_and_kl_fwd(
+        mu, logvar, seed, n_samples, sample, kl, _kl_div(reduction, mu.shape[0])
+    )
     return (
         z if z is not None else _empty(mu),
-        kl_rows if kl_rows is not None else _empty(mu, loss_dtype(mu.dtype)),
+        _reduce_scaled_rows(kl_rows, reduction) if kl_rows is not None
+        else _empty(mu, loss_dtype(mu.dtype)),
     )
 
 
 @sample_and_kl_op.register_fake
-def _(mu, logvar, seed, n_samples, sample, kl):
+def _(mu, logvar, seed, n_samples, sample, kl, reduction):
     B, L = mu.shape
     z_shape = (B, L) if n_samples == 1 else (n_samples, B, L)
     z = mu.new_empty(z_shape) if sample else _empty(mu)
-    kl_rows = mu.new_empty(B if kl else 0, dtype=loss_dtype(mu.dtype))
-    return z, kl_rows
+    kl_shape = (0,) if not kl else (B,) if reduction == "none" else ()
+    return z, mu.new_empty(kl_shape, dtype=loss_dtype(mu.dtype))
 
 
 @torch.library.custom_op("fastvae::sample_and_kl_backward", mutates_args=())
@@ -50,29 +70,39 @@ def sample_and_kl_backward_op(
     n_samples: int,
     grad_z: Tensor | None,
     grad_kl: Tensor | None,
+    reduction: str,
 ) -> tuple[Tensor, Tensor]:
-    """(dmu, dlogvar) from one kernel launch; eps is regenerated from ``seed``."""
-    return kernels.sample_and_kl_bwd(mu, logvar, seed, n_samples, grad_z, grad_kl)
+    """(dmu, dlogvar) from one kernel launch; eps is regenerated from ``seed``. ``grad_kl`` is
+    ``(B,)`` for reduction "none" and a scalar otherwise (read with stride 0, no expand kernel;
+    the kernel divides it by B for "mean")."""
+    B = mu.shape[0]
+    if grad_kl is not None and reduction != "none":
+        grad_kl = grad_kl.expand(B)
+    return kernels.sample_and_kl_bwd(
+        mu, logvar, seed, n_samples, grad_z, grad_kl, _kl_div(reduction, B)
+    )
 
 
 @sample_and_kl_backward_op.register_fake
-def _(mu, logvar, seed, n_samples, grad_z, grad_kl):
+def _(mu, logvar, seed, n_samples, grad_z, grad_kl, reduction):
     return torch.empty_like(mu), torch.empty_like(logvar)
 
 
 def _sample_and_kl_setup(ctx, inputs, output):
-    mu, logvar, seed, n_samples, _, _ = inputs
+    mu, logvar, seed, n_samples, _, _, reduction = inputs
     ctx.save_for_backward(mu, logvar, seed)
-    ctx.n_samples = n_samples
+    ctx.n_samples, ctx.reduction = n_samples, reduction
     ctx.set_materialize_grads(False)  # an unused output gets None, not a tensor of zeros
 
 
 def _sample_and_kl_backward(ctx, grad_z, grad_kl):
     mu, logvar, seed = ctx.saved_tensors
     if grad_z is None and grad_kl is None:
-        return None, None, None, None, None, None
-    dmu, dlogvar = sample_and_kl_backward_op(mu, logvar, seed, ctx.n_samples, grad_z, grad_kl)
-    return dmu, dlogvar, None, None, None, None
+        return None, None, None, None, None, None, None
+    dmu, dlogvar = sample_and_kl_backward_op(
+        mu, logvar, seed, ctx.n_samples, grad_z, grad_kl, ctx.reduction
+    )
+    return dmu, dlogvar, None, None, None, None, None
 
 
 sample_and_kl_op.register_autograd(_sample_and_kl_backward, setup_context=_sample_and_kl_setup)
@@ -93,16 +123,17 @@ def reconstruction_loss_op(
 ) -> tuple[Tensor, Tensor, Tensor]:
     """(loss, d_recon, d_logvar): the loss reduced as asked; for "sum"/"mean" the gradients
     (already divided by B for "mean") come from the same pass, for "none" they are empty and
-    computed in backward, where grad_output is per row."""
+    computed in backward, where grad_output is per row. Two launches: the kernel, and one sum
+    of its per-program partials (already divided by B for "mean")."""
     if reduction == "none":
-        rows, _, _ = kernels.recon_loss_fwd(recon, x, recon_logvar, likelihood, 1, False, False)
-        return rows, _empty(recon), _empty(recon)
+        parts, _, _ = kernels.recon_loss_fwd(recon, x, recon_logvar, likelihood, 1, False, False)
+        return parts.sum(dim=1), _empty(recon), _empty(recon)
     B = recon.shape[0]
     grad_div = B if reduction == "mean" and B > 0 else 1
-    rows, dr, dv = kernels.recon_loss_fwd(
+    parts, dr, dv = kernels.recon_loss_fwd(
         recon, x, recon_logvar, likelihood, grad_div, grad_recon, grad_logvar
     )
-    total = rows.sum() if reduction == "sum" else rows.mean()
+    total = _reduce_scaled_rows(parts.reshape(-1), reduction) if B == 0 else parts.sum()
     return total, dr if dr is not None else _empty(recon), dv if dv is not None else _empty(recon)
 
 
@@ -177,11 +208,14 @@ def _recon_backward(ctx, grad_loss, _grad_dr, _grad_dv):
             )
         g = grad_loss.reshape((-1,) + (1,) * (recon.dim() - 1))
     else:
+        # One launch per gradient: the fused forward pass already wrote it for grad_output 1.
         scale = grad_loss.to(recon.dtype)
         d_recon = dr * scale if need_r else None
         d_logvar = dv * scale if need_v else None
-        g = grad_loss / recon.shape[0] if ctx.reduction == "mean" else grad_loss
+        g = grad_loss
     if need_x:
+        if ctx.reduction == "mean":  # only here: dividing when x needs no grad wastes a launch
+            g = g / recon.shape[0]
         d_x = _target_grad(recon, x, recon_logvar, ctx.likelihood, g)
     return (
         d_recon if need_r else None,

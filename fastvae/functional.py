@@ -98,7 +98,9 @@ def reparameterize(
     _checks.generator(generator, mu.device)
     if resolve_backend(backend, mu) == "torch":
         return reference.reparameterize(mu, logvar, n_samples=n_samples, generator=generator)
-    z, _ = sample_and_kl_op(mu, logvar, _seed(generator, mu.device), n_samples, True, False)
+    z, _ = sample_and_kl_op(
+        mu, logvar, _seed(generator, mu.device), n_samples, True, False, "none"
+    )
     return z
 
 
@@ -131,8 +133,8 @@ def gaussian_kl(
     if resolve_backend(backend, mu) == "torch":
         return reference.gaussian_kl(mu, logvar, reduction)
     seed = mu.new_empty(0, dtype=torch.int64)  # never read: nothing is sampled
-    _, kl_rows = sample_and_kl_op(mu, logvar, seed, 1, False, True)
-    return reference.reduce_rows(kl_rows, reduction)
+    _, kl = sample_and_kl_op(mu, logvar, seed, 1, False, True, reduction)
+    return kl
 
 
 def sample_and_kl(
@@ -159,8 +161,8 @@ def sample_and_kl(
     _checks.generator(generator, mu.device)
     if resolve_backend(backend, mu) == "torch":
         return SampleKL(*reference.sample_and_kl(mu, logvar, reduction=reduction, generator=generator))
-    z, kl_rows = sample_and_kl_op(mu, logvar, _seed(generator, mu.device), 1, True, True)
-    return SampleKL(z, reference.reduce_rows(kl_rows, reduction))
+    z, kl = sample_and_kl_op(mu, logvar, _seed(generator, mu.device), 1, True, True, reduction)
+    return SampleKL(z, kl)
 
 
 def _check_recon(recon, x, likelihood, recon_logvar, reduction) -> None:

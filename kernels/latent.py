@@ -28,15 +28,17 @@ def _load_tile(mu_ptr, lv_ptr, rows, row_mask, col0, L, BLOCK_L: tl.constexpr):
 
 # Forward, for row b, column j and sample k (counter c = k*B*L + b*L + j):
 #   eps = Philox-normal(seed, c);  z[k, b, j] = mu + eps * exp(0.5 * lv)
-#   kl[b] = 0.5 * sum_j (mu^2 + exp(lv) - 1 - lv)
+#   kl[b] = 0.5 * sum_j (mu^2 + exp(lv) - 1 - lv) / kl_div
 # Backward, given dz (K, B, L) and dkl (B,) (stride 0 when the KL was summed or averaged):
-#   dmu = sum_k dz_k + dkl_b * mu
-#   dlv = 0.5 * exp(0.5 * lv) * sum_k dz_k * eps_k + dkl_b * 0.5 * (exp(lv) - 1)
-# eps is regenerated from (seed, c) in backward: it is never stored.
+#   dmu = sum_k dz_k + g_b * mu
+#   dlv = 0.5 * exp(0.5 * lv) * sum_k dz_k * eps_k + g_b * 0.5 * (exp(lv) - 1),  g_b = dkl_b / kl_div
+# kl_div is B for a batch mean (summed by the caller) and 1 otherwise, so that "mean" needs no
+# separate division in forward or backward. eps is regenerated from (seed, c) in backward: it is
+# never stored.
 @triton.jit
 def _sample_and_kl_fwd_kernel(
     mu_ptr, lv_ptr, seed_ptr, z_ptr, kl_ptr,
-    B, L, K, sample_stride,
+    B, L, K, sample_stride, kl_div,
     SAMPLE: tl.constexpr, KL: tl.constexpr, BLOCK_B: tl.constexpr, BLOCK_L: tl.constexpr,
 ):
     rows = tl.program_id(0).to(tl.int64) * BLOCK_B + tl.arange(0, BLOCK_B)
@@ -58,13 +60,13 @@ def _sample_and_kl_fwd_kernel(
                 tl.store(z_ptr + off, z.to(z_ptr.dtype.element_ty), mask=mask)
                 off += sample_stride
     if KL:
-        tl.store(kl_ptr + rows, 0.5 * kl_acc, mask=row_mask)
+        tl.store(kl_ptr + rows, 0.5 * kl_acc / kl_div, mask=row_mask)
 
 
 @triton.jit
 def _sample_and_kl_bwd_kernel(
     mu_ptr, lv_ptr, seed_ptr, dz_ptr, dkl_ptr, dmu_ptr, dlv_ptr,
-    B, L, K, sample_stride, dkl_stride,
+    B, L, K, sample_stride, dkl_stride, kl_div,
     HAS_DZ: tl.constexpr, HAS_DKL: tl.constexpr, BLOCK_B: tl.constexpr, BLOCK_L: tl.constexpr,
 ):
     rows = tl.program_id(0).to(tl.int64) * BLOCK_B + tl.arange(0, BLOCK_B)
@@ -72,7 +74,7 @@ def _sample_and_kl_bwd_kernel(
     if HAS_DZ:
         seed = tl.load(seed_ptr)
     if HAS_DKL:
-        g = to_acc(tl.load(dkl_ptr + rows * dkl_stride, mask=row_mask, other=0.0))[:, None]
+        g = to_acc(tl.load(dkl_ptr + rows * dkl_stride, mask=row_mask, other=0.0))[:, None] / kl_div
     for col0 in range(0, L, BLOCK_L):
         mask, idx, mu, lv = _load_tile(mu_ptr, lv_ptr, rows, row_mask, col0, L, BLOCK_L)
         dmu = tl.zeros_like(mu)
@@ -101,7 +103,13 @@ def _blocks(L: int) -> tuple[int, int]:
 
 
 def sample_and_kl_fwd(
-    mu: torch.Tensor, logvar: torch.Tensor, seed: torch.Tensor, n_samples: int, sample: bool, kl: bool
+    mu: torch.Tensor,
+    logvar: torch.Tensor,
+    seed: torch.Tensor,
+    n_samples: int,
+    sample: bool,
+    kl: bool,
+    kl_div: int = 1,
 ) -> tuple[torch.Tensor | None, torch.Tensor | None]:
     """Launch the fused forward kernel.
 
@@ -111,10 +119,12 @@ def sample_and_kl_fwd(
             when sampling.
         n_samples: K >= 1 samples per row; z is ``(B, L)`` for K == 1, else ``(K, B, L)``.
         sample, kl: which outputs to compute.
+        kl_div: each row's KL is divided by this (B when the caller takes the batch mean by
+            summing the rows, else 1).
 
     Returns:
-        ``(z or None, kl or None)``: z in the input dtype, per-row KL ``(B,)`` in float32
-        (float64 for float64 inputs), in nats.
+        ``(z or None, kl or None)``: z in the input dtype, per-row KL ``(B,)`` divided by
+        ``kl_div``, in float32 (float64 for float64 inputs), in nats.
     """
     check_launchable("mu", mu)
     mu, logvar = mu.contiguous(), logvar.contiguous()
@@ -126,7 +136,7 @@ def sample_and_kl_fwd(
         block_b, block_l = _blocks(L)
         _sample_and_kl_fwd_kernel[(triton.cdiv(B, block_b),)](
             mu, logvar, seed, z if sample else mu, kl_rows if kl else mu,
-            B, L, n_samples, B * L,
+            B, L, n_samples, B * L, kl_div,
             SAMPLE=sample, KL=kl, BLOCK_B=block_b, BLOCK_L=block_l,
         )
     elif kl:
@@ -141,11 +151,13 @@ def sample_and_kl_bwd(
     n_samples: int,
     grad_z: torch.Tensor | None,
     grad_kl: torch.Tensor | None,
+    kl_div: int = 1,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Launch the fused backward kernel; returns ``(dmu, dlogvar)`` in the input dtype.
 
     ``grad_z`` has z's shape (or is None when z was unused); ``grad_kl`` is ``(B,)`` and may be
-    an expanded (stride 0) view, or None when the KL was unused. eps is regenerated from seed.
+    an expanded (stride 0) view, or None when the KL was unused; it is divided by ``kl_div``
+    (as in :func:`sample_and_kl_fwd`). eps is regenerated from seed.
     """
     check_launchable("mu", mu)
     mu, logvar = mu.contiguous(), logvar.contiguous()
@@ -157,7 +169,7 @@ def sample_and_kl_bwd(
         block_b, block_l = _blocks(L)
         _sample_and_kl_bwd_kernel[(triton.cdiv(B, block_b),)](
             mu, logvar, seed, mu if grad_z is None else grad_z, mu if grad_kl is None else grad_kl,
-            dmu, dlv, B, L, n_samples, B * L, 0 if grad_kl is None else grad_kl.stride(0),
+            dmu, dlv, B, L, n_samples, B * L, 0 if grad_kl is None else grad_kl.stride(0), kl_div,
             HAS_DZ=grad_z is not None, HAS_DKL=grad_kl is not None,
             BLOCK_B=block_b, BLOCK_L=block_l,
         )

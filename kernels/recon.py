@@ -65,10 +65,11 @@ def _store_grads(dr_ptr, dv_ptr, off, mask, dr, dv, WRITE_DR: tl.constexpr, WRIT
         tl.store(dv_ptr + off, dv.to(dv_ptr.dtype.element_ty), mask=mask)
 
 
-# One program per (row, chunk of BLOCK_D features): writes the chunk's loss sum to partial[pid]
-# (rows are summed from these partials on the host side of the launch, deterministically) and,
-# when asked, the gradient divided by grad_div (1 for "sum", B for "mean"), so that backward
-# only multiplies it by grad_output.
+# One program per (row, chunk of BLOCK_D features): writes the chunk's loss sum divided by
+# grad_div (1 for "sum" and "none", B for "mean") to partial[pid] -- the caller sums these
+# partials in a fixed order, so results are deterministic and a batch mean needs no separate
+# division -- and, when asked, the gradient divided by grad_div, so that backward only
+# multiplies it by grad_output.
 @triton.jit
 def _recon_loss_fwd_kernel(
     r_ptr, x_ptr, v_ptr, partial_ptr, dr_ptr, dv_ptr,
@@ -77,7 +78,7 @@ def _recon_loss_fwd_kernel(
 ):
     pid, _, off, mask, r, x, v = _load_chunk(r_ptr, x_ptr, v_ptr, D, n_chunks, LIKELIHOOD, BLOCK_D)
     loss, dr, dv = _recon_terms(r, x, v, LIKELIHOOD)
-    tl.store(partial_ptr + pid, tl.sum(tl.where(mask, loss, 0.0), axis=0))
+    tl.store(partial_ptr + pid, tl.sum(tl.where(mask, loss, 0.0), axis=0) / grad_div)
     _store_grads(dr_ptr, dv_ptr, off, mask, dr / grad_div, dv / grad_div, WRITE_DR, WRITE_DV)
 
 
@@ -117,19 +118,23 @@ def recon_loss_fwd(
         recon, x, recon_logvar: ``(B, *feature_shape)``, same floating dtype and device
             (made contiguous here); recon_logvar only for "gaussian".
         likelihood: "bernoulli", "mse" or "gaussian".
-        grad_div: the written gradients are divided by this (1 for "sum", B for "mean").
+        grad_div: the partial sums and the written gradients are divided by this (1 for
+            "sum" and "none", B for "mean").
         grad_recon, grad_logvar: which gradients to write.
 
     Returns:
-        ``(loss_rows, d_recon or None, d_logvar or None)``: loss_rows ``(B,)`` in float32
-        (float64 for float64 inputs), in nats; gradients in the input dtype and shape.
+        ``(partials, d_recon or None, d_logvar or None)``: partials ``(B, n_chunks)`` in
+        float32 (float64 for float64 inputs), in nats: ``partials.sum(1)`` is the per-sample
+        loss divided by grad_div, ``partials.sum()`` the "sum" or "mean" reduction; gradients
+        in the input dtype and shape.
     """
     check_launchable("recon", recon)
     recon, x = recon.contiguous(), x.contiguous()
     gaussian = likelihood == "gaussian"
     logvar = recon_logvar.contiguous() if gaussian else recon
     B, D, block_d, n_chunks = _layout(recon)
-    partial = torch.zeros(B * n_chunks, dtype=loss_dtype(recon.dtype), device=recon.device)
+    # Every program writes its slot, so no zero-fill (and no extra launch) is needed.
+    partial = torch.empty(B * n_chunks, dtype=loss_dtype(recon.dtype), device=recon.device)
     dr = torch.empty_like(recon) if grad_recon else None
     dv = torch.empty_like(logvar) if grad_logvar and gaussian else None
     if B * D > 0:
@@ -139,7 +144,7 @@ def recon_loss_fwd(
             LIKELIHOOD=LIKELIHOOD_CODES[likelihood], WRITE_DR=dr is not None,
             WRITE_DV=dv is not None, BLOCK_D=block_d,
         )
-    return partial.view(B, n_chunks).sum(dim=1), dr, dv
+    return partial.view(B, n_chunks), dr, dv
 
 
 def recon_loss_bwd(

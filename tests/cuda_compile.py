@@ -22,12 +22,12 @@ def variants():
         common = {"mu_ptr": f"*{dt}", "lv_ptr": f"*{dt}", "seed_ptr": "*i64"}
         for sample, kl in ((True, True), (True, False), (False, True)):
             sig = {**common, "z_ptr": f"*{dt}", "kl_ptr": f"*{acc}", "B": "i32", "L": "i32",
-                   "K": "i32", "sample_stride": "i64"}
+                   "K": "i32", "sample_stride": "i64", "kl_div": "i32"}
             yield latent._sample_and_kl_fwd_kernel, sig, {"SAMPLE": sample, "KL": kl, "BLOCK_B": 16, "BLOCK_L": 128}
         for dz, dkl in ((True, True), (True, False), (False, True)):
             sig = {**common, "dz_ptr": f"*{dt}", "dkl_ptr": f"*{acc}", "dmu_ptr": f"*{dt}",
                    "dlv_ptr": f"*{dt}", "B": "i32", "L": "i32", "K": "i32", "sample_stride": "i64",
-                   "dkl_stride": "i32"}
+                   "dkl_stride": "i32", "kl_div": "i32"}
             yield latent._sample_and_kl_bwd_kernel, sig, {"HAS_DZ": dz, "HAS_DKL": dkl, "BLOCK_B": 16, "BLOCK_L": 128}
         io = {"r_ptr": f"*{dt}", "x_ptr": f"*{dt}", "v_ptr": f"*{dt}"}
         for lik, write in itertools.product(recon.LIKELIHOOD_CODES.values(), (True, False)):

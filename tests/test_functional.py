@@ -133,8 +133,9 @@ def test_operator_registrations(device):
     mu = torch.randn(3, 5, generator=g).to(device).requires_grad_(True)
     lv = torch.randn(3, 5, generator=g).to(device).requires_grad_(True)
     seed = torch.tensor([7], device=device)
-    torch.library.opcheck(_ops.sample_and_kl_op, (mu, lv, seed, 2, True, True))
-    torch.library.opcheck(_ops.sample_and_kl_backward_op, (mu.detach(), lv.detach(), seed, 1, torch.ones(3, 5, device=device), None))
+    for reduction in ("none", "mean"):
+        torch.library.opcheck(_ops.sample_and_kl_op, (mu, lv, seed, 2, True, True, reduction))
+    torch.library.opcheck(_ops.sample_and_kl_backward_op, (mu.detach(), lv.detach(), seed, 1, torch.ones(3, 5, device=device), torch.ones((), device=device), "mean"))
     recon = torch.randn(3, 7, generator=g).to(device).requires_grad_(True)
     x = torch.rand(3, 7, generator=g).to(device)
     for reduction in ("none", "mean"):
