@@ -22,7 +22,9 @@ from torch.utils._python_dispatch import TorchDispatchMode, _disable_current_mod
 from fastvae.kernels import latent, recon
 
 # aten ops that allocate or re-view memory without launching a kernel.
-_NO_KERNEL = {"empty", "empty_like", "empty_strided", "new_empty", "new_empty_strided", "lift_fresh"}
+_NO_KERNEL = {
+    "empty", "empty_like", "empty_strided", "new_empty", "new_empty_strided", "lift_fresh", "_unsafe_view",
+}
 # aten ops that make the host wait for the device (a device-to-host read of a value).
 _SYNCING = {"_local_scalar_dense", "nonzero", "equal", "is_nonzero", "unique", "masked_select"}
 # The launched kernels (helpers that kernels call are jit functions too, but never launched).

@@ -2,6 +2,7 @@
 
     fastvae train [--epochs 10] [--batch-size 128] [--lr 1e-3] ... [--out runs/mnist]
     fastvae sample runs/mnist/checkpoint.pt [--n 64] [--out samples.png] [--seed 0]
+    fastvae bench [--smoke] [...]     (python -m benchmarks.report, from a source checkout)
 
 ``train`` has one flag per :class:`fastvae.train.TrainConfig` field, with the same defaults.
 """
@@ -11,6 +12,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import sys
+from pathlib import Path
 
 from fastvae.data import BINARIZE
 from fastvae.functional import BACKENDS
@@ -78,6 +80,14 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--out", default="samples.png", help="PNG file to write")
     s.add_argument("--seed", type=int, default=0, help="seed of the latent draw")
     s.add_argument("--device", default="cpu", help="device to decode on")
+
+    sub.add_parser(
+        "bench",
+        help="run the benchmarks (python -m benchmarks.report; a source checkout only)",
+        description="Benchmarks of fastvae against PyTorch eager and torch.compile; every "
+        "argument goes to `python -m benchmarks.report` (see `fastvae bench --help`).",
+        add_help=False,
+    )
     return parser
 
 
@@ -103,12 +113,33 @@ def _sample(args: argparse.Namespace) -> int:
     return 0
 
 
+def _bench(argv: list[str]) -> int:
+    # benchmarks/ sits beside the fastvae package in a checkout (it is not installed).
+    checkout = str(Path(__file__).resolve().parent.parent)
+    if not (Path(checkout) / "benchmarks" / "report.py").is_file():
+        raise FileNotFoundError(
+            "fastvae bench needs a source checkout (benchmarks/ beside fastvae/); this fastvae "
+            f"is installed from {checkout}. Clone the repository and pip install -e . there."
+        )
+    if checkout not in sys.path:
+        sys.path.insert(0, checkout)
+    from benchmarks import report
+
+    return report.main(argv)
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run the CLI on ``argv`` (default ``sys.argv[1:]``); return the exit status."""
     from fastvae.data import DataNotFoundError
 
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    # bench hands all its arguments (--help included) to benchmarks.report's own parser.
+    args, rest = parser.parse_known_args(argv)
+    if rest and args.command != "bench":
+        parser.error(f"unrecognized arguments: {' '.join(rest)}")
     try:
+        if args.command == "bench":
+            return _bench(rest)
         return {"train": _train, "sample": _sample}[args.command](args)
     except DataNotFoundError as exc:
         print(f"fastvae: error: {exc}", file=sys.stderr)

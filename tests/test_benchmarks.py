@@ -1,0 +1,216 @@
+"""The benchmark harness runs end to end (smoke mode, on this machine's device), counts what
+it claims to count, and the README's performance section is generated from results files."""
+
+import json
+
+import pytest
+import torch
+
+from benchmarks import losses, measure, readme, report
+from benchmarks.losses import Case
+from fastvae import cli
+
+CPU = torch.device("cpu")
+# GPU-only row fields: null where the smoke run has no CUDA device.
+GPU_ONLY = ("launches", "host_syncs", "peak_extra_bytes")
+
+
+def _set(case):
+    return losses.make_set(case, CPU, torch.Generator().manual_seed(0))
+
+
+def test_smoke_report_runs_end_to_end(tmp_path):
+    out = tmp_path / "smoke.json"
+    assert report.main(["--smoke", "--device", "cpu", "--out", str(out)]) == 0
+    res = json.loads(out.read_text())
+    assert res["smoke"] is True and res["device_type"] == "cpu"
+    assert tuple(res["headline"]) == report.HEADLINE_KEYS
+    expected = report.cases(report.SMOKE, losses.OPS, tuple(report.DTYPES))
+    assert len(res["rows"]) == len(expected) * len(losses.IMPLS)
+    for row in res["rows"]:
+        assert row["error"] is None, row
+        assert row["time_ms"] > 0 and row["gbps"] > 0 and row["pct_copy_bw"] > 0
+        assert all(row[k] is None for k in GPU_ONLY), row
+        if row["impl"] == "fastvae":
+            assert row["speedup_vs_eager"] > 0 and row["speedup_vs_compile"] > 0
+            assert row["dispatched_launches"] >= 1 and row["dispatched_syncs"] == 0
+        if row["mode"] == "fwd+bwd":
+            assert row["saved_bytes"] >= row["saved_bytes_beyond_inputs"] >= 0
+    mnist = res["mnist"]
+    assert mnist["epochs"] == 1 and mnist["train_images"] == 512
+    for side in ("baseline", "fastvae"):
+        assert mnist[side]["seconds"] > 0
+        # an untrained 784-pixel Bernoulli model is at ~543 nats (784 log 2); one epoch of 4
+        # steps moves it, but not far
+        assert 200 < mnist[side]["test_loss"] < 600
+    assert mnist["fastvae"]["cuda_graph"] is False
+    head = res["headline"]
+    assert head["loss_head_launches"] is None and head["loss_head_host_syncs"] is None
+    assert head["mnist_test_loss_fastvae"] == mnist["fastvae"]["test_loss"]
+
+
+def test_fastvae_bench_command(tmp_path):
+    out = tmp_path / "r.json"
+    argv = ["bench", "--smoke", "--device", "cpu", "--ops", "latent", "--dtypes", "fp32",
+            "--mnist-epochs", "0", "--out", str(out)]
+    assert cli.main(argv) == 0
+    res = json.loads(out.read_text())
+    assert {r["op"] for r in res["rows"]} == {"latent"} and res["mnist"] is None
+
+
+def test_smoke_results_go_under_runs():
+    assert report.default_out({"device": "NVIDIA H100 80GB HBM3", "smoke": False}) == report.RESULTS_DIR / "nvidia-h100-80gb-hbm3.json"
+    assert str(report.default_out({"device": "x86_64", "smoke": True})).startswith("runs")
+
+
+# ------------------------------------------------------------------ what a loss step costs
+
+
+def _count(op, impl, monkeypatch, mode="fwd+bwd"):
+    monkeypatch.setenv("FASTVAE_BACKEND", "triton")  # the fused kernels, through the interpreter
+    case = Case(op, 4, 3 if op == "latent" else 16, torch.float32, mode)
+    step = losses.step_fn(case, losses.forward_fn(op, impl), [_set(case)])
+    step()
+    return measure.count_dispatched(step)
+
+
+def test_loss_head_launches_and_syncs(monkeypatch):
+    """The fused loss step (sample + KL + recon, forward and backward), launch by launch.
+
+    Forward: the seed draw (a device tensor, so that CUDA-graph replays draw fresh noise), the
+    latent kernel, the sum of its per-program KL partials, the recon kernel (loss partials and
+    the gradient), the sum of its partials, and the caller's ``recon + kl``. Backward: the
+    recon gradient times grad_output (the forward wrote it for grad_output = 1; one multiply
+    on the device instead of a host sync), the latent backward kernel.
+    """
+    counted = _count("loss_head", "fastvae", monkeypatch)
+    assert counted.ops == [
+        "randint", "triton:_sample_and_kl_fwd_kernel", "sum",
+        "triton:_recon_loss_fwd_kernel", "sum", "add",
+        "mul", "triton:_sample_and_kl_bwd_kernel",
+    ]
+    assert counted.syncs == 0
+    eager = _count("loss_head", "eager", monkeypatch)
+    assert eager.launches > 3 * counted.launches
+
+
+def test_counter_sees_syncs_and_skips_views():
+    x = torch.randn(4, 3)
+    counted = measure.count_dispatched(lambda: (x.view(-1)[:2] * 2).sum().item())
+    assert counted.ops == ["mul", "sum", "_local_scalar_dense"] and counted.syncs == 1
+    # a reshape of a transposed tensor is a real copy, and is counted
+    assert measure.count_dispatched(lambda: x.t().reshape(-1)).ops == ["clone"]
+
+
+def test_eps_is_never_saved_and_recon_keeps_one_buffer(monkeypatch):
+    monkeypatch.setenv("FASTVAE_BACKEND", "triton")
+    lat = Case("latent", 16, 8, torch.float32, "fwd+bwd")
+    s = _set(lat)
+    saved = measure.saved_for_backward(lambda: losses.fastvae_latent(s["mu"], s["logvar"]), [s["mu"], s["logvar"]])
+    assert saved.bytes_beyond_inputs == 8  # the int64 seed: eps is regenerated in backward
+    eager = measure.saved_for_backward(lambda: losses.eager_latent(s["mu"], s["logvar"]), [s["mu"], s["logvar"]])
+    assert eager.bytes_beyond_inputs >= 16 * 8 * 4  # eps (or eps * std) at least
+
+    rec = Case("recon_bernoulli", 4, 16, torch.float32, "fwd+bwd")
+    s = _set(rec)
+    saved = measure.saved_for_backward(lambda: losses.fastvae_recon_bernoulli(s["recon"], s["x"]), [s["recon"], s["x"]])
+    assert saved.bytes_beyond_inputs == 4 * 16 * 4  # exactly one B x D buffer: the gradient
+
+
+def test_byte_model():
+    assert losses.bytes_moved(Case("recon_mse", 4096, 49152, torch.float32, "fwd+bwd")) == 3 * 4096 * 49152 * 4
+    assert losses.bytes_moved(Case("recon_bernoulli", 128, 784, torch.bfloat16, "fwd")) == 2 * 128 * 784 * 2
+    assert losses.bytes_moved(Case("latent", 128, 20, torch.float32, "fwd+bwd")) == 8 * 128 * 20 * 4
+    assert losses.bytes_moved(Case("loss_head", 128, 784, torch.float32, "fwd")) == (3 * 128 * 20 + 2 * 128 * 784) * 4
+
+
+def test_inputs_rotate_and_are_never_zero():
+    case = Case("recon_bernoulli", 128, 784, torch.float32, "fwd")
+    assert losses.n_sets(case, rotate_bytes=100 << 20) == 131  # ceil(100 MiB / 784 KiB)
+    assert losses.n_sets(case, rotate_bytes=1 << 30) == 256  # capped
+    assert losses.n_sets(case, rotate_bytes=0) == 2
+    s = _set(case)
+    assert (s["recon"] != 0).all() and (s["x"] > 0).all() and (s["x"] < 1).all()
+
+
+@pytest.mark.parametrize("op", ["latent", "recon_bernoulli", "recon_mse", "loss_head"])
+def test_implementations_agree(op):
+    """eager, torch.compile and fastvae compute the same losses and gradients (noise aside:
+    the latent ops are compared on their KL and mu-gradient of the KL alone)."""
+    case = Case(op, 6, 5 if op == "latent" else 12, torch.float32, "fwd+bwd")
+    s = _set(case)
+    args = losses.inputs_of(case, s)
+    fns = {impl: losses.forward_fn(op, impl, "aot_eager") for impl in losses.IMPLS}
+    torch._dynamo.reset()
+    outs = {impl: fn(*args) for impl, fn in fns.items()}
+    for impl in ("eager", "compile"):
+        want = outs["fastvae"][1] if op in ("latent", "loss_head") else outs["fastvae"]
+        got = outs[impl][1] if op in ("latent", "loss_head") else outs[impl]
+        torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-4)
+
+
+# ------------------------------------------------------------------ the README section
+
+
+def _fake_result(device="NVIDIA Test GPU", smoke=False):
+    """A results file as benchmarks.report writes it, with made-up numbers: for testing the
+    generator only (never committed)."""
+    rows = [
+        {"op": "recon_bernoulli", "B": 4096, "dim": 49152, "dtype": "fp32", "mode": "fwd+bwd",
+         "impl": "fastvae", "time_ms": 1.5, "gbps": 1600.0, "pct_copy_bw": 88.0,
+         "speedup_vs_eager": 6.0, "speedup_vs_compile": 1.7, "error": None},
+        {"op": "recon_bernoulli", "B": 4096, "dim": 49152, "dtype": "fp32", "mode": "fwd+bwd",
+         "impl": "eager", "time_ms": 9.0, "gbps": 270.0, "pct_copy_bw": 15.0,
+         "speedup_vs_eager": None, "speedup_vs_compile": None, "error": None},
+    ]
+    head = dict.fromkeys(report.HEADLINE_KEYS)
+    head.update(recon_bernoulli_pct_copy_bw=88.0, loss_head_launches=5, mnist_10_epochs_seconds=0.93)
+    return {"device": device, "torch": "2.x", "triton": "3.x", "date": "2026-01-01T00:00:00+00:00",
+            "smoke": smoke, "compile_backend": "inductor", "copy_bandwidth_gbps": 1818.0,
+            "rows": rows, "mnist": None, "headline": head}
+
+
+def _readme(tmp_path):
+    path = tmp_path / "README.md"
+    path.write_text(f"# title\n\nbefore\n\n{readme.BEGIN}\nold\n{readme.END}\n\nafter\n")
+    return path
+
+
+def test_readme_without_results_says_nothing_was_measured(tmp_path):
+    path, results = _readme(tmp_path), tmp_path / "results"
+    results.mkdir()
+    assert readme.update(path, results) is False
+    text = path.read_text()
+    assert "No GPU numbers have been measured yet" in text
+    assert text.startswith("# title\n\nbefore\n\n") and text.endswith("\n\nafter\n")
+    assert readme.update(path, results, check=True) is True
+
+
+def test_readme_table_comes_from_the_results_file(tmp_path):
+    path, results = _readme(tmp_path), tmp_path / "results"
+    results.mkdir()
+    (results / "nvidia-test-gpu.json").write_text(json.dumps(_fake_result()))
+    assert readme.update(path, results, check=True) is False  # stale: check does not write
+    assert "old" in path.read_text()
+    readme.update(path, results)
+    text = path.read_text()
+    assert "### NVIDIA Test GPU" in text and "not measured" in text
+    assert "| 88% | >= 85% |" in text and "| 5 | <= 3 |" in text and "| 0.93 s |" in text
+    assert "| bernoulli | 4096 | 49152 | fp32 | 1.500 | 1600 | 88% | 6.0x | 1.70x |" in text
+    assert "| 270 |" not in text  # only fastvae's rows are tabulated
+
+
+def test_readme_refuses_smoke_runs(tmp_path):
+    results = tmp_path / "results"
+    results.mkdir()
+    (results / "cpu.json").write_text(json.dumps(_fake_result(smoke=True)))
+    with pytest.raises(readme.NotAResult, match="smoke"):
+        readme.load_results(results)
+
+
+def test_headline_labels_cover_the_headline_keys():
+    assert tuple(readme.HEADLINE_ROWS) == report.HEADLINE_KEYS
+
+
+def test_repository_readme_is_generated_from_committed_results():
+    assert readme.update(check=True), "README.md is stale: run python -m benchmarks.readme"
