@@ -26,14 +26,13 @@ def _kl_div(reduction: str, B: int) -> int:
     return B if reduction == "mean" and B > 0 else 1
 
 
-def _reduce_scaled_rows(rows: Tensor, reduction: str) -> Tensor:
-    """"none": the rows; "sum"/"mean": their sum (one launch: for "mean" the kernel has already
-    divided each row by B). An empty batch's mean is NaN, as torch.mean's."""
-    if reduction == "none":
-        return rows
-    if reduction == "mean" and rows.numel() == 0:
-        return rows.new_full((), float("nan"))
-    return rows.sum()
+def _total(partials: Tensor, reduction: str, B: int) -> Tensor:
+    """The "sum"/"mean" loss from a kernel's partial sums (already divided by B for "mean"):
+    the single partial itself (a view, no launch) or their sum (one launch). An empty batch's
+    mean is NaN, as torch.mean's."""
+    if reduction == "mean" and B == 0:
+        return partials.new_full((), float("nan"))
+    return partials.reshape(()) if partials.numel() == 1 else partials.sum()
 
 
 @torch.library.custom_op("fastvae::sample_and_kl", mutates_args=())
@@ -41,16 +40,19 @@ def sample_and_kl_op(
     mu: Tensor, logvar: Tensor, seed: Tensor, n_samples: int, sample: bool, kl: bool,
     reduction: str,
 ) -> tuple[Tensor, Tensor]:
-    """(z, KL reduced as asked) from one kernel launch, plus one reduction launch for "sum" or
-    "mean"; either output may be switched off (empty result)."""
-    z, kl_rows = kernels.sample_and_kl_fwd(
-        mu, logvar, seed, n_samples, sample, kl, _kl_div(reduction, mu.shape[0])
+    """(z, KL reduced as asked); either may be switched off (empty result). One kernel launch,
+    plus one sum of per-program KL partials for a "sum"/"mean" KL over more than
+    ``_SINGLE_PROGRAM_ELEMS`` elements."""
+    B = mu.shape[0]
+    reduce = reduction != "none"
+    z, kl_out = kernels.sample_and_kl_fwd(
+        mu, logvar, seed, n_samples, sample, kl, _kl_div(reduction, B), reduce
     )
-    return (
-        z if z is not None else _empty(mu),
-        _reduce_scaled_rows(kl_rows, reduction) if kl_rows is not None
-        else _empty(mu, loss_dtype(mu.dtype)),
-    )
+    if kl_out is None:
+        kl_out = _empty(mu, loss_dtype(mu.dtype))
+    elif reduce:
+        kl_out = _total(kl_out, reduction, B)
+    return z if z is not None else _empty(mu), kl_out
 
 
 @sample_and_kl_op.register_fake
@@ -123,8 +125,9 @@ def reconstruction_loss_op(
 ) -> tuple[Tensor, Tensor, Tensor]:
     """(loss, d_recon, d_logvar): the loss reduced as asked; for "sum"/"mean" the gradients
     (already divided by B for "mean") come from the same pass, for "none" they are empty and
-    computed in backward, where grad_output is per row. Two launches: the kernel, and one sum
-    of its per-program partials (already divided by B for "mean")."""
+    computed in backward, where grad_output is per row. Two launches: the kernel (one program
+    per row and feature chunk), and one sum of its partials (already divided by B for
+    "mean")."""
     if reduction == "none":
         parts, _, _ = kernels.recon_loss_fwd(recon, x, recon_logvar, likelihood, 1, False, False)
         return parts.sum(dim=1), _empty(recon), _empty(recon)
@@ -133,7 +136,7 @@ def reconstruction_loss_op(
     parts, dr, dv = kernels.recon_loss_fwd(
         recon, x, recon_logvar, likelihood, grad_div, grad_recon, grad_logvar
     )
-    total = _reduce_scaled_rows(parts.reshape(-1), reduction) if B == 0 else parts.sum()
+    total = _total(parts.reshape(-1), reduction, B)
     return total, dr if dr is not None else _empty(recon), dv if dv is not None else _empty(recon)
 
 

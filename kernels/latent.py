@@ -13,6 +13,10 @@ from ._math import expm1_and_phi, standard_normal, to_acc
 
 _MAX_BLOCK_L = 128
 _BLOCK_ELEMS = 2048  # elements per program: BLOCK_B rows x BLOCK_L columns
+# A reduced KL of at most this many elements (B * L) runs as ONE program, which writes the
+# reduced value itself: at such sizes a launch costs more than the lost parallelism (MNIST's
+# B = 128, L = 20 is 2,560). Larger inputs use one program per row block plus a sum.
+_SINGLE_PROGRAM_ELEMS = 8192
 
 
 @triton.jit
@@ -29,38 +33,50 @@ def _load_tile(mu_ptr, lv_ptr, rows, row_mask, col0, L, BLOCK_L: tl.constexpr):
 # Forward, for row b, column j and sample k (counter c = k*B*L + b*L + j):
 #   eps = Philox-normal(seed, c);  z[k, b, j] = mu + eps * exp(0.5 * lv)
 #   kl[b] = 0.5 * sum_j (mu^2 + exp(lv) - 1 - lv) / kl_div
+# With REDUCE, each program writes the sum of its rows' kl[b] instead (kl_ptr[pid]): one
+# program over a small batch gives the "sum"/"mean" KL itself, with no second launch. Programs
+# walk row blocks with a grid stride, so one grid covers any B.
 # Backward, given dz (K, B, L) and dkl (B,) (stride 0 when the KL was summed or averaged):
 #   dmu = sum_k dz_k + g_b * mu
 #   dlv = 0.5 * exp(0.5 * lv) * sum_k dz_k * eps_k + g_b * 0.5 * (exp(lv) - 1),  g_b = dkl_b / kl_div
-# kl_div is B for a batch mean (summed by the caller) and 1 otherwise, so that "mean" needs no
-# separate division in forward or backward. eps is regenerated from (seed, c) in backward: it is
-# never stored.
+# kl_div is B for a batch mean and 1 otherwise, so that "mean" needs no separate division in
+# forward or backward. eps is regenerated from (seed, c) in backward: it is never stored.
 @triton.jit
 def _sample_and_kl_fwd_kernel(
     mu_ptr, lv_ptr, seed_ptr, z_ptr, kl_ptr,
     B, L, K, sample_stride, kl_div,
-    SAMPLE: tl.constexpr, KL: tl.constexpr, BLOCK_B: tl.constexpr, BLOCK_L: tl.constexpr,
+    SAMPLE: tl.constexpr, KL: tl.constexpr, REDUCE: tl.constexpr,
+    BLOCK_B: tl.constexpr, BLOCK_L: tl.constexpr,
 ):
-    rows = tl.program_id(0).to(tl.int64) * BLOCK_B + tl.arange(0, BLOCK_B)
-    row_mask = rows < B
+    pid = tl.program_id(0)
     if SAMPLE:
         seed = tl.load(seed_ptr)
-    kl_acc = tl.zeros([BLOCK_B], dtype=kl_ptr.dtype.element_ty)
-    for col0 in range(0, L, BLOCK_L):
-        mask, idx, mu, lv = _load_tile(mu_ptr, lv_ptr, rows, row_mask, col0, L, BLOCK_L)
+    kl_total = tl.zeros([BLOCK_B], dtype=kl_ptr.dtype.element_ty)
+    for row0 in range(pid * BLOCK_B, B, tl.num_programs(0) * BLOCK_B):
+        rows = tl.arange(0, BLOCK_B).to(tl.int64) + row0
+        row_mask = rows < B
+        kl_acc = tl.zeros([BLOCK_B], dtype=kl_ptr.dtype.element_ty)
+        for col0 in range(0, L, BLOCK_L):
+            mask, idx, mu, lv = _load_tile(mu_ptr, lv_ptr, rows, row_mask, col0, L, BLOCK_L)
+            if KL:
+                _, phi = expm1_and_phi(lv)
+                kl_acc += tl.sum(tl.where(mask, mu * mu + phi, 0.0), axis=1)
+            if SAMPLE:
+                std = tl.exp(0.5 * lv)
+                off = idx
+                for _k in range(K):
+                    eps = standard_normal(seed, off)
+                    z = mu + eps.to(mu.dtype) * std
+                    tl.store(z_ptr + off, z.to(z_ptr.dtype.element_ty), mask=mask)
+                    off += sample_stride
         if KL:
-            _, phi = expm1_and_phi(lv)
-            kl_acc += tl.sum(tl.where(mask, mu * mu + phi, 0.0), axis=1)
-        if SAMPLE:
-            std = tl.exp(0.5 * lv)
-            off = idx
-            for _k in range(K):
-                eps = standard_normal(seed, off)
-                z = mu + eps.to(mu.dtype) * std
-                tl.store(z_ptr + off, z.to(z_ptr.dtype.element_ty), mask=mask)
-                off += sample_stride
-    if KL:
-        tl.store(kl_ptr + rows, 0.5 * kl_acc / kl_div, mask=row_mask)
+            kl_rows = 0.5 * kl_acc / kl_div
+            if REDUCE:
+                kl_total += tl.where(row_mask, kl_rows, 0.0)
+            else:
+                tl.store(kl_ptr + rows, kl_rows, mask=row_mask)
+    if KL and REDUCE:
+        tl.store(kl_ptr + pid, tl.sum(kl_total, axis=0))
 
 
 @triton.jit
@@ -110,6 +126,7 @@ def sample_and_kl_fwd(
     sample: bool,
     kl: bool,
     kl_div: int = 1,
+    reduce: bool = False,
 ) -> tuple[torch.Tensor | None, torch.Tensor | None]:
     """Launch the fused forward kernel.
 
@@ -119,29 +136,35 @@ def sample_and_kl_fwd(
             when sampling.
         n_samples: K >= 1 samples per row; z is ``(B, L)`` for K == 1, else ``(K, B, L)``.
         sample, kl: which outputs to compute.
-        kl_div: each row's KL is divided by this (B when the caller takes the batch mean by
-            summing the rows, else 1).
+        kl_div: each row's KL is divided by this (B for a batch mean, else 1).
+        reduce: return per-program sums of the rows' KL instead of the rows: their sum is
+            the "sum" (kl_div 1) or "mean" (kl_div B) KL, and a batch of at most
+            ``_SINGLE_PROGRAM_ELEMS`` elements gives a single value (one program).
 
     Returns:
-        ``(z or None, kl or None)``: z in the input dtype, per-row KL ``(B,)`` divided by
-        ``kl_div``, in float32 (float64 for float64 inputs), in nats.
+        ``(z or None, kl or None)``: z in the input dtype; the KL in float32 (float64 for
+        float64 inputs), in nats: per row ``(B,)`` divided by ``kl_div``, or with ``reduce``
+        per-program partial sums ``(P,)`` with P >= 1 (zeros for an empty input).
     """
     check_launchable("mu", mu)
     mu, logvar = mu.contiguous(), logvar.contiguous()
     B, L = mu.shape
     z_shape = (B, L) if n_samples == 1 else (n_samples, B, L)
     z = torch.empty(z_shape, dtype=mu.dtype, device=mu.device) if sample else None
-    kl_rows = torch.empty(B, dtype=loss_dtype(mu.dtype), device=mu.device) if kl else None
+    block_b, block_l = _blocks(L)
+    single = reduce and B * L <= _SINGLE_PROGRAM_ELEMS
+    programs = 1 if single else max(1, triton.cdiv(B, block_b))
+    kl_shape = programs if reduce else B
+    kl_out = torch.empty(kl_shape, dtype=loss_dtype(mu.dtype), device=mu.device) if kl else None
     if B * L > 0:
-        block_b, block_l = _blocks(L)
-        _sample_and_kl_fwd_kernel[(triton.cdiv(B, block_b),)](
-            mu, logvar, seed, z if sample else mu, kl_rows if kl else mu,
+        _sample_and_kl_fwd_kernel[(programs,)](
+            mu, logvar, seed, z if sample else mu, kl_out if kl else mu,
             B, L, n_samples, B * L, kl_div,
-            SAMPLE=sample, KL=kl, BLOCK_B=block_b, BLOCK_L=block_l,
+            SAMPLE=sample, KL=kl, REDUCE=reduce, BLOCK_B=block_b, BLOCK_L=block_l,
         )
     elif kl:
-        kl_rows.zero_()
-    return z, kl_rows
+        kl_out.zero_()
+    return z, kl_out
 
 
 def sample_and_kl_bwd(

@@ -20,10 +20,11 @@ DTYPES = {"fp32": "fp32", "fp16": "fp32", "bf16": "fp32", "fp64": "fp64"}  # inp
 def variants():
     for dt, acc in DTYPES.items():
         common = {"mu_ptr": f"*{dt}", "lv_ptr": f"*{dt}", "seed_ptr": "*i64"}
-        for sample, kl in ((True, True), (True, False), (False, True)):
+        for sample, kl, reduce in ((True, True, False), (True, True, True), (True, False, False),
+                                   (False, True, False), (False, True, True)):
             sig = {**common, "z_ptr": f"*{dt}", "kl_ptr": f"*{acc}", "B": "i32", "L": "i32",
                    "K": "i32", "sample_stride": "i64", "kl_div": "i32"}
-            yield latent._sample_and_kl_fwd_kernel, sig, {"SAMPLE": sample, "KL": kl, "BLOCK_B": 16, "BLOCK_L": 128}
+            yield latent._sample_and_kl_fwd_kernel, sig, {"SAMPLE": sample, "KL": kl, "REDUCE": reduce, "BLOCK_B": 16, "BLOCK_L": 128}
         for dz, dkl in ((True, True), (True, False), (False, True)):
             sig = {**common, "dz_ptr": f"*{dt}", "dkl_ptr": f"*{acc}", "dmu_ptr": f"*{dt}",
                    "dlv_ptr": f"*{dt}", "B": "i32", "L": "i32", "K": "i32", "sample_stride": "i64",

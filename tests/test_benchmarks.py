@@ -78,14 +78,15 @@ def test_loss_head_launches_and_syncs(monkeypatch):
     """The fused loss step (sample + KL + recon, forward and backward), launch by launch.
 
     Forward: the seed draw (a device tensor, so that CUDA-graph replays draw fresh noise), the
-    latent kernel, the sum of its per-program KL partials, the recon kernel (loss partials and
-    the gradient), the sum of its partials, and the caller's ``recon + kl``. Backward: the
-    recon gradient times grad_output (the forward wrote it for grad_output = 1; one multiply
-    on the device instead of a host sync), the latent backward kernel.
+    latent kernel (z and, from one program at this size, the summed KL), the recon kernel
+    (per-program loss partials and the gradient), the sum of those partials, and the caller's
+    ``recon + kl``. Backward: the recon gradient times grad_output (the forward wrote it for
+    grad_output = 1; a multiply on the device instead of a host sync), the latent backward
+    kernel. 7 launches, 6 of them fastvae's.
     """
     counted = _count("loss_head", "fastvae", monkeypatch)
     assert counted.ops == [
-        "randint", "triton:_sample_and_kl_fwd_kernel", "sum",
+        "randint", "triton:_sample_and_kl_fwd_kernel",
         "triton:_recon_loss_fwd_kernel", "sum", "add",
         "mul", "triton:_sample_and_kl_bwd_kernel",
     ]

@@ -54,13 +54,24 @@ def test_sample_and_kl_forward(shape, dtype, device):
     assert_close(kl, kl_oracle(mu, lv), dtype=dtype, name="kl vs torch.distributions")
 
 
+@pytest.mark.parametrize("shape", [(6, 5), (300, 30)], ids=["one-program", "many-programs"])
 @pytest.mark.parametrize("reduction", ["none", "sum", "mean"])
-def test_gaussian_kl_reductions(reduction, device):
-    mu, lv = latent((6, 5), torch.float32, device)
+def test_gaussian_kl_reductions(reduction, shape, device):
+    """A reduced KL comes from one program below 8192 elements (300 x 30 is above)."""
+    mu, lv = latent(shape, torch.float32, device)
     got = fastvae.gaussian_kl(mu, lv, reduction, **TRITON)
     rows = kl_oracle(mu, lv)
     want = {"none": rows, "sum": rows.sum(), "mean": rows.mean()}[reduction]
     assert_close(got, want, dtype=torch.float32)
+    mu.requires_grad_(True)
+    lv.requires_grad_(True)
+    z, kl = fastvae.sample_and_kl(mu, lv, reduction=reduction, **TRITON)
+    assert_close(kl, want, dtype=torch.float32)
+    weight = torch.randn(rows.shape, device=device) if reduction == "none" else torch.tensor(2.5, device=device)
+    got = torch.autograd.grad((kl * weight).sum(), (mu, lv))
+    scale = (weight / shape[0] if reduction == "mean" else weight).reshape(-1, 1)
+    assert_close(got[0], scale * mu.detach(), name="dmu")
+    assert_close(got[1], scale * 0.5 * torch.expm1(lv.detach()), name="dlogvar")
 
 
 def test_kl_precise_near_zero_and_at_extremes(device):
