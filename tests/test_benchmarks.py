@@ -66,9 +66,9 @@ def test_smoke_results_go_under_runs():
 # ------------------------------------------------------------------ what a loss step costs
 
 
-def _count(op, impl, monkeypatch, mode="fwd+bwd"):
+def _count(op, impl, monkeypatch, batch=4, dim=16, mode="fwd+bwd"):
     monkeypatch.setenv("FASTVAE_BACKEND", "triton")  # the fused kernels, through the interpreter
-    case = Case(op, 4, 3 if op == "latent" else 16, torch.float32, mode)
+    case = Case(op, batch, dim, torch.float32, mode)
     step = losses.step_fn(case, losses.forward_fn(op, impl), [_set(case)])
     step()
     return measure.count_dispatched(step)
@@ -84,15 +84,15 @@ def test_loss_head_launches_and_syncs(monkeypatch):
     grad_output = 1; a multiply on the device instead of a host sync), the latent backward
     kernel. 7 launches, 6 of them fastvae's.
     """
-    counted = _count("loss_head", "fastvae", monkeypatch)
+    counted = _count("loss_head", "fastvae", monkeypatch, batch=128, dim=784)  # MNIST: L = 20
     assert counted.ops == [
         "randint", "triton:_sample_and_kl_fwd_kernel",
         "triton:_recon_loss_fwd_kernel", "sum", "add",
         "mul", "triton:_sample_and_kl_bwd_kernel",
     ]
     assert counted.syncs == 0
-    eager = _count("loss_head", "eager", monkeypatch)
-    assert eager.launches > 3 * counted.launches
+    eager = _count("loss_head", "eager", monkeypatch, batch=128, dim=784)
+    assert eager.launches > 3 * counted.launches and eager.syncs == 0
 
 
 def test_counter_sees_syncs_and_skips_views():
