@@ -17,7 +17,7 @@ def _images(n=40, seed=0, device="cpu"):
 def _trainer(seed=0, device="cpu", **kwargs):
     torch.manual_seed(seed)
     images = _images(device=device)
-    batches = ImageBatches(images, torch.zeros(images.shape[0]), 16, seed=seed)
+    batches = ImageBatches(images, torch.zeros(images.shape[0], device=device), 16, seed=seed)
     model = fastvae.MLPVAE((1, 8, 8), (32,), 4).to(device)
     return FastTrainer(model, batches, **kwargs)
 
