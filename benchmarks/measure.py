@@ -135,10 +135,13 @@ class _Counter(TorchDispatchMode):
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
         name = func._schema.name
-        if name.startswith("fastvae::") and name in OPDEFS:
+        body = getattr(OPDEFS.get(name), "_init_fn", None) if name.startswith("fastvae::") else None
+        if body is not None:
             # Open the custom op: run its Python body under this mode to see what it launches.
+            # (OPDEFS and _init_fn are torch.library internals; without them the op counts as
+            # one launch, below.)
             with self:
-                return OPDEFS[name]._init_fn(*args, **kwargs)
+                return body(*args, **kwargs)
         short = name.split("::", 1)[1]
         if short in _SYNCING:
             self.syncs += 1
