@@ -80,16 +80,25 @@ def test_bad_arguments():
 # ------------------------------------------------------------------ compile safety
 
 
+@pytest.mark.parametrize(
+    "compiler", ["aot_eager", pytest.param("inductor", marks=pytest.mark.cuda)]
+)
 @pytest.mark.parametrize("backend", ["torch", "triton"])
-def test_training_step_compiles_without_graph_breaks(backend):
+def test_training_step_compiles_without_graph_breaks(backend, compiler, monkeypatch):
     """MLPVAE's whole loss (encoder, fused sample + KL, decoder, fused recon loss) traces with
     torch.compile(fullgraph=True) -- a graph break raises -- and the compiled step's loss and
-    gradients equal eager ones for the same noise. The backend "aot_eager" runs AOT autograd
-    (forward and backward graphs) without needing a C++ compiler."""
+    gradients equal eager ones for the same noise. On the CPU the compiler is "aot_eager" (AOT
+    autograd's forward and backward graphs, no C++ build: inductor's first CPU compile of this
+    step takes most of a minute); on CUDA inductor too, with its random ops falling back to
+    aten's so that the reference backend draws the same noise as eager."""
     torch.manual_seed(0)
     model = fastvae.MLPVAE((1, 6, 6), (16,), 3, backend=backend).to(KERNEL_DEVICE)
     x = torch.rand(5, 1, 6, 6, device=KERNEL_DEVICE)
-    compiled = torch.compile(model.loss, backend="aot_eager", fullgraph=True)
+    if compiler == "inductor":
+        import torch._inductor.config as inductor_config
+
+        monkeypatch.setattr(inductor_config, "fallback_random", True)
+    compiled = torch.compile(model.loss, backend=compiler, fullgraph=True)
 
     def step(fn):
         model.zero_grad(set_to_none=True)
