@@ -99,8 +99,11 @@ def _measure_impl(case: Case, impl: str, device: torch.device, rotate_bytes: int
     if case.mode == "fwd+bwd":
         # Forward only, the graph kept: what autograd holds between forward and backward.
         inputs = losses.inputs_of(case, sets[0])
-        saved = measure.saved_for_backward(lambda: fn(*inputs), inputs)
-        row["saved_bytes"], row["saved_bytes_beyond_inputs"] = saved.bytes, saved.bytes_beyond_inputs
+        try:
+            saved = measure.saved_for_backward(lambda: fn(*inputs), inputs)
+            row["saved_bytes"], row["saved_bytes_beyond_inputs"] = saved.bytes, saved.bytes_beyond_inputs
+        except RuntimeError as exc:  # a compiler that refuses saved-tensor hooks: say so, go on
+            row["saved_bytes_error"] = str(exc)[:200]
     row["launches"] = measure.profiled_launches(one, device)
     row["host_syncs"] = measure.cuda_host_syncs(one, device)
     if impl == "compile":
