@@ -4,8 +4,9 @@
 :class:`fastvae.data.ImageBatches` (uint8 images on the device, shuffled there) with the fused
 fastvae losses and a fused, capturable Adam. On CUDA the step (forward, backward, optimizer
 update and the running loss sums) is captured once in a CUDA graph and replayed for every
-full batch, so a step costs one copy of the batch into the graph's input buffer and one graph
-launch, and nothing on the hot path waits for the GPU (the losses stay on the device until
+full batch, so a step costs the batch's conversion to float (two small kernels in
+ImageBatches), its copy into the graph's input buffer and one graph launch, and nothing on the
+hot path waits for the GPU (the losses stay on the device until
 :meth:`FastTrainer.fit` returns). The reparameterization noise is keyed by a seed that
 PyTorch's generator draws inside the graph, so every replay draws fresh noise. A final partial
 batch (a batch size the graph was not captured for) runs the same step eagerly.
