@@ -47,6 +47,7 @@ def test_smoke_report_runs_end_to_end(tmp_path):
     head = res["headline"]
     assert head["loss_head_launches"] is None and head["loss_head_host_syncs"] is None
     assert head["mnist_test_loss_fastvae"] == mnist["fastvae"]["test_loss"]
+    assert head["mnist_10_epochs_seconds"] is None  # one epoch is not ten
 
 
 def test_fastvae_bench_command(tmp_path):
