@@ -198,6 +198,26 @@ def _target_grad(recon, x, recon_logvar, likelihood, g):
     return (d * g).to(x.dtype)
 
 
+def _last_use_of_saved(*tensors: Tensor) -> bool:
+    """True when this backward call is the last use of the node's saved tensors: autograd frees
+    them afterwards (no ``retain_graph``), builds no graph of the backward (no
+    ``create_graph``), and nothing is being traced (plain tensors, not the fake or functional
+    ones of torch.compile / AOT autograd). Outside a backward pass the engine's query answers
+    True (keep), so the answer is then False."""
+    return not (
+        torch.is_grad_enabled()
+        or torch.compiler.is_compiling()
+        or any(type(t) is not Tensor for t in tensors)
+        or torch._C._autograd._get_current_graph_task_keep_graph()
+    )
+
+
+def _scaled(grad: Tensor, scale: Tensor, in_place: bool) -> Tensor:
+    """grad * scale; in place on the saved gradient when nothing will read it again, so that
+    the reconstruction loss never holds more than one B x D buffer beyond its inputs."""
+    return grad.mul_(scale) if in_place else grad * scale
+
+
 def _recon_backward(ctx, grad_loss, _grad_dr, _grad_dv):
     recon, x, recon_logvar, dr, dv = ctx.saved_tensors
     need_r, need_x, need_v = ctx.needs_input_grad[:3]
@@ -213,8 +233,9 @@ def _recon_backward(ctx, grad_loss, _grad_dr, _grad_dv):
     else:
         # One launch per gradient: the fused forward pass already wrote it for grad_output 1.
         scale = grad_loss.to(recon.dtype)
-        d_recon = dr * scale if need_r else None
-        d_logvar = dv * scale if need_v else None
+        in_place = _last_use_of_saved(scale, *(t for t in (dr, dv) if t is not None))
+        d_recon = _scaled(dr, scale, in_place) if need_r else None
+        d_logvar = _scaled(dv, scale, in_place) if need_v else None
         g = grad_loss
     if need_x:
         if ctx.reduction == "mean":  # only here: dividing when x needs no grad wastes a launch

@@ -82,14 +82,14 @@ def test_loss_head_launches_and_syncs(monkeypatch):
     latent kernel (z and, from one program at this size, the summed KL), the recon kernel
     (per-program loss partials and the gradient), the sum of those partials, and the caller's
     ``recon + kl``. Backward: the recon gradient times grad_output (the forward wrote it for
-    grad_output = 1; a multiply on the device instead of a host sync), the latent backward
-    kernel. 7 launches, 6 of them fastvae's.
+    grad_output = 1; a multiply on the device instead of a host sync, in place on the saved
+    buffer), the latent backward kernel. 7 launches, 6 of them fastvae's.
     """
     counted = _count("loss_head", "fastvae", monkeypatch, batch=128, dim=784)  # MNIST: L = 20
     assert counted.ops == [
         "randint", "triton:_sample_and_kl_fwd_kernel",
         "triton:_recon_loss_fwd_kernel", "sum", "add",
-        "mul", "triton:_sample_and_kl_bwd_kernel",
+        "mul_", "triton:_sample_and_kl_bwd_kernel",
     ]
     assert counted.syncs == 0
     eager = _count("loss_head", "eager", monkeypatch, batch=128, dim=784)

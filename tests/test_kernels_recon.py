@@ -247,3 +247,40 @@ def test_random_sizes_match_reference(batch, features, likelihood, reduction, se
     (g_got,) = torch.autograd.grad(got.sum(), recon)
     (g_want,) = torch.autograd.grad(want.sum(), recon)
     assert_close(g_got, g_want, name="d_recon")
+
+
+@pytest.mark.parametrize("likelihood", LIKELIHOODS)
+def test_backward_scales_the_saved_gradient_in_place_only_on_its_last_use(likelihood, device):
+    """For "sum"/"mean" the forward pass writes the gradient (for grad_output = 1) and saves it.
+    A backward that is its last use (no retain_graph, no create_graph) scales that buffer in
+    place -- no second B x D buffer; one that is not (retain_graph, as gradcheck uses) makes a
+    scaled copy, so every call returns the same, correct gradient."""
+    recon, x, logvar = make(likelihood, (4, 10), torch.float32, device, seed=7)
+    recon.requires_grad_(True)
+    inputs = {t.untyped_storage().data_ptr() for t in (recon, x, logvar) if t is not None}
+    r = recon.detach().requires_grad_(True)
+    (want,) = torch.autograd.grad(3.0 * reference.reconstruction_loss(r, x, likelihood, recon_logvar=logvar, reduction="sum"), r)
+
+    def saved_gradient(run):
+        kept = []
+
+        def pack(t):
+            kept.append(t)
+            return t
+
+        with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+            loss = fastvae.reconstruction_loss(recon, x, likelihood, recon_logvar=logvar, reduction="sum", **TRITON)
+        (grad,) = [t for t in kept if t.untyped_storage().data_ptr() not in inputs and t.shape == recon.shape]
+        return run(3.0 * loss), grad
+
+    got, grad = saved_gradient(lambda loss: torch.autograd.grad(loss, recon)[0])
+    assert_close(got, want)
+    assert torch.equal(grad, got)  # the saved buffer itself was scaled
+
+    def twice(loss):
+        first = torch.autograd.grad(loss, recon, retain_graph=True)[0]
+        return first, torch.autograd.grad(loss, recon)[0]
+
+    (first, second), grad = saved_gradient(twice)
+    assert_close(first, want)
+    assert torch.equal(first, second)
