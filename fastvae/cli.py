@@ -1,6 +1,7 @@
 """The ``fastvae`` command line (also ``python -m fastvae``).
 
     fastvae train [--epochs 10] [--batch-size 128] [--lr 1e-3] ... [--out runs/mnist]
+    fastvae train --resume runs/mnist [--epochs 20]
     fastvae sample runs/mnist/checkpoint.pt [--n 64] [--out samples.png] [--seed 0]
     fastvae bench [--smoke] [...]     (python -m benchmarks.report, from a source checkout)
 
@@ -17,7 +18,17 @@ from pathlib import Path
 from fastvae.data import BINARIZE
 from fastvae.functional import BACKENDS
 from fastvae.reference import LIKELIHOODS
-from fastvae.train import TrainConfig, load_checkpoint, resolve_device, train
+from fastvae.train import (
+    LR_SCHEDULES,
+    NONFINITE,
+    RESUME_OVERRIDES,
+    NonFiniteLossError,
+    TrainConfig,
+    load_checkpoint,
+    resolve_device,
+    resume_config,
+    train,
+)
 
 def _optional_int(text: str) -> int | None:
     return None if text.lower() in ("none", "all") else int(text)
@@ -68,6 +79,17 @@ def build_parser() -> argparse.ArgumentParser:
                    help="use only the first N test images (None: all)")
     t.add_argument("--test-batch-size", type=int, default=d.test_batch_size,
                    help="batch size of the test evaluation")
+    t.add_argument("--grad-accum", type=int, default=d.grad_accum,
+                   help="micro-batches per process whose gradients are summed before each "
+                   "step (--batch-size is the global batch: a multiple of processes x this)")
+    t.add_argument("--lr-schedule", choices=LR_SCHEDULES, default=d.lr_schedule,
+                   help="learning rate: constant, or cosine decay to 0 over the epochs")
+    t.add_argument("--nonfinite", choices=NONFINITE, default=d.nonfinite,
+                   help="on a NaN/inf training loss: stop (keeping the last good checkpoint) "
+                   "or skip the step")
+    t.add_argument("--resume", metavar="RUN", default=None,
+                   help="continue the run in folder RUN from its checkpoint.pt with its saved "
+                   "configuration (only --epochs, --device and --backend may be given too)")
 
     s = sub.add_parser(
         "sample",
@@ -91,14 +113,34 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _train(args: argparse.Namespace) -> int:
+def _explicit_train_flags(argv: list[str]) -> set[str]:
+    """Destinations of the `train` flags that ``argv`` gives explicitly."""
+    parser = build_parser()
+    train_parser = parser._subparsers._group_actions[0].choices["train"]
+    for action in train_parser._actions:
+        action.default = argparse.SUPPRESS
+    return set(vars(parser.parse_args(argv))) - {"command"}
+
+
+def _train(args: argparse.Namespace, argv: list[str]) -> int:
     fields = {f.name for f in dataclasses.fields(TrainConfig)}
-    config = TrainConfig(**{k: v for k, v in vars(args).items() if k in fields})
-    train(config)
+    if args.resume is None:
+        train(TrainConfig(**{k: v for k, v in vars(args).items() if k in fields}))
+        return 0
+    given = _explicit_train_flags(argv) - {"resume"}
+    refused = sorted(given - set(RESUME_OVERRIDES))
+    if refused:
+        raise ValueError(
+            "--resume continues a run with its saved configuration; only "
+            f"{', '.join('--' + f.replace('_', '-') for f in RESUME_OVERRIDES)} may be given "
+            f"with it, got {', '.join('--' + f.replace('_', '-') for f in refused)}"
+        )
+    config = resume_config(args.resume, **{k: getattr(args, k) for k in given})
+    train(config, resume=True)
     return 0
 
 
-def _sample(args: argparse.Namespace) -> int:
+def _sample(args: argparse.Namespace, argv: list[str]) -> int:
     import torch
 
     from fastvae.plots import save_samples
@@ -131,7 +173,9 @@ def _bench(argv: list[str]) -> int:
 def main(argv: list[str] | None = None) -> int:
     """Run the CLI on ``argv`` (default ``sys.argv[1:]``); return the exit status."""
     from fastvae.data import DataNotFoundError
+    from fastvae.runlock import RunLockedError
 
+    argv = sys.argv[1:] if argv is None else list(argv)
     parser = build_parser()
     # bench hands all its arguments (--help included) to benchmarks.report's own parser.
     args, rest = parser.parse_known_args(argv)
@@ -140,7 +184,10 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.command == "bench":
             return _bench(rest)
-        return {"train": _train, "sample": _sample}[args.command](args)
+        return {"train": _train, "sample": _sample}[args.command](args, argv)
+    except (RunLockedError, NonFiniteLossError) as exc:
+        print(f"fastvae: error: {exc}", file=sys.stderr)
+        return 1
     except DataNotFoundError as exc:
         print(f"fastvae: error: {exc}", file=sys.stderr)
         return 2

@@ -15,6 +15,7 @@ import os
 from pathlib import Path
 from typing import Iterator, NamedTuple
 
+import numpy as np
 import torch
 
 from fastvae import _checks
@@ -225,3 +226,93 @@ def mnist_batches(
         split.images, split.labels, batch_size,
         shuffle=train if shuffle is None else shuffle, binarize=binarize, seed=seed,
     )
+
+
+def mix_seed(*values: int) -> int:
+    """A 64-bit seed from a tuple of integers, by NumPy's ``SeedSequence`` hashing (the
+    streams of neighbouring tuples are independent; negative values are taken mod 2**63)."""
+    a, b = np.random.SeedSequence([v % 2**63 for v in values]).generate_state(2)
+    return int(a) << 32 | int(b)
+
+
+class ShardedImageBatches(ImageBatches):
+    """One process's share of the training batches, in an order that does not depend on the
+    number of processes (``torch.utils.data.DistributedSampler`` over device-resident images).
+
+    Every epoch, :meth:`set_epoch` seeds the sampler with ``seed + epoch``: all ranks draw the
+    same permutation of the N images (the same one for any world size W) and rank r keeps the
+    images at positions r, r + W, r + 2W, ... of it (the sampler drops the last ``N mod W`` so
+    that all ranks hold ``N // W``). Cut into per-rank batches of ``global_batch_size // W``,
+    the k-th batches of all ranks together are exactly the images at positions
+    ``k * global_batch_size ...`` of the permutation: the k-th global batch of a
+    single-process run, rank r holding its rows ``r::W``. With ``N mod W == 0`` every world
+    size sees the same global batches.
+
+    ``binarize="dynamic"`` draws its Bernoulli pixels from a generator reseeded every epoch
+    from ``(seed, epoch, rank)``: reproducible and resumable, but not the same pixels for
+    different world sizes. Nothing here keeps state between epochs except ``set_epoch``'s
+    argument, so a resumed run continues the same order.
+
+    Args:
+        images, labels, binarize: as :class:`ImageBatches`.
+        global_batch_size: images per optimizer step over all ranks; a multiple of
+            ``world_size``.
+        rank, world_size: this process's place in the job.
+        seed: seeds the permutation (with the epoch) and the dynamic binarization.
+
+    Raises:
+        ValueError: ``global_batch_size`` is not a multiple of ``world_size``; fewer images
+            than ranks.
+    """
+
+    def __init__(
+        self,
+        images: torch.Tensor,
+        labels: torch.Tensor,
+        global_batch_size: int,
+        *,
+        rank: int = 0,
+        world_size: int = 1,
+        binarize: str = "none",
+        seed: int = 0,
+    ):
+        from torch.utils.data import DistributedSampler
+
+        _checks.positive_int("global_batch_size", global_batch_size)
+        if global_batch_size % world_size:
+            raise ValueError(
+                f"batch_size (the global batch) must be a multiple of the number of processes: "
+                f"got batch_size {global_batch_size} for {world_size} processes"
+            )
+        if images.shape[0] < world_size:
+            raise ValueError(f"{images.shape[0]} images cannot be shared by {world_size} processes")
+        super().__init__(
+            images, labels, global_batch_size // world_size, shuffle=True, binarize=binarize,
+            seed=seed,
+        )
+        self.seed, self.rank, self.world_size = seed, rank, world_size
+        self.sampler = DistributedSampler(
+            range(self.num_images), num_replicas=world_size, rank=rank, shuffle=True,
+            seed=seed, drop_last=True,
+        )
+        self.set_epoch(0)
+
+    def set_epoch(self, epoch: int) -> None:
+        """Select the order (and dynamic-binarization stream) of epoch ``epoch``."""
+        self.sampler.set_epoch(epoch)
+        self.generator.manual_seed(mix_seed(self.seed, epoch, self.rank))
+
+    def __len__(self) -> int:
+        """Batches per epoch (the same on every rank)."""
+        return -(-len(self.sampler) // self.batch_size)
+
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        order = torch.as_tensor(list(self.sampler), dtype=torch.int64).to(self.device)
+        images, labels = self.images[order], self.labels[order]
+        for i in range(len(self)):
+            lo = i * self.batch_size
+            x, y = images[lo:lo + self.batch_size], labels[lo:lo + self.batch_size]
+            x = x.to(torch.float32).div_(self.divisor)
+            if self.binarize == "dynamic":
+                x = torch.bernoulli(x, generator=self.generator)
+            yield x, y

@@ -12,9 +12,18 @@ A run folder (``TrainConfig.out``) holds:
   :func:`train` was called, data loading included). ``*_loss`` is the negative ELBO
   recon + kl (beta = 1) whatever the training beta; the objective optimized is
   recon + beta * kl;
-- ``checkpoint.pt``: written atomically after every epoch (see :func:`save_checkpoint`);
+- ``checkpoint.pt``: written atomically after every epoch (see :func:`save_checkpoint`); it
+  holds everything :func:`train` needs to continue exactly (``resume=True``);
+- ``.lock``: held while a training runs (:class:`fastvae.runlock.RunLock`): a second training
+  pointed at the same folder is refused;
 - at the end: ``samples.png`` (64 samples, 8x8), ``reconstructions.png`` (32 test images in
   the top four rows, their reconstructions below), ``loss_curve.png``.
+
+Randomness is a function of the configuration, not of history: epoch e's data order comes
+from ``(seed, e)``, and the posterior-sample noise of micro-batch u of step s of epoch e from
+a generator seeded with ``(seed, e, s, u)``. That is what makes a resumed run continue
+bit for bit, and what makes ``W`` processes (torchrun) train like one process with
+``grad_accum = W``; see :func:`train`.
 """
 
 from __future__ import annotations
@@ -27,23 +36,32 @@ import os
 import random
 import tempfile
 import time
+from contextlib import nullcontext
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterable
 
+import numpy as np
 import torch
+from torch import nn
 from tqdm.auto import tqdm
 
-from fastvae import _checks, plots
-from fastvae.data import BINARIZE, ImageBatches, load_mnist
+from fastvae import _checks, distributed, plots
+from fastvae.data import BINARIZE, ImageBatches, ShardedImageBatches, load_mnist, mix_seed
 from fastvae.functional import BACKENDS
 from fastvae.models import MLPVAE
 from fastvae.reference import LIKELIHOODS
+from fastvae.runlock import RunLock
 
 METRIC_COLUMNS = (
     "epoch", "train_loss", "train_recon", "train_kl", "test_loss", "test_recon", "test_kl",
     "epoch_seconds", "elapsed_seconds",
 )
 MNIST_SHAPE = (1, 28, 28)
+LR_SCHEDULES = ("constant", "cosine")
+NONFINITE = ("stop", "skip")
+CHECKPOINT = "checkpoint.pt"
+# TrainConfig fields that `resume` may change; any other difference is refused.
+RESUME_OVERRIDES = ("epochs", "device", "backend")
 # Files are created with the permissions open() would give (mkstemp alone makes them 0600).
 _UMASK = os.umask(0)
 os.umask(_UMASK)
@@ -60,6 +78,16 @@ class TrainConfig:
     ``device="auto"`` means CUDA if available, else CPU; ``backend`` is passed to the model
     ("auto": Triton kernels on CUDA, the PyTorch reference on CPU). ``limit_train`` and
     ``limit_test`` keep only the first N images of each split (quick runs).
+
+    ``batch_size`` is the global batch: images per optimizer step over all processes. Each of
+    W processes (torchrun) takes ``batch_size / W`` of them and splits its share into
+    ``grad_accum`` micro-batches whose gradients are accumulated before the step, so
+    ``batch_size`` must be a multiple of ``W * grad_accum``. ``lr_schedule``: "constant", or
+    "cosine" (``CosineAnnealingLR`` from lr to 0 over ``epochs``, stepped once per epoch).
+    ``nonfinite``: what a NaN or infinite training loss does: "stop" (raise
+    :class:`NonFiniteLossError` at the end of that epoch, naming the first bad step; the
+    checkpoint of the previous epoch stays) or "skip" (drop that step's update, warn, go on;
+    this costs a host sync per step).
     """
 
     epochs: int = 10
@@ -77,11 +105,14 @@ class TrainConfig:
     limit_train: int | None = None
     limit_test: int | None = None
     test_batch_size: int = 1000
+    grad_accum: int = 1
+    lr_schedule: str = "constant"
+    nonfinite: str = "stop"
 
     def __post_init__(self):
         self.hidden_dims = tuple(int(h) for h in self.hidden_dims)
         self.out = str(self.out)
-        for name in ("epochs", "batch_size", "latent_dim", "test_batch_size"):
+        for name in ("epochs", "batch_size", "latent_dim", "test_batch_size", "grad_accum"):
             _checks.positive_int(name, getattr(self, name))
         for name in ("limit_train", "limit_test"):
             if getattr(self, name) is not None:
@@ -92,6 +123,13 @@ class TrainConfig:
         _checks.choice("likelihood", self.likelihood, LIKELIHOODS)
         _checks.choice("binarize", self.binarize, BINARIZE)
         _checks.choice("backend", self.backend, BACKENDS)
+        _checks.choice("lr_schedule", self.lr_schedule, LR_SCHEDULES)
+        _checks.choice("nonfinite", self.nonfinite, NONFINITE)
+        if self.batch_size % self.grad_accum:
+            raise ValueError(
+                f"batch_size must be a multiple of grad_accum: got batch_size "
+                f"{self.batch_size}, grad_accum {self.grad_accum}"
+            )
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "TrainConfig":
@@ -147,9 +185,10 @@ def load_checkpoint(
     """Rebuild the model of a checkpoint written by :func:`train`.
 
     Returns ``(model, checkpoint)``: the :class:`MLPVAE` with its weights, in eval mode, on
-    ``map_location``; and the checkpoint dict with keys epoch, model, optimizer, config
-    (TrainConfig as a dict), model_config, torch_rng_state, cuda_rng_state,
-    data_generator_state, metrics.
+    ``map_location``; and the checkpoint dict with keys epoch (the last completed one),
+    model, optimizer, scheduler (None for a constant learning rate), config (TrainConfig as
+    a dict), model_config, rng_states (one dict per rank: Python's, NumPy's, torch's CPU and
+    CUDA generator states), world_size, metrics (the metrics.csv rows so far).
     """
     ckpt = torch.load(Path(path), map_location=map_location, weights_only=True)
     model = MLPVAE(**ckpt["model_config"])
@@ -187,119 +226,393 @@ def _write_json(obj: Any, path: Path) -> None:
     os.replace(tmp, path)
 
 
-def train(config: TrainConfig | None = None) -> Path:
-    """Train an :class:`MLPVAE` on MNIST as ``config`` says; return the run folder.
+class NonFiniteLossError(RuntimeError):
+    """The training loss became NaN or infinite (``nonfinite="stop"``); the message names the
+    epoch and the first bad step, and where the last good checkpoint is."""
 
-    Seeds everything from ``config.seed``, loads MNIST onto the device (uint8, shuffled there),
-    trains with Adam, evaluates the test negative ELBO after every epoch, writes
-    config.json, metrics.csv and checkpoint.pt as it goes and the three figures at the end
-    (see the module docstring), and prints one summary line per epoch and a final line.
+
+class _LossModule(nn.Module):
+    """``forward`` = ``model.loss(x, beta, reduction="sum", generator)``: the training step goes
+    through ``forward`` so that DistributedDataParallel sees (and synchronizes) it."""
+
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        self.model = model
+
+    def forward(self, x: torch.Tensor, beta: float, generator: torch.Generator):
+        return self.model.loss(x, beta=beta, reduction="sum", generator=generator)
+
+
+def _rng_state(device: torch.device) -> dict[str, Any]:
+    """The global generators' states, as plain values and tensors (loadable with
+    ``torch.load(weights_only=True)``). fastvae's own streams are seeded explicitly; these
+    matter for models that use the global generators (dropout, for example)."""
+    kind, key, pos, has_gauss, gauss = np.random.get_state()
+    return {
+        "python": random.getstate(),
+        "numpy": (kind, key.tolist(), pos, has_gauss, gauss),
+        "torch": torch.get_rng_state(),
+        "cuda": torch.cuda.get_rng_state(device) if device.type == "cuda" else None,
+    }
+
+
+def _set_rng_state(state: dict[str, Any], device: torch.device) -> None:
+    random.setstate(state["python"])
+    kind, key, pos, has_gauss, gauss = state["numpy"]
+    np.random.set_state((kind, np.asarray(key, dtype=np.uint32), pos, has_gauss, gauss))
+    torch.set_rng_state(state["torch"])
+    if device.type == "cuda" and state["cuda"] is not None:
+        torch.cuda.set_rng_state(state["cuda"], device)
+
+
+def resume_config(run: str | os.PathLike, **overrides: Any) -> TrainConfig:
+    """The :class:`TrainConfig` stored in ``run``'s checkpoint, with ``overrides`` applied.
+
+    Only the fields in ``RESUME_OVERRIDES`` (epochs, device, backend) may be overridden; ``out``
+    becomes ``run``.
 
     Raises:
-        fastvae.data.DataNotFoundError: MNIST is missing and could not be downloaded.
+        FileNotFoundError: ``run`` holds no checkpoint.pt.
+        ValueError: an override of another field.
     """
-    t_start = time.perf_counter()
-    cfg = config if config is not None else TrainConfig()
-    device = resolve_device(cfg.device)
-    seed_everything(cfg.seed)
-    # Data first: a missing data set should not leave an empty run folder behind.
+    path = Path(run) / CHECKPOINT
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"cannot resume {run}: no {CHECKPOINT} there (it is written at the end of every "
+            "epoch, so this run finished no epoch, or this is not a run folder)"
+        )
+    bad = sorted(set(overrides) - set(RESUME_OVERRIDES))
+    if bad:
+        raise ValueError(
+            f"a resumed run keeps its configuration; only {', '.join(RESUME_OVERRIDES)} may "
+            f"change, got {', '.join(bad)}"
+        )
+    saved = torch.load(path, map_location="cpu", weights_only=True)["config"]
+    return TrainConfig.from_dict({**saved, **overrides, "out": str(run)})
+
+
+def _check_resumable(saved: dict[str, Any], cfg: TrainConfig, path: Path) -> None:
+    current = dataclasses.asdict(cfg)
+    saved = dataclasses.asdict(TrainConfig.from_dict(saved))
+    differ = [k for k in current if k not in RESUME_OVERRIDES + ("out",) and current[k] != saved[k]]
+    if differ:
+        raise ValueError(
+            f"cannot resume {path}: the configuration differs in "
+            + ", ".join(f"{k} (checkpoint {saved[k]!r}, now {current[k]!r})" for k in differ)
+            + f"; only {', '.join(RESUME_OVERRIDES)} may change"
+        )
+    if cfg.lr_schedule != "constant" and cfg.epochs != saved["epochs"]:
+        raise ValueError(
+            f"cannot resume {path} with epochs {cfg.epochs}: its lr_schedule "
+            f"{cfg.lr_schedule!r} was laid out for {saved['epochs']} epochs"
+        )
+
+
+# ---------------------------------------------------------------- what is trained, on what
+
+
+def _build_data(
+    cfg: TrainConfig, device: torch.device, env: distributed.Distributed
+) -> tuple[Iterable, ImageBatches, tuple[int, ...]]:
+    """(training batches of this rank, test batches, shape of one image).
+
+    The training iterable yields this rank's ``(x, y)`` share of each global batch and has
+    ``set_epoch(epoch)``; the test batches are the whole test split (evaluated on rank 0).
+    """
     train_split = load_mnist(True, limit=cfg.limit_train, device=device)
     test_split = load_mnist(False, limit=cfg.limit_test, device=device)
-    out = Path(cfg.out)
-    out.mkdir(parents=True, exist_ok=True)
-    import fastvae
-
-    _write_json(
-        {
-            **dataclasses.asdict(cfg),
-            "run": {
-                "device": str(device),
-                "torch": torch.__version__,
-                "fastvae": fastvae.__version__,
-                "started": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
-            },
-        },
-        out / "config.json",
-    )
-
-    train_batches = ImageBatches(
-        *train_split, cfg.batch_size, shuffle=True, binarize=cfg.binarize, seed=cfg.seed
+    train_batches = ShardedImageBatches(
+        *train_split, cfg.batch_size, rank=env.rank, world_size=env.world_size,
+        binarize=cfg.binarize, seed=cfg.seed,
     )
     test_batches = ImageBatches(
         *test_split, cfg.test_batch_size, shuffle=False, binarize=cfg.binarize,
         seed=cfg.seed + _TEST_DATA_SEED,
     )
+    return train_batches, test_batches, MNIST_SHAPE
 
-    model = MLPVAE(
-        MNIST_SHAPE, cfg.hidden_dims, cfg.latent_dim, cfg.likelihood, backend=cfg.backend
+
+def _build_model(cfg: TrainConfig, input_shape: tuple[int, ...], device: torch.device) -> nn.Module:
+    """The model to train: anything with ``loss(x, beta=, reduction=, generator=)`` -> ELBO,
+    ``config`` and the plotting methods (``sample``, ``reconstruct``)."""
+    return MLPVAE(
+        input_shape, cfg.hidden_dims, cfg.latent_dim, cfg.likelihood, backend=cfg.backend
     ).to(device)
+
+
+def _build_scheduler(cfg: TrainConfig, optimizer: torch.optim.Optimizer):
+    if cfg.lr_schedule == "cosine":
+        return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=cfg.epochs)
+    return None
+
+
+# ---------------------------------------------------------------- the loop
+
+
+def train(config: TrainConfig | None = None, *, resume: bool = False) -> Path:
+    """Train a VAE as ``config`` says; return the run folder.
+
+    Loads the data onto the device, trains with Adam (and the optional LR schedule),
+    evaluates the test negative ELBO after every epoch, writes config.json, metrics.csv and
+    checkpoint.pt as it goes and the three figures at the end (see the module docstring), and
+    prints one summary line per epoch and a final line.
+
+    Resuming (``resume=True``, or ``fastvae train --resume RUN``): ``config.out`` must hold a
+    checkpoint; the model, optimizer, scheduler, RNG states and metrics are restored and
+    training continues after the checkpoint's epoch. metrics.csv is rewritten from the
+    checkpoint (dropping any row of an epoch whose checkpoint was never written). Every random
+    stream is a function of (seed, epoch, step), so on the same device and software the
+    resumed run ends with bitwise the same weights as an uninterrupted one. A crash costs at
+    most the epoch in progress.
+
+    Multiple processes (``torchrun --nproc_per_node W -m fastvae train ...``): the process
+    group is joined (Gloo on CPU, NCCL on CUDA, one GPU per process), the model is wrapped in
+    ``DistributedDataParallel``, each rank trains on its share of every global batch
+    (:class:`fastvae.data.ShardedImageBatches`, a ``DistributedSampler`` with ``set_epoch``),
+    the training metrics are summed over ranks, and only rank 0 evaluates, writes files and
+    prints. Each micro-batch's loss is summed over its images and scaled by W / (images in the
+    global batch) before backward, so DDP's gradient average is the gradient of the global
+    batch mean, whatever the split. Micro-batch u of a step (rank r's a-th micro-batch is
+    u = r + W * a, holding rows u::(W * grad_accum) of the global batch) draws its posterior
+    noise from ``(seed, epoch, step, u)``: W processes with ``grad_accum`` A compute the same
+    thing as one process with ``grad_accum`` W * A, up to the order of floating-point sums
+    (when the training set size is a multiple of W; otherwise the sampler drops the last
+    ``N mod W`` images of each epoch's order).
+
+    Raises:
+        fastvae.data.DataNotFoundError: MNIST is missing and could not be downloaded.
+        fastvae.runlock.RunLockedError: another training is using ``config.out``.
+        NonFiniteLossError: the loss became NaN/inf and ``nonfinite="stop"``.
+        FileNotFoundError, ValueError: ``resume`` without a checkpoint, or with a checkpoint
+            whose configuration differs in more than epochs, device and backend; a
+            ``batch_size`` not divisible by processes x ``grad_accum``.
+    """
+    t_start = time.perf_counter()
+    cfg = config if config is not None else TrainConfig()
+    env = distributed.setup(resolve_device(cfg.device))
+    try:
+        return _train(cfg, env, resume, t_start)
+    finally:
+        env.close()
+
+
+def _train(cfg: TrainConfig, env: distributed.Distributed, resume: bool, t_start: float) -> Path:
+    device, W = env.device, env.world_size
+    if cfg.batch_size % (W * cfg.grad_accum):
+        raise ValueError(
+            f"batch_size {cfg.batch_size} (the global batch) must be a multiple of processes x "
+            f"grad_accum = {W} x {cfg.grad_accum}"
+        )
+    out = Path(cfg.out)
+    ckpt_path = out / CHECKPOINT
+    ckpt = None
+    if resume:
+        if not ckpt_path.is_file():
+            raise FileNotFoundError(f"cannot resume {out}: no {CHECKPOINT} there")
+        ckpt = torch.load(ckpt_path, map_location=device, weights_only=True)
+        _check_resumable(ckpt["config"], cfg, out)
+    seed_everything(cfg.seed + env.rank)
+    # Data first: a missing data set should not leave an empty run folder behind.
+    train_batches, test_batches, input_shape = _build_data(cfg, device, env)
+    model = _build_model(cfg, input_shape, device)
     optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr)
-
+    scheduler = _build_scheduler(cfg, optimizer)
     metrics: list[dict[str, float]] = []
-    with open(out / "metrics.csv", "w", newline="", encoding="utf-8") as f:
-        csv.writer(f).writerow(METRIC_COLUMNS)
+    start_epoch, elapsed_before = 1, 0.0
+    if ckpt is not None:
+        model.load_state_dict(ckpt["model"])
+        optimizer.load_state_dict(ckpt["optimizer"])
+        if scheduler is not None:
+            scheduler.load_state_dict(ckpt["scheduler"])
+        if env.rank < len(ckpt["rng_states"]):
+            _set_rng_state(ckpt["rng_states"][env.rank], device)
+        metrics = ckpt["metrics"]
+        start_epoch = ckpt["epoch"] + 1
+        elapsed_before = metrics[-1]["elapsed_seconds"] if metrics else 0.0
+    del ckpt
 
-    for epoch in range(1, cfg.epochs + 1):
-        t_epoch = time.perf_counter()
-        model.train()
-        sums = torch.zeros(2, dtype=torch.float64, device=device)
-        n = 0
-        bar = tqdm(
-            train_batches, desc=f"epoch {epoch}/{cfg.epochs}", unit="batch",
-            leave=False, disable=None, dynamic_ncols=True,
-        )
-        for step, (x, _) in enumerate(bar):
-            out_ = model.loss(x, beta=cfg.beta)
-            optimizer.zero_grad(set_to_none=True)
-            out_.loss.backward()
-            optimizer.step()
-            sums += torch.stack([out_.recon.detach(), out_.kl.detach()]).to(torch.float64) * x.shape[0]
-            n += x.shape[0]
-            if not bar.disable and step % 50 == 0:  # .item() syncs: only now and then
-                bar.set_postfix(loss=f"{out_.loss.item():.2f}")
-        bar.close()
-        # For dynamic binarization, the test generator restarts too: the same test images
-        # every epoch.
-        test_batches.generator.manual_seed(cfg.seed + _TEST_DATA_SEED)
-        test = evaluate(model, test_batches, beta=1.0, seed=cfg.seed + _EVAL_NOISE_SEED)
-        train_recon, train_kl = (sums / n).tolist()
-        now = time.perf_counter()
-        row = {
-            "epoch": epoch,
-            "train_loss": train_recon + train_kl,
-            "train_recon": train_recon,
-            "train_kl": train_kl,
-            "test_loss": test["loss"],
-            "test_recon": test["recon"],
-            "test_kl": test["kl"],
-            "epoch_seconds": now - t_epoch,
-            "elapsed_seconds": now - t_start,
-        }
-        metrics.append(row)
-        with open(out / "metrics.csv", "a", newline="", encoding="utf-8") as f:
-            csv.writer(f).writerow(
-                [epoch] + [f"{row[c]:.6f}" for c in METRIC_COLUMNS[1:]]
+    lock, error = None, None
+    if env.is_main:
+        try:
+            out.mkdir(parents=True, exist_ok=True)
+            lock = RunLock(out).acquire()
+        except Exception as exc:  # noqa: BLE001 -- passed on to every rank just below
+            error = exc
+    env.raise_if_main_failed(error)
+    try:
+        if env.is_main:
+            _start_files(cfg, env, out, metrics, start_epoch)
+        step_model = _LossModule(model)
+        if env.enabled:
+            step_model = nn.parallel.DistributedDataParallel(
+                step_model, device_ids=[device.index] if device.type == "cuda" else None
             )
-        save_checkpoint(
-            {
-                "epoch": epoch,
-                "model": model.state_dict(),
-                "optimizer": optimizer.state_dict(),
-                "config": dataclasses.asdict(cfg),
-                "model_config": model.config,
-                "torch_rng_state": torch.get_rng_state(),
-                "cuda_rng_state": torch.cuda.get_rng_state_all() if device.type == "cuda" else None,
-                "data_generator_state": train_batches.generator.get_state(),
-                "metrics": metrics,
-            },
-            out / "checkpoint.pt",
-        )
-        tqdm.write(
-            f"epoch {epoch}/{cfg.epochs}: train NELBO {row['train_loss']:.2f} | test NELBO "
-            f"{row['test_loss']:.2f} (recon {row['test_recon']:.2f}, KL {row['test_kl']:.2f}) "
-            f"nats/image | {row['epoch_seconds']:.1f} s"
-        )
+        for epoch in range(start_epoch, cfg.epochs + 1):
+            row = _train_epoch(
+                cfg, env, epoch, step_model, model, optimizer, train_batches, ckpt_path
+            )
+            if scheduler is not None:
+                scheduler.step()
+            rng_states = env.all_gather_object(_rng_state(device))
+            if not env.is_main:
+                continue
+            # For dynamic binarization, the test generator restarts too: the same test images
+            # every epoch.
+            test_batches.generator.manual_seed(cfg.seed + _TEST_DATA_SEED)
+            test = evaluate(model, test_batches, beta=1.0, seed=cfg.seed + _EVAL_NOISE_SEED)
+            now = time.perf_counter()
+            row.update({
+                "test_loss": test["loss"], "test_recon": test["recon"], "test_kl": test["kl"],
+                "epoch_seconds": now - row.pop("t_epoch"),
+                "elapsed_seconds": elapsed_before + now - t_start,
+            })
+            metrics.append(row)
+            with open(out / "metrics.csv", "a", newline="", encoding="utf-8") as f:
+                csv.writer(f).writerow([epoch] + [f"{row[c]:.6f}" for c in METRIC_COLUMNS[1:]])
+            save_checkpoint(
+                {
+                    "epoch": epoch,
+                    "model": model.state_dict(),
+                    "optimizer": optimizer.state_dict(),
+                    "scheduler": scheduler.state_dict() if scheduler is not None else None,
+                    "config": dataclasses.asdict(cfg),
+                    "model_config": model.config,
+                    "rng_states": rng_states,
+                    "world_size": W,
+                    "metrics": metrics,
+                },
+                ckpt_path,
+            )
+            tqdm.write(
+                f"epoch {epoch}/{cfg.epochs}: train NELBO {row['train_loss']:.2f} | test NELBO "
+                f"{row['test_loss']:.2f} (recon {row['test_recon']:.2f}, KL {row['test_kl']:.2f}) "
+                f"nats/image | {row['epoch_seconds']:.1f} s"
+            )
+        if env.is_main:
+            _finish(cfg, model, test_batches, metrics, out, device, elapsed_before + time.perf_counter() - t_start)
+        env.barrier()
+    finally:
+        if lock is not None:
+            lock.release()
+    return out
 
+
+def _start_files(
+    cfg: TrainConfig, env: distributed.Distributed, out: Path, metrics: list[dict], start_epoch: int
+) -> None:
+    """config.json, and metrics.csv holding the header and the rows of a resumed checkpoint;
+    removes temp files that a write killed midway left behind."""
+    import fastvae
+
+    for stale in out.glob(f".{CHECKPOINT}.*.tmp"):
+        stale.unlink()
+    _write_json(
+        {
+            **dataclasses.asdict(cfg),
+            "run": {
+                "device": str(env.device),
+                "world_size": env.world_size,
+                "torch": torch.__version__,
+                "fastvae": fastvae.__version__,
+                "started": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
+                **({"resumed_after_epoch": start_epoch - 1} if start_epoch > 1 else {}),
+            },
+        },
+        out / "config.json",
+    )
+    with open(out / "metrics.csv", "w", newline="", encoding="utf-8") as f:
+        writer = csv.writer(f)
+        writer.writerow(METRIC_COLUMNS)
+        for row in metrics:
+            writer.writerow([row["epoch"]] + [f"{row[c]:.6f}" for c in METRIC_COLUMNS[1:]])
+
+
+def _train_epoch(
+    cfg: TrainConfig,
+    env: distributed.Distributed,
+    epoch: int,
+    step_model: nn.Module,
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    batches: Iterable,
+    ckpt_path: Path,
+) -> dict[str, float]:
+    """One epoch of optimizer steps; returns the epoch's training metrics (summed over ranks)."""
+    t_epoch = time.perf_counter()
+    device, W, A = env.device, env.world_size, cfg.grad_accum
+    model.train()
+    if hasattr(batches, "set_epoch"):
+        batches.set_epoch(epoch)
+    gen = torch.Generator(device=device)
+    sums = torch.zeros(3, dtype=torch.float64, device=device)  # recon, kl, images
+    never = torch.iinfo(torch.int64).max
+    first_bad = torch.full((), never, dtype=torch.int64, device=device)
+    skipped = 0
+    bar = tqdm(
+        batches, desc=f"epoch {epoch}/{cfg.epochs}", unit="batch", leave=False,
+        disable=None if env.is_main else True, dynamic_ncols=True,
+    )
+    for step, (x, _) in enumerate(bar):
+        optimizer.zero_grad(set_to_none=True)
+        # Every rank holds x.shape[0] rows of the W * x.shape[0] in the global batch; DDP
+        # averages the W gradients, so 1 / x.shape[0] per rank gives the global batch mean.
+        scale = 1.0 / x.shape[0]
+        micro = [x[a::A] for a in range(min(A, x.shape[0]))]
+        step_sums = torch.zeros(3, dtype=torch.float64, device=device)  # loss, recon, kl
+        for a, xm in enumerate(micro):
+            gen.manual_seed(mix_seed(cfg.seed, epoch, step, env.rank + W * a))
+            last = a == len(micro) - 1
+            with nullcontext() if last or not env.enabled else step_model.no_sync():
+                out = step_model(xm, cfg.beta, gen)
+                (out.loss * scale).backward()
+            step_sums += torch.stack([out.loss, out.recon, out.kl]).detach().to(torch.float64)
+        finite = torch.isfinite(step_sums).all()
+        if cfg.nonfinite == "skip":
+            ok = env.all_reduce(finite.to(torch.int32), "min")
+            if not bool(ok):  # host sync: the price of deciding before the update
+                optimizer.zero_grad(set_to_none=True)
+                skipped += 1
+                if env.is_main:
+                    tqdm.write(
+                        f"warning: non-finite training loss at epoch {epoch}, step {step + 1} "
+                        f"of {len(bar)}: step skipped (nonfinite='skip')"
+                    )
+                continue
+        else:
+            first_bad = torch.where(finite, first_bad, torch.clamp(first_bad, max=step))
+        optimizer.step()
+        sums += torch.cat([step_sums[1:], step_sums.new_tensor([x.shape[0]])])
+        if not bar.disable and step % 50 == 0:  # .item() syncs: only now and then
+            bar.set_postfix(loss=f"{step_sums[0].item() / x.shape[0]:.2f}")
+    bar.close()
+    env.all_reduce(sums)
+    if cfg.nonfinite == "stop":
+        bad = int(env.all_reduce(first_bad, "min"))
+        if bad != never:
+            kept = (
+                f"the last good checkpoint, {ckpt_path} (epoch {epoch - 1}), is kept"
+                if epoch > 1 else f"no checkpoint was written ({ckpt_path} is from no epoch)"
+            )
+            raise NonFiniteLossError(
+                f"non-finite training loss (NaN or inf) at epoch {epoch}, step {bad + 1} of "
+                f"{len(bar)}; training stopped and {kept}. Lower --lr, check the data, or pass "
+                "--nonfinite skip to drop such steps"
+            )
+    recon, kl, n = sums.tolist()
+    if n == 0:
+        raise NonFiniteLossError(
+            f"every step of epoch {epoch} had a non-finite loss and was skipped; stopping"
+        )
+    if skipped and env.is_main:
+        tqdm.write(f"epoch {epoch}: {skipped} of {len(bar)} steps skipped (non-finite loss)")
+    return {
+        "epoch": epoch, "train_loss": (recon + kl) / n, "train_recon": recon / n,
+        "train_kl": kl / n, "t_epoch": t_epoch,
+    }
+
+
+def _finish(cfg, model, test_batches, metrics, out, device, total) -> None:
+    """The three figures and the final line (rank 0)."""
     model.eval()
     gen = torch.Generator(device=device).manual_seed(cfg.seed + _SAMPLE_SEED)
     plots.save_samples(model, out / "samples.png", n=64, nrow=8, generator=gen)
@@ -310,7 +623,6 @@ def train(config: TrainConfig | None = None) -> Path:
         metrics, out / "loss_curve.png",
         title=f"MLPVAE {cfg.likelihood}, latent {cfg.latent_dim}, beta {cfg.beta:g}",
     )
-    total = time.perf_counter() - t_start
     last = metrics[-1]
     print(
         f"final test NELBO {last['test_loss']:.2f} nats/image (recon {last['test_recon']:.2f}, "
@@ -318,4 +630,3 @@ def train(config: TrainConfig | None = None) -> Path:
         f"run folder {out}",
         flush=True,
     )
-    return out
