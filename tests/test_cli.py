@@ -40,11 +40,11 @@ def test_help():
 def test_every_train_config_field_has_a_flag():
     parser = cli.build_parser()
     train_parser = parser._subparsers._group_actions[0].choices["train"]
-    dests = {a.dest for a in train_parser._actions} - {"help"}
+    dests = {a.dest for a in train_parser._actions} - {"help", "resume"}
     assert dests == {f.name for f in dataclasses.fields(TrainConfig)}
     # Defaults of the flags are the TrainConfig defaults.
     args = parser.parse_args(["train"])
-    config = TrainConfig(**{k: v for k, v in vars(args).items() if k != "command"})
+    config = TrainConfig(**{k: v for k, v in vars(args).items() if k not in ("command", "resume")})
     assert config == TrainConfig()
 
 
@@ -56,12 +56,14 @@ def test_flags_reach_the_config(monkeypatch):
         "--hidden-dims", "256", "128", "--beta", "4", "--likelihood", "mse", "--binarize",
         "static", "--seed", "7", "--device", "cpu", "--backend", "torch", "--out", "x/y",
         "--limit-train", "100", "--limit-test", "50", "--test-batch-size", "25",
+        "--grad-accum", "2", "--lr-schedule", "cosine", "--nonfinite", "skip",
     ])
     assert rc == 0
     assert seen["config"] == TrainConfig(
         epochs=3, batch_size=32, lr=0.01, latent_dim=2, hidden_dims=(256, 128), beta=4.0,
         likelihood="mse", binarize="static", seed=7, device="cpu", backend="torch", out="x/y",
-        limit_train=100, limit_test=50, test_batch_size=25,
+        limit_train=100, limit_test=50, test_batch_size=25, grad_accum=2,
+        lr_schedule="cosine", nonfinite="skip",
     )
 
 

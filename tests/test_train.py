@@ -20,7 +20,7 @@ from test_data import HAVE_MNIST, NO_MNIST
 
 RUN_FILES = {
     "config.json", "metrics.csv", "checkpoint.pt", "samples.png", "reconstructions.png",
-    "loss_curve.png",
+    "loss_curve.png", ".lock",
 }
 
 
@@ -85,7 +85,9 @@ def test_checkpoint_rebuilds_the_model(tiny_run):
     assert ckpt["epoch"] == 2
     assert TrainConfig.from_dict(ckpt["config"]) == cfg
     assert ckpt["model_config"]["latent_dim"] == 20
-    assert set(ckpt) >= {"model", "optimizer", "torch_rng_state", "data_generator_state"}
+    assert set(ckpt) >= {"model", "optimizer", "scheduler", "rng_states", "metrics", "world_size"}
+    assert ckpt["scheduler"] is None and ckpt["world_size"] == 1
+    assert set(ckpt["rng_states"][0]) == {"python", "numpy", "torch", "cuda"}
     assert len(ckpt["optimizer"]["state"]) == len(list(model.parameters()))
     # The rebuilt model reproduces the last recorded test NELBO exactly (same eval seeds).
     test = load_mnist(False, limit=cfg.limit_test)
