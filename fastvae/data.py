@@ -11,6 +11,7 @@ The data root is ``$FASTVAE_DATA`` if set, else ``./data``; MNIST is read from
 
 from __future__ import annotations
 
+import math
 import os
 from pathlib import Path
 from typing import Iterator, NamedTuple
@@ -36,6 +37,10 @@ class DataNotFoundError(FileNotFoundError):
     """A data set is not on disk and could not be downloaded; the message says where it goes."""
 
 
+class DataCorruptError(ValueError):
+    """A data file is on disk but unreadable (truncated, wrong format); the message names it."""
+
+
 def data_root() -> Path:
     """``$FASTVAE_DATA`` if set (and non-empty), else ``./data`` (relative to the cwd)."""
     return Path(os.environ.get("FASTVAE_DATA") or "data")
@@ -54,8 +59,10 @@ class Split(NamedTuple):
 
 def _missing_mnist_error(root: Path, reason: str) -> DataNotFoundError:
     raw = root / "MNIST" / "raw"
+    missing = [f for f in MNIST_FILES if not (raw / f).is_file()]
+    which = f"{', '.join(missing)} not found" if missing else "not found"
     return DataNotFoundError(
-        f"MNIST was not found under {raw} and could not be downloaded ({reason}). Put the four "
+        f"MNIST was not found under {raw} ({which}) and could not be downloaded ({reason}). Put the four "
         f"uncompressed IDX files ({', '.join(MNIST_FILES)}; torchvision's layout) in "
         f"{raw}{os.sep}, or set the environment variable "
         f"FASTVAE_DATA to a folder that holds MNIST/raw/ with them (for example "
@@ -85,12 +92,22 @@ def load_mnist(
         :class:`Split` with images uint8 ``(N, 28, 28)`` and labels int64 ``(N,)``.
 
     Raises:
-        DataNotFoundError: the files are absent and the download failed; the message says
-            where the four files must go and how to set ``FASTVAE_DATA``.
+        DataNotFoundError: a file is absent and the download failed; the message names the
+            missing files, says where the four files must go and how to set ``FASTVAE_DATA``.
+        DataCorruptError: a file of the split is there but not a complete MNIST IDX file
+            (truncated, extra bytes, gzip-compressed, wrong header, labels that do not match
+            the images); the message names the file and what is wrong.
     """
     from torchvision.datasets import MNIST
 
     root = Path(root) if root is not None else data_root()
+    if all((root / "MNIST" / "raw" / f).is_file() for f in MNIST_FILES):
+        # Present: check the split's two files ourselves before torchvision parses them (its
+        # parser asserts or reshapes without naming the file).
+        prefix = "train" if train else "t10k"
+        raw = root / "MNIST" / "raw"
+        n_images = _check_idx(raw / f"{prefix}-images-idx3-ubyte", (None, 28, 28))
+        _check_idx(raw / f"{prefix}-labels-idx1-ubyte", (n_images,))
     try:
         ds = MNIST(str(root), train=train, download=False)
     except RuntimeError:
@@ -100,10 +117,48 @@ def load_mnist(
             reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
             raise _missing_mnist_error(root, f"download failed: {reason}") from None
     images, labels = ds.data, ds.targets
+    if labels.numel() and not (0 <= int(labels.min()) and int(labels.max()) <= 9):
+        raise DataCorruptError(
+            f"MNIST labels in {ds.raw_folder}/{'train' if train else 't10k'}-labels-idx1-ubyte "
+            f"must be digits 0..9, got values from {int(labels.min())} to {int(labels.max())}"
+        )
     if limit is not None:
         _checks.positive_int("limit", limit)
         images, labels = images[:limit], labels[:limit]
     return Split(images.to(device).contiguous(), labels.to(device=device, dtype=torch.int64))
+
+
+def _check_idx(path: Path, dims: tuple[int | None, ...]) -> int:
+    """Check that ``path`` is a complete uint8 IDX file with the given dims (None: any size);
+    return its first dim. The format (LeCun et al.'s MNIST page): bytes 0, 0, type 0x08
+    (uint8), number of dims; then each dim as a big-endian uint32; then the data."""
+    size = path.stat().st_size
+    with open(path, "rb") as f:
+        head = f.read(4 + 4 * len(dims))
+    what = f"MNIST file {path} is not a valid uint8 IDX file"
+    if head[:2] == b"\x1f\x8b":
+        raise DataCorruptError(f"{what}: it is gzip-compressed; decompress it (gunzip) in place")
+    if len(head) < 4 + 4 * len(dims):
+        raise DataCorruptError(f"{what}: it is truncated ({size} bytes, shorter than its header)")
+    if head[:3] != b"\x00\x00\x08" or head[3] != len(dims):
+        raise DataCorruptError(
+            f"{what}: its header starts with {head[:4].hex()}, expected 000008"
+            f"{len(dims):02x} (uint8 data in {len(dims)} dims)"
+        )
+    shape = [int.from_bytes(head[4 + 4 * i:8 + 4 * i], "big") for i in range(len(dims))]
+    if any(want is not None and got != want for got, want in zip(shape, dims)):
+        expected = " x ".join("N" if d is None else str(d) for d in dims)
+        raise DataCorruptError(
+            f"{what}: its header gives shape {' x '.join(map(str, shape))}, expected {expected}"
+        )
+    expected_size = len(head) + math.prod(shape)
+    if size != expected_size:
+        state = "truncated" if size < expected_size else "longer than its header says"
+        raise DataCorruptError(
+            f"{what}: it is {state} ({size} bytes; its header, shape "
+            f"{' x '.join(map(str, shape))}, needs {expected_size}); replace the file"
+        )
+    return shape[0]
 
 
 def static_binarize(images: torch.Tensor, seed: int = STATIC_BINARIZE_SEED) -> torch.Tensor:

@@ -152,3 +152,114 @@ def test_missing_mnist_gives_a_clear_error(monkeypatch, tmp_path):
     assert "downloads are disabled in this test" in msg  # the reason, in one line
     assert "\n" not in msg
     assert err.__cause__ is None and err.__suppress_context__  # no chained library traceback
+
+
+def write_idx(path, array):
+    """A uint8 IDX file (the MNIST format) holding ``array``."""
+    head = bytes([0, 0, 8, array.dim()]) + b"".join(d.to_bytes(4, "big") for d in array.shape)
+    path.write_bytes(head + array.numpy().tobytes())
+
+
+def fake_mnist(root, n=6):
+    """Four small valid MNIST files under root/MNIST/raw (n images per split)."""
+    raw = root / "MNIST" / "raw"
+    raw.mkdir(parents=True)
+    images, labels = synthetic(n, 28, 28)
+    for prefix in ("train", "t10k"):
+        write_idx(raw / f"{prefix}-images-idx3-ubyte", images)
+        write_idx(raw / f"{prefix}-labels-idx1-ubyte", (labels % 10).to(torch.uint8))
+    return raw, images, labels
+
+
+def test_small_valid_mnist_files_load(tmp_path):
+    _, images, labels = fake_mnist(tmp_path)
+    split = load_mnist(True, tmp_path)
+    assert torch.equal(split.images, images) and torch.equal(split.labels, labels % 10)
+
+
+def _truncate(p):
+    p.write_bytes(p.read_bytes()[:-100])
+
+
+def _extend(p):
+    p.write_bytes(p.read_bytes() + b"\0")
+
+
+def _gzip(p):
+    import gzip
+
+    p.write_bytes(gzip.compress(p.read_bytes()))
+
+
+def _header_only(p):
+    p.write_bytes(p.read_bytes()[:6])
+
+
+def _float_type(p):
+    data = bytearray(p.read_bytes())
+    data[2] = 0x0D
+    p.write_bytes(bytes(data))
+
+
+def _text(p):
+    p.write_text("<html>404 Not Found</html>")
+
+
+def _wrong_size(p):
+    write_idx(p, torch.zeros(6, 32, 32, dtype=torch.uint8))
+
+
+def _fewer_labels(p):
+    write_idx(p, torch.zeros(5, dtype=torch.uint8))
+
+
+def _label_12(p):
+    write_idx(p, torch.full((6,), 12, dtype=torch.uint8))
+
+
+CORRUPT = [
+    ("truncated images", "train-images-idx3-ubyte", _truncate,
+     r"is truncated \(4620 bytes; its header, shape 6 x 28 x 28, needs 4720\)"),
+    ("extra bytes", "train-images-idx3-ubyte", _extend, r"is longer than its header says \(4721 bytes"),
+    ("gzip left compressed", "train-labels-idx1-ubyte", _gzip, r"gzip-compressed; decompress it"),
+    ("header cut", "train-images-idx3-ubyte", _header_only, r"truncated \(6 bytes, shorter than its header\)"),
+    ("float data", "train-images-idx3-ubyte", _float_type, r"header starts with 00000d03, expected 00000803"),
+    ("an HTML page", "train-labels-idx1-ubyte", _text, r"header starts with 3c68746d, expected 00000801"),
+    ("32x32 images", "train-images-idx3-ubyte", _wrong_size, r"header gives shape 6 x 32 x 32, expected N x 28 x 28"),
+    ("fewer labels", "train-labels-idx1-ubyte", _fewer_labels, r"header gives shape 5, expected 6"),
+    ("label 12", "train-labels-idx1-ubyte", _label_12, r"must be digits 0..9, got values from 12 to 12"),
+]
+
+
+@pytest.mark.parametrize("case", CORRUPT, ids=[c[0] for c in CORRUPT])
+def test_corrupt_mnist_file_is_named(tmp_path, case):
+    _, name, corrupt, message = case
+    raw, _, _ = fake_mnist(tmp_path)
+    corrupt(raw / name)
+    with pytest.raises(fdata.DataCorruptError, match=message) as info:
+        load_mnist(True, tmp_path)
+    assert name in str(info.value)
+    load_mnist(False, tmp_path)  # the other split's files are fine and still load
+
+
+def test_missing_mnist_file_is_named(monkeypatch, tmp_path):
+    import torchvision.datasets.mnist
+
+    monkeypatch.setattr(torchvision.datasets.mnist.MNIST, "download", _no_download)
+    raw, _, _ = fake_mnist(tmp_path)
+    (raw / "t10k-labels-idx1-ubyte").unlink()
+    with pytest.raises(DataNotFoundError, match=r"\(t10k-labels-idx1-ubyte not found\)"):
+        load_mnist(False, tmp_path)
+
+
+def test_corrupt_data_is_one_clear_cli_message(tmp_path, capsys, monkeypatch):
+    from fastvae import cli
+
+    raw, _, _ = fake_mnist(tmp_path)
+    _truncate(raw / "train-images-idx3-ubyte")
+    monkeypatch.setenv("FASTVAE_DATA", str(tmp_path))
+    rc = cli.main(["train", "--device", "cpu", "--out", str(tmp_path / "run")])
+    err = capsys.readouterr().err
+    assert rc == 2 and "Traceback" not in err
+    assert f"MNIST file {raw / 'train-images-idx3-ubyte'} is not a valid uint8 IDX file" in err
+    assert not (tmp_path / "run").exists(), "no run folder for a run that never started"
