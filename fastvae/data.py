@@ -60,10 +60,10 @@ class Split(NamedTuple):
 def _missing_mnist_error(root: Path, reason: str) -> DataNotFoundError:
     raw = root / "MNIST" / "raw"
     missing = [f for f in MNIST_FILES if not (raw / f).is_file()]
-    which = f"{', '.join(missing)} not found" if missing else "not found"
+    which = f" ({', '.join(missing)} not found)" if missing else ""
     return DataNotFoundError(
-        f"MNIST was not found under {raw} ({which}) and could not be downloaded ({reason}). Put the four "
-        f"uncompressed IDX files ({', '.join(MNIST_FILES)}; torchvision's layout) in "
+        f"MNIST was not found under {raw}{which} and could not be downloaded ({reason}). "
+        f"Put the four uncompressed IDX files ({', '.join(MNIST_FILES)}; torchvision's layout) in "
         f"{raw}{os.sep}, or set the environment variable "
         f"FASTVAE_DATA to a folder that holds MNIST/raw/ with them (for example "
         f"`export FASTVAE_DATA=/path/to/data`); the default root is ./data."

@@ -21,7 +21,7 @@ import torch.distributed as dist
 
 @dataclasses.dataclass
 class Distributed:
-    """Where this process stands in the job: ``rank`` of ``world_size`` processes, and its device."""
+    """This process's place in the job: ``rank`` of ``world_size`` processes, and its device."""
 
     rank: int
     world_size: int
@@ -38,7 +38,7 @@ class Distributed:
         return self.rank == 0
 
     def all_reduce(self, t: torch.Tensor, op: str = "sum") -> torch.Tensor:
-        """``t`` reduced over all ranks (in place, and returned); ``op`` is "sum", "min" or "max"."""
+        """``t`` reduced over all ranks, in place and returned; ``op``: "sum", "min" or "max"."""
         if self.enabled:
             dist.all_reduce(t, op={"sum": dist.ReduceOp.SUM, "min": dist.ReduceOp.MIN,
                                    "max": dist.ReduceOp.MAX}[op])

@@ -4,6 +4,15 @@ Units are nats. Every loss is summed over each sample's non-batch dims first; ``
 then gives per-sample values ``(B,)`` ("none"), their batch total ("sum") or their batch mean
 ("mean": the mean of per-sample sums, NOT a per-element mean).
 
+Empty batch (B = 0): allowed everywhere, with the results of the reductions over nothing that
+torch itself gives: "none" -> a ``(0,)`` tensor, "sum" -> 0, "mean" -> NaN (like
+``torch.mean`` of an empty tensor: there is no per-sample average to report), and
+``reparameterize`` -> z of shape ``(0, L)`` (``(K, 0, L)``); gradients are empty tensors.
+No kernel is launched for an empty input. NaN and inf in the inputs propagate exactly as in
+:mod:`fastvae.reference` on both backends (they are not errors: checking would cost a host
+sync). Non-contiguous and expanded (stride 0) inputs are accepted on both backends; the Triton
+path copies them to contiguous memory first.
+
 ``backend`` selects the implementation: "triton" (the fused kernels; CUDA tensors, or CPU
 tensors when TRITON_INTERPRET=1 was set before import), "torch" (:mod:`fastvae.reference`),
 or "auto" (Triton for CUDA tensors, the reference elsewhere). ``None`` reads the environment
@@ -85,9 +94,9 @@ def reparameterize(
         backend: "auto", "triton", "torch" or None (``$FASTVAE_BACKEND``).
 
     Returns:
-        z in mu's dtype: ``(B, L)`` if n_samples == 1, else ``(K, B, L)``. On the Triton path
-        eps is drawn in-kernel (Philox) and regenerated in backward, never stored; gradients
-        are dmu = dz, dlogvar = 0.5 * dz * eps * exp(0.5 * logvar).
+        z in mu's dtype: ``(B, L)`` if n_samples == 1, else ``(K, B, L)`` (B may be 0). On
+        the Triton path eps is drawn in-kernel (Philox) and regenerated in backward, never
+        stored; gradients are dmu = dz, dlogvar = 0.5 * dz * eps * exp(0.5 * logvar).
 
     Raises:
         TypeError, ValueError: bad tensors (dtype, dims, shapes, devices), n_samples < 1,
@@ -118,8 +127,8 @@ def gaussian_kl(
 
     Args:
         mu, logvar: ``(B, L)``, same float dtype and device.
-        reduction: "none" -> ``(B,)``; "sum" -> batch total; "mean" -> batch mean of the
-            per-sample sums (NaN for an empty batch).
+        reduction: "none" -> ``(B,)``; "sum" -> batch total (0 for an empty batch); "mean"
+            -> batch mean of the per-sample sums (NaN for an empty batch).
 
     Returns:
         nats, float32 (float64 for float64 inputs). Gradients: dmu = mu,
@@ -209,7 +218,8 @@ def reconstruction_loss(
         recon, x: ``(B, *feature_shape)``, same float dtype and device; each row is summed over
             all non-batch dims.
         recon_logvar: ``(B, *feature_shape)``; required for "gaussian", refused otherwise.
-        reduction: "none" -> ``(B,)``; "sum"; "mean" (batch mean of per-sample sums).
+        reduction: "none" -> ``(B,)``; "sum" (0 for an empty batch); "mean" (batch mean of
+            per-sample sums; NaN for an empty batch).
 
     Returns:
         nats, float32 (float64 for float64 inputs).

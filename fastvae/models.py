@@ -105,16 +105,34 @@ class MLPVAE(nn.Module):
         """Posterior parameters of q(z | x).
 
         Args:
-            x: ``(B, *input_shape)`` (or ``(B, D)``), floats in data space ([0, 1] for MNIST).
+            x: ``(B, *input_shape)`` (or ``(B, D)``), floats in data space ([0, 1] for MNIST),
+                in the parameters' dtype (any float dtype under ``torch.autocast``) and on
+                their device. B = 0 is allowed (empty outputs).
 
         Returns:
             ``(mu, logvar)``, each ``(B, L)`` in the parameters' dtype; logvar is the natural
             log of the variance.
+
+        Raises:
+            TypeError: x is not a tensor, or has another dtype than the parameters.
+            ValueError: x has the wrong shape, or is on another device.
         """
+        if not isinstance(x, torch.Tensor):
+            raise TypeError(f"x must be a torch.Tensor, got {type(x).__name__}")
         if x.dim() < 2 or x[0].numel() != self.input_dim:
             raise ValueError(
                 f"x must have shape (B, {', '.join(map(str, self.input_shape))}) or "
                 f"(B, {self.input_dim}), got {tuple(x.shape)}"
+            )
+        p = self.head.weight
+        if x.dtype != p.dtype and not torch.is_autocast_enabled(x.device.type):
+            raise TypeError(
+                f"x must have the model's dtype: expected {p.dtype}, got {x.dtype} (convert "
+                "the data, e.g. x.float(), or the model, e.g. model.double())"
+            )
+        if x.device != p.device:
+            raise ValueError(
+                f"x must be on the model's device: expected {p.device}, got {x.device}"
             )
         h = self.encoder(x.reshape(x.shape[0], self.input_dim))
         mu, logvar = self.head(h).chunk(2, dim=1)

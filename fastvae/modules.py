@@ -5,13 +5,26 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from fastvae import _checks
 from fastvae import functional as F
+from fastvae.reference import LIKELIHOODS, REDUCTIONS
+
+
+def _check_options(likelihood=None, reduction=None, backend=None) -> None:
+    """Constructor arguments fail at construction, not at the first call."""
+    if likelihood is not None:
+        _checks.choice("likelihood", likelihood, LIKELIHOODS)
+    if reduction is not None:
+        _checks.choice("reduction", reduction, REDUCTIONS)
+    if backend is not None:
+        _checks.choice("backend", backend, F.BACKENDS)
 
 
 class ELBOLoss(nn.Module):
     """``ELBOLoss(beta, likelihood, reduction)(recon, x, mu, logvar)`` -> ``ELBO(loss, recon, kl)``.
 
-    See :func:`fastvae.functional.elbo_loss` for shapes, units and errors.
+    See :func:`fastvae.functional.elbo_loss` for shapes, units and errors; a bad ``beta``,
+    ``likelihood``, ``reduction`` or ``backend`` raises ``ValueError`` here, at construction.
     """
 
     def __init__(
@@ -22,6 +35,8 @@ class ELBOLoss(nn.Module):
         backend: str | None = None,
     ):
         super().__init__()
+        _checks.beta(beta)
+        _check_options(likelihood, reduction, backend)
         self.beta, self.likelihood, self.reduction, self.backend = beta, likelihood, reduction, backend
 
     def forward(self, recon, x, mu, logvar, recon_logvar=None) -> F.ELBO:
@@ -39,6 +54,7 @@ class ReconstructionLoss(nn.Module):
 
     def __init__(self, likelihood: str = "bernoulli", reduction: str = "mean", backend: str | None = None):
         super().__init__()
+        _check_options(likelihood, reduction, backend)
         self.likelihood, self.reduction, self.backend = likelihood, reduction, backend
 
     def forward(self, recon, x, recon_logvar=None) -> torch.Tensor:
@@ -56,6 +72,7 @@ class GaussianKL(nn.Module):
 
     def __init__(self, reduction: str = "mean", backend: str | None = None):
         super().__init__()
+        _check_options(reduction=reduction, backend=backend)
         self.reduction, self.backend = reduction, backend
 
     def forward(self, mu, logvar) -> torch.Tensor:

@@ -489,7 +489,8 @@ def _train(cfg: TrainConfig, env: distributed.Distributed, resume: bool, t_start
                 f"nats/image | {row['epoch_seconds']:.1f} s"
             )
         if env.is_main:
-            _finish(cfg, model, test_batches, metrics, out, device, elapsed_before + time.perf_counter() - t_start)
+            total = elapsed_before + time.perf_counter() - t_start
+            _finish(cfg, model, test_batches, metrics, out, device, total)
         env.barrier()
     finally:
         if lock is not None:

@@ -14,11 +14,17 @@ def check_launchable(name: str, t: torch.Tensor) -> None:
     """Raise if ``t`` cannot be passed to a Triton kernel in this process.
 
     Raises:
-        ValueError: CPU tensor without the interpreter, or bfloat16 under the interpreter
-            (numpy has no bfloat16).
+        ValueError: CPU tensor without the interpreter, a tensor on any other device than
+            CUDA or the CPU (meta, mps, ...), or bfloat16 under the interpreter (numpy has no
+            bfloat16).
     """
     if t.is_cuda:
         return
+    if t.device.type != "cpu":
+        raise ValueError(
+            f"{name} is on device {t.device}, but the Triton kernels need CUDA tensors (or CPU "
+            "tensors under TRITON_INTERPRET=1); use backend='torch' for this device."
+        )
     if not INTERPRETED:
         raise ValueError(
             f"{name} is on device {t.device}, but the Triton kernels need CUDA tensors (or "

@@ -9,6 +9,7 @@ from ._math import log1p_small, to_acc
 
 LIKELIHOOD_CODES = {"bernoulli": 0, "mse": 1, "gaussian": 2}
 _MAX_BLOCK_D = 4096
+_MAX_GRID = 2**31 - 1  # CUDA's limit on a launch grid's x dimension
 _HALF_LOG_2PI = tl.constexpr(0.9189385332046727)  # log(2 pi) / 2
 
 
@@ -46,7 +47,8 @@ def _load_chunk(r_ptr, x_ptr, v_ptr, D, n_chunks, LIKELIHOOD: tl.constexpr, BLOC
     """This program's (row, chunk of BLOCK_D features): int64 offsets, mask and the inputs."""
     pid = tl.program_id(0)
     row = pid // n_chunks
-    cols = (pid % n_chunks) * BLOCK_D + tl.arange(0, BLOCK_D)
+    # int64 from here on: a row may hold more than 2**31 elements, and row * D more still.
+    cols = (pid % n_chunks).to(tl.int64) * BLOCK_D + tl.arange(0, BLOCK_D)
     mask = cols < D
     off = row.to(tl.int64) * D + cols
     r = to_acc(tl.load(r_ptr + off, mask=mask, other=0.0))
@@ -100,7 +102,13 @@ def _layout(recon: torch.Tensor) -> tuple[int, int, int, int]:
     B = recon.shape[0]
     D = recon.numel() // B if B else 0
     block_d = pow2_at_most(D, _MAX_BLOCK_D)
-    return B, D, block_d, triton.cdiv(D, block_d)
+    n_chunks = triton.cdiv(D, block_d)
+    if B * n_chunks > _MAX_GRID:
+        raise ValueError(
+            f"recon of shape {tuple(recon.shape)} needs {B * n_chunks} programs of {block_d} "
+            f"elements, more than one launch can have ({_MAX_GRID}); split the batch"
+        )
+    return B, D, block_d, n_chunks
 
 
 def recon_loss_fwd(
