@@ -119,7 +119,7 @@ class MLPVAE(nn.Module):
         """
         if not isinstance(x, torch.Tensor):
             raise TypeError(f"x must be a torch.Tensor, got {type(x).__name__}")
-        if x.dim() < 2 or x[0].numel() != self.input_dim:
+        if x.dim() < 2 or math.prod(x.shape[1:]) != self.input_dim:
             raise ValueError(
                 f"x must have shape (B, {', '.join(map(str, self.input_shape))}) or "
                 f"(B, {self.input_dim}), got {tuple(x.shape)}"

@@ -82,51 +82,6 @@ def test_modules_match_functional(device):
     assert torch.equal(kl, fastvae.gaussian_kl(mu, lv, backend="triton"))
 
 
-X = torch.zeros(2, 3)
-L = torch.zeros(2, 3)
-BAD_CALLS = [
-    ("recon and x shapes", lambda: fastvae.reconstruction_loss(X, torch.zeros(2, 4)), ValueError, r"x must have the same shape as recon: expected \(2, 3\), got \(2, 4\)"),
-    ("integer recon", lambda: fastvae.reconstruction_loss(X.long(), X), TypeError, r"recon must be a floating-point tensor .*torch.int64"),
-    ("bool x", lambda: fastvae.reconstruction_loss(X, X.bool()), TypeError, r"x must be a floating-point tensor .*torch.bool"),
-    ("mixed dtypes", lambda: fastvae.reconstruction_loss(X, X.double()), TypeError, r"x must have the same dtype as recon: expected torch.float32, got torch.float64"),
-    ("not a tensor", lambda: fastvae.reconstruction_loss([1.0], X), TypeError, r"recon must be a torch.Tensor, got list"),
-    ("zero-dim recon", lambda: fastvae.reconstruction_loss(torch.tensor(1.0), torch.tensor(1.0)), ValueError, r"recon must have at least 1 dim"),
-    ("unknown likelihood", lambda: fastvae.reconstruction_loss(X, X, "poisson"), ValueError, r"likelihood must be one of 'bernoulli', 'mse', 'gaussian'; got 'poisson'"),
-    ("unknown reduction", lambda: fastvae.reconstruction_loss(X, X, reduction="avg"), ValueError, r"reduction must be one of 'none', 'sum', 'mean'; got 'avg'"),
-    ("gaussian without logvar", lambda: fastvae.reconstruction_loss(X, X, "gaussian"), ValueError, r"recon_logvar is required"),
-    ("logvar wrong shape", lambda: fastvae.reconstruction_loss(X, X, "gaussian", recon_logvar=torch.zeros(2, 1)), ValueError, r"recon_logvar must have the same shape as recon"),
-    ("logvar for bernoulli", lambda: fastvae.reconstruction_loss(X, X, recon_logvar=X), ValueError, r"recon_logvar is only used by likelihood='gaussian'"),
-    ("mu logvar shapes", lambda: fastvae.gaussian_kl(L, torch.zeros(2, 4)), ValueError, r"logvar must have the same shape as mu"),
-    ("mu 1-D", lambda: fastvae.sample_and_kl(torch.zeros(3), torch.zeros(3)), ValueError, r"mu must have 2 dims, got 1"),
-    ("mu 3-D", lambda: fastvae.reparameterize(torch.zeros(1, 2, 3), torch.zeros(1, 2, 3)), ValueError, r"mu must have 2 dims, got 3"),
-    ("integer logvar", lambda: fastvae.gaussian_kl(L, L.int()), TypeError, r"logvar must be a floating-point tensor"),
-    ("mu logvar dtypes", lambda: fastvae.gaussian_kl(L, L.half()), TypeError, r"logvar must have the same dtype as mu"),
-    ("n_samples 0", lambda: fastvae.reparameterize(L, L, n_samples=0), ValueError, r"n_samples must be an integer >= 1, got 0"),
-    ("n_samples float", lambda: fastvae.reparameterize(L, L, n_samples=2.0), ValueError, r"n_samples must be an integer >= 1, got 2.0"),
-    ("negative beta", lambda: fastvae.elbo_loss(X, X, L, L, beta=-1.0), ValueError, r"beta must be a finite number >= 0, got -1.0"),
-    ("nan beta", lambda: fastvae.elbo_loss(X, X, L, L, beta=float("nan")), ValueError, r"beta must be a finite number >= 0"),
-    ("batch mismatch", lambda: fastvae.elbo_loss(X, X, torch.zeros(5, 3), torch.zeros(5, 3)), ValueError, r"mu must have the batch size of x: expected 2, got 5"),
-    ("generator type", lambda: fastvae.reparameterize(L, L, generator=0), TypeError, r"generator must be a torch.Generator"),
-]
-
-
-@pytest.mark.parametrize("backend", ["torch", "triton"])
-@pytest.mark.parametrize("case", BAD_CALLS, ids=[c[0] for c in BAD_CALLS])
-def test_bad_input_raises_clear_error(case, backend, monkeypatch):
-    monkeypatch.setenv("FASTVAE_BACKEND", backend)
-    _, call, error, message = case
-    with pytest.raises(error, match=message):
-        call()
-
-
-@pytest.mark.cuda
-def test_tensors_on_different_devices():
-    with pytest.raises(ValueError, match="x must be on the same device as recon"):
-        fastvae.reconstruction_loss(X.cuda(), X)
-    with pytest.raises(ValueError, match="generator must be on the device type of mu"):
-        fastvae.reparameterize(L.cuda(), L.cuda(), generator=torch.Generator())
-
-
 def test_operator_registrations(device):
     """torch.library.opcheck: schema, fake tensors, autograd registration, AOT dispatch."""
     g = torch.Generator().manual_seed(0)
