@@ -1,4 +1,4 @@
-"""Public API: backend dispatch, argument errors, nn.Module wrappers, operator registration."""
+"""Public API: backend dispatch, nn.Module wrappers, operator registration (bad input: test_bad_input.py)."""
 
 import pytest
 import torch
