@@ -133,14 +133,20 @@ def tiny(out, **kw):
     })
 
 
-def test_a_locked_run_folder_is_refused(tmp_path):
+def test_a_locked_run_folder_is_refused(tmp_path, capsys):
+    from fastvae import cli
+
     run = tmp_path / "run"
     run.mkdir()
     with RunLock(run):
         with pytest.raises(RunLockedError, match=rf"run folder {run} is in use by another "
                            rf"training \(pid {os.getpid()} on .*choose another --out"):
             ftrain.train(tiny(run))
-    assert not (run / "metrics.csv").exists(), "the refused run wrote nothing"
+        assert not (run / "metrics.csv").exists(), "the refused run wrote nothing"
+        args = ["train", "--limit-train", "64", "--limit-test", "10", "--device", "cpu",
+                "--out", str(run)]
+        assert cli.main(args) == 1
+        assert "is in use by another training" in capsys.readouterr().err
     ftrain.train(tiny(run))  # released: the folder is usable again
     assert len(metric_rows(run)) == 1
 
