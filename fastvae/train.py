@@ -409,7 +409,14 @@ def _train(cfg: TrainConfig, env: distributed.Distributed, resume: bool, t_start
     if resume:
         if not ckpt_path.is_file():
             raise FileNotFoundError(f"cannot resume {out}: no {CHECKPOINT} there")
-        ckpt = torch.load(ckpt_path, map_location=device, weights_only=True)
+        # On the CPU: the RNG states must stay there; load_state_dict moves the rest.
+        ckpt = torch.load(ckpt_path, map_location="cpu", weights_only=True)
+        missing = sorted({"optimizer", "scheduler", "rng_states", "metrics"} - set(ckpt))
+        if missing:
+            raise ValueError(
+                f"cannot resume {out}: its {CHECKPOINT} lacks {', '.join(missing)} (written by "
+                "an older fastvae); it still loads for sampling (fastvae sample)"
+            )
         _check_resumable(ckpt["config"], cfg, out)
     seed_everything(cfg.seed + env.rank)
     # Data first: a missing data set should not leave an empty run folder behind.

@@ -213,3 +213,11 @@ def test_resume_refuses_a_changed_configuration(tmp_path):
     # Resuming a finished run with more epochs continues it.
     ftrain.train(resume_config(run, epochs=2), resume=True)
     assert [r["epoch"] for r in metric_rows(run)] == ["1", "2"]
+
+
+def test_resume_refuses_a_checkpoint_without_training_state(tmp_path):
+    run = tmp_path / "old"
+    run.mkdir()
+    ftrain.save_checkpoint({"epoch": 1, "model": {}, "config": {}}, run / "checkpoint.pt")
+    with pytest.raises(ValueError, match="lacks metrics, optimizer, rng_states, scheduler"):
+        ftrain.train(tiny(run), resume=True)
