@@ -21,13 +21,15 @@ CUDA = torch.cuda.is_available()
 
 
 def pytest_configure(config):
-    config.addinivalue_line("markers", "cuda: needs a CUDA device (bf16 kernels, CUDA graphs)")
+    config.addinivalue_line(
+        "markers", "cuda: needs a CUDA device (bf16 kernels, CUDA graphs, int64 indexing past 2**31)"
+    )
 
 
 def pytest_collection_modifyitems(config, items):
     if CUDA:
         return
-    skip = pytest.mark.skip(reason="needs CUDA (bfloat16 kernels or CUDA graphs)")
+    skip = pytest.mark.skip(reason="needs a CUDA device")
     for item in items:
         if "cuda" in item.keywords:
             item.add_marker(skip)
