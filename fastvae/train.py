@@ -599,7 +599,7 @@ def _train_epoch(
         if bad != never:
             kept = (
                 f"the last good checkpoint, {ckpt_path} (epoch {epoch - 1}), is kept"
-                if epoch > 1 else f"no checkpoint was written ({ckpt_path} is from no epoch)"
+                if epoch > 1 else "no checkpoint exists yet (epoch 1 never finished)"
             )
             raise NonFiniteLossError(
                 f"non-finite training loss (NaN or inf) at epoch {epoch}, step {bad + 1} of "
