@@ -15,6 +15,8 @@ import dataclasses
 import sys
 from pathlib import Path
 
+from fastvae.animal_faces import CLASSES
+from fastvae.builders import DATASETS, MODELS
 from fastvae.data import BINARIZE
 from fastvae.functional import BACKENDS
 from fastvae.reference import LIKELIHOODS
@@ -90,6 +92,20 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--resume", metavar="RUN", default=None,
                    help="continue the run in folder RUN from its checkpoint.pt with its saved "
                    "configuration (only --epochs, --device and --backend may be given too)")
+    t.add_argument("--dataset", choices=DATASETS, default=d.dataset,
+                   help="MNIST, or Animal Faces (AFHQ; its val split is the test set)")
+    t.add_argument("--model", choices=tuple(MODELS), default=d.model,
+                   help="mlp (fully connected, --hidden-dims) or conv (convolutional)")
+    t.add_argument("--image-size", type=int, default=d.image_size,
+                   help="animal-faces: side of the resized square images (default 128)")
+    t.add_argument("--classes", nargs="+", choices=CLASSES, default=d.classes,
+                   help="animal-faces: keep only these classes, e.g. --classes cat")
+    t.add_argument("--data-dir", default=d.data_dir,
+                   help="animal-faces: the AFHQ folder with train/ and val/ "
+                   "(default $FASTVAE_DATA/afhq)")
+    t.add_argument("--conv-channels", type=int, nargs="+", default=d.conv_channels,
+                   help="conv: encoder widths, one stride-2 layer each (default: from the "
+                   "image size)")
 
     s = sub.add_parser(
         "sample",

@@ -21,59 +21,35 @@ from fastvae.functional import ELBO, reconstruction_loss, reparameterize, sample
 from fastvae.reference import LIKELIHOODS, REDUCTIONS
 
 
-class MLPVAE(nn.Module):
-    """Fully connected VAE: ``D -> hidden_dims -> (mu, logvar) ; z -> reversed(hidden_dims) -> D``.
+class VAE(nn.Module):
+    """Base class of fastvae's VAEs: a Gaussian encoder, a standard normal prior, a decoder.
 
-    With the defaults (input ``(1, 28, 28)``, ``hidden_dims=(400,)``, ``latent_dim=20``,
-    Bernoulli likelihood) this is the MNIST VAE of pytorch/examples ``vae/main.py``: Linear +
-    ReLU layers, a linear head for mu and logvar (one ``Linear(400, 2 * 20)``, the same map as
-    that example's two ``Linear(400, 20)`` heads), and a linear output layer.
+    A subclass builds its two networks, calls :meth:`_set_spec` in its constructor, and
+    implements :meth:`encode` (x -> mu, logvar) and :meth:`decode_params`
+    (z -> recon, recon_logvar). Everything else is shared: :meth:`loss` (one fused
+    :func:`fastvae.sample_and_kl` launch and one :func:`fastvae.reconstruction_loss`),
+    :meth:`forward`, :meth:`decode`, :meth:`sample`, :meth:`reconstruct`,
+    :meth:`to_data_space`.
 
-    Decoder outputs by likelihood (all of shape ``(B, *input_shape)``, the parameters' dtype):
-
-    - ``"bernoulli"``: logits of p(x | z) (data-space image: their sigmoid);
-    - ``"mse"``: the mean itself (the L2 loss of the seed reports);
-    - ``"gaussian"``: a mean and a log-variance per pixel (the last layer has ``2 * D``
-      outputs); :meth:`decode` returns them as a tuple ``(mean, logvar)``.
-
-    The "gaussian" decoder's per-pixel variance is unconstrained. On MNIST, whose background
-    pixels are exactly 0, the density is unbounded as those variances shrink: the negative
-    ELBO goes below zero and keeps falling, and the mean samples get worse. That is the model,
-    not a bug; prefer "bernoulli" (or "mse") for MNIST.
-
-    Args:
-        input_shape: shape of one sample, e.g. ``(1, 28, 28)``; D is its product.
-        hidden_dims: widths of the encoder's hidden layers (the decoder mirrors them).
-        latent_dim: L, the size of z.
-        likelihood: "bernoulli", "mse" or "gaussian".
-        backend: passed to the fastvae ops: "auto", "triton", "torch" or None
-            (``$FASTVAE_BACKEND``, default "auto": Triton on CUDA tensors, reference on CPU).
-
-    Attributes:
-        config: the constructor arguments as a dict (plain Python values), so that
-            ``MLPVAE(**model.config)`` rebuilds the architecture from a checkpoint.
+    Attributes set by :meth:`_set_spec`: ``input_shape``, ``input_dim`` (its product),
+    ``latent_dim``, ``likelihood``, ``backend`` and ``config``: the constructor arguments as a
+    dict of plain Python values, so that ``type(model)(**model.config)`` rebuilds the
+    architecture from a checkpoint.
     """
 
-    def __init__(
-        self,
-        input_shape: Sequence[int] = (1, 28, 28),
-        hidden_dims: Sequence[int] = (400,),
-        latent_dim: int = 20,
-        likelihood: str = "bernoulli",
-        backend: str | None = None,
-    ):
-        super().__init__()
+    def _set_spec(
+        self, input_shape: Sequence[int], latent_dim: int, likelihood: str,
+        backend: str | None, **config,
+    ) -> None:
+        """Check and store the arguments every VAE has; ``config`` holds the subclass's own."""
         input_shape = tuple(int(s) for s in input_shape)
-        hidden_dims = tuple(int(h) for h in hidden_dims)
         if not input_shape or any(s < 1 for s in input_shape):
             raise ValueError(f"input_shape must be non-empty with sizes >= 1, got {input_shape}")
-        if any(h < 1 for h in hidden_dims):
-            raise ValueError(f"hidden_dims must all be >= 1, got {hidden_dims}")
         _checks.positive_int("latent_dim", latent_dim)
         _checks.choice("likelihood", likelihood, LIKELIHOODS)
         self.config = {
             "input_shape": input_shape,
-            "hidden_dims": hidden_dims,
+            **config,
             "latent_dim": int(latent_dim),
             "likelihood": likelihood,
             "backend": backend,
@@ -84,34 +60,24 @@ class MLPVAE(nn.Module):
         self.likelihood = likelihood
         self.backend = backend
 
-        enc, width = [], self.input_dim
-        for h in hidden_dims:
-            enc += [nn.Linear(width, h), nn.ReLU()]
-            width = h
-        self.encoder = nn.Sequential(*enc)
-        self.head = nn.Linear(width, 2 * self.latent_dim)  # -> [mu | logvar]
-
-        dec, width = [], self.latent_dim
-        for h in reversed(hidden_dims):
-            dec += [nn.Linear(width, h), nn.ReLU()]
-            width = h
-        out = 2 * self.input_dim if likelihood == "gaussian" else self.input_dim
-        dec.append(nn.Linear(width, out))
-        self.decoder = nn.Sequential(*dec)
-
-    # ------------------------------------------------------------------ the two networks
+    @property
+    def decoder_channels(self) -> int:
+        """Output values per pixel of the decoder's last layer: 2 (mean, log-variance) for the
+        "gaussian" likelihood, else 1."""
+        return 2 if self.likelihood == "gaussian" else 1
 
     def encode(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Posterior parameters of q(z | x).
+        """Posterior parameters ``(mu, logvar)`` of q(z | x), each ``(B, L)``."""
+        raise NotImplementedError
 
-        Args:
-            x: ``(B, *input_shape)`` (or ``(B, D)``), floats in data space ([0, 1] for MNIST),
-                in the parameters' dtype (any float dtype under ``torch.autocast``) and on
-                their device. B = 0 is allowed (empty outputs).
+    def decode_params(self, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Decoder output ``(recon, recon_logvar)`` for ``z`` of shape ``(B, L)``."""
+        raise NotImplementedError
 
-        Returns:
-            ``(mu, logvar)``, each ``(B, L)`` in the parameters' dtype; logvar is the natural
-            log of the variance.
+    def _check_input(self, x) -> None:
+        """``x`` must be a tensor of B (>= 0) samples of ``input_dim`` values (any non-batch
+        shape with that many, e.g. ``(B, *input_shape)`` or ``(B, D)``), in the parameters'
+        dtype (any float dtype under ``torch.autocast``) and on their device.
 
         Raises:
             TypeError: x is not a tensor, or has another dtype than the parameters.
@@ -124,7 +90,7 @@ class MLPVAE(nn.Module):
                 f"x must have shape (B, {', '.join(map(str, self.input_shape))}) or "
                 f"(B, {self.input_dim}), got {tuple(x.shape)}"
             )
-        p = self.head.weight
+        p = next(self.parameters())
         if x.dtype != p.dtype and not torch.is_autocast_enabled(x.device.type):
             raise TypeError(
                 f"x must have the model's dtype: expected {p.dtype}, got {x.dtype} (convert "
@@ -134,23 +100,6 @@ class MLPVAE(nn.Module):
             raise ValueError(
                 f"x must be on the model's device: expected {p.device}, got {x.device}"
             )
-        h = self.encoder(x.reshape(x.shape[0], self.input_dim))
-        mu, logvar = self.head(h).chunk(2, dim=1)
-        return mu, logvar
-
-    def decode_params(self, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """Decoder output in a form uniform over likelihoods: ``(recon, recon_logvar)``.
-
-        ``recon`` is ``(B, *input_shape)`` (logits, mean or Gaussian mean); ``recon_logvar`` is
-        the per-pixel log-variance ``(B, *input_shape)`` for "gaussian" and None otherwise.
-        Exactly the ``recon`` / ``recon_logvar`` arguments of :func:`fastvae.reconstruction_loss`.
-        """
-        out = self.decoder(z)
-        shape = (z.shape[0], *self.input_shape)
-        if self.likelihood == "gaussian":
-            mean, logvar = out.chunk(2, dim=1)
-            return mean.reshape(shape), logvar.reshape(shape)
-        return out.reshape(shape), None
 
     def decode(self, z: torch.Tensor) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
         """Parameters of p(x | z) for latent codes ``z`` of shape ``(B, L)``.
@@ -249,3 +198,102 @@ class MLPVAE(nn.Module):
 
     def extra_repr(self) -> str:
         return f"likelihood={self.likelihood!r}, latent_dim={self.latent_dim}"
+
+
+class MLPVAE(VAE):
+    """Fully connected VAE: ``D -> hidden_dims -> (mu, logvar) ; z -> reversed(hidden_dims) -> D``.
+
+    With the defaults (input ``(1, 28, 28)``, ``hidden_dims=(400,)``, ``latent_dim=20``,
+    Bernoulli likelihood) this is the MNIST VAE of pytorch/examples ``vae/main.py``: Linear +
+    ReLU layers, a linear head for mu and logvar (one ``Linear(400, 2 * 20)``, the same map as
+    that example's two ``Linear(400, 20)`` heads), and a linear output layer.
+
+    Decoder outputs by likelihood (all of shape ``(B, *input_shape)``, the parameters' dtype):
+
+    - ``"bernoulli"``: logits of p(x | z) (data-space image: their sigmoid);
+    - ``"mse"``: the mean itself (the L2 loss of the seed reports);
+    - ``"gaussian"``: a mean and a log-variance per pixel (the last layer has ``2 * D``
+      outputs); :meth:`decode` returns them as a tuple ``(mean, logvar)``.
+
+    The "gaussian" decoder's per-pixel variance is unconstrained. On MNIST, whose background
+    pixels are exactly 0, the density is unbounded as those variances shrink: the negative
+    ELBO goes below zero and keeps falling, and the mean samples get worse. That is the model,
+    not a bug; prefer "bernoulli" (or "mse") for MNIST.
+
+    Args:
+        input_shape: shape of one sample, e.g. ``(1, 28, 28)``; D is its product.
+        hidden_dims: widths of the encoder's hidden layers (the decoder mirrors them).
+        latent_dim: L, the size of z.
+        likelihood: "bernoulli", "mse" or "gaussian".
+        backend: passed to the fastvae ops: "auto", "triton", "torch" or None
+            (``$FASTVAE_BACKEND``, default "auto": Triton on CUDA tensors, reference on CPU).
+
+    Attributes:
+        config: the constructor arguments as a dict (plain Python values), so that
+            ``MLPVAE(**model.config)`` rebuilds the architecture from a checkpoint.
+    """
+
+    def __init__(
+        self,
+        input_shape: Sequence[int] = (1, 28, 28),
+        hidden_dims: Sequence[int] = (400,),
+        latent_dim: int = 20,
+        likelihood: str = "bernoulli",
+        backend: str | None = None,
+    ):
+        super().__init__()
+        hidden_dims = tuple(int(h) for h in hidden_dims)
+        if any(h < 1 for h in hidden_dims):
+            raise ValueError(f"hidden_dims must all be >= 1, got {hidden_dims}")
+        self._set_spec(input_shape, latent_dim, likelihood, backend, hidden_dims=hidden_dims)
+
+        enc, width = [], self.input_dim
+        for h in hidden_dims:
+            enc += [nn.Linear(width, h), nn.ReLU()]
+            width = h
+        self.encoder = nn.Sequential(*enc)
+        self.head = nn.Linear(width, 2 * self.latent_dim)  # -> [mu | logvar]
+
+        dec, width = [], self.latent_dim
+        for h in reversed(hidden_dims):
+            dec += [nn.Linear(width, h), nn.ReLU()]
+            width = h
+        dec.append(nn.Linear(width, self.decoder_channels * self.input_dim))
+        self.decoder = nn.Sequential(*dec)
+
+    # ------------------------------------------------------------------ the two networks
+
+    def encode(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Posterior parameters of q(z | x).
+
+        Args:
+            x: ``(B, *input_shape)`` (or ``(B, D)``), floats in data space ([0, 1] for MNIST),
+                in the parameters' dtype (any float dtype under ``torch.autocast``) and on
+                their device. B = 0 is allowed (empty outputs).
+
+        Returns:
+            ``(mu, logvar)``, each ``(B, L)`` in the parameters' dtype; logvar is the natural
+            log of the variance.
+
+        Raises:
+            TypeError: x is not a tensor, or has another dtype than the parameters.
+            ValueError: x has the wrong shape, or is on another device.
+        """
+        self._check_input(x)
+        h = self.encoder(x.reshape(x.shape[0], self.input_dim))
+        mu, logvar = self.head(h).chunk(2, dim=1)
+        return mu, logvar
+
+    def decode_params(self, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Decoder output in a form uniform over likelihoods: ``(recon, recon_logvar)``.
+
+        ``recon`` is ``(B, *input_shape)`` (logits, mean or Gaussian mean); ``recon_logvar`` is
+        the per-pixel log-variance ``(B, *input_shape)`` for "gaussian" and None otherwise.
+        Exactly the ``recon`` / ``recon_logvar`` arguments of :func:`fastvae.reconstruction_loss`.
+        """
+        out = self.decoder(z)
+        shape = (z.shape[0], *self.input_shape)
+        if self.likelihood == "gaussian":
+            mean, logvar = out.chunk(2, dim=1)
+            return mean.reshape(shape), logvar.reshape(shape)
+        return out.reshape(shape), None

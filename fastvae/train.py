@@ -1,4 +1,5 @@
-"""Training MLPVAE on MNIST: one function, :func:`train`, writing a self-contained run folder.
+"""Training a VAE (MLP or conv; MNIST or Animal Faces): one function, :func:`train`, writing a
+self-contained run folder.
 
 A run folder (``TrainConfig.out``) holds:
 
@@ -45,10 +46,10 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from fastvae import _checks, distributed, plots
-from fastvae.data import BINARIZE, ImageBatches, ShardedImageBatches, load_mnist, mix_seed
+from fastvae import _checks, builders, distributed, plots
+from fastvae.data import BINARIZE, ImageBatches, ShardedImageBatches, mix_seed
 from fastvae.functional import BACKENDS
-from fastvae.models import MLPVAE
+from fastvae.models import VAE
 from fastvae.reference import LIKELIHOODS
 from fastvae.runlock import RunLock
 
@@ -56,7 +57,6 @@ METRIC_COLUMNS = (
     "epoch", "train_loss", "train_recon", "train_kl", "test_loss", "test_recon", "test_kl",
     "epoch_seconds", "elapsed_seconds",
 )
-MNIST_SHAPE = (1, 28, 28)
 LR_SCHEDULES = ("constant", "cosine")
 NONFINITE = ("stop", "skip")
 CHECKPOINT = "checkpoint.pt"
@@ -88,6 +88,12 @@ class TrainConfig:
     :class:`NonFiniteLossError` at the end of that epoch, naming the first bad step; the
     checkpoint of the previous epoch stays) or "skip" (drop that step's update, warn, go on;
     this costs a host sync per step).
+
+    Data and model (checked by :func:`fastvae.builders.check_config`): ``dataset`` "mnist" or
+    "animal-faces" (AFHQ from ``data_dir``, default ``$FASTVAE_DATA/afhq``, resized to
+    ``image_size`` (default 128), optionally only the class folders ``classes``); ``model``
+    "mlp" (:class:`fastvae.MLPVAE` with ``hidden_dims``) or "conv" (:class:`fastvae.ConvVAE`,
+    ``conv_channels`` default derived from the image size).
     """
 
     epochs: int = 10
@@ -108,9 +114,22 @@ class TrainConfig:
     grad_accum: int = 1
     lr_schedule: str = "constant"
     nonfinite: str = "stop"
+    dataset: str = "mnist"
+    model: str = "mlp"
+    image_size: int | None = None
+    classes: tuple[str, ...] | None = None
+    data_dir: str | None = None
+    conv_channels: tuple[int, ...] | None = None
 
     def __post_init__(self):
         self.hidden_dims = tuple(int(h) for h in self.hidden_dims)
+        if self.classes is not None:
+            self.classes = tuple(self.classes)
+        if self.conv_channels is not None:
+            self.conv_channels = tuple(int(k) for k in self.conv_channels)
+        if self.data_dir is not None:
+            self.data_dir = str(self.data_dir)
+        builders.check_config(self)
         self.out = str(self.out)
         for name in ("epochs", "batch_size", "latent_dim", "test_batch_size", "grad_accum"):
             _checks.positive_int(name, getattr(self, name))
@@ -181,24 +200,24 @@ def save_checkpoint(obj: dict[str, Any], path: str | os.PathLike) -> Path:
 
 def load_checkpoint(
     path: str | os.PathLike, map_location: str | torch.device = "cpu"
-) -> tuple[MLPVAE, dict[str, Any]]:
+) -> tuple[VAE, dict[str, Any]]:
     """Rebuild the model of a checkpoint written by :func:`train`.
 
-    Returns ``(model, checkpoint)``: the :class:`MLPVAE` with its weights, in eval mode, on
-    ``map_location``; and the checkpoint dict with keys epoch (the last completed one),
-    model, optimizer, scheduler (None for a constant learning rate), config (TrainConfig as
-    a dict), model_config, rng_states (one dict per rank: Python's, NumPy's, torch's CPU and
+    Returns ``(model, checkpoint)``: the model (the class its ``model_name`` names, MLPVAE or
+    ConvVAE) with its weights, in eval mode, on ``map_location``; and the checkpoint dict with
+    keys epoch (the last completed one), model, optimizer, scheduler (None for a constant
+    learning rate), config (TrainConfig as a dict), model_name, model_config, rng_states (one dict per rank: Python's, NumPy's, torch's CPU and
     CUDA generator states), world_size, metrics (the metrics.csv rows so far).
     """
     ckpt = torch.load(Path(path), map_location=map_location, weights_only=True)
-    model = MLPVAE(**ckpt["model_config"])
+    model = builders.rebuild_model(ckpt.get("model_name", "mlp"), ckpt["model_config"])
     model.load_state_dict(ckpt["model"])
     return model.to(map_location).eval(), ckpt
 
 
 @torch.no_grad()
 def evaluate(
-    model: MLPVAE, batches: ImageBatches, *, beta: float = 1.0, seed: int = 0
+    model: VAE, batches: ImageBatches, *, beta: float = 1.0, seed: int = 0
 ) -> dict[str, float]:
     """Single-sample test objective over all of ``batches``, in nats per image.
 
@@ -319,8 +338,8 @@ def _build_data(
     The training iterable yields this rank's ``(x, y)`` share of each global batch and has
     ``set_epoch(epoch)``; the test batches are the whole test split (evaluated on rank 0).
     """
-    train_split = load_mnist(True, limit=cfg.limit_train, device=device)
-    test_split = load_mnist(False, limit=cfg.limit_test, device=device)
+    data = builders.load_splits(cfg, device)
+    train_split, test_split = data.train, data.test
     train_batches = ShardedImageBatches(
         *train_split, cfg.batch_size, rank=env.rank, world_size=env.world_size,
         binarize=cfg.binarize, seed=cfg.seed,
@@ -329,15 +348,13 @@ def _build_data(
         *test_split, cfg.test_batch_size, shuffle=False, binarize=cfg.binarize,
         seed=cfg.seed + _TEST_DATA_SEED,
     )
-    return train_batches, test_batches, MNIST_SHAPE
+    return train_batches, test_batches, data.input_shape
 
 
 def _build_model(cfg: TrainConfig, input_shape: tuple[int, ...], device: torch.device) -> nn.Module:
     """The model to train: anything with ``loss(x, beta=, reduction=, generator=)`` -> ELBO,
     ``config`` and the plotting methods (``sample``, ``reconstruct``)."""
-    return MLPVAE(
-        input_shape, cfg.hidden_dims, cfg.latent_dim, cfg.likelihood, backend=cfg.backend
-    ).to(device)
+    return builders.build_model(cfg, input_shape).to(device)
 
 
 def _build_scheduler(cfg: TrainConfig, optimizer: torch.optim.Optimizer):
@@ -483,6 +500,7 @@ def _train(cfg: TrainConfig, env: distributed.Distributed, resume: bool, t_start
                     "optimizer": optimizer.state_dict(),
                     "scheduler": scheduler.state_dict() if scheduler is not None else None,
                     "config": dataclasses.asdict(cfg),
+                    "model_name": builders.model_name(model),
                     "model_config": model.config,
                     "rng_states": rng_states,
                     "world_size": W,
@@ -629,7 +647,8 @@ def _finish(cfg, model, test_batches, metrics, out, device, total) -> None:
     plots.save_reconstructions(model, x_test[:32], out / "reconstructions.png", nrow=8)
     plots.plot_loss_curves(
         metrics, out / "loss_curve.png",
-        title=f"MLPVAE {cfg.likelihood}, latent {cfg.latent_dim}, beta {cfg.beta:g}",
+        title=f"{type(model).__name__} {cfg.likelihood}, latent {cfg.latent_dim}, "
+        f"beta {cfg.beta:g}",
     )
     last = metrics[-1]
     print(

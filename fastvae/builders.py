@@ -1,0 +1,99 @@
+"""The data set and the model a training configuration names, and models rebuilt from checkpoints.
+
+:func:`load_splits` and :func:`build_model` read the data/model fields of
+:class:`fastvae.train.TrainConfig` (``dataset``, ``data_dir``, ``image_size``, ``classes``,
+``model``, ``hidden_dims``, ``conv_channels``, ``latent_dim``, ``likelihood``, ``backend``);
+:func:`check_config` validates them. :data:`MODELS` maps the names of ``--model`` to classes.
+"""
+
+from __future__ import annotations
+
+from typing import Any, NamedTuple
+
+import torch
+
+from fastvae import _checks
+from fastvae.animal_faces import CLASSES, DEFAULT_IMAGE_SIZE, load_animal_faces
+from fastvae.conv import ConvVAE
+from fastvae.data import Split, load_mnist
+from fastvae.models import VAE, MLPVAE
+
+DATASETS = ("mnist", "animal-faces")
+MODELS: dict[str, type[VAE]] = {"mlp": MLPVAE, "conv": ConvVAE}
+MNIST_SHAPE = (1, 28, 28)
+
+
+class Data(NamedTuple):
+    """Train and test splits, the shape of one image ``(C, H, W)``, and the label names."""
+
+    train: Split
+    test: Split
+    input_shape: tuple[int, int, int]
+    class_names: tuple[str, ...]
+
+
+def check_config(cfg) -> None:
+    """Validate the data and model fields of a TrainConfig (raises ValueError naming the field)."""
+    _checks.choice("dataset", cfg.dataset, DATASETS)
+    _checks.choice("model", cfg.model, tuple(MODELS))
+    if cfg.image_size is not None:
+        _checks.positive_int("image_size", cfg.image_size)
+    if cfg.dataset == "mnist":
+        if cfg.image_size not in (None, 28):
+            raise ValueError(f"image_size must be 28 (or None) for dataset 'mnist', got {cfg.image_size}")
+        if cfg.classes is not None:
+            raise ValueError("classes is a filter for dataset 'animal-faces'; MNIST has none")
+        if cfg.data_dir is not None:
+            raise ValueError(
+                "data_dir is for dataset 'animal-faces'; MNIST is read from $FASTVAE_DATA/MNIST/raw"
+            )
+    elif cfg.classes is not None:
+        unknown = sorted(set(cfg.classes) - set(CLASSES))
+        if unknown or not cfg.classes:
+            raise ValueError(
+                f"classes must be a non-empty subset of {', '.join(CLASSES)}; got {cfg.classes}"
+            )
+    if cfg.conv_channels is not None and cfg.model != "conv":
+        raise ValueError("conv_channels is only used by model 'conv'")
+    if cfg.binarize != "none" and cfg.dataset != "mnist":
+        raise ValueError(f"binarize is for MNIST; dataset {cfg.dataset!r} takes binarize='none'")
+
+
+def load_splits(cfg, device: torch.device) -> Data:
+    """The train and test splits of ``cfg.dataset`` on ``device`` (test = AFHQ's ``val``).
+
+    Raises:
+        fastvae.data.DataNotFoundError: the data set is missing (the message says where it goes).
+    """
+    if cfg.dataset == "mnist":
+        train = load_mnist(True, limit=cfg.limit_train, device=device)
+        test = load_mnist(False, limit=cfg.limit_test, device=device)
+        return Data(train, test, MNIST_SHAPE, tuple(str(d) for d in range(10)))
+    size = cfg.image_size or DEFAULT_IMAGE_SIZE
+    kw = dict(image_size=size, classes=cfg.classes, device=device)
+    train, names = load_animal_faces(True, cfg.data_dir, limit=cfg.limit_train, **kw)
+    test, _ = load_animal_faces(False, cfg.data_dir, limit=cfg.limit_test, **kw)
+    return Data(train, test, (3, size, size), names)
+
+
+def build_model(cfg, input_shape: tuple[int, ...]) -> VAE:
+    """The untrained model ``cfg.model`` for images of ``input_shape``."""
+    common = dict(latent_dim=cfg.latent_dim, likelihood=cfg.likelihood, backend=cfg.backend)
+    if cfg.model == "conv":
+        return ConvVAE(input_shape, channels=cfg.conv_channels, **common)
+    return MLPVAE(input_shape, cfg.hidden_dims, **common)
+
+
+def model_name(model: VAE) -> str:
+    """The :data:`MODELS` key of ``model``'s class (what a checkpoint records)."""
+    for name, cls in MODELS.items():
+        if type(model) is cls:
+            return name
+    raise ValueError(f"no model name registered for {type(model).__name__}")
+
+
+def rebuild_model(name: str, config: dict[str, Any]) -> VAE:
+    """``MODELS[name](**config)``: the architecture of a checkpoint's ``model_name`` and
+    ``model_config`` (checkpoints from before ``model_name`` existed hold an MLPVAE)."""
+    _checks.choice("model_name", name, tuple(MODELS))
+    return MODELS[name](**config)
