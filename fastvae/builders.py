@@ -59,21 +59,29 @@ def check_config(cfg) -> None:
         raise ValueError(f"binarize is for MNIST; dataset {cfg.dataset!r} takes binarize='none'")
 
 
-def load_splits(cfg, device: torch.device) -> Data:
-    """The train and test splits of ``cfg.dataset`` on ``device`` (test = AFHQ's ``val``).
+def load_split(cfg, train: bool, device: torch.device) -> tuple[Split, tuple[int, int, int], tuple[str, ...]]:
+    """One split of ``cfg.dataset`` on ``device`` (limited by ``cfg.limit_train`` or
+    ``cfg.limit_test``; AFHQ's ``val`` is the test split): ``(split, input_shape, class_names)``.
 
     Raises:
         fastvae.data.DataNotFoundError: the data set is missing (the message says where it goes).
     """
+    limit = cfg.limit_train if train else cfg.limit_test
     if cfg.dataset == "mnist":
-        train = load_mnist(True, limit=cfg.limit_train, device=device)
-        test = load_mnist(False, limit=cfg.limit_test, device=device)
-        return Data(train, test, MNIST_SHAPE, tuple(str(d) for d in range(10)))
+        split = load_mnist(train, limit=limit, device=device)
+        return split, MNIST_SHAPE, tuple(str(d) for d in range(10))
     size = cfg.image_size or DEFAULT_IMAGE_SIZE
-    kw = dict(image_size=size, classes=cfg.classes, device=device)
-    train, names = load_animal_faces(True, cfg.data_dir, limit=cfg.limit_train, **kw)
-    test, _ = load_animal_faces(False, cfg.data_dir, limit=cfg.limit_test, **kw)
-    return Data(train, test, (3, size, size), names)
+    split, names = load_animal_faces(
+        train, cfg.data_dir, image_size=size, classes=cfg.classes, limit=limit, device=device
+    )
+    return split, (3, size, size), names
+
+
+def load_splits(cfg, device: torch.device) -> Data:
+    """The train and test splits of ``cfg.dataset`` (see :func:`load_split`)."""
+    train, shape, names = load_split(cfg, True, device)
+    test, _, _ = load_split(cfg, False, device)
+    return Data(train, test, shape, names)
 
 
 def build_model(cfg, input_shape: tuple[int, ...]) -> VAE:

@@ -4,6 +4,9 @@
     fastvae train --resume runs/mnist [--epochs 20]
     fastvae sample runs/mnist/checkpoint.pt [--n 64] [--out samples.png] [--seed 0]
     fastvae bench [--smoke] [...]     (python -m benchmarks.report, from a source checkout)
+    fastvae evaluate runs/mnist/checkpoint.pt [--k 5000] [--fid mnist-classifier]
+    fastvae experiment {latent-sweep,beta-sweep,reconstructions,...} [--epochs N] [--quick]
+    fastvae train-classifier
 
 ``train`` has one flag per :class:`fastvae.train.TrainConfig` field, with the same defaults.
 """
@@ -17,6 +20,7 @@ from pathlib import Path
 
 from fastvae.animal_faces import CLASSES
 from fastvae.builders import DATASETS, MODELS
+from fastvae.cli_studies import add_commands as add_study_commands
 from fastvae.data import BINARIZE
 from fastvae.functional import BACKENDS
 from fastvae.reference import LIKELIHOODS
@@ -40,8 +44,8 @@ def build_parser() -> argparse.ArgumentParser:
     d = TrainConfig()
     parser = argparse.ArgumentParser(
         prog="fastvae",
-        description="fastvae: VAEs with fused Triton losses. Train an MLP VAE on MNIST, or "
-        "sample from a checkpoint. MNIST is read from $FASTVAE_DATA/MNIST/raw (default "
+        description="fastvae: VAEs with fused Triton losses. Train a VAE on MNIST or Animal "
+        "Faces, sample from it, evaluate it, or run the classic experiments. MNIST is read from $FASTVAE_DATA/MNIST/raw (default "
         "./data/MNIST/raw).",
     )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -126,6 +130,7 @@ def build_parser() -> argparse.ArgumentParser:
         "argument goes to `python -m benchmarks.report` (see `fastvae bench --help`).",
         add_help=False,
     )
+    add_study_commands(sub)
     return parser
 
 
@@ -200,6 +205,9 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.command == "bench":
             return _bench(rest)
+        handler = getattr(args, "handler", None)  # the study commands (fastvae.cli_studies)
+        if handler is not None:
+            return handler(args, argv)
         return {"train": _train, "sample": _sample}[args.command](args, argv)
     except (RunLockedError, NonFiniteLossError) as exc:
         print(f"fastvae: error: {exc}", file=sys.stderr)

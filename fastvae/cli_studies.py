@@ -1,0 +1,149 @@
+"""The study commands of the ``fastvae`` CLI: ``evaluate``, ``experiment NAME``, ``train-classifier``.
+
+:func:`add_commands` adds them to the CLI's subparsers; each sets ``handler`` (a function of
+the parsed arguments and the argument list, returning the exit status).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shlex
+from pathlib import Path
+
+DEFAULTS = argparse.ArgumentDefaultsHelpFormatter
+
+
+def _optional_int(text: str) -> int | None:
+    return None if text.lower() in ("none", "all") else int(text)
+
+
+def add_commands(sub) -> None:
+    """Add ``evaluate``, ``experiment`` and ``train-classifier`` to ``sub`` (argparse subparsers)."""
+    from fastvae.experiments import EXPERIMENTS
+    from fastvae.fid import FEATURES
+
+    e = sub.add_parser(
+        "evaluate", formatter_class=DEFAULTS,
+        help="test negative ELBO, importance-weighted NLL and FID of a checkpoint",
+        description="Evaluate a checkpoint of `fastvae train` on its data set's test split: the "
+        "negative ELBO (reconstruction + KL), the importance-weighted NLL estimate with k samples "
+        "(Burda et al. 2015, eq. 8) and, with --fid, the Frechet distance of model samples to the "
+        "test images. All losses in nats per image.",
+    )
+    e.add_argument("checkpoint", help="checkpoint.pt written by `fastvae train`")
+    e.add_argument("--k", type=int, default=5000, help="importance samples per image (0: skip)")
+    e.add_argument("--k-chunk", type=int, default=None,
+                   help="samples per forward pass (default: bounded memory)")
+    e.add_argument("--batch-size", type=int, default=100, help="test images per batch")
+    e.add_argument("--limit", type=_optional_int, default=None,
+                   help="evaluate only the first N test images (None: all)")
+    e.add_argument("--fid", choices=FEATURES, default=None,
+                   help="also compute FID with this feature network")
+    e.add_argument("--fid-samples", type=int, default=10000, help="model samples for FID")
+    e.add_argument("--inception-weights", default=None,
+                   help="local path of torch-fidelity's Inception-v3 weights (--fid inception)")
+    e.add_argument("--classifier", default=None,
+                   help="MNIST feature classifier (default: the cached one, trained if absent)")
+    e.add_argument("--seed", type=int, default=0, help="seed of every random draw")
+    e.add_argument("--device", default="auto", help="auto, cpu, cuda, ...")
+    e.add_argument("--json", default=None, help="also write the results to this JSON file")
+    e.set_defaults(handler=_evaluate)
+
+    c = sub.add_parser(
+        "train-classifier", formatter_class=DEFAULTS,
+        help="train and cache the small MNIST CNN whose features give the MNIST FID",
+    )
+    c.add_argument("--epochs", type=int, default=3, help="training epochs")
+    c.add_argument("--out", default=None, help="where to save it (default: the cache path)")
+    c.add_argument("--limit-train", type=_optional_int, default=None,
+                   help="first N training images only")
+    c.add_argument("--seed", type=int, default=0, help="seed")
+    c.add_argument("--device", default="auto", help="auto, cpu, cuda, ...")
+    c.set_defaults(handler=_train_classifier)
+
+    x = sub.add_parser(
+        "experiment", help="the classic VAE experiments, one command each (PNGs + report.md)",
+        description="Run one experiment on MNIST: each trains its models, writes PNG figures "
+        "and a report.md embedding them with the numbers into --out.",
+    )
+    names = x.add_subparsers(dest="experiment", required=True, metavar="NAME")
+    for name, (_, about) in EXPERIMENTS.items():
+        p = names.add_parser(name, help=about, description=about, formatter_class=DEFAULTS)
+        p.add_argument("--out", default=f"runs/experiments/{name}", help="experiment folder")
+        p.add_argument("--epochs", type=int, default=None,
+                       help="epochs per model (default 10; 1 with --quick)")
+        p.add_argument("--quick", action="store_true",
+                       help="a try: 1 epoch on 5,000 training and 1,000 test images")
+        p.add_argument("--seed", type=int, default=0, help="seed of every run")
+        p.add_argument("--device", default="auto", help="auto, cpu, cuda, ...")
+        p.add_argument("--limit-train", type=_optional_int, default=None,
+                       help="first N training images (overrides --quick's)")
+        p.add_argument("--limit-test", type=_optional_int, default=None,
+                       help="first N test images (overrides --quick's)")
+        if name == "latent-sweep":
+            p.add_argument("--latent-dims", type=int, nargs="+", default=[2, 10, 25, 50])
+        elif name == "beta-sweep":
+            p.add_argument("--betas", type=float, nargs="+", default=[1.0, 5.0, 10.0, 40.0])
+        else:
+            p.add_argument("--run", default=None,
+                           help="use this run folder of `fastvae train` instead of training")
+            p.add_argument("--latent-dim", type=int,
+                           default=2 if name == "latent-scatter" else 20,
+                           help="latent size of the model trained when --run is not given")
+        p.set_defaults(handler=_experiment)
+
+
+def _evaluate(args: argparse.Namespace, argv: list[str]) -> int:
+    from fastvae.evaluation import evaluate_checkpoint
+
+    if not Path(args.checkpoint).is_file():
+        raise FileNotFoundError(f"no checkpoint at {args.checkpoint}")
+    if args.k < 0:
+        raise ValueError(f"--k must be >= 0, got {args.k}")
+    r = evaluate_checkpoint(
+        args.checkpoint, k=args.k, k_chunk=args.k_chunk, batch_size=args.batch_size,
+        limit=args.limit, fid=args.fid, fid_samples=args.fid_samples,
+        inception_weights=args.inception_weights, classifier_path=args.classifier,
+        seed=args.seed, device=args.device,
+    )
+    elbo = r["elbo"]
+    print(f"{r['checkpoint']} (epoch {r['epoch']}), {r['images']} test images, nats per image:")
+    print(f"  negative ELBO  {elbo['loss']:.2f}  (recon {elbo['recon']:.2f}, KL {elbo['kl']:.2f})")
+    if "iwae" in r:
+        iw = r["iwae"]
+        print(f"  NLL (IWAE, k={iw['k']})  {iw['nll']:.2f}  (negative ELBO from the same "
+              f"samples {iw['elbo']:.2f})")
+    if "fid" in r:
+        print(f"  FID ({r['fid']['feature']}, {r['fid']['samples']} samples)  "
+              f"{r['fid']['value']:.3f}")
+    if args.json:
+        Path(args.json).write_text(json.dumps(r, indent=2) + "\n", encoding="utf-8")
+    return 0
+
+
+def _train_classifier(args: argparse.Namespace, argv: list[str]) -> int:
+    from fastvae.fid import default_classifier_path, train_mnist_classifier
+    from fastvae.train import resolve_device
+
+    out = args.out or default_classifier_path()
+    _, acc = train_mnist_classifier(args.epochs, out=out, limit_train=args.limit_train,
+                                    seed=args.seed, device=resolve_device(args.device))
+    print(f"MNIST feature classifier: test accuracy {acc:.4f}; saved to {out}")
+    return 0
+
+
+def _experiment(args: argparse.Namespace, argv: list[str]) -> int:
+    from fastvae.experiments import EXPERIMENTS, Options
+
+    fn, _ = EXPERIMENTS[args.experiment]
+    options = Options(
+        out=args.out, epochs=args.epochs, quick=args.quick, seed=args.seed, device=args.device,
+        limit_train=args.limit_train, limit_test=args.limit_test,
+        command=" ".join(["fastvae"] + [shlex.quote(a) for a in argv]),
+    )
+    extra = {k: getattr(args, k) for k in ("latent_dims", "betas", "run", "latent_dim")
+             if hasattr(args, k)}
+    report = fn(options, **extra)
+    print(f"wrote {report}")
+    return 0

@@ -1,0 +1,128 @@
+"""Figures of the experiments (PNG files): image panels, decoded latent grids, interpolations,
+latent scatter plots, loss curves. Image grids are ``torchvision.utils.make_grid``; plots use
+matplotlib's Agg canvas (no pyplot state)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Mapping, Sequence
+
+import torch
+
+
+def _figure(width: float, height: float):
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(width, height), dpi=100)
+    FigureCanvasAgg(fig)
+    return fig
+
+
+def _save(fig, path) -> Path:
+    fig.tight_layout()
+    path = Path(path)
+    fig.savefig(str(path))
+    return path
+
+
+def image_panels(
+    grids: Sequence[torch.Tensor], titles: Sequence[str], path, *, nrow: int = 8,
+    suptitle: str | None = None, panel_inches: float = 3.2,
+) -> Path:
+    """One panel per image set, side by side: ``grids[i]`` is ``(N, C, H, W)`` in [0, 1],
+    drawn as a ``make_grid`` of ``nrow`` columns under ``titles[i]``."""
+    from torchvision.utils import make_grid
+
+    fig = _figure(panel_inches * len(grids), panel_inches + (0.5 if suptitle else 0.2))
+    for i, (images, title) in enumerate(zip(grids, titles)):
+        ax = fig.add_subplot(1, len(grids), i + 1)
+        grid = make_grid(images.detach().float().clamp(0, 1).cpu(), nrow=nrow, padding=2)
+        ax.imshow(grid.permute(1, 2, 0).numpy(), interpolation="nearest")
+        ax.set_title(title)
+        ax.axis("off")
+    if suptitle:
+        fig.suptitle(suptitle)
+    return _save(fig, path)
+
+
+@torch.no_grad()
+def decoded_latent_grid(model, n: int = 15, limit: float = 4.0) -> torch.Tensor:
+    """Images decoded from an ``n x n`` grid of 2-D codes, z1 and z2 in linspace(-limit, limit):
+    ``(n * n, C, H, W)``, row-major with z2 decreasing down the rows and z1 increasing to the
+    right (the orientation of Kingma & Welling's Figure 4). Needs ``model.latent_dim == 2``."""
+    if model.latent_dim != 2:
+        raise ValueError(f"a decoded latent grid needs latent_dim 2, got {model.latent_dim}")
+    p = next(model.parameters())
+    axis = torch.linspace(-limit, limit, n, device=p.device, dtype=p.dtype)
+    z2, z1 = torch.meshgrid(axis.flip(0), axis, indexing="ij")
+    recon, _ = model.decode_params(torch.stack([z1.reshape(-1), z2.reshape(-1)], dim=1))
+    return model.to_data_space(recon)
+
+
+@torch.no_grad()
+def interpolations(model, x_a: torch.Tensor, x_b: torch.Tensor, steps: int = 10) -> torch.Tensor:
+    """Decoded points on the straight line between the posterior means of ``x_a[i]`` and
+    ``x_b[i]``: ``(P * steps, C, H, W)``, one row of ``steps`` images per pair (t = 0 .. 1)."""
+    mu_a, _ = model.encode(x_a)
+    mu_b, _ = model.encode(x_b)
+    t = torch.linspace(0, 1, steps, device=mu_a.device, dtype=mu_a.dtype).view(1, steps, 1)
+    z = (1 - t) * mu_a.unsqueeze(1) + t * mu_b.unsqueeze(1)
+    recon, _ = model.decode_params(z.reshape(-1, mu_a.shape[1]))
+    return model.to_data_space(recon)
+
+
+def pca_2d(points: torch.Tensor) -> tuple[torch.Tensor, list[float]]:
+    """Project ``(N, L)`` points on their first two principal components (centered SVD).
+
+    Returns ``(N, 2)`` coordinates and the fraction of the total variance each component
+    explains. For L <= 2 the points come back unchanged (explained fractions [1.0] * L)."""
+    if points.shape[1] <= 2:
+        return points, [1.0] * points.shape[1]
+    centered = points.double() - points.double().mean(0)
+    _, s, vh = torch.linalg.svd(centered, full_matrices=False)
+    var = s.square()
+    return (centered @ vh[:2].T).to(points.dtype), (var[:2] / var.sum()).tolist()
+
+
+def latent_scatter(
+    points: torch.Tensor, labels: torch.Tensor, names: Sequence[str], path, *,
+    title: str, axis_labels: tuple[str, str] = ("z1", "z2"),
+) -> Path:
+    """Scatter of ``(N, 2)`` points coloured by integer label (legend with ``names``)."""
+    from matplotlib import colormaps
+
+    fig = _figure(6.4, 5.6)
+    ax = fig.add_subplot(1, 1, 1)
+    cmap = colormaps["tab10"]
+    pts, lab = points.detach().cpu().float(), labels.cpu()
+    for c in lab.unique().tolist():
+        sel = lab == c
+        ax.scatter(pts[sel, 0], pts[sel, 1], s=4, alpha=0.6, color=cmap(c % 10), label=names[c])
+    ax.set_xlabel(axis_labels[0])
+    ax.set_ylabel(axis_labels[1])
+    ax.set_title(title)
+    ax.legend(markerscale=4, fontsize=8, loc="best", ncol=2)
+    ax.grid(True, alpha=0.3)
+    return _save(fig, path)
+
+
+def loss_curves(metrics: Sequence[Mapping[str, float]], path, *, title: str | None = None) -> Path:
+    """Three panels over epochs, train and test: negative ELBO, its reconstruction part and its
+    KL part (nats per image), from metrics.csv rows."""
+    fig = _figure(12, 3.6)
+    epochs = [int(r["epoch"]) for r in metrics]
+    panels = (("loss", "negative ELBO"), ("recon", "reconstruction -log p(x|z)"),
+              ("kl", "KL(q(z|x) || p(z))"))
+    for i, (key, label) in enumerate(panels):
+        ax = fig.add_subplot(1, 3, i + 1)
+        for split, style in (("train", "o-"), ("test", "s--")):
+            ax.plot(epochs, [r[f"{split}_{key}"] for r in metrics], style, markersize=3,
+                    label=split)
+        ax.set_xlabel("epoch")
+        ax.set_ylabel(f"{label} (nats / image)")
+        ax.grid(True, alpha=0.3)
+        ax.legend()
+    if title:
+        fig.suptitle(title)
+    return _save(fig, path)
