@@ -17,7 +17,7 @@ in chunks over k so that memory stays bounded; everything is reported in nats pe
 from __future__ import annotations
 
 import math
-from typing import Any
+from typing import Any, Iterable
 
 import torch
 from tqdm.auto import tqdm
@@ -68,7 +68,7 @@ def log_importance_weights(
 @torch.no_grad()
 def importance_weighted_nll(
     model: VAE,
-    batches: ImageBatches,
+    batches: Iterable[tuple[torch.Tensor, Any]],
     *,
     k: int = 5000,
     k_chunk: int | None = None,
@@ -79,11 +79,12 @@ def importance_weighted_nll(
 
     Args:
         model: a trained VAE (put in eval mode here, restored after).
-        batches: the test images; every image is used once.
+        batches: ``(x, label)`` pairs (an :class:`fastvae.data.ImageBatches`, a DataLoader);
+            every image is used once.
         k: importance samples per image (Burda et al. use 5000 for their test NLLs).
         k_chunk: draws per forward pass (default: about ``CHUNK_ELEMENTS`` decoder outputs);
             the result does not depend on it except through the random stream.
-        seed: seeds the draws (a generator on the data's device).
+        seed: seeds the draws (a generator on the device of the first batch).
         progress: a tqdm bar over batches.
 
     Returns:
@@ -96,12 +97,14 @@ def importance_weighted_nll(
         _checks.positive_int("k_chunk", k_chunk)
     was_training = model.training
     model.eval()
-    gen = torch.Generator(device=batches.device).manual_seed(seed)
+    gen = None
     nll_sum = elbo_sum = 0.0
     n = 0
     bar = tqdm(batches, desc=f"IWAE NLL (k={k})", unit="batch", disable=not progress or None,
                leave=False)
     for x, _ in bar:
+        if gen is None:
+            gen = torch.Generator(device=x.device).manual_seed(seed)
         b = x.shape[0]
         chunk = k_chunk or max(1, min(k, CHUNK_ELEMENTS // max(1, b * model.input_dim)))
         lse, total = [], torch.zeros(b, dtype=torch.float64, device=x.device)
@@ -167,7 +170,7 @@ def evaluate_checkpoint(
                             classifier_path=classifier_path, device=dev)
         gen = torch.Generator(device=dev).manual_seed(seed + 3)
         fakes = (
-            model.sample(min(batch_size, fid_samples - i), generator=gen)
+            model.sample(min(batch_size, fid_samples - i), generator=gen).clamp(0, 1)
             for i in range(0, fid_samples, batch_size)
         )
         reals = (x for x, _ in ImageBatches(*split, batch_size, shuffle=False))

@@ -232,8 +232,10 @@ def frechet_distance(
 ) -> float:
     """FID between two image sets given as iterables of float ``(N, C, H, W)`` batches in [0, 1].
 
-    ``metric`` comes from :func:`fid_metric` (it is reset first). One-channel images are
-    repeated to three channels for the Inception network. Needs >= 2 images per set.
+    ``metric`` comes from :func:`fid_metric` (it is reset first). Images are passed to the
+    feature network as they are (clamp model outputs such as "mse" means to [0, 1] first);
+    one-channel images are repeated to three channels for the Inception network. Needs >= 2
+    images per set.
     """
     from torchmetrics.image.fid import NoTrainInceptionV3
 
@@ -241,7 +243,6 @@ def frechet_distance(
     rgb = isinstance(metric.inception, NoTrainInceptionV3)
     for is_real, batches in ((True, real), (False, fake)):
         for x in batches:
-            x = x.clamp(0, 1)
             if rgb and x.shape[1] == 1:
                 x = x.expand(-1, 3, -1, -1)
             metric.update(x, real=is_real)

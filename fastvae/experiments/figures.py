@@ -9,12 +9,13 @@ from typing import Mapping, Sequence
 
 import torch
 
+DPI = 100
 
 def _figure(width: float, height: float):
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
-    fig = Figure(figsize=(width, height), dpi=100)
+    fig = Figure(figsize=(width, height), dpi=DPI)
     FigureCanvasAgg(fig)
     return fig
 
@@ -28,16 +29,19 @@ def _save(fig, path) -> Path:
 
 def image_panels(
     grids: Sequence[torch.Tensor], titles: Sequence[str], path, *, nrow: int = 8,
-    suptitle: str | None = None, panel_inches: float = 3.2,
+    suptitle: str | None = None,
 ) -> Path:
     """One panel per image set, side by side: ``grids[i]`` is ``(N, C, H, W)`` in [0, 1],
-    drawn as a ``make_grid`` of ``nrow`` columns under ``titles[i]``."""
+    drawn as a ``make_grid`` of ``nrow`` columns under ``titles[i]``, about one figure pixel
+    per image pixel (at least 2.5 inches a panel)."""
     from torchvision.utils import make_grid
 
-    fig = _figure(panel_inches * len(grids), panel_inches + (0.5 if suptitle else 0.2))
-    for i, (images, title) in enumerate(zip(grids, titles)):
+    grids = [make_grid(g.detach().float().clamp(0, 1).cpu(), nrow=nrow, padding=2) for g in grids]
+    width = max(2.5, max(g.shape[2] for g in grids) / DPI * 1.1)
+    height = max(2.5, max(g.shape[1] for g in grids) / DPI * 1.1)
+    fig = _figure(width * len(grids), height + (0.7 if suptitle else 0.4))
+    for i, (grid, title) in enumerate(zip(grids, titles)):
         ax = fig.add_subplot(1, len(grids), i + 1)
-        grid = make_grid(images.detach().float().clamp(0, 1).cpu(), nrow=nrow, padding=2)
         ax.imshow(grid.permute(1, 2, 0).numpy(), interpolation="nearest")
         ax.set_title(title)
         ax.axis("off")

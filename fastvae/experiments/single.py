@@ -34,7 +34,7 @@ def reconstructions(
     x, _, _ = first_test_images(cfg, n, device)
     recon = model.reconstruct(x).reshape(x.shape).to(x.dtype)
     fig = figures.image_panels([torch.cat([x, recon])], [label],
-                               Path(options.out) / "reconstructions.png", panel_inches=5.0)
+                               Path(options.out) / "reconstructions.png")
     report = Report("Reconstructions", options, f"Model: {label}.")
     report.figure(fig, f"{x.shape[0]} test images (top half) and their reconstructions from "
                        f"the posterior means (bottom half)")
@@ -52,7 +52,7 @@ def interpolation(
     x, _, _ = first_test_images(cfg, 2 * pairs, device)
     images = figures.interpolations(model, x[0::2], x[1::2], steps)
     fig = figures.image_panels([images], [label], Path(options.out) / "interpolation.png",
-                               nrow=steps, panel_inches=5.0)
+                               nrow=steps)
     report = Report("Interpolation through the posterior means", options,
                     f"Model: {label}. Row i decodes (1 - t) mu(x_a) + t mu(x_b) for t in "
                     f"linspace(0, 1, {steps}), x_a and x_b the test images 0 and 1, 2 and "
@@ -62,7 +62,6 @@ def interpolation(
     return report.write()
 
 
-@torch.no_grad()
 def latent_scatter(
     options: Options, run: str | None = None, latent_dim: int = 2, n: int = 5000,
 ) -> Path:
@@ -70,7 +69,8 @@ def latent_scatter(
     first two principal components when the latent size is above 2."""
     model, cfg, metrics, device, label = _model(options, run, latent_dim)
     x, y, names = first_test_images(cfg, n, device)
-    mu = torch.cat([model.encode(x[i:i + 1000])[0] for i in range(0, x.shape[0], 1000)])
+    with torch.no_grad():
+        mu = torch.cat([model.encode(x[i:i + 1000])[0] for i in range(0, x.shape[0], 1000)])
     points, explained = figures.pca_2d(mu)
     if mu.shape[1] > 2:
         axes = tuple(f"PC{i + 1} ({100 * e:.0f}% of the variance)" for i, e in enumerate(explained))

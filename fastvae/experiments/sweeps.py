@@ -65,7 +65,6 @@ def beta_sweep(options: Options, betas: Sequence[float] = BETAS, latent_dim: int
     fig = figures.image_panels(
         grids, [f"beta = {b:g}" for b in betas], out / "latent_grids.png", nrow=15,
         suptitle=f"MLP VAE, latent size 2, {epochs} epochs: decoder over z in [-4, 4]^2",
-        panel_inches=4.0,
     )
     report = Report("KL-weight (beta) sweep (MNIST, latent size 2)", options,
                     f"MLP VAE 784-400-2, objective recon + beta * KL, {epochs} epochs each. "
