@@ -13,7 +13,7 @@ setup(
     python_requires=">=3.10",
     # kernels/ installs as fastvae.kernels: a top-level `kernels` module would clash with the
     # unrelated `kernels` project on PyPI.
-    packages=["fastvae", "fastvae.kernels"],
+    packages=["fastvae", "fastvae.experiments", "fastvae.kernels"],
     package_dir={"fastvae": "fastvae", "fastvae.kernels": "kernels"},
     install_requires=[
         "torch>=2.6",
@@ -22,7 +22,12 @@ setup(
         "numpy",
         "tqdm",
         "matplotlib",
+        "torchmetrics>=1.0",
     ],
-    extras_require={"dev": ["pytest", "pytest-benchmark", "hypothesis"]},
+    extras_require={
+        "dev": ["pytest", "pytest-benchmark", "hypothesis"],
+        # Inception-v3 features for FID (weights read from a local file, never downloaded).
+        "inception": ["torch-fidelity"],
+    },
     entry_points={"console_scripts": ["fastvae = fastvae.cli:main"]},
 )

@@ -36,17 +36,20 @@ from fastvae.functional import (  # noqa: E402
     sample_and_kl,
 )
 from fastvae.modules import ELBOLoss, GaussianKL, ReconstructionLoss  # noqa: E402
-from fastvae.models import MLPVAE  # noqa: E402
+from fastvae.models import MLPVAE, VAE  # noqa: E402
+from fastvae.conv import ConvVAE  # noqa: E402
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "ConvVAE",
     "ELBO",
     "ELBOLoss",
     "GaussianKL",
     "MLPVAE",
     "ReconstructionLoss",
     "SampleKL",
+    "VAE",
     "elbo_loss",
     "gaussian_kl",
     "reconstruction_loss",
