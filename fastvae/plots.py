@@ -41,21 +41,24 @@ def save_reconstructions(model, x: torch.Tensor, path: str | os.PathLike, nrow: 
     return save_grid(torch.cat([x, recon.to(x.dtype)]), path, nrow=nrow)
 
 
+LOSS_PANELS = (("loss", "negative ELBO (nats / image)"), ("kl", "KL(q(z|x) || p(z)) (nats / image)"))
+
+
 def plot_loss_curves(
-    metrics: Sequence[Mapping[str, float]], path: str | os.PathLike, title: str | None = None
+    metrics: Sequence[Mapping[str, float]], path: str | os.PathLike, title: str | None = None,
+    panels: Sequence[tuple[str, str]] = LOSS_PANELS,
 ) -> Path:
-    """Two panels over epochs: negative ELBO (train and test) and KL (train and test), nats
-    per image. ``metrics`` are rows with keys epoch, train_loss, test_loss, train_kl, test_kl
-    (the rows of metrics.csv)."""
+    """One panel per ``(key, label)`` of ``panels``, over epochs, train and test; by default
+    negative ELBO and KL, nats per image. ``metrics`` are rows with keys epoch and
+    ``train_<key>``, ``test_<key>`` (the rows of metrics.csv)."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
     epochs = [int(r["epoch"]) for r in metrics]
-    fig = Figure(figsize=(9, 3.6), dpi=100)
+    fig = Figure(figsize=(4.5 * len(panels), 3.6), dpi=100)
     FigureCanvasAgg(fig)
-    panels = (("loss", "negative ELBO (nats / image)"), ("kl", "KL(q(z|x) || p(z)) (nats / image)"))
     for i, (key, label) in enumerate(panels):
-        ax = fig.add_subplot(1, 2, i + 1)
+        ax = fig.add_subplot(1, len(panels), i + 1)
         for split, style in (("train", "o-"), ("test", "s--")):
             values = [float(r[f"{split}_{key}"]) for r in metrics]
             ax.plot(epochs, values, style, label=split, markersize=4)

@@ -114,19 +114,9 @@ def latent_scatter(
 def loss_curves(metrics: Sequence[Mapping[str, float]], path, *, title: str | None = None) -> Path:
     """Three panels over epochs, train and test: negative ELBO, its reconstruction part and its
     KL part (nats per image), from metrics.csv rows."""
-    fig = _figure(12, 3.6)
-    epochs = [int(r["epoch"]) for r in metrics]
-    panels = (("loss", "negative ELBO"), ("recon", "reconstruction -log p(x|z)"),
-              ("kl", "KL(q(z|x) || p(z))"))
-    for i, (key, label) in enumerate(panels):
-        ax = fig.add_subplot(1, 3, i + 1)
-        for split, style in (("train", "o-"), ("test", "s--")):
-            ax.plot(epochs, [r[f"{split}_{key}"] for r in metrics], style, markersize=3,
-                    label=split)
-        ax.set_xlabel("epoch")
-        ax.set_ylabel(f"{label} (nats / image)")
-        ax.grid(True, alpha=0.3)
-        ax.legend()
-    if title:
-        fig.suptitle(title)
-    return _save(fig, path)
+    from fastvae.plots import plot_loss_curves
+
+    panels = (("loss", "negative ELBO (nats / image)"),
+              ("recon", "reconstruction -log p(x|z) (nats / image)"),
+              ("kl", "KL(q(z|x) || p(z)) (nats / image)"))
+    return plot_loss_curves(metrics, path, title=title, panels=panels)
