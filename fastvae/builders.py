@@ -55,6 +55,9 @@ def check_config(cfg) -> None:
             )
     if cfg.conv_channels is not None and cfg.model != "conv":
         raise ValueError("conv_channels is only used by model 'conv'")
+    _checks.positive_int("iwae_k", cfg.iwae_k)
+    if cfg.iwae_k > 1 and cfg.beta != 1:
+        raise ValueError(f"iwae_k > 1 trains the IWAE bound, which has no KL weight; got beta={cfg.beta}")
     if cfg.binarize != "none" and cfg.dataset != "mnist":
         raise ValueError(f"binarize is for MNIST; dataset {cfg.dataset!r} takes binarize='none'")
 

@@ -110,6 +110,8 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--conv-channels", type=int, nargs="+", default=d.conv_channels,
                    help="conv: encoder widths, one stride-2 layer each (default: from the "
                    "image size)")
+    t.add_argument("--iwae-k", type=int, default=d.iwae_k,
+                   help="1: train on the ELBO; K > 1: on the IWAE bound with K samples")
 
     s = sub.add_parser(
         "sample",

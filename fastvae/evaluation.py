@@ -24,45 +24,11 @@ from tqdm.auto import tqdm
 
 from fastvae import _checks
 from fastvae.data import ImageBatches
-from fastvae.functional import reconstruction_loss, reparameterize
+from fastvae.iwae import log_importance_weights
 from fastvae.models import VAE
 
 # Default chunk over k: about this many decoder output values per chunk (k_chunk * B * D).
 CHUNK_ELEMENTS = 2**24
-
-
-@torch.no_grad()
-def log_importance_weights(
-    model: VAE, x: torch.Tensor, k: int, *, generator: torch.Generator | None = None,
-) -> torch.Tensor:
-    """``log w = log p(x | z) + log p(z) - log q(z | x)`` for k draws z ~ q(z | x) per image.
-
-    Args:
-        model: a :class:`fastvae.models.VAE` (its encoder is the proposal).
-        x: ``(B, *input_shape)`` data, as the model is trained on.
-        k: draws per image.
-        generator: seeds the draws (else torch's default generator).
-
-    Returns:
-        ``(k, B)`` float64 log-weights in nats. log p(z) - log q(z | x) is evaluated from
-        eps = (z - mu) / sigma: ``0.5 * sum_j (eps_j^2 - z_j^2 + logvar_j)`` (the log(2 pi)
-        terms cancel).
-    """
-    _checks.positive_int("k", k)
-    mu, logvar = model.encode(x)
-    z = reparameterize(mu, logvar, n_samples=k, generator=generator, backend=model.backend)
-    z = z.reshape(k, *mu.shape)
-    b = x.shape[0]
-    recon, recon_logvar = model.decode_params(z.reshape(k * b, -1))
-    target = x.reshape(1, b, *recon.shape[1:]).expand(k, -1, *recon.shape[1:])
-    target = target.reshape(recon.shape).to(recon.dtype)
-    nll_x = reconstruction_loss(
-        recon, target, model.likelihood, recon_logvar=recon_logvar, reduction="none",
-        backend=model.backend,
-    ).reshape(k, b)
-    eps = (z - mu) * torch.exp(-0.5 * logvar)
-    log_prior_ratio = 0.5 * (eps.square() - z.square() + logvar).double().sum(-1)
-    return -nll_x.double() + log_prior_ratio
 
 
 @torch.no_grad()
