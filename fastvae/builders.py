@@ -40,7 +40,9 @@ def check_config(cfg) -> None:
         _checks.positive_int("image_size", cfg.image_size)
     if cfg.dataset == "mnist":
         if cfg.image_size not in (None, 28):
-            raise ValueError(f"image_size must be 28 (or None) for dataset 'mnist', got {cfg.image_size}")
+            raise ValueError(
+                f"image_size must be 28 (or None) for dataset 'mnist', got {cfg.image_size}"
+            )
         if cfg.classes is not None:
             raise ValueError("classes is a filter for dataset 'animal-faces'; MNIST has none")
         if cfg.data_dir is not None:
@@ -57,12 +59,16 @@ def check_config(cfg) -> None:
         raise ValueError("conv_channels is only used by model 'conv'")
     _checks.positive_int("iwae_k", cfg.iwae_k)
     if cfg.iwae_k > 1 and cfg.beta != 1:
-        raise ValueError(f"iwae_k > 1 trains the IWAE bound, which has no KL weight; got beta={cfg.beta}")
+        raise ValueError(
+            f"iwae_k > 1 trains the IWAE bound, which has no KL weight; got beta={cfg.beta}"
+        )
     if cfg.binarize != "none" and cfg.dataset != "mnist":
         raise ValueError(f"binarize is for MNIST; dataset {cfg.dataset!r} takes binarize='none'")
 
 
-def load_split(cfg, train: bool, device: torch.device) -> tuple[Split, tuple[int, int, int], tuple[str, ...]]:
+def load_split(
+    cfg, train: bool, device: torch.device
+) -> tuple[Split, tuple[int, int, int], tuple[str, ...]]:
     """One split of ``cfg.dataset`` on ``device`` (limited by ``cfg.limit_train`` or
     ``cfg.limit_test``; AFHQ's ``val`` is the test split): ``(split, input_shape, class_names)``.
 

@@ -45,8 +45,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="fastvae",
         description="fastvae: VAEs with fused Triton losses. Train a VAE on MNIST or Animal "
-        "Faces, sample from it, evaluate it, or run the classic experiments. MNIST is read from $FASTVAE_DATA/MNIST/raw (default "
-        "./data/MNIST/raw).",
+        "Faces, sample from it, evaluate it, or run the classic experiments. MNIST is read "
+        "from $FASTVAE_DATA/MNIST/raw (default ./data/MNIST/raw).",
     )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 

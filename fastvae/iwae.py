@@ -21,7 +21,9 @@ from fastvae.models import VAE
 from fastvae.reference import REDUCTIONS, reduce_rows
 
 
-def _log_weight_parts(model: VAE, x: torch.Tensor, k: int, generator) -> tuple[torch.Tensor, torch.Tensor]:
+def _log_weight_parts(
+    model: VAE, x: torch.Tensor, k: int, generator: torch.Generator | None
+) -> tuple[torch.Tensor, torch.Tensor]:
     """``(-log p(x | z), log p(z) - log q(z | x))`` for k draws per image, each ``(k, B)``
     float64; the second from eps = (z - mu) / sigma as ``0.5 * sum_j (eps_j^2 - z_j^2 + logvar_j)``
     (the log(2 pi) terms cancel)."""
