@@ -118,7 +118,7 @@ class ConvVAE(VAE):
         """Posterior parameters of q(z | x) for ``x`` of shape ``(B, C, H, W)`` (or ``(B, D)``):
         ``(mu, logvar)``, each ``(B, L)`` in the parameters' dtype. Checks and errors as
         :meth:`fastvae.MLPVAE.encode`."""
-        self._check_input(x)
+        self._check_input(x, exact_shape=True)
         h = self.encoder(x.reshape(x.shape[0], *self.input_shape))
         mu, logvar = self.head(h).chunk(2, dim=1)
         return mu, logvar

@@ -74,10 +74,11 @@ class VAE(nn.Module):
         """Decoder output ``(recon, recon_logvar)`` for ``z`` of shape ``(B, L)``."""
         raise NotImplementedError
 
-    def _check_input(self, x) -> None:
-        """``x`` must be a tensor of B (>= 0) samples of ``input_dim`` values (any non-batch
-        shape with that many, e.g. ``(B, *input_shape)`` or ``(B, D)``), in the parameters'
-        dtype (any float dtype under ``torch.autocast``) and on their device.
+    def _check_input(self, x, *, exact_shape: bool = False) -> None:
+        """``x`` must be a tensor of B (>= 0) samples of ``input_dim`` values, in the
+        parameters' dtype (any float dtype under ``torch.autocast``) and on their device. The
+        samples may have any shape with ``input_dim`` values, or, with ``exact_shape`` (for
+        networks that see the image's layout), only ``input_shape`` or ``(input_dim,)``.
 
         Raises:
             TypeError: x is not a tensor, or has another dtype than the parameters.
@@ -85,7 +86,12 @@ class VAE(nn.Module):
         """
         if not isinstance(x, torch.Tensor):
             raise TypeError(f"x must be a torch.Tensor, got {type(x).__name__}")
-        if x.dim() < 2 or math.prod(x.shape[1:]) != self.input_dim:
+        if exact_shape:
+            flat = x.dim() == 2 and x.shape[1] == self.input_dim
+            bad = not (flat or (x.dim() >= 2 and tuple(x.shape[1:]) == self.input_shape))
+        else:
+            bad = x.dim() < 2 or math.prod(x.shape[1:]) != self.input_dim
+        if bad:
             raise ValueError(
                 f"x must have shape (B, {', '.join(map(str, self.input_shape))}) or "
                 f"(B, {self.input_dim}), got {tuple(x.shape)}"
