@@ -102,9 +102,10 @@ def build_model(cfg, input_shape: tuple[int, ...]) -> VAE:
 
 
 def model_name(model: VAE) -> str:
-    """The :data:`MODELS` key of ``model``'s class (what a checkpoint records)."""
+    """The :data:`MODELS` key of ``model``'s class, or of the registered class it derives
+    from (what a checkpoint records, so :func:`rebuild_model` can rebuild it)."""
     for name, cls in MODELS.items():
-        if type(model) is cls:
+        if isinstance(model, cls):
             return name
     raise ValueError(f"no model name registered for {type(model).__name__}")
 
