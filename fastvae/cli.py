@@ -52,10 +52,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     t = sub.add_parser(
         "train",
-        help="train an MLP VAE on MNIST and write a run folder",
-        description="Train an MLP VAE on MNIST. Writes config.json, metrics.csv (nats per "
-        "image), checkpoint.pt (after every epoch), samples.png, reconstructions.png and "
-        "loss_curve.png into --out.",
+        help="train a VAE (MLP or conv; MNIST or Animal Faces) and write a run folder",
+        description="Train a VAE (MLP or conv) on MNIST or Animal Faces. Writes config.json, "
+        "metrics.csv (nats per image), checkpoint.pt (after every epoch), samples.png, "
+        "reconstructions.png and loss_curve.png into --out; --resume RUN continues a run.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     t.add_argument("--epochs", type=int, default=d.epochs, help="training epochs")
