@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import itertools
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Callable
 
 import torch
@@ -150,20 +150,10 @@ def make_set(case: Case, device: torch.device, generator: torch.Generator) -> di
     return s
 
 
-def set_bytes(case: Case) -> int:
-    elem = torch.empty((), dtype=case.dtype).element_size()
-    n = 0
-    if case.op in ("latent", "loss_head"):
-        n += 3 * case.batch * latent_dim(case)
-    if case.op != "latent":
-        n += 2 * case.batch * case.dim
-    return n * elem
-
-
 def n_sets(case: Case, rotate_bytes: int, cap: int = 256) -> int:
     """Input sets to cycle through so that one round touches at least ``rotate_bytes``
     (twice the L2 cache on CUDA), at least 2, at most ``cap``."""
-    return max(2, min(cap, math.ceil(rotate_bytes / set_bytes(case))))
+    return max(2, min(cap, math.ceil(rotate_bytes / bytes_moved(replace(case, mode="fwd")))))
 
 
 # ------------------------------------------------------------------ one step

@@ -21,8 +21,8 @@ def _empty(like: Tensor, dtype: torch.dtype | None = None) -> Tensor:
 # ---------------------------------------------------------------- reparameterization + KL
 
 
-def _kl_div(reduction: str, B: int) -> int:
-    """The kernels divide each row's KL (and its gradient) by this: B for "mean", else 1."""
+def _batch_div(reduction: str, B: int) -> int:
+    """The kernels divide each row's loss (and its gradient) by this: B for "mean", else 1."""
     return B if reduction == "mean" and B > 0 else 1
 
 
@@ -46,7 +46,7 @@ def sample_and_kl_op(
     B = mu.shape[0]
     reduce = reduction != "none"
     z, kl_out = kernels.sample_and_kl_fwd(
-        mu, logvar, seed, n_samples, sample, kl, _kl_div(reduction, B), reduce
+        mu, logvar, seed, n_samples, sample, kl, _batch_div(reduction, B), reduce
     )
     if kl_out is None:
         kl_out = _empty(mu, loss_dtype(mu.dtype))
@@ -81,7 +81,7 @@ def sample_and_kl_backward_op(
     if grad_kl is not None and reduction != "none":
         grad_kl = grad_kl.expand(B)
     return kernels.sample_and_kl_bwd(
-        mu, logvar, seed, n_samples, grad_z, grad_kl, _kl_div(reduction, B)
+        mu, logvar, seed, n_samples, grad_z, grad_kl, _batch_div(reduction, B)
     )
 
 
@@ -132,7 +132,7 @@ def reconstruction_loss_op(
         parts, _, _ = kernels.recon_loss_fwd(recon, x, recon_logvar, likelihood, 1, False, False)
         return parts.sum(dim=1), _empty(recon), _empty(recon)
     B = recon.shape[0]
-    grad_div = B if reduction == "mean" and B > 0 else 1
+    grad_div = _batch_div(reduction, B)
     parts, dr, dv = kernels.recon_loss_fwd(
         recon, x, recon_logvar, likelihood, grad_div, grad_recon, grad_logvar
     )
@@ -233,7 +233,7 @@ def _recon_backward(ctx, grad_loss, _grad_dr, _grad_dv):
     else:
         # One launch per gradient: the fused forward pass already wrote it for grad_output 1.
         scale = grad_loss.to(recon.dtype)
-        in_place = _last_use_of_saved(scale, *(t for t in (dr, dv) if t is not None))
+        in_place = _last_use_of_saved(scale, dr, dv)
         d_recon = _scaled(dr, scale, in_place) if need_r else None
         d_logvar = _scaled(dv, scale, in_place) if need_v else None
         g = grad_loss

@@ -21,6 +21,7 @@ from pathlib import Path
 from fastvae.animal_faces import CLASSES
 from fastvae.builders import DATASETS, MODELS
 from fastvae.cli_studies import add_commands as add_study_commands
+from fastvae.cli_studies import optional_int
 from fastvae.data import BINARIZE
 from fastvae.functional import BACKENDS
 from fastvae.reference import LIKELIHOODS
@@ -35,10 +36,6 @@ from fastvae.train import (
     resume_config,
     train,
 )
-
-def _optional_int(text: str) -> int | None:
-    return None if text.lower() in ("none", "all") else int(text)
-
 
 def build_parser() -> argparse.ArgumentParser:
     d = TrainConfig()
@@ -79,9 +76,9 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--backend", choices=BACKENDS, default=d.backend,
                    help="loss kernels: auto (Triton on CUDA), triton, torch")
     t.add_argument("--out", default=d.out, help="run folder")
-    t.add_argument("--limit-train", type=_optional_int, default=d.limit_train,
+    t.add_argument("--limit-train", type=optional_int, default=d.limit_train,
                    help="use only the first N training images (None: all)")
-    t.add_argument("--limit-test", type=_optional_int, default=d.limit_test,
+    t.add_argument("--limit-test", type=optional_int, default=d.limit_test,
                    help="use only the first N test images (None: all)")
     t.add_argument("--test-batch-size", type=int, default=d.test_batch_size,
                    help="batch size of the test evaluation")

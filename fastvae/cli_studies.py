@@ -14,13 +14,14 @@ from pathlib import Path
 DEFAULTS = argparse.ArgumentDefaultsHelpFormatter
 
 
-def _optional_int(text: str) -> int | None:
+def optional_int(text: str) -> int | None:
+    """An int, or None for "none" / "all" (the --limit-* flags)."""
     return None if text.lower() in ("none", "all") else int(text)
 
 
 def add_commands(sub) -> None:
     """Add ``evaluate``, ``experiment`` and ``train-classifier`` to ``sub`` (argparse subparsers)."""
-    from fastvae.experiments import EXPERIMENTS
+    from fastvae.experiments import EXPERIMENTS, sweeps
     from fastvae.fid import FEATURES
 
     e = sub.add_parser(
@@ -36,7 +37,7 @@ def add_commands(sub) -> None:
     e.add_argument("--k-chunk", type=int, default=None,
                    help="samples per forward pass (default: bounded memory)")
     e.add_argument("--batch-size", type=int, default=100, help="test images per batch")
-    e.add_argument("--limit", type=_optional_int, default=None,
+    e.add_argument("--limit", type=optional_int, default=None,
                    help="evaluate only the first N test images (None: all)")
     e.add_argument("--fid", choices=FEATURES, default=None,
                    help="also compute FID with this feature network")
@@ -56,7 +57,7 @@ def add_commands(sub) -> None:
     )
     c.add_argument("--epochs", type=int, default=3, help="training epochs")
     c.add_argument("--out", default=None, help="where to save it (default: the cache path)")
-    c.add_argument("--limit-train", type=_optional_int, default=None,
+    c.add_argument("--limit-train", type=optional_int, default=None,
                    help="first N training images only")
     c.add_argument("--seed", type=int, default=0, help="seed")
     c.add_argument("--device", default="auto", help="auto, cpu, cuda, ...")
@@ -77,20 +78,20 @@ def add_commands(sub) -> None:
                        help="a try: 1 epoch on 5,000 training and 1,000 test images")
         p.add_argument("--seed", type=int, default=0, help="seed of every run")
         p.add_argument("--device", default="auto", help="auto, cpu, cuda, ...")
-        p.add_argument("--limit-train", type=_optional_int, default=None,
+        p.add_argument("--limit-train", type=optional_int, default=None,
                        help="first N training images (overrides --quick's)")
-        p.add_argument("--limit-test", type=_optional_int, default=None,
+        p.add_argument("--limit-test", type=optional_int, default=None,
                        help="first N test images (overrides --quick's)")
         if name == "latent-sweep":
-            p.add_argument("--latent-dims", type=int, nargs="+", default=[2, 10, 25, 50])
+            p.add_argument("--latent-dims", type=int, nargs="+", default=list(sweeps.LATENT_DIMS))
         elif name == "beta-sweep":
-            p.add_argument("--betas", type=float, nargs="+", default=[1.0, 5.0, 10.0, 40.0])
+            p.add_argument("--betas", type=float, nargs="+", default=list(sweeps.BETAS))
         else:
             p.add_argument("--run", default=None,
                            help="use this run folder of `fastvae train` instead of training")
-            p.add_argument("--latent-dim", type=int,
-                           default=2 if name == "latent-scatter" else 20,
-                           help="latent size of the model trained when --run is not given")
+            p.add_argument("--latent-dim", type=int, default=argparse.SUPPRESS,
+                           help="latent size of the model trained when --run is not given "
+                           "(default: 2 for latent-scatter, else 20)")
         p.set_defaults(handler=_experiment)
 
 

@@ -14,6 +14,7 @@ fused :func:`fastvae.sample_and_kl`, the reconstruction term through
 
 from __future__ import annotations
 
+import math
 from typing import Sequence
 
 import torch
@@ -92,8 +93,8 @@ class ConvVAE(VAE):
             )
         self._set_spec(input_shape, latent_dim, likelihood, backend, channels=channels)
         self.feature_sizes = tuple(sizes)
-        self._flat_shape = (channels[-1], *sizes[-1])
-        flat = channels[-1] * sizes[-1][0] * sizes[-1][1]
+        flat_shape = (channels[-1], *sizes[-1])
+        flat = math.prod(flat_shape)
 
         enc, width = [], c
         for k in channels:
@@ -102,7 +103,7 @@ class ConvVAE(VAE):
         self.encoder = nn.Sequential(*enc, nn.Flatten())
         self.head = nn.Linear(flat, 2 * self.latent_dim)  # -> [mu | logvar]
 
-        dec = [nn.Linear(self.latent_dim, flat), nn.ReLU(), nn.Unflatten(1, self._flat_shape)]
+        dec = [nn.Linear(self.latent_dim, flat), nn.ReLU(), nn.Unflatten(1, flat_shape)]
         outs = list(reversed(channels[:-1])) + [self.decoder_channels * c]
         for i, k in enumerate(outs):
             target, source = sizes[-2 - i], sizes[-1 - i]

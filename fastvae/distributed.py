@@ -26,6 +26,7 @@ class Distributed:
     rank: int
     world_size: int
     device: torch.device
+    owns_group: bool = False  # True when setup() created the process group (close() ends it)
 
     @property
     def enabled(self) -> bool:
@@ -72,8 +73,8 @@ class Distributed:
             dist.barrier()
 
     def close(self) -> None:
-        """Leave the process group (if this module joined one)."""
-        if self.enabled and dist.is_initialized():
+        """End the process group if :func:`setup` created it (a caller's own group is kept)."""
+        if self.owns_group and dist.is_initialized():
             dist.destroy_process_group()
 
 
@@ -107,6 +108,7 @@ def setup(device: torch.device) -> Distributed:
         backend = "nccl"
     else:
         backend = "gloo"
-    if not dist.is_initialized():
+    owns_group = not dist.is_initialized()
+    if owns_group:
         dist.init_process_group(backend=backend)
-    return Distributed(dist.get_rank(), dist.get_world_size(), device)
+    return Distributed(dist.get_rank(), dist.get_world_size(), device, owns_group)

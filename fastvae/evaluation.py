@@ -72,7 +72,7 @@ def importance_weighted_nll(
         if gen is None:
             gen = torch.Generator(device=x.device).manual_seed(seed)
         b = x.shape[0]
-        chunk = k_chunk or max(1, min(k, CHUNK_ELEMENTS // max(1, b * model.input_dim)))
+        chunk = k_chunk or max(1, min(k, CHUNK_ELEMENTS // max(1, b * model.decoder_channels * model.input_dim)))
         lse, total = [], torch.zeros(b, dtype=torch.float64, device=x.device)
         for lo in range(0, k, chunk):
             logw = log_importance_weights(model, x, min(chunk, k - lo), generator=gen)

@@ -579,6 +579,7 @@ def _train_epoch(
         batches.set_epoch(epoch)
     gen = torch.Generator(device=device)
     sums = torch.zeros(3, dtype=torch.float64, device=device)  # recon, kl, images
+    n_images = 0  # counted on the host: no per-step host-to-device copy
     never = torch.iinfo(torch.int64).max
     first_bad = torch.full((), never, dtype=torch.int64, device=device)
     skipped = 0
@@ -615,10 +616,12 @@ def _train_epoch(
         else:
             first_bad = torch.where(finite, first_bad, torch.clamp(first_bad, max=step))
         optimizer.step()
-        sums += torch.cat([step_sums[1:], step_sums.new_tensor([x.shape[0]])])
+        sums[:2] += step_sums[1:]
+        n_images += x.shape[0]
         if not bar.disable and step % 50 == 0:  # .item() syncs: only now and then
             bar.set_postfix(loss=f"{step_sums[0].item() / x.shape[0]:.2f}")
     bar.close()
+    sums[2] = n_images
     env.all_reduce(sums)
     if cfg.nonfinite == "stop":
         bad = int(env.all_reduce(first_bad, "min"))

@@ -54,6 +54,7 @@ def test_loss_is_the_shared_fused_objective(likelihood):
     o_loss, o_rec, o_kl = _oracle_loss(m, x, eps, 2.0)
     torch.testing.assert_close(out.recon, o_rec, rtol=1e-5, atol=1e-4)
     torch.testing.assert_close(out.kl, o_kl, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(out.loss, o_loss, rtol=1e-5, atol=1e-4)
     out.loss.backward()
     assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in m.parameters())
 
