@@ -35,11 +35,10 @@ import datetime
 import json
 import os
 import random
-import tempfile
 import time
 from contextlib import nullcontext
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, BinaryIO, Callable, Iterable
 
 import numpy as np
 import torch
@@ -63,9 +62,6 @@ NONFINITE = ("stop", "skip")
 CHECKPOINT = "checkpoint.pt"
 # TrainConfig fields that `resume` may change; any other difference is refused.
 RESUME_OVERRIDES = ("epochs", "device", "backend")
-# Files are created with the permissions open() would give (mkstemp alone makes them 0600).
-_UMASK = os.umask(0)
-os.umask(_UMASK)
 # Offsets from TrainConfig.seed for the independent streams of a run.
 _TEST_DATA_SEED, _EVAL_NOISE_SEED, _SAMPLE_SEED = 1, 2, 3
 
@@ -183,23 +179,26 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def save_checkpoint(obj: dict[str, Any], path: str | os.PathLike) -> Path:
-    """``torch.save`` to a temp file in the same folder, fsync, then ``os.replace``: a reader
-    (or a crash) sees the old checkpoint or the new one, never a partial file."""
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+def _atomic_write(path: Path, write: Callable[[BinaryIO], None]) -> Path:
+    """``write`` into ``.<name>.<pid>.tmp`` beside ``path``, fsync, then ``os.replace``: a reader
+    (or a crash) sees the old file or the new one, never a partial file. The temp file is
+    opened with plain ``open``, so it gets the permissions of the process's umask."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(obj, f)
+        with open(tmp, "wb") as f:
+            write(f)
             f.flush()
             os.fsync(f.fileno())
-        os.chmod(tmp, 0o666 & ~_UMASK)
         os.replace(tmp, path)
     except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+        tmp.unlink(missing_ok=True)
         raise
     return path
+
+
+def save_checkpoint(obj: dict[str, Any], path: str | os.PathLike) -> Path:
+    """``torch.save`` ``obj`` to ``path`` atomically (see :func:`_atomic_write`)."""
+    return _atomic_write(Path(path), lambda f: torch.save(obj, f))
 
 
 def load_checkpoint(
@@ -244,9 +243,7 @@ def evaluate(
 
 
 def _write_json(obj: Any, path: Path) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(obj, indent=2) + "\n", encoding="utf-8")
-    os.replace(tmp, path)
+    _atomic_write(path, lambda f: f.write((json.dumps(obj, indent=2) + "\n").encode("utf-8")))
 
 
 class NonFiniteLossError(RuntimeError):
