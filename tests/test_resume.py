@@ -23,8 +23,8 @@ from test_data import HAVE_MNIST, NO_MNIST
 REPO = Path(__file__).resolve().parent.parent
 pytestmark = pytest.mark.skipif(not HAVE_MNIST, reason=NO_MNIST)
 
-# 4096 images in batches of 32: 128 steps per epoch, about a second on one CPU thread, so that
-# a kill 0.3 s after the first checkpoint lands inside epoch 2. Dynamic binarization and the
+# 4096 images in batches of 32: 128 steps per epoch, about a second on one CPU thread; the kill
+# comes a third of an epoch after the first checkpoint, inside epoch 2. Dynamic binarization and the
 # cosine schedule put every kind of state (data stream, scheduler) in the resumed path.
 RUN_ARGS = [
     "--epochs", "3", "--limit-train", "4096", "--limit-test", "200", "--batch-size", "32",
@@ -66,7 +66,11 @@ def test_sigkill_mid_epoch_then_resume_is_bitwise_identical(tmp_path):
             assert victim.poll() is None, (tmp_path / "killed.log").read_text()
             assert time.monotonic() < deadline, "no checkpoint after epoch 1"
             time.sleep(0.005)
-        time.sleep(0.3)
+        # A third of epoch 1's duration (written before its checkpoint) into epoch 2: mid-epoch
+        # on a slow machine and a fast one alike.
+        with open(killed / "metrics.csv", newline="") as f:
+            epoch_seconds = float(next(csv.DictReader(f))["epoch_seconds"])
+        time.sleep(epoch_seconds / 3)
         victim.send_signal(signal.SIGKILL)
         assert victim.wait(timeout=60) == -signal.SIGKILL
         # Killed inside epoch 2: epoch 1's checkpoint and metrics row, nothing of epoch 2.
