@@ -21,16 +21,35 @@ def _empty(like: Tensor, dtype: torch.dtype | None = None) -> Tensor:
 # ---------------------------------------------------------------- reparameterization + KL
 
 
-def _batch_div(reduction: str, B: int) -> int:
-    """The kernels divide each row's loss (and its gradient) by this: B for "mean", else 1."""
-    return B if reduction == "mean" and B > 0 else 1
+# Reductions at the operator level carry torch's names and meanings: "none" per sample,
+# "sum", "mean" the per-element mean (sum / numel), "batchmean" the sum divided by the batch
+# size. The public API (fastvae.functional) maps its arguments onto these.
+OP_REDUCTIONS = ("none", "sum", "mean", "batchmean")
 
 
-def _total(partials: Tensor, reduction: str, B: int) -> Tensor:
-    """The "sum"/"mean" loss from a kernel's partial sums (already divided by B for "mean"):
-    the single partial itself (a view, no launch) or their sum (one launch). An empty batch's
-    mean is NaN, as torch.mean's."""
-    if reduction == "mean" and B == 0:
+def reduction_divisor(reduction: str, batch: int, numel: int) -> int:
+    """The kernels divide each row's loss (and its gradient) by this: B for "batchmean",
+    numel (all elements, B x D or B x L) for "mean", 1 for "none" and "sum" (and for an empty
+    input, whose reduced value :func:`_total` sets)."""
+    if reduction == "batchmean" and batch > 0:
+        return batch
+    if reduction == "mean" and numel > 0:
+        return numel
+    return 1
+
+
+def use_custom_op() -> bool:
+    """True while torch.compile (Dynamo / AOT autograd) traces: the registered custom ops are
+    then the path, since the compiler needs their fake implementations. Eager calls take the
+    cheaper ``torch.autograd.Function`` path to the same launchers."""
+    return torch.compiler.is_compiling()
+
+
+def _total(partials: Tensor, reduction: str, numel: int) -> Tensor:
+    """The "sum"/"mean"/"batchmean" loss from a kernel's partial sums (already divided): the
+    single partial itself (a view, no launch) or their sum (one launch). A mean over nothing
+    is NaN, as torch.mean's."""
+    if reduction in ("mean", "batchmean") and numel == 0:
         return partials.new_full((), float("nan"))
     return partials.reshape(()) if partials.numel() == 1 else partials.sum()
 
@@ -46,12 +65,12 @@ def sample_and_kl_op(
     B = mu.shape[0]
     reduce = reduction != "none"
     z, kl_out = kernels.sample_and_kl_fwd(
-        mu, logvar, seed, n_samples, sample, kl, _batch_div(reduction, B), reduce
+        mu, logvar, seed, n_samples, sample, kl, reduction_divisor(reduction, B, mu.numel()), reduce
     )
     if kl_out is None:
         kl_out = _empty(mu, loss_dtype(mu.dtype))
     elif reduce:
-        kl_out = _total(kl_out, reduction, B)
+        kl_out = _total(kl_out, reduction, mu.numel())
     return z if z is not None else _empty(mu), kl_out
 
 
@@ -81,7 +100,7 @@ def sample_and_kl_backward_op(
     if grad_kl is not None and reduction != "none":
         grad_kl = grad_kl.expand(B)
     return kernels.sample_and_kl_bwd(
-        mu, logvar, seed, n_samples, grad_z, grad_kl, _batch_div(reduction, B)
+        mu, logvar, seed, n_samples, grad_z, grad_kl, reduction_divisor(reduction, B, mu.numel())
     )
 
 
@@ -132,11 +151,11 @@ def reconstruction_loss_op(
         parts, _, _ = kernels.recon_loss_fwd(recon, x, recon_logvar, likelihood, 1, False, False)
         return parts.sum(dim=1), _empty(recon), _empty(recon)
     B = recon.shape[0]
-    grad_div = _batch_div(reduction, B)
+    grad_div = reduction_divisor(reduction, B, recon.numel())
     parts, dr, dv = kernels.recon_loss_fwd(
         recon, x, recon_logvar, likelihood, grad_div, grad_recon, grad_logvar
     )
-    total = _total(parts.reshape(-1), reduction, B)
+    total = _total(parts.reshape(-1), reduction, recon.numel())
     return total, dr if dr is not None else _empty(recon), dv if dv is not None else _empty(recon)
 
 
@@ -238,8 +257,8 @@ def _recon_backward(ctx, grad_loss, _grad_dr, _grad_dv):
         d_logvar = _scaled(dv, scale, in_place) if need_v else None
         g = grad_loss
     if need_x:
-        if ctx.reduction == "mean":  # only here: dividing when x needs no grad wastes a launch
-            g = g / recon.shape[0]
+        if ctx.reduction != "sum":  # only here: dividing when x needs no grad wastes a launch
+            g = g / reduction_divisor(ctx.reduction, recon.shape[0], recon.numel())
         d_x = _target_grad(recon, x, recon_logvar, ctx.likelihood, g)
     return (
         d_recon if need_r else None,

@@ -70,6 +70,12 @@ def _check_latent(mu, logvar) -> None:
     _checks.same("mu", mu, "logvar", logvar)
 
 
+def _op_reduction(reduction: str) -> str:
+    """The operator-level name of a public reduction (today's public "mean" is the batch mean
+    of per-sample sums, the operators' "batchmean")."""
+    return "batchmean" if reduction == "mean" else reduction
+
+
 def _seed(generator: torch.Generator | None, device: torch.device) -> torch.Tensor:
     # A device tensor, not a Python int: a captured CUDA graph replays this draw, so every
     # replay gets a fresh Philox key.
@@ -142,7 +148,7 @@ def gaussian_kl(
     if resolve_backend(backend, mu) == "torch":
         return reference.gaussian_kl(mu, logvar, reduction)
     seed = mu.new_empty(0, dtype=torch.int64)  # never read: nothing is sampled
-    _, kl = sample_and_kl_op(mu, logvar, seed, 1, False, True, reduction)
+    _, kl = sample_and_kl_op(mu, logvar, seed, 1, False, True, _op_reduction(reduction))
     return kl
 
 
@@ -170,7 +176,9 @@ def sample_and_kl(
     _checks.generator(generator, mu.device)
     if resolve_backend(backend, mu) == "torch":
         return SampleKL(*reference.sample_and_kl(mu, logvar, reduction=reduction, generator=generator))
-    z, kl = sample_and_kl_op(mu, logvar, _seed(generator, mu.device), 1, True, True, reduction)
+    z, kl = sample_and_kl_op(
+        mu, logvar, _seed(generator, mu.device), 1, True, True, _op_reduction(reduction)
+    )
     return SampleKL(z, kl)
 
 
@@ -237,7 +245,7 @@ def reconstruction_loss(
     grad_recon = grad and recon.requires_grad
     grad_logvar = grad and recon_logvar is not None and recon_logvar.requires_grad
     loss, _, _ = reconstruction_loss_op(
-        recon, x, recon_logvar, likelihood, reduction, grad_recon, grad_logvar
+        recon, x, recon_logvar, likelihood, _op_reduction(reduction), grad_recon, grad_logvar
     )
     return loss
 

@@ -1,5 +1,6 @@
 """Helpers shared by the kernel launchers: where a kernel may run, and launch-size arithmetic."""
 
+import contextlib
 import os
 
 import torch
@@ -46,3 +47,12 @@ def loss_dtype(dtype: torch.dtype) -> torch.dtype:
 def pow2_at_most(n: int, cap: int) -> int:
     """Smallest power of two >= n, capped at ``cap`` (block sizes must be powers of two)."""
     return min(triton.next_power_of_2(max(n, 1)), cap)
+
+
+def device_guard(t: torch.Tensor):
+    """A context that makes ``t``'s CUDA device current for a launch (Triton launches on the
+    current device, whatever device the pointers live on); a no-op context when it already is
+    current, or for CPU tensors."""
+    if t.is_cuda and t.device.index != torch.cuda.current_device():
+        return torch.cuda.device(t.device)
+    return contextlib.nullcontext()

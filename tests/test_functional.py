@@ -88,12 +88,12 @@ def test_operator_registrations(device):
     mu = torch.randn(3, 5, generator=g).to(device).requires_grad_(True)
     lv = torch.randn(3, 5, generator=g).to(device).requires_grad_(True)
     seed = torch.tensor([7], device=device)
-    for reduction in ("none", "mean"):
+    for reduction in ("none", "mean", "batchmean"):
         torch.library.opcheck(_ops.sample_and_kl_op, (mu, lv, seed, 2, True, True, reduction))
-    torch.library.opcheck(_ops.sample_and_kl_backward_op, (mu.detach(), lv.detach(), seed, 1, torch.ones(3, 5, device=device), torch.ones((), device=device), "mean"))
+    torch.library.opcheck(_ops.sample_and_kl_backward_op, (mu.detach(), lv.detach(), seed, 1, torch.ones(3, 5, device=device), torch.ones((), device=device), "batchmean"))
     recon = torch.randn(3, 7, generator=g).to(device).requires_grad_(True)
     x = torch.rand(3, 7, generator=g).to(device)
-    for reduction in ("none", "mean"):
+    for reduction in ("none", "mean", "batchmean"):
         torch.library.opcheck(_ops.reconstruction_loss_op, (recon, x, lv[:, :1].expand(3, 7).detach(), "gaussian", reduction, True, False))
     torch.library.opcheck(_ops.reconstruction_loss_backward_op, (recon.detach(), x, None, "mse", torch.ones(3, device=device), True, False))
 
