@@ -304,8 +304,7 @@ def _layout(batch: int, features: int) -> tuple[int, int, int, int]:
     return block_d, num_warps, n_chunks, max(block_d, 32 * num_warps * 4)
 
 
-@functools.lru_cache(maxsize=512)
-def _dense_rows(shape: tuple, strides: tuple) -> bool:
+def _dense_rows_impl(shape: tuple, strides: tuple) -> bool:
     """True when each row's features are one dense block of prod(shape[1:]) elements (any
     order of the feature dims: contiguous, channels_last, a ``chunk`` of a wider tensor)."""
     expected = 1
@@ -316,18 +315,30 @@ def _dense_rows(shape: tuple, strides: tuple) -> bool:
     return True
 
 
+_dense_rows = functools.lru_cache(maxsize=512)(_dense_rows_impl)
+
+
 def _feature_key(shape: tuple, strides: tuple) -> tuple:
     return tuple(s if n != 1 else None for n, s in zip(shape[1:], strides[1:]))
 
 
-@functools.lru_cache(maxsize=512)
+def _grad_strides(shape: tuple, strides: tuple) -> tuple:
+    if not _dense_rows_impl(shape, strides):
+        return torch.empty(shape, device="meta").stride()
+    return (math.prod(shape[1:]),) + tuple(strides[1:])
+
+
+_grad_strides_cached = functools.lru_cache(maxsize=512)(_grad_strides)
+
+
 def grad_strides(shape: tuple, strides: tuple) -> tuple:
     """Strides of the gradient the kernels write for a ``recon`` of this shape and strides:
     recon's own feature strides when its rows are dense (so channels_last stays
-    channels_last), else contiguous; row stride D. The fake implementations use this too."""
-    if not _dense_rows(shape, strides):
-        return torch.empty(shape, device="meta").stride()
-    return (math.prod(shape[1:]),) + tuple(strides[1:])
+    channels_last), else contiguous; row stride D. The fake implementations use this too
+    (with symbolic sizes under torch.compile, which are not cached)."""
+    if all(type(v) is int for v in (*shape, *strides)):
+        return _grad_strides_cached(tuple(shape), tuple(strides))
+    return _grad_strides(tuple(shape), tuple(strides))
 
 
 def _same_rows(t: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
