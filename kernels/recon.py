@@ -14,7 +14,7 @@ import torch
 import triton
 import triton.language as tl
 
-from ._common import check_launchable, device_guard, loss_dtype
+from ._common import INTERPRETED, check_launchable, device_guard, loss_dtype
 from ._math import log1p_unit
 
 LIKELIHOOD_CODES = {"bernoulli": 0, "mse": 1, "gaussian": 2, "bernoulli_probs": 3}
@@ -22,6 +22,7 @@ _ELEMS_PER_THREAD = 16  # four 128-bit loads per fp32 input, two per bf16/fp16 i
 _MAX_WARPS = 8
 _MAX_GRID = 2**31 - 1  # CUDA's limit on a launch grid's x dimension
 _HALF_LOG_2PI = tl.constexpr(0.9189385332046727)  # log(2 pi) / 2
+INTERPRET = tl.constexpr(INTERPRETED)  # kernels run through Triton's CPU interpreter
 
 # How the log-variance v of "gaussian" reaches the kernel.
 V_ELEMENTS = tl.constexpr(0)  # one value per element: v_ptr rows with stride v_row_stride
@@ -35,6 +36,24 @@ DV_PARTIALS = tl.constexpr(2)  # per program, the sum over its elements (v const
 OUT_ROWS_DIRECT = tl.constexpr(0)  # "none", one program per row: its sum is the row's loss
 OUT_ROWS = tl.constexpr(1)  # "none", several programs per row: the last program adds them
 OUT_TOTAL = tl.constexpr(2)  # a scalar reduction: the last program adds all partials
+
+
+# GPU-only fast forms (FAST: fp32 compute compiled for a GPU; inline PTX does not run under the
+# interpreter, where plain tl.exp and a division take their place).
+#   ex2.approx.ftz.f32: max error 2 ulp (PTX ISA), like tl.exp's ex2.approx.f32, but results
+#     below 2^-126 flush to 0 instead of taking the subnormal fix-up path. Bernoulli (|l| >
+#     87.3): log(1 + t) and t/(1+t) lose at most 1.2e-38 absolute. Gaussian exp(-v) (v > 87.3):
+#     (x - m)^2 exp(-v) loses at most (x - m)^2 * 1.2e-38.
+#   rcp.approx.ftz.f32: max error 1 ulp for 1 + t in [1, 2] (no subnormals, no overflow), where
+#     a division (div.full.f32) costs a range check and scaling around the same MUFU.RCP.
+@triton.jit
+def _ex2_ftz(a):
+    return tl.inline_asm_elementwise("ex2.approx.ftz.f32 $0, $1;", "=f,f", [a], dtype=tl.float32, is_pure=True, pack=1)
+
+
+@triton.jit
+def _rcp_ftz(a):
+    return tl.inline_asm_elementwise("rcp.approx.ftz.f32 $0, $1;", "=f,f", [a], dtype=tl.float32, is_pure=True, pack=1)
 
 
 # Per element, with r the decoder output (logits l, probabilities p or mean m), x the target,
@@ -51,22 +70,25 @@ OUT_TOTAL = tl.constexpr(2)  # a scalar reduction: the last program adds all par
 # log(1 + t) is a polynomial on (0, 1] (log1p_unit, error budget beside it). Writing
 # max(l, 0) - l x as l (1 - x) or -l x makes a confidently wrong infinite logit give +inf.
 @triton.jit
-def _recon_terms(r, x, v, inv_var, LIKELIHOOD: tl.constexpr):
+def _recon_terms(r, x, v, inv_var, LIKELIHOOD: tl.constexpr, FAST: tl.constexpr):
     if LIKELIHOOD == 0:
-        t = tl.exp(-tl.abs(r))
-        sig_abs = 1.0 / (1.0 + t)
+        if FAST:
+            t = _ex2_ftz(tl.abs(r) * -1.4426950408889634)
+            sig_abs = _rcp_ftz(1.0 + t)
+        else:
+            t = tl.exp(-tl.abs(r))
+            sig_abs = 1.0 / (1.0 + t)
         pos = r >= 0
         loss = r * tl.where(pos, 1.0 - x, -x) + log1p_unit(t)
         dr = tl.where(pos, sig_abs, t * sig_abs) - x
         dv = dr
     elif LIKELIHOOD == 3:
-        nan = tl.PropagateNan.ALL
-        log_p = tl.maximum(tl.log(r), -100.0, propagate_nan=nan)
+        log_p = tl.maximum(tl.log(r), -100.0, propagate_nan=tl.PropagateNan.ALL)
         q = 1.0 - r  # log(1 - p) = log(q) * (-p) / (q - 1): exact where q rounds (Goldberg)
         log_q = tl.where(q == 1.0, -r, tl.log(q) * (r / (1.0 - q)))
-        log_q = tl.maximum(log_q, -100.0, propagate_nan=nan)
+        log_q = tl.maximum(log_q, -100.0, propagate_nan=tl.PropagateNan.ALL)
         loss = (x - 1.0) * log_q - x * log_p
-        dr = (r - x) / tl.maximum(r * q, 1e-12, propagate_nan=nan)
+        dr = (r - x) / tl.maximum(r * q, 1e-12, propagate_nan=tl.PropagateNan.ALL)
         dv = dr
     elif LIKELIHOOD == 1:
         diff = r - x
@@ -92,48 +114,70 @@ def _acc(t, F64: tl.constexpr):
 
 
 @triton.jit
+def _load(ptr, mask, F64: tl.constexpr, EVEN_D: tl.constexpr):
+    if EVEN_D:
+        return _acc(tl.load(ptr), F64)
+    else:
+        return _acc(tl.load(ptr, mask=mask, other=0.0), F64)
+
+
+@triton.jit
+def _store(ptr, value, mask, EVEN_D: tl.constexpr):
+    if EVEN_D:
+        tl.store(ptr, value.to(ptr.dtype.element_ty))
+    else:
+        tl.store(ptr, value.to(ptr.dtype.element_ty), mask=mask)
+
+
+@triton.jit
 def _chunk_terms(
     r_ptr, x_ptr, v_ptr, D, n_chunks, r_row_stride, x_row_stride, v_row_stride, logvar_value,
     LIKELIHOOD: tl.constexpr, V_MODE: tl.constexpr, F64: tl.constexpr, BLOCK_D: tl.constexpr,
+    EVEN_D: tl.constexpr,
 ):
-    """This program's (row, chunk of BLOCK_D features): its loss, gradients and mask."""
+    """This program's (row, chunk of BLOCK_D features): its loss, gradients and mask (not
+    applied when BLOCK_D divides D: no predicates, no zero fill, no select per element)."""
+    FAST: tl.constexpr = not F64 and not INTERPRET
     pid = tl.program_id(0)
     row = pid // n_chunks
     # Row and chunk offsets are int64 scalars (row * stride and a row itself may pass 2**31);
     # per element only the int32 column inside the chunk is added.
     start = (pid % n_chunks).to(tl.int64) * BLOCK_D
     cols = tl.arange(0, BLOCK_D)
-    mask = cols < tl.minimum(D - start, BLOCK_D).to(tl.int32)
+    mask = cols < tl.minimum(D - start, BLOCK_D).to(tl.int32)  # unused (and dropped) if EVEN_D
     row64 = row.to(tl.int64)
-    r = _acc(tl.load(r_ptr + row64 * r_row_stride + start + cols, mask=mask, other=0.0), F64)
-    x = _acc(tl.load(x_ptr + row64 * x_row_stride + start + cols, mask=mask, other=0.0), F64)
+    r = _load(r_ptr + row64 * r_row_stride + start + cols, mask, F64, EVEN_D)
+    x = _load(x_ptr + row64 * x_row_stride + start + cols, mask, F64, EVEN_D)
     v = r
     inv_var = r
     if LIKELIHOOD == 2:
         if V_MODE == V_ELEMENTS:
-            v = _acc(tl.load(v_ptr + row64 * v_row_stride + start + cols, mask=mask, other=0.0), F64)
+            v = _load(v_ptr + row64 * v_row_stride + start + cols, mask, F64, EVEN_D)
         elif V_MODE == V_ROW:
             v = _acc(tl.load(v_ptr + row64 * v_row_stride), F64)
         else:
             v = _acc(logvar_value, F64)
-        inv_var = tl.exp(-v)
-    loss, dr, dv = _recon_terms(r, x, v, inv_var, LIKELIHOOD)
+        if FAST:
+            inv_var = _ex2_ftz(v * -1.4426950408889634)
+        else:
+            inv_var = tl.exp(-v)
+    loss, dr, dv = _recon_terms(r, x, v, inv_var, LIKELIHOOD, FAST)
     return pid, row64, start, cols, mask, loss, dr, dv
 
 
 @triton.jit
 def _store_grads(
     dr_ptr, dv_ptr, pid, row64, start, cols, mask, dr, dv, dr_row_stride, dv_row_stride,
-    WRITE_DR: tl.constexpr, DV_MODE: tl.constexpr,
+    WRITE_DR: tl.constexpr, DV_MODE: tl.constexpr, EVEN_D: tl.constexpr,
 ):
     if WRITE_DR:
-        dr_out = dr_ptr + row64 * dr_row_stride + start + cols
-        tl.store(dr_out, dr.to(dr_ptr.dtype.element_ty), mask=mask)
+        _store(dr_ptr + row64 * dr_row_stride + start + cols, dr, mask, EVEN_D)
     if DV_MODE == DV_ELEMENTS:
-        dv_out = dv_ptr + row64 * dv_row_stride + start + cols
-        tl.store(dv_out, dv.to(dv_ptr.dtype.element_ty), mask=mask)
+        _store(dv_ptr + row64 * dv_row_stride + start + cols, dv, mask, EVEN_D)
     elif DV_MODE == DV_PARTIALS:
-        tl.store(dv_ptr + pid, tl.sum(tl.where(mask, dv, 0.0), axis=0))
+        if not EVEN_D:
+            dv = tl.where(mask, dv, 0.0)
+        tl.store(dv_ptr + pid, tl.sum(dv, axis=0))
 
 
 @triton.jit
@@ -201,18 +245,21 @@ def _recon_loss_fwd_kernel(
     OUT: tl.constexpr,
     F64: tl.constexpr,
     BLOCK_D: tl.constexpr,
+    EVEN_D: tl.constexpr,  # BLOCK_D divides D: no masks
     RBLOCK: tl.constexpr,
 ):
     pid, row64, start, cols, mask, loss, dr, dv = _chunk_terms(
         r_ptr, x_ptr, v_ptr, D, n_chunks, r_row_stride, x_row_stride, v_row_stride,
-        logvar_value, LIKELIHOOD, V_MODE, F64, BLOCK_D,
+        logvar_value, LIKELIHOOD, V_MODE, F64, BLOCK_D, EVEN_D,
     )
     scale = 1.0 / _acc(divisor, F64)
     _store_grads(
         dr_ptr, dv_ptr, pid, row64, start, cols, mask, dr * scale, dv * scale,
-        dr_row_stride, dv_row_stride, WRITE_DR, DV_MODE,
+        dr_row_stride, dv_row_stride, WRITE_DR, DV_MODE, EVEN_D,
     )
-    total = tl.sum(tl.where(mask, loss, 0.0), axis=0) * scale
+    if not EVEN_D:
+        loss = tl.where(mask, loss, 0.0)
+    total = tl.sum(loss, axis=0) * scale
     if OUT == OUT_ROWS_DIRECT:
         tl.store(out_ptr + row64, total)
     else:
@@ -249,15 +296,16 @@ def _recon_loss_bwd_kernel(
     WRITE_DR: tl.constexpr,
     F64: tl.constexpr,
     BLOCK_D: tl.constexpr,
+    EVEN_D: tl.constexpr,
 ):
     pid, row64, start, cols, mask, _, dr, dv = _chunk_terms(
         r_ptr, x_ptr, v_ptr, D, n_chunks, r_row_stride, x_row_stride, v_row_stride,
-        logvar_value, LIKELIHOOD, V_MODE, F64, BLOCK_D,
+        logvar_value, LIKELIHOOD, V_MODE, F64, BLOCK_D, EVEN_D,
     )
     g = _acc(tl.load(g_ptr + row64 * g_stride), F64)
     _store_grads(
         dr_ptr, dv_ptr, pid, row64, start, cols, mask, g * dr, g * dv,
-        dr_row_stride, dv_row_stride, WRITE_DR, DV_MODE,
+        dr_row_stride, dv_row_stride, WRITE_DR, DV_MODE, EVEN_D,
     )
 
 
@@ -485,7 +533,8 @@ def recon_loss_fwd(
             dr_row_stride=D, dv_row_stride=dv_row_stride,
             divisor=divisor, logvar_value=float(logvar_value),
             LIKELIHOOD=LIKELIHOOD_CODES[likelihood], V_MODE=logvar.mode, DV_MODE=dv_mode,
-            WRITE_DR=dr is not None, OUT=mode, F64=f64, BLOCK_D=block_d, RBLOCK=rblock,
+            WRITE_DR=dr is not None, OUT=mode, F64=f64, BLOCK_D=block_d, EVEN_D=D % block_d == 0,
+            RBLOCK=rblock,
             num_warps=num_warps,
         )
     dv = logvar.reduce_grad(dv_buf, recon, n_chunks) if dv_mode != DV_NONE.value else None
@@ -526,7 +575,7 @@ def recon_loss_bwd(
             dr_row_stride=D, dv_row_stride=dv_row_stride, g_stride=grad_rows.stride(0),
             logvar_value=float(logvar_value),
             LIKELIHOOD=LIKELIHOOD_CODES[likelihood], V_MODE=logvar.mode, DV_MODE=dv_mode,
-            WRITE_DR=dr is not None, F64=f64, BLOCK_D=block_d,
+            WRITE_DR=dr is not None, F64=f64, BLOCK_D=block_d, EVEN_D=D % block_d == 0,
             num_warps=num_warps,
         )
     dv = logvar.reduce_grad(dv_buf, recon, n_chunks) if dv_mode != DV_NONE.value else None
