@@ -36,15 +36,18 @@ def variants():
         cases = [(lik, recon.V_ELEMENTS.value, dv) for lik in recon.LIKELIHOOD_CODES.values()
                  for dv in ((recon.DV_ELEMENTS.value, recon.DV_NONE.value) if lik == 2 else (recon.DV_NONE.value,))]
         cases += [(2, recon.V_ROW.value, recon.DV_PARTIALS.value), (2, recon.V_SCALAR.value, recon.DV_NONE.value)]
-        for (lik, v_mode, dv_mode), out, even in itertools.product(
-            cases, (recon.OUT_ROWS_DIRECT.value, recon.OUT_ROWS.value, recon.OUT_TOTAL.value), (True, False)
-        ):
+        # every likelihood / log-variance mode masked with the in-kernel total; the other output
+        # modes and the unmasked form once (bernoulli)
+        outs = [(c, recon.OUT_TOTAL.value, False) for c in cases]
+        outs += [(cases[0], out, even) for out, even in ((recon.OUT_ROWS_DIRECT.value, False),
+                 (recon.OUT_ROWS.value, False), (recon.OUT_TOTAL.value, True))]
+        for (lik, v_mode, dv_mode), out, even in outs:
             flags = {"LIKELIHOOD": lik, "V_MODE": v_mode, "DV_MODE": dv_mode, "WRITE_DR": True,
                      "F64": dt == "fp64", "BLOCK_D": 4096, "EVEN_D": even}
             sig = {**io, "partial_ptr": f"*{acc}", "ticket_ptr": "*i32", "out_ptr": f"*{acc}", **rows,
                    "n_programs": "i32", "divisor": "i32"}
             yield recon._recon_loss_fwd_kernel, sig, {**flags, "OUT": out, "RBLOCK": 4096}
-            if out == recon.OUT_TOTAL.value:
+            if out == recon.OUT_TOTAL.value and not even:
                 sig = {**io, "g_ptr": f"*{acc}", **rows, "g_stride": "i32"}
                 yield recon._recon_loss_bwd_kernel, sig, flags
         yield recon._recon_loss_scale_grad_kernel, {"g_ptr": f"*{acc}", "grad_ptr": f"*{dt}", "n": "i64"}, {"BLOCK": 4096}

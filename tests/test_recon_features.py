@@ -319,3 +319,25 @@ def test_second_gpu_launch_uses_its_own_device():
         got.backward()
     assert_close(got, F.binary_cross_entropy_with_logits(recon.detach(), x, reduction="sum"), rtol=1e-5, atol=1e-4)
     assert_close(recon.grad, torch.sigmoid(recon.detach()) - x)
+
+
+def test_compiled_channels_last_with_broadcast_logvar(device):
+    """torch.compile(fullgraph=True) traces the custom op with channels_last inputs and a
+    per-channel log-variance (fake strides and shapes must equal the real ones, or the
+    compiled graph asserts or returns a wrong gradient); values and gradients equal eager."""
+    g = torch.Generator().manual_seed(14)
+    recon = torch.randn(2, 3, 2, 2, generator=g).to(device).to(memory_format=torch.channels_last)
+    x = torch.randn(2, 3, 2, 2, generator=g).to(device).to(memory_format=torch.channels_last)
+    lv = (0.3 * torch.randn(1, 3, 1, 1, generator=g)).to(device)
+
+    def head(r, v):
+        return loss(r * 1.0, x, "gaussian", "batchmean", v) * 2.0
+
+    results = []
+    for fn in (head, torch.compile(head, fullgraph=True)):
+        r, v = recon.detach().clone().requires_grad_(True), lv.clone().requires_grad_(True)
+        value = fn(r, v)
+        value.backward()
+        results.append((value.detach(), r.grad, v.grad))
+    for a, b in zip(*results):
+        assert_close(a, b)
