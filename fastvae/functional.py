@@ -26,8 +26,8 @@ from typing import NamedTuple
 
 import torch
 
-from fastvae import _checks, reference
-from fastvae._ops import reconstruction_loss_op, sample_and_kl_op
+from fastvae import _checks, _ops, reference
+from fastvae._ops import sample_and_kl_op
 from fastvae.kernels._common import check_launchable
 from fastvae.reference import LIKELIHOODS, REDUCTIONS
 
@@ -244,10 +244,9 @@ def reconstruction_loss(
     grad = torch.is_grad_enabled()
     grad_recon = grad and recon.requires_grad
     grad_logvar = grad and recon_logvar is not None and recon_logvar.requires_grad
-    loss, _, _ = reconstruction_loss_op(
-        recon, x, recon_logvar, likelihood, _op_reduction(reduction), grad_recon, grad_logvar
+    return _ops.reconstruction_loss(
+        recon, x, recon_logvar, 0.0, likelihood, _op_reduction(reduction), grad_recon, grad_logvar
     )
-    return loss
 
 
 def elbo_loss(
