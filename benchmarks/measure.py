@@ -142,6 +142,15 @@ class _Counter(TorchDispatchMode):
             # one launch, below.)
             with self:
                 return body(*args, **kwargs)
+        if func.has_kernel_for_dispatch_key(torch._C.DispatchKey.CompositeImplicitAutograd):
+            # A composite op (e.g. aten::contiguous, alias-annotated like a view) reaches the
+            # mode as a whole when called below autograd, as in a custom op's body: run its
+            # decomposition under this mode, so the copy it makes (clone) is counted, and
+            # nothing when it only returns its input.
+            with self:
+                out = func.decompose(*args, **kwargs)
+            if out is not NotImplemented:
+                return out
         short = name.split("::", 1)[1]
         if short in _SYNCING:
             self.syncs += 1

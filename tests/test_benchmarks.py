@@ -8,6 +8,7 @@ import torch
 
 from benchmarks import losses, measure, readme, report
 from benchmarks.losses import Case
+import fastvae
 from fastvae import cli
 
 CPU = torch.device("cpu")
@@ -102,6 +103,20 @@ def test_counter_sees_syncs_and_skips_views():
     assert counted.ops == ["mul", "sum", "_local_scalar_dense"] and counted.syncs == 1
     # a reshape of a transposed tensor is a real copy, and is counted
     assert measure.count_dispatched(lambda: x.t().reshape(-1)).ops == ["clone"]
+
+
+def test_counter_sees_the_copy_contiguous_makes_inside_a_fastvae_op(monkeypatch):
+    """A custom op's body runs below autograd, where ``aten::contiguous`` (alias-annotated, so
+    it looks like a view) reaches the counter whole: the clone it makes of a ``chunk`` view
+    must be counted, and nothing for inputs that are contiguous already."""
+    monkeypatch.setenv("FASTVAE_BACKEND", "triton")
+    both = torch.randn(4, 6)
+    mu, logvar = both.chunk(2, dim=1)  # as MLPVAE hands them over: strided views
+    counted = measure.count_dispatched(lambda: fastvae.sample_and_kl(mu, logvar, reduction="sum"))
+    assert counted.ops.count("clone") == 2, counted.ops
+    mu, logvar = mu.contiguous(), logvar.contiguous()
+    counted = measure.count_dispatched(lambda: fastvae.sample_and_kl(mu, logvar, reduction="sum"))
+    assert "clone" not in counted.ops, counted.ops
 
 
 def test_eps_is_never_saved_and_recon_keeps_one_buffer(monkeypatch):
