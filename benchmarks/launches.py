@@ -75,9 +75,10 @@ def _accept_any_device(*_args, **_kwargs) -> None:
 
 
 @contextlib.contextmanager
-def recording() -> Iterator[Recorder]:
+def recording(keep: bool = True) -> Iterator[Recorder]:
     """Within the context, Triton launches are recorded (not run) and fastvae's launchers
-    accept CPU tensors; both are restored on exit."""
+    accept CPU tensors; both are restored on exit. ``keep=False`` drops the launches instead
+    of recording them (a stub that costs only the call, for timing the host path)."""
     import fastvae.kernels._common as common
 
     recorder = Recorder()
@@ -86,7 +87,8 @@ def recording() -> Iterator[Recorder]:
                if name.startswith("fastvae") and getattr(m, "check_launchable", None) is original_check]
 
     def run(kernel, *args, grid, warmup, **kwargs):
-        recorder.launches.append(Launch(kernel, args, dict(kwargs), grid, recorder.current))
+        if keep:
+            recorder.launches.append(Launch(kernel, args, dict(kwargs), grid, recorder.current))
 
     def refuse(tuner, *args, **kwargs):
         raise NotImplementedError(
