@@ -16,9 +16,9 @@ Scenarios (fp32 and bf16): recon ``bernoulli``/``mse``/``gaussian`` at B x D = 4
 (``fwd_grad``) and its backward (``bwd_sum``), reduction "none" backward (``bwd``); latent
 ``sample_and_kl`` at B in {128, 65536} x L in {20, 128}, reductions "sum" and "mean" (rows of
 "mean" that compile differently get the suffix ``_mean``), forward (``fwd``) and backward with
-dz and the KL's gradient (``bwd``). A variant (kernel + specialization) is reported once, under
-the first name that produced it; a second distinct kernel in the same phase gets its kernel's
-name appended.
+dz and the KL's gradient (``bwd``). A variant (kernel + specialization) is reported once per
+op, dtype and size, under the first name that produced it; a second distinct kernel in the
+same phase gets its kernel's name appended.
 
 Per row (``DIR/report.json``; the SASS as ``DIR/<name>.sass``):
 
@@ -271,6 +271,7 @@ def analyze(compiled: launches.Compiled, name: str, scenario: Scenario) -> dict:
         "grid": list(compiled.grid),
         "constexprs": {k: v if isinstance(v, (int, float, bool, str)) else str(v) for k, v in compiled.constexprs.items()},
         "signature": {k: v for k, v in compiled.signature.items() if v != "constexpr"},
+        "divisible_by_16": sorted(k for k, v in compiled.attrs.items() if ["tt.divisibility", 16] in v),
     }
     for gpu_name, gpu in GPUS.items():
         row[f"est_pct_copy_bw_{gpu_name}"] = estimate_pct(row, gpu, launch_bytes, model, scenario.n)
@@ -320,7 +321,7 @@ def report(quick: bool = False, dtypes=tuple(DTYPES), only: str | None = None, l
         kernels_in_phase: dict[str, list] = {}
         for launch in rec.launches:
             compiled = launches.compile_sm90(launch)
-            key = _variant_key(compiled)
+            key = (sc.family, sc.dtype, sc.sizes, _variant_key(compiled))
             if key in seen:
                 continue
             seen.add(key)
