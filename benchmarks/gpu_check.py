@@ -3,6 +3,7 @@
     python -m benchmarks.gpu_check                  # all parts; needs a CUDA device
     python -m benchmarks.gpu_check --dry-run        # the plan and its time budget; runs nothing
     python -m benchmarks.gpu_check --parts static   # a CPU-safe part alone, on any machine
+    python -m benchmarks.gpu_check --smoke          # tiny sizes on any device: checks the harness
 
 Parts, in order, with their time budgets on an H100 from a warm start (machine up, Python
 environment installed; the Triton and inductor caches may be cold). Whole run: under 8
@@ -26,7 +27,9 @@ subprocess, and a part that fails is recorded and the run goes on:
 Writes ``benchmarks/results/<device>.json`` (the format of :mod:`benchmarks.report`, which
 ``python -m benchmarks.readme`` turns into the README's tables, plus ``gpu_check`` with the
 parts' outcomes and times) and prints the headline. Without a CUDA device it refuses the GPU
-parts with a clear message (exit status 2).
+parts with a clear message (exit status 2), unless ``--smoke``: then the same flow runs at
+:mod:`benchmarks.report`'s smoke sizes on whatever device there is (1 MNIST epoch on 512
+images), marked ``"smoke": true`` and written under ``runs/`` (a harness check, not results).
 """
 
 from __future__ import annotations
@@ -108,6 +111,7 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m benchmarks.gpu_check", description=__doc__.split("\n\n")[0])
     p.add_argument("--parts", nargs="+", choices=PARTS, default=list(PARTS))
     p.add_argument("--dry-run", action="store_true", help="print the plan and exit")
+    p.add_argument("--smoke", action="store_true", help="tiny sizes on any device (a harness check)")
     p.add_argument("--out", default=None, help="results JSON (default benchmarks/results/<device>.json)")
     args = p.parse_args(argv)
     parts = tuple(x for x in PARTS if x in args.parts)
@@ -115,7 +119,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.dry_run:
         return 0
     gpu = [x for x in parts if x in GPU_PARTS]
-    if gpu and not torch.cuda.is_available():
+    if gpu and not torch.cuda.is_available() and not args.smoke:
         print(f"no CUDA device: the parts {', '.join(gpu)} need one (torch.cuda.is_available() is "
               "False). On a CPU run only the static part: python -m benchmarks.gpu_check --parts static",
               file=sys.stderr)
@@ -135,8 +139,8 @@ def main(argv: list[str] | None = None) -> int:
         from benchmarks import report
 
         t0 = time.perf_counter()
-        result = report.run(ops=ops, dtypes=("fp32", "bf16"), sizes=SIZES,
-                            mnist_epochs=10 if "mnist" in parts else 0)
+        result = report.run(smoke=args.smoke, ops=ops, dtypes=("fp32", "bf16"), sizes=None if args.smoke else SIZES,
+                            mnist_epochs=(1 if args.smoke else 10) if "mnist" in parts else 0)
         outcome["benchmarks"] = {"ok": True, "seconds": time.perf_counter() - t0}
     if static_proc is not None:
         t0 = time.perf_counter()

@@ -304,3 +304,16 @@ def test_gpu_check_dry_run_and_refusal_without_cuda():
         return
     res = _run_module("benchmarks.gpu_check", timeout=120)
     assert res.returncode == 2 and "no CUDA device" in res.stderr, res.stderr
+
+
+def test_gpu_check_smoke_flow(tmp_path):
+    """The GPU parts' flow at smoke sizes on this machine's device: results in the report's
+    format, marked smoke, with the check's outcome."""
+    out = tmp_path / "check.json"
+    res = _run_module("benchmarks.gpu_check", "--smoke", "--parts", "recon", "loss_head", "--out", str(out))
+    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
+    data = json.loads(out.read_text())
+    assert data["smoke"] is True and tuple(data["headline"]) == report.HEADLINE_KEYS
+    assert {r["op"] for r in data["rows"]} == {"recon_bernoulli", "recon_mse", "loss_head"}
+    assert all(r["error"] is None for r in data["rows"])
+    assert data["gpu_check"]["parts"] == ["recon", "loss_head"] and data["gpu_check"]["outcome"]["benchmarks"]["ok"]
