@@ -30,13 +30,16 @@ class Sass:
     ``instructions``: every instruction except ``NOP`` padding and the ``BRA`` to itself that
     ends the code after ``EXIT`` (a static count: each instruction once, however often it
     runs). ``load_bits`` / ``store_bits``: the widest global load (``LDG``) and store
-    (``STG``), in bits (0 when there is none). ``fp64``: the double-precision instructions.
+    (``STG``), in bits (0 when there is none); ``loads_128`` / ``stores_128``: how many of them
+    are 128 bits wide. ``fp64``: the double-precision instructions.
     """
 
     text: str
     instructions: int
     load_bits: int
     store_bits: int
+    loads_128: int
+    stores_128: int
     fp64: tuple[str, ...]
 
 
@@ -70,7 +73,7 @@ def parse_sass(text: str) -> Sass:
             stores.append(_width(op))
         if _FP64.search(op):
             fp64.append(instr)
-    return Sass(text, count, max(loads), max(stores), tuple(fp64))
+    return Sass(text, count, max(loads), max(stores), loads.count(128), stores.count(128), tuple(fp64))
 
 
 def disassemble(cubin: bytes) -> str:
@@ -107,27 +110,26 @@ def ptxas_resources(ptx: str, arch: str = "sm_90a", fp_fusion: bool = True) -> R
     return Resources(int(regs.group(1)), int(spills.group(1)) + int(spills.group(2)), int(stack.group(1)))
 
 
-_TENSOR = re.compile(r"tensor<((?:\d+x)+)")
+_TENSOR = re.compile(r"tensor<((?:\d+x)+)!tt\.ptr<(\w+)>")
+_SCALAR_PTR = re.compile(r"!tt\.ptr<(\w+)>")
+_BITS = {"f64": 64, "i64": 64, "f32": 32, "i32": 32, "f16": 16, "bf16": 16, "i16": 16, "i8": 8, "i1": 8}
 
 
-def access_shapes(ttgir: str, op: str) -> list[int]:
-    """Element counts of the tensors that ``tt.load`` (op "load") or ``tt.store`` ("store")
-    move in Triton GPU IR: loads by their result type, stores by their value operand."""
-    sizes = []
+def access_shapes(ttgir: str, op: str) -> list[tuple[int, int]]:
+    """``(elements, element bits)`` of each ``tt.load`` (op "load") or ``tt.store`` ("store") in
+    Triton GPU IR, from the pointer type the access goes through (1 element for a scalar)."""
+    out = []
     for line in ttgir.splitlines():
         if f"tt.{op} " not in line:
             continue
-        types = line.rsplit(":", 1)[-1]
-        shapes = _TENSOR.findall(types)
-        if op == "load":
-            shapes = shapes[-1:]  # "(ptr types) -> result type"
-        elif shapes:
-            shapes = shapes[-1:]  # the value operand's type is last
-        if shapes:
+        types = line.rsplit(" : ", 1)[-1]
+        tensor = _TENSOR.search(types)
+        if tensor:
             n = 1
-            for s in shapes[0].rstrip("x").split("x"):
+            for s in tensor.group(1).rstrip("x").split("x"):
                 n *= int(s)
-            sizes.append(n)
+            out.append((n, _BITS.get(tensor.group(2), 32)))
         else:
-            sizes.append(1)  # a scalar access
-    return sizes
+            scalar = _SCALAR_PTR.search(types)
+            out.append((1, _BITS.get(scalar.group(1), 32) if scalar else 32))
+    return out

@@ -23,8 +23,11 @@ same phase gets its kernel's name appended.
 Per row (``DIR/report.json``; the SASS as ``DIR/<name>.sass``):
 
 - ``registers``, ``spill_bytes`` (spill stores + loads), ``stack_bytes``: ``ptxas -v``.
-- ``load_bits`` / ``store_bits``: the widest global load / store in the SASS; ``fp64``: the
-  number of double-precision SASS instructions.
+- ``load_bits`` / ``store_bits``: the widest global load / store in the SASS;
+  ``vector_load_share`` / ``vector_store_share``: the bytes a thread's tile-sized loads
+  (stores) move that 128-bit ``LDG``/``STG`` instructions cover (their static count x 16 bytes
+  over elements_per_thread x element size x the tile-sized accesses; capped at 1, null without
+  tile-sized accesses); ``fp64``: the number of double-precision SASS instructions.
 - ``elements_per_tile``: the largest tensor a ``tt.load``/``tt.store`` moves (Triton GPU IR);
   ``elements_per_thread`` = that / (num_warps * 32).
 - ``sass_instructions``: static SASS count (NOP padding and the closing self-branch excluded).
@@ -239,10 +242,12 @@ def analyze(compiled: launches.Compiled, name: str, scenario: Scenario) -> dict:
     code = sass.parse_sass(text)
     res = sass.ptxas_resources(compiled.asm("ptx"), fp_fusion=compiled.kernel.metadata.enable_fp_fusion)
     ttgir = compiled.asm("ttgir")
-    load_sizes, store_sizes = sass.access_shapes(ttgir, "load"), sass.access_shapes(ttgir, "store")
-    tile = max(load_sizes + store_sizes + [1])
+    loads, stores = sass.access_shapes(ttgir, "load"), sass.access_shapes(ttgir, "store")
+    tile = max([n for n, _ in loads + stores] + [1])
     threads = compiled.num_warps * 32
     per_thread = max(1.0, tile / threads)
+    tile_loads = [bits for n, bits in loads if n == tile]
+    tile_stores = [bits for n, bits in stores if n == tile]
     launch_bytes = sum(t.numel() * t.element_size() for t in launches.tensor_args(compiled.launch))
     phase = compiled.launch.phase
     model = scenario.model[phase]
@@ -260,8 +265,10 @@ def analyze(compiled: launches.Compiled, name: str, scenario: Scenario) -> dict:
         "stack_bytes": res.stack_bytes,
         "load_bits": code.load_bits,
         "store_bits": code.store_bits,
-        "tile_loads": sum(1 for s in load_sizes if s == tile),
-        "tile_stores": sum(1 for s in store_sizes if s == tile),
+        "tile_loads": len(tile_loads),
+        "tile_stores": len(tile_stores),
+        "vector_load_share": _vector_share(code.loads_128, tile_loads, per_thread),
+        "vector_store_share": _vector_share(code.stores_128, tile_stores, per_thread),
         "sass_instructions": code.instructions,
         "sass_per_element": code.instructions / per_thread,
         "fp64": len(code.fp64),
@@ -277,6 +284,14 @@ def analyze(compiled: launches.Compiled, name: str, scenario: Scenario) -> dict:
         row[f"est_pct_copy_bw_{gpu_name}"] = estimate_pct(row, gpu, launch_bytes, model, scenario.n)
     row["_sass"] = text
     return row
+
+
+def _vector_share(n_128: int, tile_bits: list[int], per_thread: float) -> float | None:
+    """Share of a thread's tile-sized loads (stores) that 128-bit instructions can carry: the
+    128-bit instructions' 16 bytes each over the bytes the tile accesses move per thread,
+    capped at 1 (None without tile-sized accesses)."""
+    need = sum(per_thread * bits / 8 for bits in tile_bits)
+    return min(1.0, n_128 * 16 / need) if need else None
 
 
 def missed_budgets(row: dict) -> list[str]:
@@ -295,10 +310,11 @@ def missed_budgets(row: dict) -> list[str]:
         if row[key] > BUDGETS[key]:
             out.append(f"{name}: {key} {row[key]} > {BUDGETS[key]}")
     bits = BUDGETS["access_bits"]
-    if row["tile_loads"] and row["load_bits"] < bits:
-        out.append(f"{name}: widest global load {row['load_bits']} bits < {bits}")
-    if row["tile_stores"] and row["store_bits"] < bits:
-        out.append(f"{name}: widest global store {row['store_bits']} bits < {bits}")
+    for kind in ("load", "store"):
+        share = row[f"vector_{kind}_share"]
+        if row[f"tile_{kind}s"] and (row[f"{kind}_bits"] < bits or share < 1.0):
+            out.append(f"{name}: tile {kind}s not all {bits}-bit (widest {row[f'{kind}_bits']} bits, "
+                       f"{100 * share:.0f}% of their bytes in {bits}-bit instructions)")
     return out
 
 

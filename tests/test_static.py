@@ -105,7 +105,7 @@ def test_parse_sass():
     s = sass.parse_sass(_SASS)
     assert s.instructions == 7  # NOP and the self-branch left out
     assert (s.load_bits, s.store_bits) == (128, 32)
-    assert len(s.fp64) == 2
+    assert len(s.fp64) == 2 and (s.loads_128, s.stores_128) == (1, 0)
 
 
 def test_access_shapes():
@@ -114,14 +114,15 @@ def test_access_shapes():
     %s = tt.load %seed_ptr : !tt.ptr<i64> loc(#l)
     tt.store %q, %v, %m : tensor<2048x!tt.ptr<bf16>, #blocked1> loc(#l)
     """
-    assert sass.access_shapes(ttgir, "load") == [2048, 1]
-    assert sass.access_shapes(ttgir, "store") == [2048]
+    assert sass.access_shapes(ttgir, "load") == [(2048, 32), (1, 64)]
+    assert sass.access_shapes(ttgir, "store") == [(2048, 16)]
 
 
 def _row(**kw):
     row = {"name": "recon_bernoulli_fwd_grad_fp32_B1_D1", "family": "recon_bernoulli", "registers": 40,
            "sass_per_element": 30.0, "spill_bytes": 0, "stack_bytes": 0, "fp64": 0, "load_bits": 128,
-           "store_bits": 128, "tile_loads": 2, "tile_stores": 1}
+           "store_bits": 128, "tile_loads": 2, "tile_stores": 1, "vector_load_share": 1.0,
+           "vector_store_share": 1.0}
     return {**row, **kw}
 
 
@@ -131,6 +132,7 @@ def test_missed_budgets_names_each_miss():
     assert "registers" in static.missed_budgets(_row(registers=65))[0]
     assert len(static.missed_budgets(_row(spill_bytes=8, stack_bytes=8, fp64=2))) == 3
     assert "store" in static.missed_budgets(_row(store_bits=32))[0]
+    assert "load" in static.missed_budgets(_row(vector_load_share=0.5))[0]  # one input not vectorized
     assert static.missed_budgets(_row(store_bits=32, tile_stores=0)) == []  # only partial sums stored
     mse = _row(name="recon_mse_fwd_grad_fp32_B1_D1", family="recon_mse", sass_per_element=15.0)
     assert "14" in static.missed_budgets(mse)[0]
