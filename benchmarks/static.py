@@ -70,6 +70,7 @@ from typing import Callable, Iterator
 
 import torch
 
+import fastvae
 from benchmarks import launches, sass
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
@@ -86,7 +87,7 @@ BUDGETS = {
     "spill_bytes": 0,
     "stack_bytes": 0,
     "fp64": 0,
-    "access_bits": 128,  # widest global load and store of every tile-sized access
+    "access_bits": 128,  # every tile-sized global load and store in 128-bit instructions
 }
 
 
@@ -112,23 +113,21 @@ REGS_PER_SM, MAX_WARPS_PER_SM, MAX_PROGRAMS_PER_SM = 65536, 64, 32
 
 @dataclass
 class Scenario:
-    """One public-API call, forward and backward: ``family`` (recon_bernoulli, latent, ...),
-    ``label`` the name's middle part per phase, ``n`` elements (B x D or B x L), ``elem`` the
-    element size, ``model`` the byte model per phase."""
+    """One public-API call, forward and backward (``run``, which labels its launches with their
+    phase): ``family`` (recon_bernoulli, latent_sample_and_kl, ...), ``dtype`` and ``sizes`` as
+    they appear in the row names, ``n`` elements (B x D or B x L), ``model`` the byte model of
+    each phase, ``suffix`` appended to the names of the rows it adds."""
 
     family: str
     dtype: str
     sizes: str
     n: int
-    elem: int
     model: dict[str, int]
     run: Callable[[launches.Recorder], None]
     suffix: str = ""
 
 
 def _recon_scenarios(lik: str, dt: str, B: int, D: int) -> Iterator[Scenario]:
-    import fastvae
-
     dtype = DTYPES[dt]
     elem = torch.empty((), dtype=dtype).element_size()
     n = B * D
@@ -166,12 +165,10 @@ def _recon_scenarios(lik: str, dt: str, B: int, D: int) -> Iterator[Scenario]:
             torch.autograd.grad(out, wrt, torch.ones(B))
 
     for run in (forward_only, summed, per_sample):
-        yield Scenario(f"recon_{lik}", dt, f"B{B}_D{D}", n, elem, model, run)
+        yield Scenario(f"recon_{lik}", dt, f"B{B}_D{D}", n, model, run)
 
 
 def _latent_scenarios(dt: str, B: int, L: int) -> Iterator[Scenario]:
-    import fastvae
-
     dtype = DTYPES[dt]
     elem = torch.empty((), dtype=dtype).element_size()
     n = B * L
@@ -188,7 +185,7 @@ def _latent_scenarios(dt: str, B: int, L: int) -> Iterator[Scenario]:
         return run
 
     for reduction, suffix in (("sum", ""), ("mean", "_mean")):
-        yield Scenario("latent_sample_and_kl", dt, f"B{B}_L{L}", n, elem, model, make(reduction), suffix)
+        yield Scenario("latent_sample_and_kl", dt, f"B{B}_L{L}", n, model, make(reduction), suffix)
 
 
 def scenarios(quick: bool = False, dtypes=tuple(DTYPES)) -> list[Scenario]:
