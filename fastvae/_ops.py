@@ -7,6 +7,8 @@ the compiler. Optional outputs that were not asked for come back as empty tensor
 
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import Tensor
 
@@ -108,7 +110,8 @@ def _rows(t: Tensor) -> Tensor:
     (a ``chunk`` view keeps its row stride), a contiguous one as a view, anything else copied."""
     if t.dim() == 2 and (t.stride(1) == 1 or t.shape[1] == 1):
         return t
-    return t.reshape(t.shape[0], -1) if t.is_contiguous() else t.contiguous().view(t.shape[0], -1)
+    rows = (t.shape[0], math.prod(t.shape[1:]))  # explicit L: B may be 0
+    return t.view(rows) if t.is_contiguous() else t.contiguous().view(rows)
 
 
 def _z_shape(mu: Tensor, n_samples: int) -> tuple[int, ...]:
@@ -139,7 +142,7 @@ def _sample_and_kl_backward_body(mu, logvar, key, n_samples, grad_z, grad_kl, re
     """(dmu, dlogvar), contiguous in mu's shape, from one launch; eps regenerated from key."""
     B = mu.shape[0]
     if grad_z is not None:
-        grad_z = grad_z.reshape(n_samples, B, -1)
+        grad_z = grad_z.reshape(n_samples, B, math.prod(mu.shape[1:]))
     if grad_kl is not None and reduction != "none":
         grad_kl = grad_kl.expand(B)  # stride 0: the kernel reads the scalar once
     dmu, dlv = kernels.sample_and_kl_bwd(
