@@ -2,6 +2,7 @@
 
 import triton
 import triton.language as tl
+from triton.language.extra import libdevice
 
 
 @triton.jit
@@ -13,6 +14,17 @@ def to_acc(x):
 
 
 @triton.jit
+def exp_acc(x, FAST: tl.constexpr):
+    """exp(x) in x's dtype. FAST (set by launchers only when compiling for a GPU: the
+    interpreter has no libdevice) uses libdevice's fast_expf for fp32, ex2.approx.ftz: the
+    same ex2.approx as tl.exp (about 2 ulp, PTX ISA) without tl.exp's denormal rescaling
+    (3 instructions), so results below 2**-126 flush to 0."""
+    if FAST and x.dtype == tl.float32:
+        return libdevice.fast_expf(x)
+    return tl.exp(x)
+
+
+@triton.jit
 def log1p_small(t):
     """log(1 + t) for t >= 0 without libdevice's log1p (Goldberg's trick: exact-ish when 1 + t
     rounds): log(u) * t / (u - 1) with u = 1 + t, and t itself when u == 1."""
@@ -21,15 +33,17 @@ def log1p_small(t):
 
 
 @triton.jit
-def expm1_and_phi(v):
-    """(exp(v) - 1, exp(v) - 1 - v), with a polynomial for |v| < 0.5 where both direct forms
-    cancel (it is only fed small values, so it cannot overflow). phi(v) = v^2 * P(v): in
-    float64 P is the Taylor series to v^8 (truncation below 1e-11 relative); otherwise a
-    degree-6 least-squares fit of (exp(v) - 1 - v) / v^2 on [-0.5, 0.5] (fitted here in
-    float64, coefficients rounded to fp32: relative error 9e-10 before fp32 rounding)."""
-    small = tl.abs(v) < 0.5
-    s = tl.where(small, v, 0.0)
+def expm1_and_phi(v, ev):
+    """(exp(v) - 1, exp(v) - 1 - v) from v and ev = exp(v) (the caller passes the square of
+    exp(v / 2), which the sample needs anyway: one exp per element). Where both direct forms
+    cancel, phi(v) = v^2 * P(v) instead (only small values reach P, so it cannot overflow):
+    float64, |v| < 0.5: the Taylor series to v^8 (truncation below 1e-11 relative); otherwise
+    |v| < 1: a degree-6 least-squares fit of (exp(v) - 1 - v) / v^2 on [-1, 1] (fitted in
+    float64, coefficients rounded to fp32: relative error 1.3e-7 before fp32 rounding). Past
+    |v| = 1 the direct form's error (a few ulp of ev) is below 3e-6 of phi."""
     if v.dtype == tl.float64:
+        small = tl.abs(v) < 0.5
+        s = tl.where(small, v, 0.0)
         p = 1.0 / 3628800.0
         p = p * s + 1.0 / 362880.0
         p = p * s + 1.0 / 40320.0
@@ -40,19 +54,20 @@ def expm1_and_phi(v):
         p = p * s + 1.0 / 6.0
         p = p * s + 0.5
     else:
-        p = 2.4939750801422633e-05
-        p = p * s + 0.0001996219507418573
-        p = p * s + 0.001388867269270122
-        p = p * s + 0.008333181962370872
-        p = p * s + 0.0416666679084301
-        p = p * s + 0.1666666716337204
+        small = tl.abs(v) < 1.0
+        s = tl.where(small, v, 0.0)
+        p = 2.5358680431963876e-05
+        p = p * s + 0.00020329236576799303
+        p = p * s + 0.0013885394437238574
+        p = p * s + 0.008330883458256721
+        p = p * s + 0.04166673496365547
+        p = p * s + 0.16666696965694427
         p = p * s + 0.5
     phi_series = s * s * p
-    ev = tl.exp(v)
     expm1 = tl.where(small, s + phi_series, ev - 1.0)
-    # Past v = 64, "- 1 - v" is below half an ulp of exp(v) (even in float64): dropping it
-    # keeps phi(+inf) = +inf rather than inf - inf = NaN.
-    phi = tl.where(small, phi_series, tl.where(v > 64.0, ev, ev - 1.0 - v))
+    # Past v = 64, "1 + v" is below half an ulp of exp(v) (even in float64): capping v there
+    # changes nothing finite and keeps phi(+inf) = +inf rather than inf - inf = NaN.
+    phi = tl.where(small, phi_series, ev - 1.0 - tl.minimum(v, 64.0))
     return expm1, phi
 
 
@@ -71,12 +86,13 @@ def expm1_and_phi(v):
 # sizes or launch layout. |eps| <= sqrt(48 ln 2) = 5.77 (u >= 2**-24).
 #
 # Error budget (fp32; measured against float64 on the same words, tests/test_kernels_latent.py):
-#   ln u: exponent split exactly by integer ops, ln(z) on z in [sqrt(1/2), sqrt(2)) by a
-#     degree-8 polynomial fitted here: relative error 5.3e-8 in exact arithmetic, a few ulp
-#     after fp32 rounding; so r has relative error < 1e-6 wherever r > 1e-3.
+#   ln u: exponent split exactly by integer ops, ln(z) on z in [sqrt(1/2), sqrt(2)) by
+#     t * P(t), P of degree 7 fitted (least squares, float64, coefficients rounded to fp32):
+#     relative error 1.8e-7; the split keeps it relative even as u -> 1 (k = 24), so r has
+#     relative error below 1e-7 + a few ulp.
 #   sin/cos: the angle is reduced EXACTLY on the integer word (quadrant = top bits), leaving
-#     |x| <= pi/4, where odd degree-7 and even degree-8 polynomials have absolute error
-#     4.2e-9 and 2.6e-9 (plus fp32 rounding).
+#     |x| <= pi/4, where fitted odd degree-7 and even degree-6 polynomials have absolute
+#     error 4.2e-9 and 5.5e-8 (plus fp32 rounding).
 #   Together: |eps - eps_float64| <= 2e-6 * max(1, |eps|) for every word (tested).
 
 _LN2 = tl.constexpr(0.6931471805599453)
@@ -89,22 +105,21 @@ def _minus_two_log_uniform(w):
     """-2 ln u for u = (2 * (w >> 9) + 1) * 2**-24 from a uint32 word: u in (0, 1), result in
     [1.2e-7, 33.3]. The odd integer m = 2 * (w >> 9) + 1 < 2**24 converts to fp32 exactly;
     m = 2**k * z with z in [sqrt(1/2), sqrt(2)) by integer ops on its bits, ln z = t * P(t)
-    with t = z - 1, and ln u = (k - 24) ln 2 + ln z."""
+    with t = z - 1 (P of degree 7, see above), and ln u = (k - 24) ln 2 + ln z."""
     m = (((w >> 9) << 1) | 1).to(tl.float32)
     bits = m.to(tl.int32, bitcast=True)
     shifted = bits - _SQRT_HALF_BITS
     k = (shifted >> 23).to(tl.float32)  # m >= 1, so shifted >= 0 and this is floor(log2(m / sqrt(1/2)))
     z = (bits - (shifted & -8388608)).to(tl.float32, bitcast=True)  # -8388608 = 0xFF800000
     t = z - 1.0
-    p = 0.08744052797555923
-    p = p * t - 0.14377504587173462
-    p = p * t + 0.1494913548231125
-    p = p * t - 0.16560675203800201
-    p = p * t + 0.1995697170495987
-    p = p * t - 0.2500215470790863
-    p = p * t + 0.3333418369293213
-    p = p * t - 0.49999988079071045
-    p = p * t + 1.0
+    p = -0.10134179145097733
+    p = p * t + 0.1623438149690628
+    p = p * t - 0.17247051000595093
+    p = p * t + 0.19898544251918793
+    p = p * t - 0.24970068037509918
+    p = p * t + 0.33335113525390625
+    p = p * t - 0.5000036358833313
+    p = p * t + 0.9999999403953552
     return -2.0 * ((k - 24.0) * _LN2 + t * p)
 
 
@@ -121,10 +136,9 @@ def _cos_sin_turn(w):
     sin_x = sin_x * s2 + 0.008332036435604095
     sin_x = sin_x * s2 - 0.16666650772094727
     sin_x = x + x * s2 * sin_x
-    cos_x = 2.4379858587053604e-05
-    cos_x = cos_x * s2 - 0.0013886617962270975
-    cos_x = cos_x * s2 + 0.04166661575436592
-    cos_x = cos_x * s2 - 0.5
+    cos_x = -0.001358582521788776
+    cos_x = cos_x * s2 + 0.04165501892566681
+    cos_x = cos_x * s2 - 0.4999985694885254
     cos_x = cos_x * s2 + 1.0
     swap = (q & 1) != 0
     c = tl.where(swap, sin_x, cos_x)

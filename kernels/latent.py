@@ -13,8 +13,8 @@ import torch
 import triton
 import triton.language as tl
 
-from ._common import check_launchable, device_guard, loss_dtype
-from ._math import expm1_and_phi, standard_normal, standard_normal4, to_acc
+from ._common import INTERPRETED, check_launchable, device_guard, loss_dtype
+from ._math import exp_acc, expm1_and_phi, standard_normal, standard_normal4, to_acc
 
 # KL modes (constexpr): no KL, one value per row, or the total over all rows.
 KL_OFF: tl.constexpr = tl.constexpr(0)
@@ -22,10 +22,11 @@ KL_ROWS: tl.constexpr = tl.constexpr(1)
 KL_TOTAL: tl.constexpr = tl.constexpr(2)
 _KL_MODES = {"off": 0, "rows": 1, "total": 2}
 
-_FLAT_BLOCK = 1024  # elements per program step on the flat layout: 8 per thread, 4 warps
-_ROW_BLOCK_ELEMS = 1024  # elements per program step on the row tile (BLOCK_B x BLOCK_L)
+_FLAT_BLOCK = 2048  # elements per program step on the flat layout: 16 per thread, 4 warps
+_ROW_BLOCK_ELEMS = 512  # elements per program step on the row tile (BLOCK_B x BLOCK_L)
 _MAX_BLOCK_L = 128
 _MAX_PROGRAMS = 1024  # grid cap; programs stride over the blocks; also the ticket's sum width
+_FAST_EXP = not INTERPRETED  # libdevice's fast exp when compiled for a GPU (_math.exp_acc)
 
 
 @triton.jit
@@ -39,6 +40,32 @@ def _key(key_ptr, seed, offset, KEY_IN_MEMORY: tl.constexpr):
 
 
 @triton.jit
+def _row_col(start, L, BLOCK: tl.constexpr):
+    """(row0, q, col) of the flat indices start + arange(BLOCK): element i is in row
+    row0 + q[i] (row0 an int64 scalar, q int32), column col[i]. One scalar division per block,
+    then per element an fp32 reciprocal estimate (c < L + BLOCK < 2**24 is exact in fp32, so
+    the estimate is off by at most 1) and one integer correction."""
+    row0 = start // L
+    c = (start - row0 * L).to(tl.int32) + tl.arange(0, BLOCK)
+    q = (c.to(tl.float32) * (1.0 / L)).to(tl.int32)
+    r = c - q * L
+    q = tl.where(r < 0, q - 1, tl.where(r >= L, q + 1, q))
+    return row0, q, c - q * L
+
+
+@triton.jit
+def _strided(mu_ptr, lv_ptr, start, offs, L, mu_stride, lv_stride, STRIDED: tl.constexpr,
+             BLOCK: tl.constexpr):
+    """Pointers to the flat elements ``offs = start + arange(BLOCK)``: base + offs for
+    contiguous inputs, row * row_stride + column for strided rows (``chunk`` views, read in
+    place; 64-bit math once per block, 32-bit per element)."""
+    if STRIDED:
+        row0, q, col = _row_col(start, L, BLOCK)
+        return (mu_ptr + row0 * mu_stride) + (q * mu_stride + col), (lv_ptr + row0 * lv_stride) + (q * lv_stride + col)
+    return mu_ptr + offs, lv_ptr + offs
+
+
+@triton.jit
 def _interleave4(n0, n1, n2, n3, BLOCK: tl.constexpr):
     """[BLOCK // 4] x 4 values -> [BLOCK] in the order n0[0], n1[0], n2[0], n3[0], n0[1], ..."""
     return tl.reshape(tl.join(tl.join(n0, n2), tl.join(n1, n3)), [BLOCK])
@@ -48,7 +75,8 @@ def _interleave4(n0, n1, n2, n3, BLOCK: tl.constexpr):
 def _finish_total(partial, partials_ptr, ticket_ptr, out_ptr, div, P_BLOCK: tl.constexpr):
     """Last-program ticket: every program stores its partial, then takes a ticket from an
     int32 counter with one acq_rel atomic; the program that draws the last ticket sums all
-    partials in a fixed order (one tl.sum over program ids: deterministic), writes the total
+    partials in a fixed order (chunks of P_BLOCK program ids, then one tl.sum: deterministic),
+    writes the total
     and resets the counter to 0 for the next launch (the counter lives in a per-device
     workspace; CUDA-graph replays and the interpreter see it at 0 at every launch).
 
@@ -63,8 +91,10 @@ def _finish_total(partial, partials_ptr, ticket_ptr, out_ptr, div, P_BLOCK: tl.c
     ticket = tl.atomic_add(ticket_ptr, 1, sem="acq_rel")
     if ticket == n_programs - 1:
         ids = tl.arange(0, P_BLOCK)
-        parts = tl.load(partials_ptr + ids, mask=ids < n_programs, other=0.0)
-        tl.store(out_ptr, tl.sum(parts, axis=0) / div)
+        acc = tl.zeros([P_BLOCK], dtype=partials_ptr.dtype.element_ty)
+        for first in range(0, n_programs, P_BLOCK):
+            acc += tl.load(partials_ptr + first + ids, mask=first + ids < n_programs, other=0.0)
+        tl.store(out_ptr, tl.sum(acc, axis=0) / div)
         tl.atomic_xchg(ticket_ptr, 0, sem="relaxed")
 
 
@@ -73,8 +103,10 @@ def _finish_total(partial, partials_ptr, ticket_ptr, out_ptr, div, P_BLOCK: tl.c
 #   z[k, b, j] = mu + eps * exp(0.5 * lv)
 #   KL_ROWS:  kl[b] = 0.5 * sum_j (mu^2 + exp(lv) - 1 - lv) / div
 #   KL_TOTAL: kl    = 0.5 * sum_{b, j} (mu^2 + exp(lv) - 1 - lv) / div  (last-program ticket)
-# div is 1 ("none", "sum"), B ("batchmean") or B * L ("mean"). Programs stride over the
-# blocks, so any grid covers any size.
+# div is 1 ("none", "sum"), B ("batchmean") or B * L ("mean"). FLAT (no per-row KL): flat
+# element blocks, strided rows addressed as row * stride + column; otherwise row tiles, where
+# each element runs its own quad's Philox (standard_normal). Programs stride over the blocks,
+# so any grid covers any size.
 @triton.jit(do_not_specialize=["seed", "offset"])
 def _sample_and_kl_fwd_kernel(
     mu_ptr,  # (B, L), row stride mu_stride, unit column stride
@@ -87,7 +119,8 @@ def _sample_and_kl_fwd_kernel(
     seed: tl.int64,  # Philox key (host mode)
     offset: tl.int64,  # Philox counter offset (host mode)
     B, L, N, mu_stride, lv_stride, K, div,  # N = B * L
-    SAMPLE: tl.constexpr, KL: tl.constexpr, FLAT: tl.constexpr, KEY_IN_MEMORY: tl.constexpr,
+    SAMPLE: tl.constexpr, KL: tl.constexpr, FLAT: tl.constexpr, STRIDED: tl.constexpr,
+    KEY_IN_MEMORY: tl.constexpr, FAST_EXP: tl.constexpr,
     BLOCK: tl.constexpr, BLOCK_B: tl.constexpr, BLOCK_L: tl.constexpr, P_BLOCK: tl.constexpr,
 ):
     pid = tl.program_id(0)
@@ -95,18 +128,19 @@ def _sample_and_kl_fwd_kernel(
     if SAMPLE:
         seed, offset = _key(key_ptr, seed, offset, KEY_IN_MEMORY)
     acc_ty = kl_ptr.dtype.element_ty
-    total = tl.zeros([BLOCK if FLAT else BLOCK_B], dtype=acc_ty)
+    total = tl.zeros([BLOCK], dtype=acc_ty)
     if FLAT:
         for start in range(pid * BLOCK, N, n_programs * BLOCK):
             offs = start + tl.arange(0, BLOCK).to(tl.int64)
             mask = offs < N
-            mu = to_acc(tl.load(mu_ptr + offs, mask=mask, other=0.0))
-            lv = to_acc(tl.load(lv_ptr + offs, mask=mask, other=0.0))
-            if KL == KL_TOTAL:
-                _, phi = expm1_and_phi(lv)
-                total += tl.where(mask, mu * mu + phi, 0.0)
+            mu_at, lv_at = _strided(mu_ptr, lv_ptr, start, offs, L, mu_stride, lv_stride, STRIDED, BLOCK)
+            mu = to_acc(tl.load(mu_at, mask=mask, other=0.0))
+            lv = to_acc(tl.load(lv_at, mask=mask, other=0.0))
+            std = exp_acc(0.5 * lv, FAST_EXP)
+            if KL == KL_TOTAL:  # masked lanes hold mu = lv = 0: they add exactly 0
+                _, phi = expm1_and_phi(lv, std * std)
+                total += mu * mu + phi
             if SAMPLE:
-                std = tl.exp(0.5 * lv)
                 quads = start // 4 + tl.arange(0, BLOCK // 4).to(tl.int64)
                 z_k = z_ptr
                 for k in range(K):
@@ -115,7 +149,7 @@ def _sample_and_kl_fwd_kernel(
                     z = mu + eps * std
                     tl.store(z_k + offs, z.to(z_ptr.dtype.element_ty), mask=mask)
                     z_k += N
-    else:
+    else:  # KL_ROWS: a row tile, each row's sum in one program
         for row0 in range(pid * BLOCK_B, B, n_programs * BLOCK_B):
             rows = row0 + tl.arange(0, BLOCK_B).to(tl.int64)
             row_mask = rows < B
@@ -125,11 +159,10 @@ def _sample_and_kl_fwd_kernel(
                 mask = row_mask[:, None] & (cols < L)[None, :]
                 mu = to_acc(tl.load(mu_ptr + rows[:, None] * mu_stride + cols[None, :], mask=mask, other=0.0))
                 lv = to_acc(tl.load(lv_ptr + rows[:, None] * lv_stride + cols[None, :], mask=mask, other=0.0))
-                if KL != KL_OFF:
-                    _, phi = expm1_and_phi(lv)
-                    kl_rows += tl.sum(tl.where(mask, mu * mu + phi, 0.0), axis=1)
+                std = exp_acc(0.5 * lv, FAST_EXP)
+                _, phi = expm1_and_phi(lv, std * std)  # masked lanes (mu = lv = 0) add 0
+                kl_rows += tl.sum(mu * mu + phi, axis=1)
                 if SAMPLE:
-                    std = tl.exp(0.5 * lv)
                     idx = rows[:, None] * L + cols[None, :]
                     z_k = z_ptr
                     for k in range(K):
@@ -137,10 +170,7 @@ def _sample_and_kl_fwd_kernel(
                         z = mu + eps * std
                         tl.store(z_k + idx, z.to(z_ptr.dtype.element_ty), mask=mask)
                         z_k += N
-            if KL == KL_ROWS:
-                tl.store(kl_ptr + rows, 0.5 * kl_rows / div, mask=row_mask)
-            elif KL == KL_TOTAL:
-                total += tl.where(row_mask, kl_rows, 0.0)
+            tl.store(kl_ptr + rows, 0.5 * kl_rows / div, mask=row_mask)
     if KL == KL_TOTAL:
         _finish_total(0.5 * tl.sum(total, axis=0), partials_ptr, ticket_ptr, kl_ptr, div, P_BLOCK)
 
@@ -161,71 +191,46 @@ def _sample_and_kl_bwd_kernel(
     seed: tl.int64,  # Philox key (host mode)
     offset: tl.int64,  # Philox counter offset (host mode)
     B, L, N, mu_stride, lv_stride, K, dkl_stride, div,  # N = B * L
-    HAS_DZ: tl.constexpr, HAS_DKL: tl.constexpr, DKL_PER_ROW: tl.constexpr, FLAT: tl.constexpr,
-    KEY_IN_MEMORY: tl.constexpr, BLOCK: tl.constexpr, BLOCK_B: tl.constexpr, BLOCK_L: tl.constexpr,
+    HAS_DZ: tl.constexpr, HAS_DKL: tl.constexpr, DKL_PER_ROW: tl.constexpr,
+    STRIDED: tl.constexpr, KEY_IN_MEMORY: tl.constexpr, FAST_EXP: tl.constexpr,
+    BLOCK: tl.constexpr,
 ):
     pid = tl.program_id(0)
     n_programs = tl.num_programs(0)
     if HAS_DZ:
         seed, offset = _key(key_ptr, seed, offset, KEY_IN_MEMORY)
-    if FLAT:
-        for start in range(pid * BLOCK, N, n_programs * BLOCK):
-            offs = start + tl.arange(0, BLOCK).to(tl.int64)
-            mask = offs < N
-            mu = to_acc(tl.load(mu_ptr + offs, mask=mask, other=0.0))
-            lv = to_acc(tl.load(lv_ptr + offs, mask=mask, other=0.0))
-            dmu = tl.zeros_like(mu)
-            dlv = tl.zeros_like(lv)
-            if HAS_DZ:
-                quads = start // 4 + tl.arange(0, BLOCK // 4).to(tl.int64)
-                dz_eps = tl.zeros_like(mu)
-                dz_k = dz_ptr
-                for k in range(K):
-                    dz = to_acc(tl.load(dz_k + offs, mask=mask, other=0.0))
-                    dz_k += N
-                    n0, n1, n2, n3 = standard_normal4(seed, offset + k, quads)
-                    dmu += dz
-                    dz_eps += dz * _interleave4(n0, n1, n2, n3, BLOCK).to(mu.dtype)
-                dlv += 0.5 * tl.exp(0.5 * lv) * dz_eps
-            if HAS_DKL:
-                if DKL_PER_ROW:
-                    g = to_acc(tl.load(dkl_ptr + (offs // L) * dkl_stride, mask=mask, other=0.0)) / div
-                else:
-                    g = to_acc(tl.load(dkl_ptr)) / div
-                expm1, _ = expm1_and_phi(lv)
-                dmu += g * mu
-                dlv += g * 0.5 * expm1
-            tl.store(dmu_ptr + offs, dmu.to(dmu_ptr.dtype.element_ty), mask=mask)
-            tl.store(dlv_ptr + offs, dlv.to(dlv_ptr.dtype.element_ty), mask=mask)
-    else:
-        for row0 in range(pid * BLOCK_B, B, n_programs * BLOCK_B):
-            rows = row0 + tl.arange(0, BLOCK_B).to(tl.int64)
-            row_mask = rows < B
-            if HAS_DKL:
-                g = to_acc(tl.load(dkl_ptr + rows * dkl_stride, mask=row_mask, other=0.0))[:, None] / div
-            for col0 in range(0, L, BLOCK_L):
-                cols = col0 + tl.arange(0, BLOCK_L)
-                mask = row_mask[:, None] & (cols < L)[None, :]
-                mu = to_acc(tl.load(mu_ptr + rows[:, None] * mu_stride + cols[None, :], mask=mask, other=0.0))
-                lv = to_acc(tl.load(lv_ptr + rows[:, None] * lv_stride + cols[None, :], mask=mask, other=0.0))
-                idx = rows[:, None] * L + cols[None, :]
-                dmu = tl.zeros_like(mu)
-                dlv = tl.zeros_like(lv)
-                if HAS_DZ:
-                    dz_eps = tl.zeros_like(mu)
-                    dz_k = dz_ptr
-                    for k in range(K):
-                        dz = to_acc(tl.load(dz_k + idx, mask=mask, other=0.0))
-                        dz_k += N
-                        dmu += dz
-                        dz_eps += dz * standard_normal(seed, offset + k, idx).to(mu.dtype)
-                    dlv += 0.5 * tl.exp(0.5 * lv) * dz_eps
-                if HAS_DKL:
-                    expm1, _ = expm1_and_phi(lv)
-                    dmu += g * mu
-                    dlv += g * 0.5 * expm1
-                tl.store(dmu_ptr + idx, dmu.to(dmu_ptr.dtype.element_ty), mask=mask)
-                tl.store(dlv_ptr + idx, dlv.to(dlv_ptr.dtype.element_ty), mask=mask)
+    for start in range(pid * BLOCK, N, n_programs * BLOCK):
+        offs = start + tl.arange(0, BLOCK).to(tl.int64)
+        mask = offs < N
+        mu_at, lv_at = _strided(mu_ptr, lv_ptr, start, offs, L, mu_stride, lv_stride, STRIDED, BLOCK)
+        mu = to_acc(tl.load(mu_at, mask=mask, other=0.0))
+        lv = to_acc(tl.load(lv_at, mask=mask, other=0.0))
+        dmu = tl.zeros_like(mu)
+        dlv = tl.zeros_like(lv)
+        std = exp_acc(0.5 * lv, FAST_EXP)
+        if HAS_DZ:
+            quads = start // 4 + tl.arange(0, BLOCK // 4).to(tl.int64)
+            dz_eps = tl.zeros_like(mu)
+            dz_k = dz_ptr
+            for k in range(K):
+                dz = to_acc(tl.load(dz_k + offs, mask=mask, other=0.0))
+                dz_k += N
+                n0, n1, n2, n3 = standard_normal4(seed, offset + k, quads)
+                dmu += dz
+                dz_eps += dz * _interleave4(n0, n1, n2, n3, BLOCK).to(mu.dtype)
+            dlv += 0.5 * std * dz_eps
+        if HAS_DKL:
+            if DKL_PER_ROW:
+                row0, q, _ = _row_col(start, L, BLOCK)
+                dkl_at = (dkl_ptr + row0 * dkl_stride) + q * dkl_stride
+                g = to_acc(tl.load(dkl_at, mask=mask, other=0.0)) / div
+            else:
+                g = to_acc(tl.load(dkl_ptr)) / div
+            expm1, _ = expm1_and_phi(lv, std * std)
+            dmu += g * mu
+            dlv += g * 0.5 * expm1
+        tl.store(dmu_ptr + offs, dmu.to(dmu_ptr.dtype.element_ty), mask=mask)
+        tl.store(dlv_ptr + offs, dlv.to(dlv_ptr.dtype.element_ty), mask=mask)
 
 
 # ------------------------------------------------------------------ host side
@@ -240,7 +245,7 @@ def _layout(B: int, L: int, flat: bool, block: int) -> tuple[int, int, int, int]
     """(programs, BLOCK_B, BLOCK_L, P_BLOCK) for a launch, by integer math, cached per shape.
 
     Flat: one program per ``block`` elements up to ``_MAX_PROGRAMS`` (MNIST's 128 x 20 gets
-    3 programs, 8 elements per thread), striding beyond. Rows: BLOCK_L the next power
+    2 programs, 16 elements per thread), striding beyond. Rows: BLOCK_L the next power
     of two >= L (at most 128), BLOCK_B rows to make about 1024 elements."""
     if flat:
         programs = min(max(-(-(B * L) // block), 1), _MAX_PROGRAMS)
@@ -249,7 +254,7 @@ def _layout(B: int, L: int, flat: bool, block: int) -> tuple[int, int, int, int]
         block_l = min(_pow2_at_least(L), _MAX_BLOCK_L)
         block_b = max(_ROW_BLOCK_ELEMS // block_l, 1)
         programs = min(max(-(-B // block_b), 1), _MAX_PROGRAMS)
-    return programs, block_b, block_l, _pow2_at_least(programs)
+    return programs, block_b, block_l, min(_pow2_at_least(programs), 128)
 
 
 _tickets: dict = {}
@@ -264,8 +269,16 @@ def _ticket(device: torch.device) -> torch.Tensor:
     return t
 
 
-def _is_flat(*tensors: torch.Tensor) -> bool:
+def _is_contiguous(*tensors: torch.Tensor) -> bool:
     return all(t.is_contiguous() for t in tensors)
+
+
+def _flat_readable(mu: torch.Tensor, logvar: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """mu, logvar as the flat layout reads them: in place (strided rows when L + BLOCK < 2**24,
+    the exact range of the kernel's fp32 row split _row_col), else contiguous copies."""
+    if _is_contiguous(mu, logvar) or mu.shape[1] + _FLAT_BLOCK < 1 << 24:
+        return mu, logvar
+    return mu.contiguous(), logvar.contiguous()
 
 
 def sample_and_kl_fwd(
@@ -297,7 +310,9 @@ def sample_and_kl_fwd(
     check_launchable("mu", mu)
     B, L = mu.shape
     mode = _KL_MODES[kl]
-    flat = mode != 1 and _is_flat(mu, logvar)
+    flat = mode != 1  # per-row KLs need the row tile
+    if flat:
+        mu, logvar = _flat_readable(mu, logvar)
     z = mu.new_empty((n_samples, B, L)) if sample else None
     acc = loss_dtype(mu.dtype)
     kl_out = None
@@ -320,7 +335,8 @@ def sample_and_kl_fwd(
             partials_ptr=partials, ticket_ptr=_ticket(mu.device) if mode == 2 else mu,
             seed=seed, offset=offset,
             B=B, L=L, N=B * L, mu_stride=mu.stride(0), lv_stride=logvar.stride(0), K=n_samples, div=div,
-            SAMPLE=sample, KL=mode, FLAT=flat, KEY_IN_MEMORY=in_memory,
+            SAMPLE=sample, KL=mode, FLAT=flat, STRIDED=not _is_contiguous(mu, logvar),
+            KEY_IN_MEMORY=in_memory, FAST_EXP=_FAST_EXP,
             BLOCK=_FLAT_BLOCK, BLOCK_B=block_b, BLOCK_L=block_l, P_BLOCK=p_block,
         )
     return z, kl_out
@@ -350,8 +366,8 @@ def sample_and_kl_bwd(
         return dmu, dlv
     if grad_z is not None:
         grad_z = grad_z.contiguous()
-    flat = _is_flat(mu, logvar)
-    programs, block_b, block_l, _ = _layout(B, L, flat, _FLAT_BLOCK)
+    mu, logvar = _flat_readable(mu, logvar)
+    programs, _, _, _ = _layout(B, L, True, _FLAT_BLOCK)
     in_memory = isinstance(key, torch.Tensor)
     seed, offset = (0, 0) if in_memory or key is None else key
     with device_guard(mu):
@@ -362,7 +378,8 @@ def sample_and_kl_bwd(
             B=B, L=L, N=B * L, mu_stride=mu.stride(0), lv_stride=logvar.stride(0), K=n_samples,
             dkl_stride=0 if grad_kl is None else grad_kl.stride(0), div=div,
             HAS_DZ=grad_z is not None, HAS_DKL=grad_kl is not None,
-            DKL_PER_ROW=grad_kl is not None and grad_kl.stride(0) != 0, FLAT=flat,
-            KEY_IN_MEMORY=in_memory, BLOCK=_FLAT_BLOCK, BLOCK_B=block_b, BLOCK_L=block_l,
+            DKL_PER_ROW=grad_kl is not None and grad_kl.stride(0) != 0,
+            STRIDED=not _is_contiguous(mu, logvar),
+            KEY_IN_MEMORY=in_memory, FAST_EXP=_FAST_EXP, BLOCK=_FLAT_BLOCK,
         )
     return dmu, dlv

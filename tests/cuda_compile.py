@@ -22,18 +22,18 @@ def variants():
         common = {"mu_ptr": f"*{dt}", "lv_ptr": f"*{dt}", "key_ptr": "*i64"}
         ints = {"seed": "i64", "offset": "i64", "B": "i32", "L": "i32", "N": "i32", "mu_stride": "i32",
                 "lv_stride": "i32", "K": "i32"}
-        for flat, in_memory in ((True, False), (False, True)):
-            blocks = {"FLAT": flat, "KEY_IN_MEMORY": in_memory, "BLOCK": 1024, "BLOCK_B": 32, "BLOCK_L": 32}
+        for strided, in_memory in ((False, False), (True, True)):
+            common_flags = {"STRIDED": strided, "KEY_IN_MEMORY": in_memory, "FAST_EXP": True, "BLOCK": 2048}
             for sample, kl in ((True, 2), (True, 0), (False, 2), (True, 1), (False, 1)):
-                if flat and kl == 1:
-                    continue  # per-row KLs run on the row tile
+                flat = kl != 1  # per-row KLs run on the row tile
+                blocks = {**common_flags, "FLAT": flat, "BLOCK_B": 16, "BLOCK_L": 32}
                 sig = {**common, "z_ptr": f"*{dt}", "kl_ptr": f"*{acc}", "partials_ptr": f"*{acc}",
                        "ticket_ptr": "*i32", **ints, "div": "i32"}
                 yield latent._sample_and_kl_fwd_kernel, sig, {"SAMPLE": sample, "KL": kl, **blocks, "P_BLOCK": 32}
             for dz, dkl, per_row in ((True, True, False), (True, False, False), (False, True, True)):
                 sig = {**common, "dz_ptr": f"*{dt}", "dkl_ptr": f"*{acc}", "dmu_ptr": f"*{dt}",
                        "dlv_ptr": f"*{dt}", **ints, "dkl_stride": "i32", "div": "i32"}
-                yield latent._sample_and_kl_bwd_kernel, sig, {"HAS_DZ": dz, "HAS_DKL": dkl, "DKL_PER_ROW": per_row, **blocks}
+                yield latent._sample_and_kl_bwd_kernel, sig, {"HAS_DZ": dz, "HAS_DKL": dkl, "DKL_PER_ROW": per_row, **common_flags}
         io = {"r_ptr": f"*{dt}", "x_ptr": f"*{dt}", "v_ptr": f"*{dt}"}
         for lik, write in itertools.product(recon.LIKELIHOOD_CODES.values(), (True, False)):
             flags = {"LIKELIHOOD": lik, "WRITE_DR": write, "WRITE_DV": write and lik == 2, "BLOCK_D": 4096}
