@@ -2,9 +2,10 @@
 
 One kernel does both (``sample_and_kl``); ``reparameterize`` and ``gaussian_kl`` are the same
 kernel with the other half switched off at compile time. Latents arrive as ``(B, L)`` rows with
-a unit last stride (the op flattens any ``(B, *latent)``): contiguous ones run on a flat
-``B * L`` layout (4 elements per thread: 128-bit accesses for any L, one Philox call per 4
-elements), strided rows (``chunk`` views of one encoder output) and per-row KLs on a row tile.
+a unit last stride (the op flattens any ``(B, *latent)``). They run on a flat ``B * L`` layout
+(16 elements per thread: 128-bit accesses for any L when contiguous, one Philox call per 4
+elements); strided rows (``chunk`` views of one encoder output) are read in place on the same
+layout; only a per-row forward KL uses a row tile.
 """
 
 import functools
@@ -25,7 +26,7 @@ _KL_MODES = {"off": 0, "rows": 1, "total": 2}
 _FLAT_BLOCK = 2048  # elements per program step on the flat layout: 16 per thread, 4 warps
 _ROW_BLOCK_ELEMS = 512  # elements per program step on the row tile (BLOCK_B x BLOCK_L)
 _MAX_BLOCK_L = 128
-_MAX_PROGRAMS = 1024  # grid cap; programs stride over the blocks; also the ticket's sum width
+_MAX_PROGRAMS = 1024  # grid cap; programs stride over the blocks
 _FAST_EXP = not INTERPRETED  # libdevice's fast exp when compiled for a GPU (_math.exp_acc)
 
 
