@@ -27,7 +27,6 @@ from typing import NamedTuple
 import torch
 
 from fastvae import _checks, _ops, reference
-from fastvae._ops import sample_and_kl_op
 from fastvae.kernels._common import check_launchable
 from fastvae.reference import LIKELIHOODS, REDUCTIONS
 
@@ -76,12 +75,6 @@ def _op_reduction(reduction: str) -> str:
     return "batchmean" if reduction == "mean" else reduction
 
 
-def _seed(generator: torch.Generator | None, device: torch.device) -> torch.Tensor:
-    # A device tensor, not a Python int: a captured CUDA graph replays this draw, so every
-    # replay gets a fresh Philox key.
-    return torch.randint(0, 2**62, (1,), generator=generator, device=device, dtype=torch.int64)
-
-
 def reparameterize(
     mu: torch.Tensor,
     logvar: torch.Tensor,
@@ -113,9 +106,7 @@ def reparameterize(
     _checks.generator(generator, mu.device)
     if resolve_backend(backend, mu) == "torch":
         return reference.reparameterize(mu, logvar, n_samples=n_samples, generator=generator)
-    z, _ = sample_and_kl_op(
-        mu, logvar, _seed(generator, mu.device), n_samples, True, False, "none"
-    )
+    z, _ = _ops.sample_and_kl(mu, logvar, generator, n_samples, True, False, "none")
     return z
 
 
@@ -147,8 +138,7 @@ def gaussian_kl(
     _checks.choice("reduction", reduction, REDUCTIONS)
     if resolve_backend(backend, mu) == "torch":
         return reference.gaussian_kl(mu, logvar, reduction)
-    seed = mu.new_empty(0, dtype=torch.int64)  # never read: nothing is sampled
-    _, kl = sample_and_kl_op(mu, logvar, seed, 1, False, True, _op_reduction(reduction))
+    _, kl = _ops.sample_and_kl(mu, logvar, None, 1, False, True, _op_reduction(reduction))
     return kl
 
 
@@ -176,9 +166,7 @@ def sample_and_kl(
     _checks.generator(generator, mu.device)
     if resolve_backend(backend, mu) == "torch":
         return SampleKL(*reference.sample_and_kl(mu, logvar, reduction=reduction, generator=generator))
-    z, kl = sample_and_kl_op(
-        mu, logvar, _seed(generator, mu.device), 1, True, True, _op_reduction(reduction)
-    )
+    z, kl = _ops.sample_and_kl(mu, logvar, generator, 1, True, True, _op_reduction(reduction))
     return SampleKL(z, kl)
 
 
