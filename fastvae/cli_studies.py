@@ -19,6 +19,34 @@ def optional_int(text: str) -> int | None:
     return None if text.lower() in ("none", "all") else int(text)
 
 
+def optional_float(text: str) -> float | str | None:
+    """A float, None for "none", or "auto" (the --logvar-floor flag)."""
+    low = text.lower()
+    return None if low == "none" else "auto" if low == "auto" else float(text)
+
+
+def add_train_flags(t, d) -> None:
+    """The `train` flags of the studies (regularization, Gaussian decoder, Animal Faces in
+    grayscale, the plain autoencoder); ``d`` is the default TrainConfig."""
+    from fastvae.train import OPTIMIZERS
+
+    t.add_argument("--dropout", type=float, default=d.dropout,
+                   help="dropout probability after every hidden layer (MLP and conv)")
+    t.add_argument("--weight-decay", type=float, default=d.weight_decay,
+                   help="weight decay: with --optimizer adam an L2 term W * theta added to the "
+                   "gradient (torch.optim.Adam); with adamw decoupled decay (torch.optim.AdamW)")
+    t.add_argument("--optimizer", choices=OPTIMIZERS, default=d.optimizer,
+                   help="adam or adamw (how --weight-decay acts; the same with no decay)")
+    t.add_argument("--logvar-floor", type=optional_float, default=d.logvar_floor,
+                   help="gaussian decoder: floor f of the per-pixel log-variance "
+                   "(f + softplus(raw - f)); auto: 2 log 0.05 (std >= 0.05); none: unbounded")
+    t.add_argument("--grayscale", action="store_true",
+                   help="animal-faces: one luminance channel instead of RGB")
+    t.add_argument("--autoencoder", action="store_true",
+                   help="train the plain deterministic autoencoder with the same networks "
+                   "(no sampling, no KL)")
+
+
 def add_commands(sub) -> None:
     """Add ``evaluate``, ``experiment`` and ``train-classifier`` to ``sub`` (argparse subparsers)."""
     from fastvae.experiments import EXPERIMENTS, sweeps
