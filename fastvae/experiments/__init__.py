@@ -4,6 +4,7 @@ Each writes PNG figures and a ``report.md`` embedding them with the numbers into
 (default ``runs/experiments/NAME``). See :data:`EXPERIMENTS`.
 """
 
+from fastvae.experiments.ae_vs_vae import ae_vs_vae
 from fastvae.experiments.common import Options
 from fastvae.experiments.single import interpolation, latent_scatter, loss_curves, reconstructions
 from fastvae.experiments.sweeps import beta_sweep, latent_sweep
@@ -16,7 +17,8 @@ EXPERIMENTS = {
     "interpolation": (interpolation, "decoded lines between posterior means of test-image pairs"),
     "latent-scatter": (latent_scatter, "posterior means coloured by label (PCA above 2-D)"),
     "loss-curves": (loss_curves, "train/test negative ELBO, reconstruction and KL per epoch"),
+    "ae-vs-vae": (ae_vs_vae, "plain autoencoder against the VAE: reconstruction vs generation"),
 }
 
-__all__ = ["EXPERIMENTS", "Options", "beta_sweep", "interpolation", "latent_scatter",
+__all__ = ["EXPERIMENTS", "Options", "ae_vs_vae", "beta_sweep", "interpolation", "latent_scatter",
            "latent_sweep", "loss_curves", "reconstructions"]
