@@ -69,7 +69,9 @@ def add_commands(sub) -> None:
                    help="evaluate only the first N test images (None: all)")
     e.add_argument("--fid", choices=FEATURES, default=None,
                    help="also compute FID with this feature network")
-    e.add_argument("--fid-samples", type=int, default=10000, help="model samples for FID")
+    e.add_argument("--fid-samples", type=int, default=10000,
+                   help="FID: this many model samples against as many real test images (the "
+                   "first N of the split; all of them if it holds fewer)")
     e.add_argument("--inception-weights", default=None,
                    help="local path of torch-fidelity's Inception-v3 weights (--fid inception)")
     e.add_argument("--classifier", default=None,
@@ -186,8 +188,8 @@ def _evaluate(args: argparse.Namespace, argv: list[str]) -> int:
         print(f"  NLL (IWAE, k={iw['k']})  {iw['nll']:.2f}  (negative ELBO from the same "
               f"samples {iw['elbo']:.2f})")
     if "fid" in r:
-        print(f"  FID ({r['fid']['feature']}, {r['fid']['samples']} samples)  "
-              f"{r['fid']['value']:.3f}")
+        print(f"  FID ({r['fid']['feature']}, {r['fid']['samples']} samples against "
+              f"{r['fid']['real']} test images)  {r['fid']['value']:.3f}")
     if args.json:
         Path(args.json).write_text(json.dumps(r, indent=2) + "\n", encoding="utf-8")
     return 0
