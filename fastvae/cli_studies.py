@@ -37,7 +37,7 @@ def add_train_flags(t, d) -> None:
                    "gradient (torch.optim.Adam); with adamw decoupled decay (torch.optim.AdamW)")
     t.add_argument("--optimizer", choices=OPTIMIZERS, default=d.optimizer,
                    help="adam or adamw (how --weight-decay acts; the same with no decay)")
-    t.add_argument("--logvar-floor", type=optional_float, default=d.logvar_floor,
+    t.add_argument("--logvar-floor", type=optional_float, default="auto",
                    help="gaussian decoder: floor f of the per-pixel log-variance "
                    "(f + softplus(raw - f)); auto: 2 log 0.05 (std >= 0.05); none: unbounded")
     t.add_argument("--grayscale", action="store_true",
