@@ -43,8 +43,8 @@ class VAE(nn.Module):
     output, unbounded. On MNIST, whose background pixels are exactly 0, the density is then
     unbounded as those variances shrink: the negative ELBO goes below zero and keeps falling.
     With a number f it is ``f + softplus(raw - f)``: smooth, always above f (a variance floor
-    exp(f)), and the identity to within 0.007 once raw > f + 5. Each pixel's -log p(x | z) is then at
-    least ``0.5 * (log(2 pi) + f)`` nats, so the loss is bounded below by
+    exp(f)), and the identity to within 0.007 once raw > f + 5. Each pixel's -log p(x | z) is
+    then at least ``0.5 * (log(2 pi) + f)`` nats, so the loss is bounded below by
     ``input_dim * 0.5 * (log(2 pi) + f)`` (:meth:`recon_lower_bound`).
     """
 
@@ -61,7 +61,9 @@ class VAE(nn.Module):
         check_dropout(dropout)
         if logvar_floor is not None:
             if not (isinstance(logvar_floor, (int, float)) and math.isfinite(logvar_floor)):
-                raise ValueError(f"logvar_floor must be a finite number or None, got {logvar_floor!r}")
+                raise ValueError(
+                    f"logvar_floor must be a finite number or None, got {logvar_floor!r}"
+                )
             logvar_floor = float(logvar_floor)
         self.config = {
             "input_shape": input_shape,

@@ -151,7 +151,9 @@ class TrainConfig:
         if self.logvar_floor == "auto":
             self.logvar_floor = GAUSSIAN_LOGVAR_FLOOR if self.likelihood == "gaussian" else None
         elif isinstance(self.logvar_floor, str):
-            raise ValueError(f"logvar_floor must be a number, None or 'auto', got {self.logvar_floor!r}")
+            raise ValueError(
+                f"logvar_floor must be a number, None or 'auto', got {self.logvar_floor!r}"
+            )
         self.hidden_dims = tuple(int(h) for h in self.hidden_dims)
         if self.classes is not None:
             self.classes = tuple(self.classes)
@@ -175,8 +177,9 @@ class TrainConfig:
         _checks.choice("lr_schedule", self.lr_schedule, LR_SCHEDULES)
         _checks.choice("nonfinite", self.nonfinite, NONFINITE)
         _checks.choice("optimizer", self.optimizer, OPTIMIZERS)
-        if not (isinstance(self.weight_decay, (int, float)) and 0 <= self.weight_decay < math.inf):
-            raise ValueError(f"weight_decay must be a finite number >= 0, got {self.weight_decay!r}")
+        wd = self.weight_decay
+        if isinstance(wd, bool) or not isinstance(wd, (int, float)) or not 0 <= wd < math.inf:
+            raise ValueError(f"weight_decay must be a finite number >= 0, got {wd!r}")
         if self.batch_size % self.grad_accum:
             raise ValueError(
                 f"batch_size must be a multiple of grad_accum: got batch_size "

@@ -65,7 +65,8 @@ def test_autoencoder_is_the_vae_network_without_posterior(cls, vae_cls, kw):
     torch.manual_seed(0)
     ae, vae = cls((1, 6, 6), latent_dim=3, **kw), vae_cls((1, 6, 6), latent_dim=3, **kw)
     n_head = ae.head.in_features * 3 + 3  # the VAE's head has a second such block (logvar)
-    assert sum(p.numel() for p in vae.parameters()) - sum(p.numel() for p in ae.parameters()) == n_head
+    count = lambda m: sum(p.numel() for p in m.parameters())  # noqa: E731
+    assert count(vae) - count(ae) == n_head
     x = torch.rand(5, 1, 6, 6)
     z, logvar = ae.encode(x)
     assert z.shape == (5, 3) and logvar is None
@@ -139,7 +140,8 @@ def test_decoder_draws_follow_p_x_given_z():
     mean, logvar = torch.rand(1, 1, 3, 3).expand(20000, 1, 3, 3), torch.full((20000, 1, 3, 3), -2.0)
     draws = gauss.draw_data(mean, logvar, generator=gen)
     torch.testing.assert_close(draws.mean(0), mean[0], atol=0.01, rtol=0)
-    torch.testing.assert_close(draws.std(0), torch.full((1, 3, 3), math.exp(-1.0)), atol=0.01, rtol=0)
+    std = torch.full((1, 3, 3), math.exp(-1.0))
+    torch.testing.assert_close(draws.std(0), std, atol=0.01, rtol=0)
     # sample(): the same z for the mean and for the draw, given the same generator state.
     a = gauss.sample(4, generator=torch.Generator().manual_seed(3))
     b = gauss.sample(4, generator=torch.Generator().manual_seed(3), decoder_sample=True)
@@ -229,7 +231,10 @@ def test_decoder_sampling_experiment(tmp_path):
     assert float(row[1]) > float(row[3])  # test recon above the floor's bound
     assert float(row[3]) == pytest.approx(784 * 0.5 * (math.log(2 * math.pi) + 2 * math.log(0.05)),
                                           abs=0.006)
-    assert "conv" in rows
+    assert "conv" in rows and rows["MLP 784-200-200-200-4, no floor"][3] == "-inf"
+    free = read_metrics(tmp_path / "mlp-no-floor" / "metrics.csv")[-1]
+    assert float(rows["MLP 784-200-200-200-4, no floor"][0]) == pytest.approx(free["test_loss"],
+                                                                             abs=0.006)
     config = json.loads((tmp_path / "conv" / "config.json").read_text())
     assert (config["dropout"], config["weight_decay"], config["batch_size"]) == (0.3, 1e-5, 100)
 
@@ -312,9 +317,9 @@ def test_evaluate_refuses_an_nll_for_an_autoencoder(tmp_path):
     from fastvae.train import save_checkpoint
 
     ae = MLPAutoencoder(hidden_dims=(8,), latent_dim=2)
-    save_checkpoint({"epoch": 1, "config": vars(TrainConfig(autoencoder=True)), "model": ae.state_dict(),
-                     "model_name": builders.model_name(ae), "model_config": ae.config},
-                    tmp_path / "ae.pt")
+    save_checkpoint({"epoch": 1, "config": vars(TrainConfig(autoencoder=True)),
+                     "model": ae.state_dict(), "model_name": builders.model_name(ae),
+                     "model_config": ae.config}, tmp_path / "ae.pt")
     with pytest.raises(ValueError, match="pass --k 0"):
         evaluate_checkpoint(tmp_path / "ae.pt", k=10)
     assert isinstance(load_checkpoint(tmp_path / "ae.pt")[0], Autoencoder)

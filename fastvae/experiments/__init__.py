@@ -26,5 +26,6 @@ EXPERIMENTS = {
                      "reconstructions, samples"),
 }
 
-__all__ = ["EXPERIMENTS", "Options", "ae_vs_vae", "animal_faces", "beta_sweep", "decoder_sampling", "interpolation", "latent_scatter",
+__all__ = ["EXPERIMENTS", "Options", "ae_vs_vae", "animal_faces", "beta_sweep",
+           "decoder_sampling", "interpolation", "latent_scatter",
            "latent_sweep", "loss_curves", "reconstructions"]
