@@ -158,10 +158,10 @@ def _data_flags(p, animal_faces: bool = False) -> None:
         p.add_argument("--dataset", choices=DATASETS, default="mnist",
                        help="data set of the models trained (not with --run)")
     p.add_argument("--data-dir", default=None,
-                   help="animal-faces: the AFHQ folder with train/ and val/ (default "
+                   help="animal-faces: the AFHQ folder with train/ and val/ (None: "
                    "$FASTVAE_DATA/afhq; the 43-image sample: $FASTVAE_DATA/afhq_sample)")
     p.add_argument("--image-size", type=int, default=64 if animal_faces else None,
-                   help="animal-faces: side of the square images (default 128)"
+                   help="animal-faces: side of the square images (None: 128)"
                    if not animal_faces else "side of the square images")
     p.add_argument("--grayscale", action="store_true",
                    help="animal-faces: one luminance channel instead of RGB")
