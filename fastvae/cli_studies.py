@@ -121,6 +121,9 @@ def add_commands(sub) -> None:
             p.add_argument("--latent-dim", type=int, default=20, help="latent size of every model")
             p.add_argument("--archs", nargs="+", choices=("mlp", "conv"), default=["mlp", "conv"],
                            help="architectures, one VAE and one autoencoder each")
+            p.add_argument("--likelihood", choices=("bernoulli", "mse"), default="bernoulli",
+                           help="reconstruction loss of every model: Bernoulli cross-entropy or "
+                           "squared error")
             p.add_argument("--fid", choices=FEATURES, default=None,
                            help="also the FID of prior samples with this feature network")
             p.add_argument("--fid-samples", type=int, default=2000,

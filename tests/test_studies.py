@@ -242,13 +242,14 @@ def test_decoder_sampling_experiment(tmp_path):
 @needs_sample
 def test_ae_vs_vae_on_the_animal_faces_sample(tmp_path):
     run("experiment", "ae-vs-vae", *AFHQ, "--dataset", "animal-faces", "--epochs", "1",
-        "--archs", "conv", "--latent-dim", "4", "--out", str(tmp_path))
+        "--archs", "conv", "--latent-dim", "4", "--likelihood", "mse", "--out", str(tmp_path))
     text, rows = report_rows(tmp_path)
     assert set(rows) == {"VAE (conv)", "AE (conv)"} and "(animal-faces" in text
     ae = read_metrics(tmp_path / "ae-conv" / "metrics.csv")[-1]
     assert float(rows["AE (conv)"][0]) == pytest.approx(ae["test_recon"], abs=0.006)
     model, _ = load_checkpoint(tmp_path / "ae-conv" / "checkpoint.pt")
-    assert model.input_shape == (3, 16, 16)
+    assert model.input_shape == (3, 16, 16) and model.likelihood == "mse"
+    assert "-log p(x|z) of the mse decoder" in text
 
 
 @needs_sample

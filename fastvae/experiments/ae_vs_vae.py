@@ -91,9 +91,10 @@ def _train_images(cfg, device) -> torch.Tensor:
 def ae_vs_vae(
     options: Options, latent_dim: int = 20, archs: Sequence[str] = ARCHS,
     fid: str | None = None, fid_samples: int = 2000, inception_weights: str | None = None,
+    likelihood: str = "bernoulli",
 ) -> Path:
-    """Train a VAE and an autoencoder per architecture (run folders ``vae-mlp``, ``ae-mlp``,
-    ``vae-conv``, ``ae-conv``); write ``reconstructions.png``, ``generation.png``,
+    """Train a VAE and an autoencoder per architecture with the ``likelihood`` decoder ("mse":
+    the squared error) (run folders ``vae-mlp``, ``ae-mlp``, ``vae-conv``, ``ae-conv``); write ``reconstructions.png``, ``generation.png``,
     ``mean_codes.png`` and report.md with the table of test reconstruction error, the codes'
     distance to N(0, I), with ``fid`` the FID of ``fid_samples`` prior samples against as many
     test images, and the trade-off in numbers. Returns the report's path."""
@@ -104,7 +105,7 @@ def ae_vs_vae(
     for arch in archs:
         for kind, title in KINDS:
             cfg = options.train_config(f"{kind}-{arch}", model=arch, latent_dim=latent_dim,
-                                       autoencoder=kind == "ae")
+                                       autoencoder=kind == "ae", likelihood=likelihood)
             model, cfg, metrics = train_or_load(cfg)
             device = next(model.parameters()).device
             if x_test is None:
