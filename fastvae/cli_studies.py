@@ -11,12 +11,8 @@ import json
 import shlex
 from pathlib import Path
 
-DEFAULTS = argparse.ArgumentDefaultsHelpFormatter
-
-
-def optional_int(text: str) -> int | None:
-    """An int, or None for "none" / "all" (the --limit-* flags)."""
-    return None if text.lower() in ("none", "all") else int(text)
+from fastvae.cli_args import HelpFormatter as DEFAULTS
+from fastvae.cli_args import device, nonnegative_int, optional_int, positive_int
 
 
 def add_commands(sub) -> None:
@@ -32,22 +28,25 @@ def add_commands(sub) -> None:
         "(Burda et al. 2015, eq. 8) and, with --fid, the Frechet distance of model samples to the "
         "test images. All losses in nats per image.",
     )
-    e.add_argument("checkpoint", help="checkpoint.pt written by `fastvae train`")
-    e.add_argument("--k", type=int, default=5000, help="importance samples per image (0: skip)")
-    e.add_argument("--k-chunk", type=int, default=None,
+    e.add_argument("checkpoint", metavar="RUN",
+                   help="a run folder of `fastvae train`, or its checkpoint.pt")
+    e.add_argument("--k", type=nonnegative_int, default=5000,
+                   help="importance samples per image (0: skip)")
+    e.add_argument("--k-chunk", type=positive_int, default=None,
                    help="samples per forward pass (default: bounded memory)")
-    e.add_argument("--batch-size", type=int, default=100, help="test images per batch")
+    e.add_argument("--batch-size", type=positive_int, default=100, help="test images per batch")
     e.add_argument("--limit", type=optional_int, default=None,
-                   help="evaluate only the first N test images (None: all)")
+                   help="evaluate only the first N test images (default: all)")
     e.add_argument("--fid", choices=FEATURES, default=None,
                    help="also compute FID with this feature network")
-    e.add_argument("--fid-samples", type=int, default=10000, help="model samples for FID")
+    e.add_argument("--fid-samples", type=positive_int, default=10000,
+                   help="model samples for FID")
     e.add_argument("--inception-weights", default=None,
                    help="local path of torch-fidelity's Inception-v3 weights (--fid inception)")
     e.add_argument("--classifier", default=None,
                    help="MNIST feature classifier (default: the cached one, trained if absent)")
     e.add_argument("--seed", type=int, default=0, help="seed of every random draw")
-    e.add_argument("--device", default="auto", help="auto, cpu, cuda, ...")
+    e.add_argument("--device", type=device, default="auto", help="auto, cpu, cuda, ...")
     e.add_argument("--json", default=None, help="also write the results to this JSON file")
     e.set_defaults(handler=_evaluate)
 
@@ -55,12 +54,12 @@ def add_commands(sub) -> None:
         "train-classifier", formatter_class=DEFAULTS,
         help="train and cache the small MNIST CNN whose features give the MNIST FID",
     )
-    c.add_argument("--epochs", type=int, default=3, help="training epochs")
+    c.add_argument("--epochs", type=positive_int, default=3, help="training epochs")
     c.add_argument("--out", default=None, help="where to save it (default: the cache path)")
     c.add_argument("--limit-train", type=optional_int, default=None,
                    help="first N training images only")
     c.add_argument("--seed", type=int, default=0, help="seed")
-    c.add_argument("--device", default="auto", help="auto, cpu, cuda, ...")
+    c.add_argument("--device", type=device, default="auto", help="auto, cpu, cuda, ...")
     c.set_defaults(handler=_train_classifier)
 
     x = sub.add_parser(
@@ -72,12 +71,14 @@ def add_commands(sub) -> None:
     for name, (_, about) in EXPERIMENTS.items():
         p = names.add_parser(name, help=about, description=about, formatter_class=DEFAULTS)
         p.add_argument("--out", default=f"runs/experiments/{name}", help="experiment folder")
-        p.add_argument("--epochs", type=int, default=None,
-                       help="epochs per model (default 10; 1 with --quick)")
+        p.add_argument("--epochs", type=positive_int, default=None,
+                       help="epochs per model (default: 10; 1 with --quick)")
         p.add_argument("--quick", action="store_true",
                        help="a try: 1 epoch on 5,000 training and 1,000 test images")
         p.add_argument("--seed", type=int, default=0, help="seed of every run")
-        p.add_argument("--device", default="auto", help="auto, cpu, cuda, ...")
+        p.add_argument("--device", type=device, default="auto", help="auto, cpu, cuda, ...")
+        p.add_argument("--overwrite", action="store_true",
+                       help="replace the runs this experiment trained before in --out")
         p.add_argument("--limit-train", type=optional_int, default=None,
                        help="first N training images (overrides --quick's)")
         p.add_argument("--limit-test", type=optional_int, default=None,
@@ -88,7 +89,8 @@ def add_commands(sub) -> None:
             p.add_argument("--betas", type=float, nargs="+", default=list(sweeps.BETAS))
         else:
             p.add_argument("--run", default=None,
-                           help="use this run folder of `fastvae train` instead of training")
+                           help="use this run folder of `fastvae train` (or its checkpoint.pt) "
+                           "instead of training")
             p.add_argument("--latent-dim", type=int, default=argparse.SUPPRESS,
                            help="latent size of the model trained when --run is not given "
                            "(default: 2 for latent-scatter, else 20)")
@@ -98,10 +100,6 @@ def add_commands(sub) -> None:
 def _evaluate(args: argparse.Namespace, argv: list[str]) -> int:
     from fastvae.evaluation import evaluate_checkpoint
 
-    if not Path(args.checkpoint).is_file():
-        raise FileNotFoundError(f"no checkpoint at {args.checkpoint}")
-    if args.k < 0:
-        raise ValueError(f"--k must be >= 0, got {args.k}")
     r = evaluate_checkpoint(
         args.checkpoint, k=args.k, k_chunk=args.k_chunk, batch_size=args.batch_size,
         limit=args.limit, fid=args.fid, fid_samples=args.fid_samples,
@@ -140,7 +138,7 @@ def _experiment(args: argparse.Namespace, argv: list[str]) -> int:
     fn, _ = EXPERIMENTS[args.experiment]
     options = Options(
         out=args.out, epochs=args.epochs, quick=args.quick, seed=args.seed, device=args.device,
-        limit_train=args.limit_train, limit_test=args.limit_test,
+        limit_train=args.limit_train, limit_test=args.limit_test, overwrite=args.overwrite,
         command=" ".join(["fastvae"] + [shlex.quote(a) for a in argv]),
     )
     extra = {k: getattr(args, k) for k in ("latent_dims", "betas", "run", "latent_dim")

@@ -101,7 +101,8 @@ def evaluate_checkpoint(
     device: str = "cpu",
     progress: bool = True,
 ) -> dict[str, Any]:
-    """Everything ``fastvae evaluate`` reports for a checkpoint of ``fastvae train``.
+    """Everything ``fastvae evaluate`` reports for a checkpoint of ``fastvae train`` (``path``:
+    the checkpoint or its run folder; errors as :func:`fastvae.train.read_checkpoint`).
 
     The test split (and binarization) of the checkpoint's own config, its first ``limit``
     images if given; binarized data are binarized once with a fixed seed, the same draw for
@@ -111,8 +112,11 @@ def evaluate_checkpoint(
     (``{"feature", "value", "samples"}``; absent when ``fid`` is None).
     """
     from fastvae import builders
-    from fastvae.train import TrainConfig, evaluate, load_checkpoint, resolve_device
+    from fastvae.train import (
+        TrainConfig, checkpoint_file, evaluate, load_checkpoint, resolve_device,
+    )
 
+    path = checkpoint_file(path)
     dev = resolve_device(device)
     model, ckpt = load_checkpoint(path, map_location=dev)
     cfg = TrainConfig.from_dict({**ckpt["config"], "limit_test": limit})
