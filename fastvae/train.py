@@ -277,7 +277,7 @@ def read_checkpoint(
     except pickle.UnpicklingError as exc:
         problem = (
             "it holds objects other than tensors and plain values, which fastvae never loads"
-            if "weights only" in str(exc).lower() else "its data is not a torch checkpoint"
+            if "unsupported global" in str(exc).lower() else "its data is not a torch checkpoint"
         )
     except RuntimeError as exc:
         problem = (
