@@ -22,7 +22,7 @@ class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
 
     def _get_help_string(self, action):
         help_text = action.help or ""
-        if "default" in help_text.lower() or action.default in (None, False):
+        if "default" in help_text.lower() or action.default is None or action.default is False:
             return help_text
         return super()._get_help_string(action)
 

@@ -287,6 +287,7 @@ def test_help_states_each_default_once(capsys):
     assert seen > 50
     rc, out, _ = run_cli(capsys, "train", "--help")
     assert rc == 0 and "--image-size IMAGE_SIZE" in out and "(default: None)" not in out
+    assert "seed of every random stream (default: 0)" in out
 
 
 # 10: Ctrl-C says which checkpoint is kept and how to resume.
