@@ -17,7 +17,8 @@ from fastvae.train import load_checkpoint
 SAMPLE = Path(os.environ.get("FASTVAE_DATA") or "data") / "afhq_sample"
 needs_sample = pytest.mark.skipif(
     not (SAMPLE / "train").is_dir(),
-    reason="the AFHQ sample is not in $FASTVAE_DATA/afhq_sample",
+    reason="needs the AFHQ sample: a folder afhq_sample/ with train/ and val/ class folders "
+    "in DIR, run as `FASTVAE_DATA=DIR pytest`",
 )
 
 
