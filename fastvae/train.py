@@ -648,7 +648,7 @@ def _train(
     del ckpt
 
     lock, error = None, None
-    made_folder = not out.exists()
+    made_dirs = [d for d in (out, *out.parents) if not d.exists()]  # deepest first
     if env.is_main:
         try:
             out.mkdir(parents=True, exist_ok=True)
@@ -720,7 +720,7 @@ def _train(
         env.barrier()
     except BaseException as exc:
         if env.is_main and saved_epoch == 0:
-            _remove_unfinished_run(out, made_folder)
+            _remove_unfinished_run(out, made_dirs)
         if isinstance(exc, KeyboardInterrupt) and not isinstance(exc, TrainingInterrupted):
             raise TrainingInterrupted(_interrupted(cfg, out, epoch, saved_epoch)) from None
         raise
@@ -732,16 +732,16 @@ def _train(
     return out
 
 
-def _remove_unfinished_run(out: Path, made_folder: bool) -> None:
-    """Undo a new run that never wrote a checkpoint: its files, and the folder if this run
-    made it (and nothing else is in it)."""
+def _remove_unfinished_run(out: Path, made_dirs: list[Path]) -> None:
+    """Undo a new run that never wrote a checkpoint: its files, and the folders this run made
+    (``made_dirs``, deepest first) that are empty then."""
     for name in RUN_FILES + (LOCK_NAME,):
         (out / name).unlink(missing_ok=True)
-    if made_folder:
+    for d in made_dirs:
         try:
-            out.rmdir()
+            d.rmdir()
         except OSError:  # something else was put there meanwhile: leave it
-            pass
+            break
 
 
 def _interrupted(cfg: TrainConfig, out: Path, epoch: int, saved_epoch: int) -> str:

@@ -330,8 +330,22 @@ def test_a_failed_start_leaves_nothing(tmp_path, capsys, monkeypatch):
     # A failure inside epoch 1 (a non-finite loss here) removes the new folder too.
     monkeypatch.setattr(ftrain, "_train_epoch", lambda *a: (_ for _ in ()).throw(
         ftrain.NonFiniteLossError("non-finite training loss at epoch 1")))
-    rc, _, err = run_cli(capsys, "train", *TINY, "--out", str(tmp_path / "nan"))
+    rc, _, err = run_cli(capsys, "train", *TINY, "--out", str(tmp_path / "nan" / "run"))
     assert rc == 1 and not (tmp_path / "nan").exists()
+
+
+def test_an_experiment_without_data_leaves_nothing(tmp_path, monkeypatch, capsys):
+    from fastvae.data import DataNotFoundError
+
+    def no_data(cfg, train, device):
+        raise DataNotFoundError("MNIST was not found under nowhere")
+
+    monkeypatch.setattr(builders, "load_split", no_data)
+    for name in ("latent-sweep", "reconstructions"):
+        rc, _, err = run_cli(capsys, "experiment", name, "--quick", "--device", "cpu",
+                             "--out", str(tmp_path / "x" / name))
+        assert rc == 2 and "MNIST was not found" in one_line_error(err)
+    assert not (tmp_path / "x").exists()
 
 
 def test_missing_mnist_leaves_no_empty_folders(tmp_path, monkeypatch, capsys):

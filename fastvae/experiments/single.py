@@ -18,9 +18,9 @@ LOSS_HEADER = ("test NELBO", "test recon", "test KL")
 
 
 def _model(options: Options, run: str | None, latent_dim: int):
-    Path(options.out).mkdir(parents=True, exist_ok=True)
     model, cfg, metrics = train_or_load(options.train_config("run", latent_dim=latent_dim), run,
-                                           overwrite=options.overwrite)
+                                        overwrite=options.overwrite)
+    Path(options.out).mkdir(parents=True, exist_ok=True)  # once the model (and data) are there
     device = next(model.parameters()).device
     label = (f"{type(model).__name__}, latent {cfg.latent_dim}, beta {cfg.beta:g}, "
              f"{int(metrics[-1]['epoch'])} epochs")

@@ -25,7 +25,6 @@ def _sweep(options: Options, values, run_name, fields, images):
     """Train one model per value (run folder ``run_name(v)``, TrainConfig ``fields(v)``);
     return each model's ``images(model)``, the table rows (value, test NELBO, recon, KL) and the
     epochs trained."""
-    Path(options.out).mkdir(parents=True, exist_ok=True)
     grids, rows = [], []
     for v in values:
         model, _, metrics = train_or_load(options.train_config(run_name(v), **fields(v)),
