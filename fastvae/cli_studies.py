@@ -84,14 +84,15 @@ def add_commands(sub) -> None:
         p.add_argument("--limit-test", type=optional_int, default=None,
                        help="first N test images (overrides --quick's)")
         if name == "latent-sweep":
-            p.add_argument("--latent-dims", type=int, nargs="+", default=list(sweeps.LATENT_DIMS))
+            p.add_argument("--latent-dims", type=positive_int, nargs="+",
+                           default=list(sweeps.LATENT_DIMS))
         elif name == "beta-sweep":
             p.add_argument("--betas", type=float, nargs="+", default=list(sweeps.BETAS))
         else:
             p.add_argument("--run", default=None,
                            help="use this run folder of `fastvae train` (or its checkpoint.pt) "
                            "instead of training")
-            p.add_argument("--latent-dim", type=int, default=argparse.SUPPRESS,
+            p.add_argument("--latent-dim", type=positive_int, default=argparse.SUPPRESS,
                            help="latent size of the model trained when --run is not given "
                            "(default: 2 for latent-scatter, else 20)")
         p.set_defaults(handler=_experiment)
