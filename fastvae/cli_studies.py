@@ -11,12 +11,8 @@ import json
 import shlex
 from pathlib import Path
 
-DEFAULTS = argparse.ArgumentDefaultsHelpFormatter
-
-
-def optional_int(text: str) -> int | None:
-    """An int, or None for "none" / "all" (the --limit-* flags)."""
-    return None if text.lower() in ("none", "all") else int(text)
+from fastvae.cli_args import HelpFormatter as DEFAULTS
+from fastvae.cli_args import device, nonnegative_int, optional_int, positive_int
 
 
 def optional_float(text: str) -> float | str | None:
@@ -60,16 +56,18 @@ def add_commands(sub) -> None:
         "(Burda et al. 2015, eq. 8) and, with --fid, the Frechet distance of model samples to the "
         "test images. All losses in nats per image.",
     )
-    e.add_argument("checkpoint", help="checkpoint.pt written by `fastvae train`")
-    e.add_argument("--k", type=int, default=5000, help="importance samples per image (0: skip)")
-    e.add_argument("--k-chunk", type=int, default=None,
+    e.add_argument("checkpoint", metavar="RUN",
+                   help="a run folder of `fastvae train`, or its checkpoint.pt")
+    e.add_argument("--k", type=nonnegative_int, default=5000,
+                   help="importance samples per image (0: skip)")
+    e.add_argument("--k-chunk", type=positive_int, default=None,
                    help="samples per forward pass (default: bounded memory)")
-    e.add_argument("--batch-size", type=int, default=100, help="test images per batch")
+    e.add_argument("--batch-size", type=positive_int, default=100, help="test images per batch")
     e.add_argument("--limit", type=optional_int, default=None,
-                   help="evaluate only the first N test images (None: all)")
+                   help="evaluate only the first N test images (default: all)")
     e.add_argument("--fid", choices=FEATURES, default=None,
                    help="also compute FID with this feature network")
-    e.add_argument("--fid-samples", type=int, default=10000,
+    e.add_argument("--fid-samples", type=positive_int, default=10000,
                    help="FID: this many model samples against as many real test images (the "
                    "first N of the split; all of them if it holds fewer)")
     e.add_argument("--inception-weights", default=None,
@@ -77,7 +75,7 @@ def add_commands(sub) -> None:
     e.add_argument("--classifier", default=None,
                    help="MNIST feature classifier (default: the cached one, trained if absent)")
     e.add_argument("--seed", type=int, default=0, help="seed of every random draw")
-    e.add_argument("--device", default="auto", help="auto, cpu, cuda, ...")
+    e.add_argument("--device", type=device, default="auto", help="auto, cpu, cuda, ...")
     e.add_argument("--json", default=None, help="also write the results to this JSON file")
     e.set_defaults(handler=_evaluate)
 
@@ -85,12 +83,12 @@ def add_commands(sub) -> None:
         "train-classifier", formatter_class=DEFAULTS,
         help="train and cache the small MNIST CNN whose features give the MNIST FID",
     )
-    c.add_argument("--epochs", type=int, default=3, help="training epochs")
+    c.add_argument("--epochs", type=positive_int, default=3, help="training epochs")
     c.add_argument("--out", default=None, help="where to save it (default: the cache path)")
     c.add_argument("--limit-train", type=optional_int, default=None,
                    help="first N training images only")
     c.add_argument("--seed", type=int, default=0, help="seed")
-    c.add_argument("--device", default="auto", help="auto, cpu, cuda, ...")
+    c.add_argument("--device", type=device, default="auto", help="auto, cpu, cuda, ...")
     c.set_defaults(handler=_train_classifier)
 
     x = sub.add_parser(
@@ -103,22 +101,26 @@ def add_commands(sub) -> None:
     for name, (_, about) in EXPERIMENTS.items():
         p = names.add_parser(name, help=about, description=about, formatter_class=DEFAULTS)
         p.add_argument("--out", default=f"runs/experiments/{name}", help="experiment folder")
-        p.add_argument("--epochs", type=int, default=None,
-                       help="epochs per model (default 10; 1 with --quick)")
+        p.add_argument("--epochs", type=positive_int, default=None,
+                       help="epochs per model (default: 10; 1 with --quick)")
         p.add_argument("--quick", action="store_true",
                        help="a try: 1 epoch on 5,000 training and 1,000 test images")
         p.add_argument("--seed", type=int, default=0, help="seed of every run")
-        p.add_argument("--device", default="auto", help="auto, cpu, cuda, ...")
+        p.add_argument("--device", type=device, default="auto", help="auto, cpu, cuda, ...")
+        p.add_argument("--overwrite", action="store_true",
+                       help="replace the runs this experiment trained before in --out")
         p.add_argument("--limit-train", type=optional_int, default=None,
                        help="first N training images (overrides --quick's)")
         p.add_argument("--limit-test", type=optional_int, default=None,
                        help="first N test images (overrides --quick's)")
         if name == "latent-sweep":
-            p.add_argument("--latent-dims", type=int, nargs="+", default=list(sweeps.LATENT_DIMS))
+            p.add_argument("--latent-dims", type=positive_int, nargs="+",
+                           default=list(sweeps.LATENT_DIMS))
         elif name == "beta-sweep":
             p.add_argument("--betas", type=float, nargs="+", default=list(sweeps.BETAS))
         elif name == "ae-vs-vae":
-            p.add_argument("--latent-dim", type=int, default=20, help="latent size of every model")
+            p.add_argument("--latent-dim", type=positive_int, default=20,
+                           help="latent size of every model")
             p.add_argument("--archs", nargs="+", choices=("mlp", "conv"), default=["mlp", "conv"],
                            help="architectures, one VAE and one autoencoder each")
             p.add_argument("--likelihood", choices=("bernoulli", "mse"), default="bernoulli",
@@ -126,7 +128,7 @@ def add_commands(sub) -> None:
                            "squared error")
             p.add_argument("--fid", choices=FEATURES, default=None,
                            help="also the FID of prior samples with this feature network")
-            p.add_argument("--fid-samples", type=int, default=2000,
+            p.add_argument("--fid-samples", type=positive_int, default=2000,
                            help="FID: this many samples and as many test images")
             p.add_argument("--inception-weights", default=None,
                            help="--fid inception: local path of torch-fidelity's weights")
@@ -136,14 +138,16 @@ def add_commands(sub) -> None:
         elif name == "animal-faces":
             _data_flags(p, animal_faces=True)
             p.add_argument("--model", choices=("mlp", "conv"), default="conv", help="network")
-            p.add_argument("--latent-dim", type=int, default=64, help="latent size")
+            p.add_argument("--latent-dim", type=positive_int, default=64, help="latent size")
             p.add_argument("--likelihood", choices=("bernoulli", "mse", "gaussian"),
                            default="bernoulli", help="decoder likelihood")
-            p.add_argument("--batch-size", type=int, default=64, help="training batch size")
+            p.add_argument("--batch-size", type=positive_int, default=64,
+                           help="training batch size")
         else:
             p.add_argument("--run", default=None,
-                           help="use this run folder of `fastvae train` instead of training")
-            p.add_argument("--latent-dim", type=int, default=argparse.SUPPRESS,
+                           help="use this run folder of `fastvae train` (or its checkpoint.pt) "
+                           "instead of training")
+            p.add_argument("--latent-dim", type=positive_int, default=argparse.SUPPRESS,
                            help="latent size of the model trained when --run is not given "
                            "(default: 2 for latent-scatter, else 20)")
             _data_flags(p)
@@ -163,7 +167,7 @@ def _data_flags(p, animal_faces: bool = False) -> None:
     p.add_argument("--data-dir", default=None,
                    help="animal-faces: the AFHQ folder with train/ and val/ (None: "
                    "$FASTVAE_DATA/afhq; the 43-image sample: $FASTVAE_DATA/afhq_sample)")
-    p.add_argument("--image-size", type=int, default=64 if animal_faces else None,
+    p.add_argument("--image-size", type=positive_int, default=64 if animal_faces else None,
                    help="animal-faces: side of the square images (None: 128)"
                    if not animal_faces else "side of the square images")
     p.add_argument("--grayscale", action="store_true",
@@ -173,10 +177,6 @@ def _data_flags(p, animal_faces: bool = False) -> None:
 def _evaluate(args: argparse.Namespace, argv: list[str]) -> int:
     from fastvae.evaluation import evaluate_checkpoint
 
-    if not Path(args.checkpoint).is_file():
-        raise FileNotFoundError(f"no checkpoint at {args.checkpoint}")
-    if args.k < 0:
-        raise ValueError(f"--k must be >= 0, got {args.k}")
     r = evaluate_checkpoint(
         args.checkpoint, k=args.k, k_chunk=args.k_chunk, batch_size=args.batch_size,
         limit=args.limit, fid=args.fid, fid_samples=args.fid_samples,
@@ -218,12 +218,12 @@ def _experiment(args: argparse.Namespace, argv: list[str]) -> int:
         data["dataset"] = "animal-faces"
     options = Options(
         out=args.out, epochs=args.epochs, quick=args.quick, seed=args.seed, device=args.device,
-        limit_train=args.limit_train, limit_test=args.limit_test,
+        limit_train=args.limit_train, limit_test=args.limit_test, overwrite=args.overwrite,
         command=" ".join(["fastvae"] + [shlex.quote(a) for a in argv]),
         data=data if data.get("dataset", "mnist") != "mnist" else {},
     )
     common = {"command", "experiment", "handler", "out", "epochs", "quick", "seed", "device",
-              "limit_train", "limit_test", *DATA_KEYS}
+              "limit_train", "limit_test", "overwrite", *DATA_KEYS}
     extra = {k: v for k, v in vars(args).items() if k not in common}
     report = fn(options, **extra)
     print(f"wrote {report}")

@@ -92,8 +92,9 @@ def load_mnist(
         :class:`Split` with images uint8 ``(N, 28, 28)`` and labels int64 ``(N,)``.
 
     Raises:
-        DataNotFoundError: a file is absent and the download failed; the message names the
-            missing files, says where the four files must go and how to set ``FASTVAE_DATA``.
+        DataNotFoundError: a file is absent and the download failed (the folders the attempt
+            made are removed again); the message names the missing files, says where the four
+            files must go and how to set ``FASTVAE_DATA``.
         DataCorruptError: a file of the split is there but not a complete MNIST IDX file
             (truncated, extra bytes, gzip-compressed, wrong header, labels that do not match
             the images); the message names the file and what is wrong.
@@ -111,9 +112,15 @@ def load_mnist(
     try:
         ds = MNIST(str(root), train=train, download=False)
     except RuntimeError:
+        # The download makes <root>/MNIST/raw first; a failed one must not leave it behind.
+        raw = root / "MNIST" / "raw"
+        new_dirs = [d for d in (raw, raw.parent, root) if not d.exists()]
         try:
             ds = MNIST(str(root), train=train, download=True)
         except Exception as exc:  # network errors, checksum errors, read-only folders...
+            for d in new_dirs:  # deepest first; only the ones still empty
+                if d.is_dir() and not any(d.iterdir()):
+                    d.rmdir()
             reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
             raise _missing_mnist_error(root, f"download failed: {reason}") from None
     images, labels = ds.data, ds.targets

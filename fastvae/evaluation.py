@@ -101,7 +101,8 @@ def evaluate_checkpoint(
     device: str = "cpu",
     progress: bool = True,
 ) -> dict[str, Any]:
-    """Everything ``fastvae evaluate`` reports for a checkpoint of ``fastvae train``.
+    """Everything ``fastvae evaluate`` reports for a checkpoint of ``fastvae train`` (``path``:
+    the checkpoint or its run folder; errors as :func:`fastvae.train.read_checkpoint`).
 
     The test split (and binarization) of the checkpoint's own config, its first ``limit``
     images if given; binarized data are binarized once with a fixed seed, the same draw for
@@ -117,10 +118,13 @@ def evaluate_checkpoint(
             pass k = 0); ``fid_samples`` < 2.
     """
     from fastvae import builders
-    from fastvae.train import TrainConfig, evaluate, load_checkpoint, resolve_device
+    from fastvae.train import (
+        TrainConfig, checkpoint_file, evaluate, load_checkpoint, resolve_device,
+    )
 
     from fastvae.autoencoder import Autoencoder
 
+    path = checkpoint_file(path)
     dev = resolve_device(device)
     if fid is not None and (isinstance(fid_samples, bool) or fid_samples < 2):
         raise ValueError(f"fid_samples must be >= 2 (FID fits a covariance), got {fid_samples}")

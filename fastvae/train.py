@@ -18,7 +18,13 @@ A run folder (``TrainConfig.out``) holds:
 - ``.lock``: held while a training runs (:class:`fastvae.runlock.RunLock`): a second training
   pointed at the same folder is refused;
 - at the end: ``samples.png`` (64 samples, 8x8), ``reconstructions.png`` (32 test images in
-  the top four rows, their reconstructions below), ``loss_curve.png``.
+  the top four rows, their reconstructions below), ``loss_curve.png``; the two image grids are
+  titled with what they show and the epoch.
+
+A folder that holds a run (any of :data:`RUN_FILES`) is never written over: :func:`train`
+refuses it unless ``overwrite=True`` (``--overwrite``, which deletes those files first) or
+``resume=True``. Nothing is created before the configuration, the device, the backend and the
+data are checked, and a run that fails before its first checkpoint removes what it made.
 
 Randomness is a function of the configuration, not of history: epoch e's data order comes
 from ``(seed, e)``, and the posterior-sample noise of micro-batch u of step s of epoch e from
@@ -35,6 +41,7 @@ import datetime
 import json
 import math
 import os
+import pickle
 import random
 import time
 from contextlib import nullcontext
@@ -52,7 +59,7 @@ from fastvae.functional import BACKENDS
 from fastvae.iwae import iwae_loss
 from fastvae.models import VAE
 from fastvae.reference import LIKELIHOODS
-from fastvae.runlock import RunLock
+from fastvae.runlock import LOCK_NAME, RunLock
 
 METRIC_COLUMNS = (
     "epoch", "train_loss", "train_recon", "train_kl", "test_loss", "test_recon", "test_kl",
@@ -65,6 +72,11 @@ OPTIMIZERS = ("adam", "adamw")
 GAUSSIAN_LOGVAR_FLOOR = 2 * math.log(0.05)
 NONFINITE = ("stop", "skip")
 CHECKPOINT = "checkpoint.pt"
+# The files of a run folder (any of them there means the folder holds a run) and what a
+# checkpoint must hold for sampling and evaluation.
+RUN_FILES = (CHECKPOINT, "metrics.csv", "config.json", "samples.png", "reconstructions.png",
+             "loss_curve.png")
+CHECKPOINT_KEYS = ("epoch", "model", "config", "model_config")
 # TrainConfig fields that `resume` may change; any other difference is refused.
 RESUME_OVERRIDES = ("epochs", "device", "backend")
 # Offsets from TrainConfig.seed for the independent streams of a run.
@@ -95,7 +107,8 @@ class TrainConfig:
     "animal-faces" (AFHQ from ``data_dir``, default ``$FASTVAE_DATA/afhq``, resized to
     ``image_size`` (default 128), optionally only the class folders ``classes``); ``model``
     "mlp" (:class:`fastvae.MLPVAE` with ``hidden_dims``) or "conv" (:class:`fastvae.ConvVAE`,
-    ``conv_channels`` default derived from the image size). ``iwae_k`` > 1 trains on the
+    ``conv_channels`` default derived from the image size). ``out`` is the run folder, by
+    default ``runs/<dataset>``. ``iwae_k`` > 1 trains on the
     importance-weighted bound with that many samples (:func:`fastvae.iwae.iwae_loss`) instead
     of the ELBO; its train_recon / train_kl columns are the parts that function returns.
     ``grayscale`` (animal-faces): one luminance channel instead of RGB. ``autoencoder``: the
@@ -126,7 +139,7 @@ class TrainConfig:
     seed: int = 0
     device: str = "auto"
     backend: str = "auto"
-    out: str = "runs/mnist"
+    out: str | None = None
     limit_train: int | None = None
     limit_test: int | None = None
     test_batch_size: int = 1000
@@ -162,7 +175,7 @@ class TrainConfig:
         if self.data_dir is not None:
             self.data_dir = str(self.data_dir)
         builders.check_config(self)
-        self.out = str(self.out)
+        self.out = str(self.out) if self.out is not None else f"runs/{self.dataset}"
         for name in ("epochs", "batch_size", "latent_dim", "test_batch_size", "grad_accum"):
             _checks.positive_int(name, getattr(self, name))
         for name in ("limit_train", "limit_test"):
@@ -194,10 +207,20 @@ class TrainConfig:
 
 
 def resolve_device(device: str) -> torch.device:
-    """"auto" -> cuda if available else cpu; anything else as torch.device, checked."""
+    """"auto" -> cuda if available else cpu; anything else as torch.device, checked.
+
+    Raises:
+        ValueError: not a device name torch knows ("gpu"), or CUDA asked for but absent.
+    """
     if device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    dev = torch.device(device)
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError):
+        raise ValueError(
+            f"device must be auto, cpu, cuda or cuda:N (or another torch device type), "
+            f"got {device!r}"
+        ) from None
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise ValueError(f"device {device!r} asked for, but CUDA is not available here")
     return dev
@@ -237,10 +260,85 @@ def save_checkpoint(obj: dict[str, Any], path: str | os.PathLike) -> Path:
     return _atomic_write(Path(path), lambda f: torch.save(obj, f))
 
 
+class CheckpointError(ValueError):
+    """A checkpoint file that cannot be used: truncated, corrupt, not a torch checkpoint, or
+    not one of :func:`train`; the message names the file and what is wrong (one line)."""
+
+
+def checkpoint_file(path: str | os.PathLike) -> Path:
+    """The checkpoint that ``path`` names: ``path`` itself, or ``path/checkpoint.pt`` when
+    ``path`` is a run folder.
+
+    Raises:
+        FileNotFoundError: neither exists (the message says which was looked for).
+    """
+    p = Path(path)
+    if p.is_dir():
+        if not (p / CHECKPOINT).is_file():
+            raise FileNotFoundError(
+                f"{p} holds no {CHECKPOINT} (it is written at the end of every epoch: this is "
+                "not a run folder, or its run finished no epoch)"
+            )
+        return p / CHECKPOINT
+    if not p.is_file():
+        raise FileNotFoundError(f"no checkpoint at {p} (give a run folder or its {CHECKPOINT})")
+    return p
+
+
+def run_folder(path: str | os.PathLike) -> Path:
+    """The run folder that ``path`` names: ``path``, or its folder when it is a file (a
+    ``checkpoint.pt``)."""
+    p = Path(path)
+    return p.parent if p.is_file() else p
+
+
+def read_checkpoint(
+    path: str | os.PathLike, map_location: str | torch.device = "cpu"
+) -> dict[str, Any]:
+    """The dict saved in the checkpoint ``path`` (a file or a run folder, see
+    :func:`checkpoint_file`), loaded with ``torch.load(weights_only=True)`` only.
+
+    Raises:
+        FileNotFoundError: no such checkpoint.
+        CheckpointError: the file is empty, truncated or corrupt, holds objects a weights-only
+            load refuses, or lacks a key of :data:`CHECKPOINT_KEYS`.
+    """
+    path = checkpoint_file(path)
+    problem = None
+    try:
+        ckpt = torch.load(path, map_location=map_location, weights_only=True)
+    except EOFError:
+        problem = "the file is empty or cut short"
+    except pickle.UnpicklingError as exc:
+        problem = (
+            "it holds objects other than tensors and plain values, which fastvae never loads"
+            if "unsupported global" in str(exc).lower() else "its data is not a torch checkpoint"
+        )
+    except RuntimeError as exc:
+        problem = (
+            "the file is truncated or corrupt (not a complete torch.save archive)"
+            if "zip archive" in str(exc) or "PytorchStreamReader" in str(exc)
+            else f"torch.load failed ({type(exc).__name__})"
+        )
+    except (OSError, KeyError, ValueError, AttributeError, ImportError) as exc:
+        problem = f"it is not a torch checkpoint ({type(exc).__name__} while reading it)"
+    if problem is None:
+        missing = (
+            [k for k in CHECKPOINT_KEYS if k not in ckpt] if isinstance(ckpt, dict)
+            else list(CHECKPOINT_KEYS)
+        )
+        if missing:
+            problem = f"it was not written by fastvae train (no {', '.join(missing)})"
+    if problem is not None:
+        raise CheckpointError(f"cannot use checkpoint {path}: {problem}")
+    return ckpt
+
+
 def load_checkpoint(
     path: str | os.PathLike, map_location: str | torch.device = "cpu"
 ) -> tuple[VAE, dict[str, Any]]:
-    """Rebuild the model of a checkpoint written by :func:`train`.
+    """Rebuild the model of a checkpoint written by :func:`train` (``path``: the file or its
+    run folder; read by :func:`read_checkpoint`, whose errors it raises).
 
     Returns ``(model, checkpoint)``: the model (the class its ``model_name`` names, MLPVAE or
     ConvVAE) with its weights, in eval mode, on ``map_location``; and the checkpoint dict with
@@ -248,7 +346,7 @@ def load_checkpoint(
     learning rate), config (TrainConfig as a dict), model_name, model_config, rng_states (one dict per rank: Python's, NumPy's, torch's CPU and
     CUDA generator states), world_size, metrics (the metrics.csv rows so far).
     """
-    ckpt = torch.load(Path(path), map_location=map_location, weights_only=True)
+    ckpt = read_checkpoint(path, map_location=map_location)
     model = builders.rebuild_model(ckpt.get("model_name", "mlp"), ckpt["model_config"])
     model.load_state_dict(ckpt["model"])
     return model.to(map_location).eval(), ckpt
@@ -329,13 +427,15 @@ def resume_config(run: str | os.PathLike, **overrides: Any) -> TrainConfig:
     """The :class:`TrainConfig` stored in ``run``'s checkpoint, with ``overrides`` applied.
 
     Only the fields in ``RESUME_OVERRIDES`` (epochs, device, backend) may be overridden; ``out``
-    becomes ``run``.
+    becomes ``run`` (a run folder, or its checkpoint.pt).
 
     Raises:
         FileNotFoundError: ``run`` holds no checkpoint.pt.
+        CheckpointError: the checkpoint cannot be read (see :func:`read_checkpoint`).
         ValueError: an override of another field.
     """
-    path = Path(run) / CHECKPOINT
+    run = run_folder(run)
+    path = run / CHECKPOINT
     if not path.is_file():
         raise FileNotFoundError(
             f"cannot resume {run}: no {CHECKPOINT} there (it is written at the end of every "
@@ -347,7 +447,7 @@ def resume_config(run: str | os.PathLike, **overrides: Any) -> TrainConfig:
             f"a resumed run keeps its configuration; only {', '.join(RESUME_OVERRIDES)} may "
             f"change, got {', '.join(bad)}"
         )
-    saved = torch.load(path, map_location="cpu", weights_only=True)["config"]
+    saved = read_checkpoint(path)["config"]
     return TrainConfig.from_dict({**saved, **overrides, "out": str(run)})
 
 
@@ -413,7 +513,19 @@ def _build_scheduler(cfg: TrainConfig, optimizer: torch.optim.Optimizer):
 # ---------------------------------------------------------------- the loop
 
 
-def train(config: TrainConfig | None = None, *, resume: bool = False) -> Path:
+class RunExistsError(RuntimeError):
+    """A new run into a folder that already holds one (the message names it, what it holds
+    and the ways on: ``--resume``, ``--overwrite``, another ``--out``)."""
+
+
+class TrainingInterrupted(KeyboardInterrupt):
+    """Ctrl-C during :func:`train`; the message says which checkpoint is kept and the command
+    that continues the run."""
+
+
+def train(
+    config: TrainConfig | None = None, *, resume: bool = False, overwrite: bool = False
+) -> Path:
     """Train a VAE as ``config`` says; return the run folder.
 
     Loads the data onto the device, trains with Adam (and the optional LR schedule),
@@ -427,7 +539,16 @@ def train(config: TrainConfig | None = None, *, resume: bool = False) -> Path:
     checkpoint (dropping any row of an epoch whose checkpoint was never written). Every random
     stream is a function of (seed, epoch, step), so on the same device and software the
     resumed run ends with bitwise the same weights as an uninterrupted one. A crash costs at
-    most the epoch in progress.
+    most the epoch in progress. ``config.epochs`` below the epochs already trained is refused;
+    equal to them, nothing is done (a line says so) and the folder is left as it is.
+
+    A new run (``resume=False``) refuses a folder that holds a run (any of :data:`RUN_FILES`)
+    unless ``overwrite=True``, which deletes those files once the folder's lock is held. The
+    device, the backend, an existing run and a resumed checkpoint are checked before the data
+    is loaded, and the data before anything is written; a new run that stops before its first
+    checkpoint (an error, Ctrl-C) removes the files it wrote and the folder if it made it.
+    Training prints the device and the CPU thread count once (``torch.get_num_threads()``;
+    set ``OMP_NUM_THREADS`` to change it).
 
     Multiple processes (``torchrun --nproc_per_node W -m fastvae train ...``): the process
     group is joined (Gloo on CPU, NCCL on CUDA, one GPU per process), the model is wrapped in
@@ -446,21 +567,99 @@ def train(config: TrainConfig | None = None, *, resume: bool = False) -> Path:
     Raises:
         fastvae.data.DataNotFoundError: MNIST is missing and could not be downloaded.
         fastvae.runlock.RunLockedError: another training is using ``config.out``.
-        NonFiniteLossError: the loss became NaN/inf and ``nonfinite="stop"``.
+        NonFiniteLossError: the loss became NaN/inf and ``nonfinite="stop"``; or the final
+            test metrics are not finite (raised after the figures and the checkpoint are
+            written).
+        RunExistsError: a new run into a folder that holds one, without ``overwrite``.
+        CheckpointError: the checkpoint to resume cannot be read.
+        TrainingInterrupted: Ctrl-C (a ``KeyboardInterrupt``); its message says which
+            checkpoint is kept and how to resume.
         FileNotFoundError, ValueError: ``resume`` without a checkpoint, or with a checkpoint
-            whose configuration differs in more than epochs, device and backend; a
-            ``batch_size`` not divisible by processes x ``grad_accum``.
+            whose configuration differs in more than epochs, device and backend, or with
+            fewer epochs than it trained; ``resume`` with ``overwrite``; an unknown device or
+            a backend the device cannot run; a ``batch_size`` not divisible by processes x
+            ``grad_accum``.
     """
     t_start = time.perf_counter()
     cfg = config if config is not None else TrainConfig()
-    env = distributed.setup(resolve_device(cfg.device))
+    if resume and overwrite:
+        raise ValueError("resume continues the run in its folder and overwrite deletes it: "
+                         "give one of them")
+    device = resolve_device(cfg.device)
+    _check_backend(cfg.backend, device)
+    out = Path(cfg.out)
+    ckpt = None
+    if resume:
+        ckpt = _resume_checkpoint(cfg, out)
+        if ckpt["epoch"] == cfg.epochs:
+            print(f"{out}: already trained {cfg.epochs} of {cfg.epochs} epochs; nothing to do "
+                  "(--epochs N with N above that trains it longer)", flush=True)
+            return out
+    elif not overwrite:
+        _refuse_existing_run(out)
+    env = distributed.setup(device)
     try:
-        return _train(cfg, env, resume, t_start)
+        return _train(cfg, env, ckpt, overwrite, t_start)
     finally:
         env.close()
 
 
-def _train(cfg: TrainConfig, env: distributed.Distributed, resume: bool, t_start: float) -> Path:
+def _check_backend(backend: str, device: torch.device) -> None:
+    """Raise ValueError now if ``backend`` cannot run on ``device`` (instead of at the first
+    training step, after the run folder exists)."""
+    from fastvae.functional import resolve_backend
+
+    try:
+        resolve_backend(backend, torch.empty(0, device=device))
+    except ValueError as exc:
+        raise ValueError(f"backend {backend!r} cannot run on device {device}: {exc}") from None
+
+
+def _refuse_existing_run(out: Path) -> None:
+    present = [f for f in RUN_FILES if (out / f).exists()]
+    if not present:
+        return
+    if (out / CHECKPOINT).exists():
+        try:
+            ckpt = read_checkpoint(out / CHECKPOINT)
+            total = ckpt["config"].get("epochs", "?")
+            held = f"trained {ckpt['epoch']} of {total} epochs"
+        except (CheckpointError, FileNotFoundError):
+            held = f"its {CHECKPOINT} is unreadable"
+    else:
+        held = "started, no epoch finished"
+    raise RunExistsError(
+        f"{out} already holds a run ({held}; {', '.join(present)}): continue it with "
+        f"`fastvae train --resume {out}` (--epochs N to train longer), replace it with "
+        "--overwrite, or choose another --out"
+    )
+
+
+def _resume_checkpoint(cfg: TrainConfig, out: Path) -> dict[str, Any]:
+    """The checkpoint of ``out`` to resume, checked against ``cfg`` (on the CPU: the RNG
+    states must stay there; ``load_state_dict`` moves the rest)."""
+    if not (out / CHECKPOINT).is_file():
+        raise FileNotFoundError(f"cannot resume {out}: no {CHECKPOINT} there")
+    ckpt = read_checkpoint(out / CHECKPOINT)
+    missing = sorted({"optimizer", "scheduler", "rng_states", "metrics"} - set(ckpt))
+    if missing:
+        raise ValueError(
+            f"cannot resume {out}: its {CHECKPOINT} lacks {', '.join(missing)} (written by "
+            "an older fastvae); it still loads for sampling (fastvae sample)"
+        )
+    _check_resumable(ckpt["config"], cfg, out)
+    if cfg.epochs < ckpt["epoch"]:
+        raise ValueError(
+            f"cannot resume {out} with --epochs {cfg.epochs}: it has already trained "
+            f"{ckpt['epoch']} epochs (give --epochs {ckpt['epoch']} or more)"
+        )
+    return ckpt
+
+
+def _train(
+    cfg: TrainConfig, env: distributed.Distributed, ckpt: dict[str, Any] | None,
+    overwrite: bool, t_start: float,
+) -> Path:
     device, W = env.device, env.world_size
     if cfg.batch_size % (W * cfg.grad_accum):
         raise ValueError(
@@ -469,19 +668,6 @@ def _train(cfg: TrainConfig, env: distributed.Distributed, resume: bool, t_start
         )
     out = Path(cfg.out)
     ckpt_path = out / CHECKPOINT
-    ckpt = None
-    if resume:
-        if not ckpt_path.is_file():
-            raise FileNotFoundError(f"cannot resume {out}: no {CHECKPOINT} there")
-        # On the CPU: the RNG states must stay there; load_state_dict moves the rest.
-        ckpt = torch.load(ckpt_path, map_location="cpu", weights_only=True)
-        missing = sorted({"optimizer", "scheduler", "rng_states", "metrics"} - set(ckpt))
-        if missing:
-            raise ValueError(
-                f"cannot resume {out}: its {CHECKPOINT} lacks {', '.join(missing)} (written by "
-                "an older fastvae); it still loads for sampling (fastvae sample)"
-            )
-        _check_resumable(ckpt["config"], cfg, out)
     seed_everything(cfg.seed + env.rank)
     # Data first: a missing data set should not leave an empty run folder behind.
     train_batches, test_batches, input_shape = _build_data(cfg, device, env)
@@ -503,15 +689,22 @@ def _train(cfg: TrainConfig, env: distributed.Distributed, resume: bool, t_start
     del ckpt
 
     lock, error = None, None
+    made_dirs = [d for d in (out, *out.parents) if not d.exists()]  # deepest first
     if env.is_main:
         try:
             out.mkdir(parents=True, exist_ok=True)
             lock = RunLock(out).acquire()
+            if overwrite:
+                for name in RUN_FILES:
+                    (out / name).unlink(missing_ok=True)
         except Exception as exc:  # noqa: BLE001 -- passed on to every rank just below
             error = exc
     env.raise_if_main_failed(error)
+    saved_epoch, epoch = start_epoch - 1, start_epoch
     try:
         if env.is_main:
+            print(f"training on {device}; CPU threads: {torch.get_num_threads()} (set "
+                  "OMP_NUM_THREADS=N to change; see the README)", flush=True)
             _start_files(cfg, env, out, metrics, start_epoch)
         step_model = _LossModule(model, cfg.iwae_k)
         if env.enabled:
@@ -526,6 +719,7 @@ def _train(cfg: TrainConfig, env: distributed.Distributed, resume: bool, t_start
                 scheduler.step()
             rng_states = env.all_gather_object(_rng_state(device))
             if not env.is_main:
+                saved_epoch = epoch
                 continue
             # For dynamic binarization, the test generator restarts too: the same test images
             # every epoch.
@@ -555,6 +749,7 @@ def _train(cfg: TrainConfig, env: distributed.Distributed, resume: bool, t_start
                 },
                 ckpt_path,
             )
+            saved_epoch = epoch
             tqdm.write(
                 f"epoch {epoch}/{cfg.epochs}: train NELBO {row['train_loss']:.2f} | test NELBO "
                 f"{row['test_loss']:.2f} (recon {row['test_recon']:.2f}, KL {row['test_kl']:.2f}) "
@@ -564,10 +759,53 @@ def _train(cfg: TrainConfig, env: distributed.Distributed, resume: bool, t_start
             total = elapsed_before + time.perf_counter() - t_start
             _finish(cfg, model, test_batches, metrics, out, device, total)
         env.barrier()
+    except BaseException as exc:
+        if env.is_main and saved_epoch == 0:
+            _remove_unfinished_run(out, made_dirs)
+        if isinstance(exc, KeyboardInterrupt) and not isinstance(exc, TrainingInterrupted):
+            raise TrainingInterrupted(_interrupted(cfg, out, epoch, saved_epoch)) from None
+        raise
     finally:
         if lock is not None:
             lock.release()
+    if env.is_main:
+        _check_final_metrics(metrics[-1], cfg, ckpt_path)
     return out
+
+
+def _remove_unfinished_run(out: Path, made_dirs: list[Path]) -> None:
+    """Undo a new run that never wrote a checkpoint: its files, and the folders this run made
+    (``made_dirs``, deepest first) that are empty then."""
+    for name in RUN_FILES + (LOCK_NAME,):
+        (out / name).unlink(missing_ok=True)
+    for d in made_dirs:
+        try:
+            d.rmdir()
+        except OSError:  # something else was put there meanwhile: leave it
+            break
+
+
+def _interrupted(cfg: TrainConfig, out: Path, epoch: int, saved_epoch: int) -> str:
+    if saved_epoch == 0:
+        return (f"interrupted in epoch {epoch} of {cfg.epochs}, before the first checkpoint: "
+                f"nothing was kept (the files of this run in {out} are removed)")
+    where = (f"in epoch {epoch} of {cfg.epochs}" if saved_epoch < cfg.epochs
+             else "while writing the figures")
+    return (f"interrupted {where}; {out / CHECKPOINT} (epoch {saved_epoch}) is kept: continue "
+            f"with `fastvae train --resume {out}`")
+
+
+def _check_final_metrics(last: dict[str, float], cfg: TrainConfig, ckpt_path: Path) -> None:
+    """Raise NonFiniteLossError if the last epoch's test metrics are NaN or infinite."""
+    bad = {k: last[k] for k in ("test_loss", "test_recon", "test_kl") if not math.isfinite(last[k])}
+    if bad:
+        raise NonFiniteLossError(
+            f"the final test metrics are not finite ({', '.join(f'{k} {v}' for k, v in bad.items())}"
+            f" after epoch {int(last['epoch'])}): the model diverged"
+            + (" although --nonfinite skip dropped the non-finite steps" if cfg.nonfinite == "skip"
+               else "")
+            + f"; {ckpt_path} holds these weights. Lower --lr or check the data"
+        )
 
 
 def _start_files(
@@ -688,18 +926,23 @@ def _train_epoch(
 
 
 def _finish(cfg, model, test_batches, metrics, out, device, total) -> None:
-    """The three figures and the final line (rank 0)."""
+    """The three figures, titled with the model and the epoch, and the final line (rank 0)."""
     model.eval()
+    epoch = int(metrics[-1]["epoch"])
+    label = (f"{type(model).__name__} {cfg.likelihood}, latent {cfg.latent_dim}, "
+             f"beta {cfg.beta:g}")
     gen = torch.Generator(device=device).manual_seed(cfg.seed + _SAMPLE_SEED)
-    plots.save_samples(model, out / "samples.png", n=64, nrow=8, generator=gen)
+    plots.save_samples(model, out / "samples.png", n=64, nrow=8, generator=gen,
+                       title=f"{label}, epoch {epoch}: 64 samples, z ~ N(0, I)")
     test_batches.generator.manual_seed(cfg.seed + _TEST_DATA_SEED)
     x_test, _ = next(iter(test_batches))
-    plots.save_reconstructions(model, x_test[:32], out / "reconstructions.png", nrow=8)
-    plots.plot_loss_curves(
-        metrics, out / "loss_curve.png",
-        title=f"{type(model).__name__} {cfg.likelihood}, latent {cfg.latent_dim}, "
-        f"beta {cfg.beta:g}",
+    x_test = x_test[:32]
+    plots.save_reconstructions(
+        model, x_test, out / "reconstructions.png", nrow=8,
+        title=f"{label}, epoch {epoch}: {x_test.shape[0]} test images (top) and their "
+        "reconstructions (bottom)",
     )
+    plots.plot_loss_curves(metrics, out / "loss_curve.png", title=label)
     last = metrics[-1]
     print(
         f"final test NELBO {last['test_loss']:.2f} nats/image (recon {last['test_recon']:.2f}, "

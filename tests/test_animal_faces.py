@@ -17,7 +17,8 @@ from fastvae.train import load_checkpoint
 SAMPLE = Path(os.environ.get("FASTVAE_DATA") or "data") / "afhq_sample"
 needs_sample = pytest.mark.skipif(
     not (SAMPLE / "train").is_dir(),
-    reason="the AFHQ sample is not in $FASTVAE_DATA/afhq_sample",
+    reason="needs the AFHQ sample: a folder afhq_sample/ with train/ and val/ class folders "
+    "in DIR, run as `FASTVAE_DATA=DIR pytest`",
 )
 
 
@@ -87,8 +88,13 @@ def test_train_command_end_to_end(tmp_path, capsys):
     model, ckpt = load_checkpoint(out / "checkpoint.pt")
     assert isinstance(model, ConvVAE) and model.input_shape == (3, 32, 32)
     assert ckpt["model_name"] == "conv" and tuple(ckpt["config"]["classes"]) == ("cat", "dog")
+    # An 8 x 8 grid of 32-pixel RGB images (274 px square), drawn at least 400 px wide under
+    # its title.
     with Image.open(out / "samples.png") as im:
-        assert im.mode == "RGB" and im.size == (8 * 34 + 2, 8 * 34 + 2)
+        rgb = im.convert("RGB")
+        assert im.size[0] >= 400 and im.size[1] > im.size[0]
+    r, g, b = (rgb.getchannel(c) for c in "RGB")
+    assert r.tobytes() != g.tobytes() or g.tobytes() != b.tobytes(), "colour samples"
 
 
 def test_animal_faces_flags_are_checked(capsys):

@@ -15,6 +15,8 @@ from benchmarks.losses import Case
 import fastvae
 from fastvae import cli
 
+from test_data import HAVE_MNIST, NO_MNIST
+
 CPU = torch.device("cpu")
 ROOT = Path(__file__).resolve().parent.parent
 # GPU-only row fields: null where the smoke run has no CUDA device.
@@ -27,7 +29,8 @@ def _set(case):
 
 def test_smoke_report_runs_end_to_end(tmp_path):
     out = tmp_path / "smoke.json"
-    assert report.main(["--smoke", "--device", "cpu", "--out", str(out)]) == 0
+    no_mnist = [] if HAVE_MNIST else ["--mnist-epochs", "0"]  # the loss rows still run
+    assert report.main(["--smoke", "--device", "cpu", "--out", str(out), *no_mnist]) == 0
     res = json.loads(out.read_text())
     assert res["smoke"] is True and res["device_type"] == "cpu"
     assert tuple(res["headline"]) == report.HEADLINE_KEYS
@@ -42,6 +45,11 @@ def test_smoke_report_runs_end_to_end(tmp_path):
             assert row["dispatched_launches"] >= 1 and row["dispatched_syncs"] == 0
         if row["mode"] == "fwd+bwd":
             assert row["saved_bytes"] >= row["saved_bytes_beyond_inputs"] >= 0
+    head = res["headline"]
+    assert head["loss_head_launches"] is None and head["loss_head_host_syncs"] is None
+    if not HAVE_MNIST:
+        assert res["mnist"] is None
+        pytest.skip(f"the loss rows passed; the MNIST training step {NO_MNIST}")
     mnist = res["mnist"]
     assert mnist["epochs"] == 1 and mnist["train_images"] == 512
     for side in ("baseline", "fastvae"):
@@ -50,8 +58,6 @@ def test_smoke_report_runs_end_to_end(tmp_path):
         # steps moves it, but not far
         assert 200 < mnist[side]["test_loss"] < 600
     assert mnist["fastvae"]["cuda_graph"] is False
-    head = res["headline"]
-    assert head["loss_head_launches"] is None and head["loss_head_host_syncs"] is None
     assert head["mnist_test_loss_fastvae"] == mnist["fastvae"]["test_loss"]
     assert head["mnist_10_epochs_seconds"] is None  # one epoch is not ten
 

@@ -40,17 +40,19 @@ def test_help():
 def test_every_train_config_field_has_a_flag():
     parser = cli.build_parser()
     train_parser = parser._subparsers._group_actions[0].choices["train"]
-    dests = {a.dest for a in train_parser._actions} - {"help", "resume"}
+    dests = {a.dest for a in train_parser._actions} - {"help", "resume", "overwrite"}
     assert dests == {f.name for f in dataclasses.fields(TrainConfig)}
     # Defaults of the flags are the TrainConfig defaults.
     args = parser.parse_args(["train"])
-    config = TrainConfig(**{k: v for k, v in vars(args).items() if k not in ("command", "resume")})
+    config = TrainConfig(**{k: v for k, v in vars(args).items()
+                            if k not in ("command", "resume", "overwrite")})
     assert config == TrainConfig()
 
 
 def test_flags_reach_the_config(monkeypatch):
     seen = {}
-    monkeypatch.setattr("fastvae.cli.train", lambda config: seen.setdefault("config", config))
+    monkeypatch.setattr("fastvae.cli.train",
+                        lambda config, overwrite: seen.setdefault("config", config))
     rc = cli.main([
         "train", "--epochs", "3", "--batch-size", "32", "--lr", "0.01", "--latent-dim", "2",
         "--hidden-dims", "256", "128", "--beta", "4", "--likelihood", "mse", "--binarize",
@@ -71,9 +73,9 @@ def test_bad_flag_values_exit_cleanly(capsys):
     with pytest.raises(SystemExit) as info:
         cli.main(["train", "--binarize", "maybe"])
     assert info.value.code == 2
-    assert cli.main(["train", "--epochs", "0"]) == 2
+    assert cli.main(["train", "--lr", "0"]) == 2
     err = capsys.readouterr().err
-    assert "epochs must be an integer >= 1, got 0" in err and "Traceback" not in err
+    assert "lr must be > 0, got 0.0" in err and "Traceback" not in err
 
 
 def test_missing_data_is_one_clear_message(monkeypatch, tmp_path, capsys):

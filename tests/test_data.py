@@ -21,8 +21,10 @@ def mnist_root():
 
 HAVE_MNIST = mnist_root() is not None
 NO_MNIST = (
-    "real MNIST not found: set FASTVAE_DATA to a folder holding MNIST/raw/ "
-    "(the four IDX files; in this repository, the absolute path of ../shared/data)"
+    "needs MNIST: put the four IDX files (train-images-idx3-ubyte, train-labels-idx1-ubyte, "
+    "t10k-images-idx3-ubyte, t10k-labels-idx1-ubyte) in DIR/MNIST/raw/ and run "
+    "`FASTVAE_DATA=DIR pytest` (`FASTVAE_DATA=DIR fastvae train --epochs 1` downloads them "
+    "there when a network is available)"
 )
 needs_mnist = pytest.mark.skipif(not HAVE_MNIST, reason=NO_MNIST)
 

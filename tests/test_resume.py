@@ -222,6 +222,7 @@ def test_resume_refuses_a_changed_configuration(tmp_path):
 def test_resume_refuses_a_checkpoint_without_training_state(tmp_path):
     run = tmp_path / "old"
     run.mkdir()
-    ftrain.save_checkpoint({"epoch": 1, "model": {}, "config": {}}, run / "checkpoint.pt")
+    ftrain.save_checkpoint({"epoch": 1, "model": {}, "config": {}, "model_config": {}},
+                           run / "checkpoint.pt")
     with pytest.raises(ValueError, match="lacks metrics, optimizer, rng_states, scheduler"):
         ftrain.train(tiny(run), resume=True)

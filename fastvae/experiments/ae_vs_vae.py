@@ -106,7 +106,7 @@ def ae_vs_vae(
         for kind, title in KINDS:
             cfg = options.train_config(f"{kind}-{arch}", model=arch, latent_dim=latent_dim,
                                        autoencoder=kind == "ae", likelihood=likelihood)
-            model, cfg, metrics = train_or_load(cfg)
+            model, cfg, metrics = train_or_load(cfg, overwrite=options.overwrite)
             device = next(model.parameters()).device
             if x_test is None:
                 x_test, y_test, class_names = first_test_images(cfg, 10_000, device)

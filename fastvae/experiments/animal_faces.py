@@ -40,7 +40,7 @@ def animal_faces(
     for name, classes in runs:
         cfg = options.train_config(name, classes=classes, model=model, latent_dim=latent_dim,
                                    likelihood=likelihood, batch_size=batch_size)
-        vae, cfg, metrics = train_or_load(cfg)
+        vae, cfg, metrics = train_or_load(cfg, overwrite=options.overwrite)
         device = next(vae.parameters()).device
         x, _, _ = first_test_images(cfg, N_RECON, device)
         recons.append((x, vae.reconstruct(x).reshape(x.shape).to(x.dtype)))

@@ -15,7 +15,7 @@ from typing import Sequence
 import torch
 
 from fastvae.data import ImageBatches
-from fastvae.train import TrainConfig, load_checkpoint, resolve_device, train
+from fastvae.train import TrainConfig, load_checkpoint, resolve_device, run_folder, train
 
 # --quick: few epochs on a slice of MNIST, to try a command in about a minute on a CPU.
 QUICK = {"epochs": 1, "limit_train": 5000, "limit_test": 1000}
@@ -28,9 +28,10 @@ class Options:
     ``epochs`` trains each model that long (default 10, the canonical MNIST VAE run);
     ``quick`` means 1 epoch on the first 5,000 training and 1,000 test images unless
     ``epochs`` / ``limit_train`` / ``limit_test`` are given; ``out`` is the experiment's folder;
-    ``command`` is the command line recorded in report.md; ``data`` holds TrainConfig data
-    fields for every model trained (``dataset``, ``data_dir``, ``image_size``, ``grayscale``;
-    empty: MNIST).
+    ``overwrite`` lets it replace the runs it trained there before (otherwise a run folder that
+    holds a run is refused, as by ``fastvae train``); ``command`` is the command line recorded
+    in report.md; ``data`` holds TrainConfig data fields for every model trained
+    (``dataset``, ``data_dir``, ``image_size``, ``grayscale``; empty: MNIST).
     """
 
     out: str
@@ -40,6 +41,7 @@ class Options:
     device: str = "auto"
     limit_train: int | None = None
     limit_test: int | None = None
+    overwrite: bool = False
     command: str | None = None
     data: dict = dataclasses.field(default_factory=dict)
 
@@ -56,13 +58,14 @@ class Options:
         )
 
 
-def train_or_load(config: TrainConfig, run: str | None = None):
-    """Train ``config`` (or, when ``run`` names an existing run folder, load it instead).
+def train_or_load(config: TrainConfig, run: str | None = None, *, overwrite: bool = False):
+    """Train ``config`` (``overwrite`` as :func:`fastvae.train.train`'s), or, when ``run``
+    names an existing run folder (or its checkpoint.pt), load it instead.
 
     Returns ``(model, config, metrics)``: the model in eval mode, the run's TrainConfig and its
     metrics.csv rows as dicts of floats.
     """
-    folder = Path(run) if run is not None else train(config)
+    folder = run_folder(run) if run is not None else train(config, overwrite=overwrite)
     model, ckpt = load_checkpoint(folder / "checkpoint.pt", map_location=resolve_device(
         config.device if run is None else "cpu"
     ))

@@ -60,7 +60,8 @@ def decoder_sampling(options: Options) -> Path:
     grids, titles, rows = [], [], []
     for arch, name in ARCHS:
         fields = {k: v for k, v in SETTING.items() if arch == "mlp" or k != "hidden_dims"}
-        model, cfg, metrics = train_or_load(options.train_config(arch, model=arch, **fields))
+        model, cfg, metrics = train_or_load(options.train_config(arch, model=arch, **fields),
+                                            overwrite=options.overwrite)
         device = next(model.parameters()).device
         gen = torch.Generator(device).manual_seed(options.seed)
         z = torch.randn(N_SAMPLES, model.latent_dim, generator=gen, device=device)
@@ -79,7 +80,7 @@ def decoder_sampling(options: Options) -> Path:
     epochs, floor = int(metrics[-1]["epoch"]), model.logvar_floor
     # The contrast: the MLP without the floor (the ill-posed model).
     free, _, free_metrics = train_or_load(options.train_config(
-        "mlp-no-floor", model="mlp", **SETTING, logvar_floor=None))
+        "mlp-no-floor", model="mlp", **SETTING, logvar_floor=None), overwrite=options.overwrite)
     last = free_metrics[-1]
     rows.append((f"{ARCHS[0][1]}, no floor", last["test_loss"], last["test_recon"],
                  last["test_kl"], "-inf", _decoder_spread(free, x)[0], "n/a"))

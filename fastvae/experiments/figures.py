@@ -9,22 +9,7 @@ from typing import Mapping, Sequence
 
 import torch
 
-DPI = 100
-
-def _figure(width: float, height: float):
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
-    fig = Figure(figsize=(width, height), dpi=DPI)
-    FigureCanvasAgg(fig)
-    return fig
-
-
-def _save(fig, path) -> Path:
-    fig.tight_layout()
-    path = Path(path)
-    fig.savefig(str(path))
-    return path
+from fastvae.plots import DPI, figure, fit_title, save_figure
 
 
 def image_panels(
@@ -39,15 +24,26 @@ def image_panels(
     grids = [make_grid(g.detach().float().clamp(0, 1).cpu(), nrow=nrow, padding=2) for g in grids]
     width = max(2.5, max(g.shape[2] for g in grids) / DPI * 1.1)
     height = max(2.5, max(g.shape[1] for g in grids) / DPI * 1.1)
-    fig = _figure(width * len(grids), height + (0.7 if suptitle else 0.4))
-    for i, (grid, title) in enumerate(zip(grids, titles)):
+    fig = figure(width * len(grids), height)
+    # Titles wrapped to their panel's (and the suptitle to the figure's) width; the figure grows
+    # by the height of the longest title and of the suptitle.
+    fitted = [fit_title(fig, t, 0.9 / len(grids)) for t in titles]
+    top = fit_title(fig, suptitle) if suptitle else None
+
+    def lines_height(text_points) -> float:
+        text, points = text_points
+        return (text.count("\n") + 1) * points / 72 * 1.35
+
+    extra = max(lines_height(f) for f in fitted) + (lines_height(top) if top else 0.0)
+    fig.set_figheight(height + extra + 0.2)
+    for i, (grid, (title, points)) in enumerate(zip(grids, fitted)):
         ax = fig.add_subplot(1, len(grids), i + 1)
         ax.imshow(grid.permute(1, 2, 0).numpy(), interpolation="nearest")
-        ax.set_title(title)
+        ax.set_title(title, fontsize=points)
         ax.axis("off")
-    if suptitle:
-        fig.suptitle(suptitle)
-    return _save(fig, path)
+    if top:
+        fig.suptitle(top[0], fontsize=top[1])
+    return save_figure(fig, path)
 
 
 @torch.no_grad()
@@ -96,7 +92,7 @@ def latent_scatter(
     """Scatter of ``(N, 2)`` points coloured by integer label (legend with ``names``)."""
     from matplotlib import colormaps
 
-    fig = _figure(6.4, 5.6)
+    fig = figure(6.4, 5.6)
     ax = fig.add_subplot(1, 1, 1)
     cmap = colormaps["tab10"]
     pts, lab = points.detach().cpu().float(), labels.cpu()
@@ -105,10 +101,11 @@ def latent_scatter(
         ax.scatter(pts[sel, 0], pts[sel, 1], s=4, alpha=0.6, color=cmap(c % 10), label=names[c])
     ax.set_xlabel(axis_labels[0])
     ax.set_ylabel(axis_labels[1])
-    ax.set_title(title)
+    text, points = fit_title(fig, title, 0.8)  # the axes, not the y label, is under the title
+    ax.set_title(text, fontsize=points)
     ax.legend(markerscale=4, fontsize=8, loc="best", ncol=2)
     ax.grid(True, alpha=0.3)
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def loss_curves(metrics: Sequence[Mapping[str, float]], path, *, title: str | None = None) -> Path:

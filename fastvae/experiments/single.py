@@ -9,6 +9,7 @@ from pathlib import Path
 import torch
 
 from fastvae.experiments import figures
+from fastvae.plots import paired_rows
 from fastvae.experiments.common import (
     Options, Report, first_test_images, loss_row, train_or_load,
 )
@@ -17,8 +18,9 @@ LOSS_HEADER = ("test NELBO", "test recon", "test KL")
 
 
 def _model(options: Options, run: str | None, latent_dim: int):
-    Path(options.out).mkdir(parents=True, exist_ok=True)
-    model, cfg, metrics = train_or_load(options.train_config("run", latent_dim=latent_dim), run)
+    model, cfg, metrics = train_or_load(options.train_config("run", latent_dim=latent_dim), run,
+                                        overwrite=options.overwrite)
+    Path(options.out).mkdir(parents=True, exist_ok=True)  # once the model (and data) are there
     device = next(model.parameters()).device
     label = (f"{type(model).__name__}, latent {cfg.latent_dim}, beta {cfg.beta:g}, "
              f"{int(metrics[-1]['epoch'])} epochs")
@@ -29,11 +31,12 @@ def reconstructions(
     options: Options, run: str | None = None, latent_dim: int = 20, n: int = 32,
 ) -> Path:
     """``reconstructions.png``: ``n`` test images (top half) above their reconstructions (the
-    decoded posterior means, bottom half), 8 per row; report.md with the test losses."""
+    decoded posterior means, bottom half), 8 per row, each in its original's column
+    (:func:`fastvae.plots.paired_rows`); report.md with the test losses."""
     model, cfg, metrics, device, label = _model(options, run, latent_dim)
     x, _, _ = first_test_images(cfg, n, device)
-    recon = model.reconstruct(x).reshape(x.shape).to(x.dtype)
-    fig = figures.image_panels([torch.cat([x, recon])], [label],
+    recon = model.reconstruct(x).reshape(x.shape)
+    fig = figures.image_panels([paired_rows(x, recon, 8)], [label],
                                Path(options.out) / "reconstructions.png")
     report = Report("Reconstructions", options, f"Model: {label}.")
     report.figure(fig, f"{x.shape[0]} test images (top half) and their reconstructions from "

@@ -25,10 +25,10 @@ def _sweep(options: Options, values, run_name, fields, images):
     """Train one model per value (run folder ``run_name(v)``, TrainConfig ``fields(v)``);
     return each model's ``images(model)``, the table rows (value, test NELBO, recon, KL) and the
     epochs trained."""
-    Path(options.out).mkdir(parents=True, exist_ok=True)
     grids, rows = [], []
     for v in values:
-        model, _, metrics = train_or_load(options.train_config(run_name(v), **fields(v)))
+        model, _, metrics = train_or_load(options.train_config(run_name(v), **fields(v)),
+                                          overwrite=options.overwrite)
         grids.append(images(model))
         rows.append((f"{v:g}", *loss_row(metrics)))
     return grids, rows, int(metrics[-1]["epoch"])
