@@ -126,7 +126,7 @@ def run_curves(histories: Mapping[str, Sequence[Mapping[str, float]]], path, *,
     from matplotlib import colormaps
     from matplotlib.ticker import MaxNLocator
 
-    fig = _figure(10, 4.2)
+    fig = figure(10, 4.2)
     cmap = colormaps["tab10"]
     for i, (key, label) in enumerate((("loss", "negative ELBO (nats / image)"),
                                       ("kl", "KL(q(z|x) || p(z)) (nats / image)"))):
@@ -143,5 +143,6 @@ def run_curves(histories: Mapping[str, Sequence[Mapping[str, float]]], path, *,
         ax.grid(True, alpha=0.3)
         ax.legend(fontsize=7, ncol=2)
     if title:
-        fig.suptitle(title)
-    return _save(fig, path)
+        text, points = fit_title(fig, title)
+        fig.suptitle(text, fontsize=points)
+    return save_figure(fig, path)
