@@ -1,0 +1,84 @@
+"""The VAE loss head on the CPU: fastvae against the hand-written eager loss, interleaved.
+
+One step is the MNIST-size loss head forward and backward (B=128, D=784, L=20, fp32): z and
+the KL from mu and logvar, the Bernoulli (logits) reconstruction loss, their sum, and
+``torch.autograd.grad`` of (loss, z) with the incoming gradients made in advance. fastvae runs
+:func:`benchmarks.losses.fastvae_loss_head` (backend "auto": the PyTorch path on CPU tensors),
+the baseline :func:`benchmarks.losses.eager_loss_head` (the usual four lines). Single thread
+(``torch.set_num_threads(1)``): the number a CPU user's training step sees, without the noise
+of threads shared with other processes.
+
+The two alternate in blocks of ``--block`` steps (interleaved, so drifts in machine load hit
+both); the medians of the per-step times of the blocks and their ratio are printed and, with
+``--out``, written as JSON.
+
+    python -m benchmarks.cpu_head [--rounds 40] [--block 20] [--out FILE]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import time
+
+import torch
+
+from benchmarks import losses
+from benchmarks.losses import Case
+
+CASE = Case("loss_head", batch=128, dim=784, dtype=torch.float32, mode="fwd+bwd")
+
+
+def measure(rounds: int = 40, block: int = 20, warmup: int = 10) -> dict:
+    """Median seconds per step of each implementation over ``rounds`` interleaved blocks."""
+    torch.set_num_threads(1)
+    gen = torch.Generator().manual_seed(0)
+    sets = [losses.make_set(CASE, torch.device("cpu"), gen) for _ in range(2)]
+    steps = {impl: losses.step_fn(CASE, losses.forward_fn("loss_head", impl), sets)
+             for impl in ("eager", "fastvae")}
+    times: dict[str, list[float]] = {impl: [] for impl in steps}
+    for impl, step in steps.items():
+        for _ in range(warmup):
+            step()
+    for _ in range(rounds):
+        for impl, step in steps.items():
+            t0 = time.perf_counter()
+            for _ in range(block):
+                step()
+            times[impl].append((time.perf_counter() - t0) / block)
+    med = {impl: statistics.median(ts) for impl, ts in times.items()}
+    return {
+        "case": {"batch": CASE.batch, "dim": CASE.dim, "latent": losses.LOSS_HEAD_LATENT,
+                 "dtype": CASE.dtype_name, "mode": CASE.mode},
+        "threads": torch.get_num_threads(),
+        "rounds": rounds,
+        "block": block,
+        "eager_us": med["eager"] * 1e6,
+        "fastvae_us": med["fastvae"] * 1e6,
+        "ratio": med["fastvae"] / med["eager"],
+        "torch": torch.__version__,
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rounds", type=int, default=40, help="interleaved blocks per impl")
+    parser.add_argument("--block", type=int, default=20, help="steps per block")
+    parser.add_argument("--out", help="write the result as JSON here")
+    args = parser.parse_args(argv)
+    res = measure(args.rounds, args.block)
+    print(
+        f"loss head fwd+bwd, B={CASE.batch} D={CASE.dim} L={losses.LOSS_HEAD_LATENT} fp32, "
+        f"{res['threads']} thread: eager {res['eager_us']:.1f} us, fastvae "
+        f"{res['fastvae_us']:.1f} us (medians of {args.rounds} blocks of {args.block}); "
+        f"ratio {res['ratio']:.2f}x"
+    )
+    if args.out:
+        with open(args.out, "w") as f:
+            json.dump(res, f, indent=2)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
