@@ -1,37 +1,47 @@
-"""Public functional API: argument checks, then dispatch to the Triton ops or the reference.
+"""Public functional API: argument checks, then dispatch to the Triton ops or the PyTorch path.
 
 Units are nats. Every loss is summed over each sample's non-batch dims first; ``reduction``
-then gives per-sample values ``(B,)`` ("none"), their batch total ("sum") or their batch mean
-("mean": the mean of per-sample sums, NOT a per-element mean).
+then takes torch's names and meanings: "none" -> per-sample values ``(B,)``; "sum" -> their
+total; "mean" -> torch's per-element mean (the total divided by the number of elements, so
+``reconstruction_loss(r, x, "mse", reduction="mean") == F.mse_loss(r, x)``); "batchmean" ->
+the total divided by B (``F.kl_div``'s name: the per-sample loss averaged over the batch,
+nats per sample), the default everywhere.
 
 Empty batch (B = 0): allowed everywhere, with the results of the reductions over nothing that
-torch itself gives: "none" -> a ``(0,)`` tensor, "sum" -> 0, "mean" -> NaN (like
-``torch.mean`` of an empty tensor: there is no per-sample average to report), and
-``reparameterize`` -> z of shape ``(0, L)`` (``(K, 0, L)``); gradients are empty tensors.
-No kernel is launched for an empty input. NaN and inf in the inputs propagate exactly as in
-:mod:`fastvae.reference` on both backends (they are not errors: checking would cost a host
-sync). Non-contiguous and expanded (stride 0) inputs are accepted on both backends; the Triton
-path copies them to contiguous memory first.
+torch itself gives: "none" -> a ``(0,)`` tensor, "sum" -> 0, "mean" and "batchmean" -> NaN
+(like ``torch.mean`` of an empty tensor), and ``reparameterize`` -> z of shape
+``(0, *latent_shape)``; gradients are empty tensors. No kernel is launched for an empty input.
+NaN and inf in the inputs propagate as in :mod:`fastvae.reference` on the Triton path; the
+PyTorch path follows torch's own loss functions there (an infinite logit gives NaN in
+``F.binary_cross_entropy_with_logits``). They are not errors: checking would cost a host sync.
+Non-contiguous and expanded (stride 0) inputs are accepted on both backends.
+
+Dtypes: ``recon`` and ``x`` may have different floating dtypes (a bf16 decoder output under
+``torch.autocast`` and an fp32 target); everything is computed in float32 (float64 if an
+input is float64). Integer and bool tensors are refused with a TypeError.
 
 ``backend`` selects the implementation: "triton" (the fused kernels; CUDA tensors, or CPU
-tensors when TRITON_INTERPRET=1 was set before import), "torch" (:mod:`fastvae.reference`),
-or "auto" (Triton for CUDA tensors, the reference elsewhere). ``None`` reads the environment
-variable ``FASTVAE_BACKEND``, default "auto".
+tensors when TRITON_INTERPRET=1 was set before import), "torch" (:mod:`fastvae.torch_backend`,
+the fastest correct composition of PyTorch operators, held to :mod:`fastvae.reference` by the
+tests), or "auto" (Triton for CUDA tensors, "torch" elsewhere). ``None`` reads the
+environment variable ``FASTVAE_BACKEND``, default "auto".
 """
 
 from __future__ import annotations
 
+import math
 import os
 from typing import NamedTuple
 
 import torch
 
-from fastvae import _checks, reference
+from fastvae import _checks, torch_backend
 from fastvae._ops import reconstruction_loss_op, sample_and_kl_op
 from fastvae.kernels._common import check_launchable
 from fastvae.reference import LIKELIHOODS, REDUCTIONS
 
 BACKENDS = ("auto", "triton", "torch")
+_LOG_2PI = math.log(2.0 * math.pi)
 
 
 class ELBO(NamedTuple):
@@ -65,21 +75,20 @@ def resolve_backend(backend: str | None, t: torch.Tensor) -> str:
 
 
 def _check_latent(mu, logvar) -> None:
-    _checks.tensor("mu", mu, ndim=2)
-    _checks.tensor("logvar", logvar, ndim=2)
+    _checks.tensor("mu", mu, min_ndim=2)
+    _checks.tensor("logvar", logvar, min_ndim=2)
     _checks.same("mu", mu, "logvar", logvar)
-
-
-def _op_reduction(reduction: str) -> str:
-    """The operator-level name of a public reduction (today's public "mean" is the batch mean
-    of per-sample sums, the operators' "batchmean")."""
-    return "batchmean" if reduction == "mean" else reduction
 
 
 def _seed(generator: torch.Generator | None, device: torch.device) -> torch.Tensor:
     # A device tensor, not a Python int: a captured CUDA graph replays this draw, so every
     # replay gets a fresh Philox key.
     return torch.randint(0, 2**62, (1,), generator=generator, device=device, dtype=torch.int64)
+
+
+def _flat_latent(t: torch.Tensor) -> torch.Tensor:
+    """``(B, *latent_shape)`` as the kernels' ``(B, L)`` (a view when the layout allows)."""
+    return t if t.dim() == 2 else t.reshape(t.shape[0], math.prod(t.shape[1:]))
 
 
 def reparameterize(
@@ -93,15 +102,17 @@ def reparameterize(
     """Draw z = mu + eps * exp(0.5 * logvar) with eps ~ N(0, I) (Kingma & Welling 2014, 2.4).
 
     Args:
-        mu, logvar: ``(B, L)`` posterior mean and log-variance, same float dtype and device.
+        mu, logvar: ``(B, *latent_shape)`` posterior mean and log-variance (any shape with a
+            batch dim first, e.g. ``(B, L)`` or a spatial ``(B, C, H, W)``), same float dtype
+            and device.
         n_samples: K >= 1 draws per row.
         generator: torch.Generator on mu's device type; seeds the draw (else the default one,
             so ``torch.manual_seed`` makes runs reproducible).
         backend: "auto", "triton", "torch" or None (``$FASTVAE_BACKEND``).
 
     Returns:
-        z in mu's dtype: ``(B, L)`` if n_samples == 1, else ``(K, B, L)`` (B may be 0). On
-        the Triton path eps is drawn in-kernel (Philox) and regenerated in backward, never
+        z in mu's dtype: mu's shape if n_samples == 1, else ``(K, *mu.shape)`` (B may be 0).
+        On the Triton path eps is drawn in-kernel (Philox) and regenerated in backward, never
         stored; gradients are dmu = dz, dlogvar = 0.5 * dz * eps * exp(0.5 * logvar).
 
     Raises:
@@ -112,33 +123,37 @@ def reparameterize(
     _checks.positive_int("n_samples", n_samples)
     _checks.generator(generator, mu.device)
     if resolve_backend(backend, mu) == "torch":
-        return reference.reparameterize(mu, logvar, n_samples=n_samples, generator=generator)
+        return torch_backend.reparameterize(mu, logvar, n_samples, generator)
     z, _ = sample_and_kl_op(
-        mu, logvar, _seed(generator, mu.device), n_samples, True, False, "none"
+        _flat_latent(mu), _flat_latent(logvar), _seed(generator, mu.device), n_samples,
+        True, False, "none",
     )
-    return z
+    return z.reshape((n_samples, *mu.shape) if n_samples > 1 else mu.shape)
 
 
 def gaussian_kl(
     mu: torch.Tensor,
     logvar: torch.Tensor,
-    reduction: str = "mean",
+    reduction: str = "batchmean",
     *,
     backend: str | None = None,
 ) -> torch.Tensor:
     """KL(N(mu, diag(exp(logvar))) || N(0, I)) = 0.5 * sum_j (mu_j^2 + exp(lv_j) - 1 - lv_j).
 
-    Closed form from Kingma & Welling (2014), Appendix B; exp(lv) - 1 - lv is evaluated by a
-    Taylor series for |lv| < 0.5, where the direct form cancels.
+    Closed form from Kingma & Welling (2014), Appendix B, summed over all non-batch dims;
+    exp(lv) - 1 - lv is evaluated without cancellation near lv = 0.
 
     Args:
-        mu, logvar: ``(B, L)``, same float dtype and device.
-        reduction: "none" -> ``(B,)``; "sum" -> batch total (0 for an empty batch); "mean"
-            -> batch mean of the per-sample sums (NaN for an empty batch).
+        mu, logvar: ``(B, *latent_shape)``, same float dtype and device.
+        reduction: "batchmean" (default) -> the per-sample KL averaged over the batch
+            (``F.kl_div(..., reduction="batchmean")``'s meaning); "sum" -> batch total;
+            "mean" -> divided by B x L, the mean of
+            ``torch.distributions.kl_divergence(q, N(0, 1))`` over all elements; "none" ->
+            ``(B,)``. An empty batch gives 0 for "sum", NaN for the means.
 
     Returns:
         nats, float32 (float64 for float64 inputs). Gradients: dmu = mu,
-        dlogvar = 0.5 * (exp(logvar) - 1).
+        dlogvar = 0.5 * (exp(logvar) - 1), times the reduction's 1/divisor.
 
     Raises:
         TypeError, ValueError: as :func:`reparameterize`, plus an unknown reduction.
@@ -146,9 +161,11 @@ def gaussian_kl(
     _check_latent(mu, logvar)
     _checks.choice("reduction", reduction, REDUCTIONS)
     if resolve_backend(backend, mu) == "torch":
-        return reference.gaussian_kl(mu, logvar, reduction)
+        return torch_backend.gaussian_kl(mu, logvar, reduction)
     seed = mu.new_empty(0, dtype=torch.int64)  # never read: nothing is sampled
-    _, kl = sample_and_kl_op(mu, logvar, seed, 1, False, True, _op_reduction(reduction))
+    _, kl = sample_and_kl_op(
+        _flat_latent(mu), _flat_latent(logvar), seed, 1, False, True, reduction
+    )
     return kl
 
 
@@ -156,7 +173,7 @@ def sample_and_kl(
     mu: torch.Tensor,
     logvar: torch.Tensor,
     *,
-    reduction: str = "mean",
+    reduction: str = "batchmean",
     generator: torch.Generator | None = None,
     backend: str | None = None,
 ) -> SampleKL:
@@ -166,7 +183,8 @@ def sample_and_kl(
     half the memory traffic. A KL weight enters through autograd: for ``loss = rec + beta * kl``
     the single backward launch receives beta as the KL's grad_output and returns
     dmu = dz + beta * mu, dlogvar = 0.5 * dz * eps * exp(0.5 * lv) + 0.5 * beta * (exp(lv) - 1)
-    (times 1/B for "mean").
+    (divided by the reduction's divisor). Inside a model whose ``forward`` should return
+    ``(z, kl)``, :class:`fastvae.GaussianSampler` is the module form.
 
     Args, returns and raises: as :func:`reparameterize` (n_samples is 1 here) and
     :func:`gaussian_kl`. Returns a :class:`SampleKL` ``(z, kl)``.
@@ -175,28 +193,78 @@ def sample_and_kl(
     _checks.choice("reduction", reduction, REDUCTIONS)
     _checks.generator(generator, mu.device)
     if resolve_backend(backend, mu) == "torch":
-        return SampleKL(*reference.sample_and_kl(mu, logvar, reduction=reduction, generator=generator))
+        return SampleKL(*torch_backend.sample_and_kl(mu, logvar, reduction, generator))
     z, kl = sample_and_kl_op(
-        mu, logvar, _seed(generator, mu.device), 1, True, True, _op_reduction(reduction)
+        _flat_latent(mu), _flat_latent(logvar), _seed(generator, mu.device), 1, True, True,
+        reduction,
     )
-    return SampleKL(z, kl)
+    return SampleKL(z.reshape(mu.shape), kl)
 
 
-def _check_recon(recon, x, likelihood, recon_logvar, reduction) -> None:
+def _check_recon(recon, x, likelihood, recon_logvar, full, reduction) -> None:
     _checks.tensor("recon", recon)
     _checks.tensor("x", x)
-    _checks.same("recon", recon, "x", x)
+    _checks.same("recon", recon, "x", x, dtype=False)
     _checks.choice("likelihood", likelihood, LIKELIHOODS)
     _checks.choice("reduction", reduction, REDUCTIONS)
+    if not isinstance(full, bool):
+        raise TypeError(f"full must be a bool, got {type(full).__name__}")
     if likelihood == "gaussian":
         if recon_logvar is None:
-            raise ValueError("recon_logvar is required for likelihood='gaussian'")
-        _checks.tensor("recon_logvar", recon_logvar)
-        _checks.same("recon", recon, "recon_logvar", recon_logvar)
-    elif recon_logvar is not None:
-        raise ValueError(
-            f"recon_logvar is only used by likelihood='gaussian', got likelihood={likelihood!r}"
-        )
+            raise ValueError(
+                "recon_logvar is required for likelihood='gaussian' (a tensor broadcastable to "
+                "recon, or a float for a fixed variance, e.g. 0.0 for unit variance)"
+            )
+        if isinstance(recon_logvar, torch.Tensor):
+            _checks.tensor("recon_logvar", recon_logvar, min_ndim=0)
+            _checks.broadcastable("recon_logvar", recon_logvar, "recon", recon)
+        else:
+            _checks.real("recon_logvar", recon_logvar)
+    else:
+        if recon_logvar is not None:
+            raise ValueError(
+                f"recon_logvar is only used by likelihood='gaussian', got likelihood={likelihood!r}"
+            )
+        if not full:
+            raise ValueError(
+                f"full=False (drop the log(2 pi) constant) is only used by likelihood='gaussian', "
+                f"got likelihood={likelihood!r}"
+            )
+
+
+def _triton_recon(recon, x, likelihood, recon_logvar, full, reduction) -> torch.Tensor:
+    """The Triton op with what it takes today: one float dtype (mixed inputs promoted), a
+    full-shape log-variance tensor (a broadcast one expanded), the log(2 pi) constant always
+    (subtracted afterwards for ``full=False``), and a scalar log-variance as the squared-error
+    kernel scaled."""
+    dtype = torch.promote_types(recon.dtype, x.dtype)
+    if isinstance(recon_logvar, torch.Tensor):
+        dtype = torch.promote_types(dtype, recon_logvar.dtype)
+        recon_logvar = recon_logvar.to(dtype).expand(recon.shape)
+    recon, x = recon.to(dtype), x.to(dtype)
+    count = {"sum": recon.numel(), "mean": 1}.get(reduction, math.prod(recon.shape[1:]))
+    if likelihood == "gaussian" and not isinstance(recon_logvar, torch.Tensor):
+        sq = _recon_op(recon, x, None, "mse", reduction)
+        const = _LOG_2PI if full else 0.0
+        return 0.5 * math.exp(-recon_logvar) * sq + 0.5 * (recon_logvar + const) * count
+    loss = _recon_op(recon, x, recon_logvar, likelihood, reduction)
+    if likelihood == "gaussian" and not full:
+        loss = loss - 0.5 * _LOG_2PI * count
+    return loss
+
+
+def _recon_op(recon, x, recon_logvar, likelihood, reduction) -> torch.Tensor:
+    grad = torch.is_grad_enabled()
+    grad_recon = grad and recon.requires_grad
+    grad_logvar = grad and recon_logvar is not None and recon_logvar.requires_grad
+    loss, _, _ = reconstruction_loss_op(
+        recon, x, recon_logvar, likelihood, reduction, grad_recon, grad_logvar
+    )
+    return loss
+
+
+# Likelihoods the Triton op implements; the others run the PyTorch path on any device.
+_KERNEL_LIKELIHOODS = ("bernoulli", "mse", "gaussian")
 
 
 def reconstruction_loss(
@@ -204,50 +272,56 @@ def reconstruction_loss(
     x: torch.Tensor,
     likelihood: str = "bernoulli",
     *,
-    recon_logvar: torch.Tensor | None = None,
-    reduction: str = "mean",
+    recon_logvar: torch.Tensor | float | None = None,
+    full: bool = True,
+    reduction: str = "batchmean",
     backend: str | None = None,
 ) -> torch.Tensor:
     """Negative log-likelihood -log p(x | z) of each sample, in nats.
 
-    - "bernoulli": recon are logits l; sum max(l, 0) - l*x + log(1 + exp(-|l|))
-      (binary cross-entropy with logits; x in [0, 1]). Gradient sigmoid(l) - x.
-    - "mse": sum (recon - x)^2 (the L2 reconstruction term of the seed reports). Gradient
-      2 (recon - x).
-    - "gaussian": recon is the mean m and ``recon_logvar`` the log-variance v of a diagonal
-      Gaussian; sum 0.5 * (log(2 pi) + v + (x - m)^2 exp(-v)). Gradients
+    - "bernoulli": recon are logits l; sum max(l, 0) - l*x + log(1 + exp(-|l|)), the values
+      and gradients of ``F.binary_cross_entropy_with_logits`` (x in [0, 1]). Gradient
+      sigmoid(l) - x. Prefer it: it is exact where probabilities round to 0 or 1.
+    - "bernoulli_probs": recon are probabilities p in [0, 1] (a decoder ending in a sigmoid);
+      ``F.binary_cross_entropy``'s values and gradients: each log clamped below at -100,
+      gradient (p - x) / max(p (1 - p), 1e-12).
+    - "mse": sum (recon - x)^2 (``F.mse_loss``'s terms). Gradient 2 (recon - x).
+    - "gaussian": recon is the mean m, ``recon_logvar`` the log-variance v of a diagonal
+      Gaussian; sum 0.5 * (log(2 pi) + v + (x - m)^2 exp(-v)) (``F.gaussian_nll_loss`` with
+      var = exp(v), ``full=True``). With ``full=False`` the log(2 pi) term is left out, so
+      ``recon_logvar=0.0, full=False`` is 0.5 * sum (x - m)^2. Gradients
       dm = (m - x) exp(-v), dv = 0.5 * (1 - (x - m)^2 exp(-v)).
 
-    On the Triton path with "sum"/"mean", the gradient is computed in the forward pass (one
-    read of recon and x, one write) and backward only scales it by grad_output; with "none" it
-    is computed in backward. Nothing is written when no gradient is needed.
+    On the Triton path with a scalar reduction, the gradient is computed in the forward pass
+    (one read of recon and x, one write) and backward only scales it by grad_output; with
+    "none" it is computed in backward. Nothing is written when no gradient is needed.
 
     Args:
-        recon, x: ``(B, *feature_shape)``, same float dtype and device; each row is summed over
-            all non-batch dims.
-        recon_logvar: ``(B, *feature_shape)``; required for "gaussian", refused otherwise.
-        reduction: "none" -> ``(B,)``; "sum" (0 for an empty batch); "mean" (batch mean of
-            per-sample sums; NaN for an empty batch).
+        recon, x: ``(B, *feature_shape)``, floating dtypes (they may differ: computed in
+            float32, float64 if either is float64), same device; each row is summed over all
+            non-batch dims.
+        recon_logvar: for "gaussian" only: a float tensor broadcastable to recon (e.g.
+            ``(B, *feature_shape)``, a learned ``(*feature_shape)`` or a scalar tensor), or a
+            Python float (a fixed variance); never expanded to B x D on the PyTorch path.
+        full: for "gaussian": include the 0.5 log(2 pi) per element (default, a true NLL).
+        reduction: "batchmean" (default: nats per sample, averaged over the batch), "sum",
+            "mean" (torch's per-element mean: equals ``F.mse_loss(r, x)``,
+            ``F.binary_cross_entropy_with_logits(r, x)``, ``F.binary_cross_entropy(p, x)``),
+            "none" -> ``(B,)``. An empty batch gives 0 for "sum", NaN for the means.
 
     Returns:
         nats, float32 (float64 for float64 inputs).
 
     Raises:
-        TypeError, ValueError: non-tensor or non-float inputs, shape/dtype/device mismatch,
-            unknown likelihood/reduction/backend, missing or unexpected recon_logvar.
+        TypeError: non-tensor or non-float (integer, bool) inputs, a non-bool ``full``.
+        ValueError: shape or device mismatch, unknown likelihood/reduction/backend, a missing
+            or unexpected recon_logvar, a recon_logvar that does not broadcast to recon,
+            ``full=False`` for a likelihood other than "gaussian".
     """
-    _check_recon(recon, x, likelihood, recon_logvar, reduction)
-    if resolve_backend(backend, recon) == "torch":
-        return reference.reconstruction_loss(
-            recon, x, likelihood, recon_logvar=recon_logvar, reduction=reduction
-        )
-    grad = torch.is_grad_enabled()
-    grad_recon = grad and recon.requires_grad
-    grad_logvar = grad and recon_logvar is not None and recon_logvar.requires_grad
-    loss, _, _ = reconstruction_loss_op(
-        recon, x, recon_logvar, likelihood, _op_reduction(reduction), grad_recon, grad_logvar
-    )
-    return loss
+    _check_recon(recon, x, likelihood, recon_logvar, full, reduction)
+    if likelihood not in _KERNEL_LIKELIHOODS or resolve_backend(backend, recon) == "torch":
+        return torch_backend.reconstruction_loss(recon, x, likelihood, recon_logvar, full, reduction)
+    return _triton_recon(recon, x, likelihood, recon_logvar, full, reduction)
 
 
 def elbo_loss(
@@ -258,8 +332,10 @@ def elbo_loss(
     *,
     beta: float = 1.0,
     likelihood: str = "bernoulli",
-    recon_logvar: torch.Tensor | None = None,
-    reduction: str = "mean",
+    recon_logvar: torch.Tensor | float | None = None,
+    full: bool = True,
+    reduction: str = "batchmean",
+    kl_reduction: str | None = None,
     backend: str | None = None,
 ) -> ELBO:
     """The beta-VAE objective ``recon + beta * kl``: the negative ELBO when beta = 1.
@@ -268,10 +344,13 @@ def elbo_loss(
     closed-form (Kingma & Welling 2014, eq. 10; beta: Higgins et al. 2017).
 
     Args:
-        recon, x, likelihood, recon_logvar: as :func:`reconstruction_loss`.
-        mu, logvar: ``(B, L)`` with the same batch size as x.
+        recon, x, likelihood, recon_logvar, full: as :func:`reconstruction_loss`.
+        mu, logvar: ``(B, *latent_shape)`` with the same batch size as x.
         beta: KL weight, a finite number >= 0.
-        reduction: applied to all three terms, as in :func:`reconstruction_loss`.
+        reduction: of the reconstruction term, as in :func:`reconstruction_loss`; of the KL
+            too unless ``kl_reduction`` is given.
+        kl_reduction: the KL's reduction when it differs (AntixK's VanillaVAE: a per-element
+            "mean" reconstruction with a "batchmean" KL); None -> ``reduction``.
 
     Returns:
         :class:`ELBO` ``(loss, recon, kl)``, nats, float32 (float64 for float64 inputs).
@@ -280,14 +359,17 @@ def elbo_loss(
         TypeError, ValueError: as the two losses, a batch-size mismatch, or a bad beta.
     """
     _checks.beta(beta)
-    _check_recon(recon, x, likelihood, recon_logvar, reduction)
+    _check_recon(recon, x, likelihood, recon_logvar, full, reduction)
     _check_latent(mu, logvar)
+    kl_reduction = reduction if kl_reduction is None else kl_reduction
+    _checks.choice("kl_reduction", kl_reduction, REDUCTIONS)
     if mu.shape[0] != x.shape[0]:
         raise ValueError(
             f"mu must have the batch size of x: expected {x.shape[0]}, got {mu.shape[0]}"
         )
     rec = reconstruction_loss(
-        recon, x, likelihood, recon_logvar=recon_logvar, reduction=reduction, backend=backend
+        recon, x, likelihood, recon_logvar=recon_logvar, full=full, reduction=reduction,
+        backend=backend,
     )
-    kl = gaussian_kl(mu, logvar, reduction, backend=backend)
+    kl = gaussian_kl(mu, logvar, kl_reduction, backend=backend)
     return ELBO(rec + beta * kl, rec, kl)

@@ -143,7 +143,7 @@ class VAE(nn.Module):
         self,
         x: torch.Tensor,
         beta: float = 1.0,
-        reduction: str = "mean",
+        reduction: str = "batchmean",
         generator: torch.Generator | None = None,
     ) -> ELBO:
         """The beta-VAE objective with a single-sample estimate of the reconstruction term.
@@ -155,8 +155,9 @@ class VAE(nn.Module):
         Args:
             x: ``(B, *input_shape)`` float data ([0, 1] for "bernoulli"; binarized or not).
             beta: KL weight >= 0.
-            reduction: "mean" (batch mean of per-sample sums: nats per image), "sum", or
-                "none" (per-sample ``(B,)``).
+            reduction: "batchmean" (the per-image loss averaged over the batch: nats per
+                image), "sum", "mean" (per element, torch's meaning: divided by
+                B x input_dim; the KL by B x latent_dim), or "none" (per-sample ``(B,)``).
             generator: torch.Generator on x's device type for the sample (else torch's default).
 
         Returns:
