@@ -173,6 +173,8 @@ class _SampleAndKL(torch.autograd.Function):
     @staticmethod
     def backward(ctx, dz, g):
         m, std, noise = ctx.saved_tensors
+        if dz is None and g is None:
+            return None, None, None, None
         if g is None:
             dz = _as(dz, m.dtype)
             return _as_input(dz, ctx, 0), _as_input(0.5 * dz * noise, ctx, 1), None, None

@@ -288,3 +288,43 @@ def test_float_logvar_allocates_no_batch_sized_logvar():
     with Biggest() as mode:
         fastvae.reconstruction_loss(m, x, "gaussian", recon_logvar=0.0, backend="torch")
     assert len(mode.counts) <= 1, mode.counts  # F.mse_loss's own buffer at most
+
+
+# ------------------------------------------------------------------ inputs as torch takes them
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("likelihood", ["bernoulli", "mse", "gaussian"])
+def test_mixed_float_dtypes(likelihood, backend, device):
+    """A half-precision decoder output against an fp32 target (what autocast produces; fp16
+    here because Triton's interpreter has no bf16): computed in fp32 like the reference on the
+    same values, the gradient in recon's dtype."""
+    g = gen(8)
+    r = (torch.randn(3, 10, generator=g) * 2).half()
+    x = torch.rand(3, 10, generator=g)
+    lv = (torch.randn(3, 10, generator=g) * 0.5).half() if likelihood == "gaussian" else None
+    r1 = leaf(r, device)
+    got = fastvae.reconstruction_loss(r1, x.to(device), likelihood,
+                                      recon_logvar=None if lv is None else lv.to(device), backend=backend)
+    r2 = r.float().requires_grad_(True)
+    want = fastvae.reference.reconstruction_loss(r2, x, likelihood, recon_logvar=None if lv is None else lv.float())
+    assert got.dtype == torch.float32
+    assert_close(got, want, dtype=torch.float32, name="loss")
+    (d1,), (d2,) = grads(got, (r1,)), grads(want, (r2,))
+    assert d1.dtype == torch.float16
+    assert_close(d1, d2, dtype=torch.float16, name="gradient")
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_spatial_latents(backend, device):
+    """(B, C, H, W) latents: z keeps the shape (K draws in front), the KL sums over C, H, W."""
+    g = gen(9)
+    mu, lv = torch.randn(2, 3, 2, 2, generator=g).to(device), torch.randn(2, 3, 2, 2, generator=g).to(device)
+    z = fastvae.reparameterize(mu, lv, backend=backend)
+    assert z.shape == (2, 3, 2, 2)
+    assert fastvae.reparameterize(mu, lv, n_samples=4, backend=backend).shape == (4, 2, 3, 2, 2)
+    zero_var = fastvae.reparameterize(mu, torch.full_like(lv, -torch.inf), backend=backend)
+    assert torch.equal(zero_var, mu)  # eps * exp(-inf / 2) = 0: z is mu, element by element
+    rows = fastvae.gaussian_kl(mu, lv, "none", backend=backend)
+    assert_close(rows, kl_elements(mu, lv).flatten(1).sum(1), dtype=torch.float32)
+    assert fastvae.GaussianSampler(backend=backend)(mu, lv).z.shape == mu.shape
