@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import math
 import os
+import warnings
 from typing import NamedTuple
 
 import torch
@@ -232,6 +233,21 @@ def _check_recon(recon, x, likelihood, recon_logvar, full, reduction) -> None:
             )
 
 
+def _warn_if_probabilities(recon: torch.Tensor, likelihood: str) -> None:
+    """A sigmoid's output passed as logits (a decoder that kept its ``torch.sigmoid``) trains
+    without error to a wrong model; say so. The test reads only the autograd node that made
+    ``recon`` (no data, no host sync) and is skipped while torch.compile traces."""
+    if likelihood != "bernoulli" or recon.grad_fn is None or torch.compiler.is_compiling():
+        return
+    if recon.grad_fn.name() == "SigmoidBackward0":
+        warnings.warn(
+            "recon was produced by torch.sigmoid, but likelihood='bernoulli' takes logits: pass "
+            "the decoder's output before the sigmoid (more accurate), or keep the sigmoid and use "
+            "likelihood='bernoulli_probs' (F.binary_cross_entropy's semantics)",
+            stacklevel=3,
+        )
+
+
 def _triton_recon(recon, x, likelihood, recon_logvar, full, reduction) -> torch.Tensor:
     """The Triton op with what it takes today: one float dtype (mixed inputs promoted), a
     full-shape log-variance tensor (a broadcast one expanded), the log(2 pi) constant always
@@ -312,6 +328,10 @@ def reconstruction_loss(
     Returns:
         nats, float32 (float64 for float64 inputs).
 
+    Warns:
+        UserWarning: "bernoulli" given the output of ``torch.sigmoid`` (probabilities taken as
+            logits), read from the autograd graph without touching the data.
+
     Raises:
         TypeError: non-tensor or non-float (integer, bool) inputs, a non-bool ``full``.
         ValueError: shape or device mismatch, unknown likelihood/reduction/backend, a missing
@@ -319,6 +339,7 @@ def reconstruction_loss(
             ``full=False`` for a likelihood other than "gaussian".
     """
     _check_recon(recon, x, likelihood, recon_logvar, full, reduction)
+    _warn_if_probabilities(recon, likelihood)
     if likelihood not in _KERNEL_LIKELIHOODS or resolve_backend(backend, recon) == "torch":
         return torch_backend.reconstruction_loss(recon, x, likelihood, recon_logvar, full, reduction)
     return _triton_recon(recon, x, likelihood, recon_logvar, full, reduction)

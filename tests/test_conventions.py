@@ -328,3 +328,22 @@ def test_spatial_latents(backend, device):
     rows = fastvae.gaussian_kl(mu, lv, "none", backend=backend)
     assert_close(rows, kl_elements(mu, lv).flatten(1).sum(1), dtype=torch.float32)
     assert fastvae.GaussianSampler(backend=backend)(mu, lv).z.shape == mu.shape
+
+
+# ------------------------------------------------------------------ silent mistakes, now loud
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_sigmoid_output_passed_as_logits_warns(backend, device):
+    """A decoder that kept its sigmoid, with likelihood="bernoulli": the loss warns (from the
+    autograd node, no data read); logits and "bernoulli_probs" stay silent."""
+    import warnings
+
+    logits = torch.randn(2, 5, generator=gen(10)).to(device).requires_grad_(True)
+    x = torch.rand(2, 5, generator=gen(11)).to(device)
+    with pytest.warns(UserWarning, match="produced by torch.sigmoid.*bernoulli_probs"):
+        fastvae.reconstruction_loss(torch.sigmoid(logits), x, backend=backend)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        fastvae.reconstruction_loss(logits, x, backend=backend)
+        fastvae.reconstruction_loss(torch.sigmoid(logits), x, "bernoulli_probs", backend=backend)
