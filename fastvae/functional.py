@@ -237,7 +237,7 @@ def _warn_if_probabilities(recon: torch.Tensor, likelihood: str) -> None:
     """A sigmoid's output passed as logits (a decoder that kept its ``torch.sigmoid``) trains
     without error to a wrong model; say so. The test reads only the autograd node that made
     ``recon`` (no data, no host sync) and is skipped while torch.compile traces."""
-    if likelihood != "bernoulli" or recon.grad_fn is None or torch.compiler.is_compiling():
+    if likelihood != "bernoulli" or torch.compiler.is_compiling() or recon.grad_fn is None:
         return
     if recon.grad_fn.name() == "SigmoidBackward0":
         warnings.warn(
