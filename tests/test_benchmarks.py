@@ -216,3 +216,20 @@ def test_headline_labels_cover_the_headline_keys():
 
 def test_repository_readme_is_generated_from_committed_results():
     assert readme.update(check=True), "README.md is stale: run python -m benchmarks.readme"
+
+
+def test_cpu_head_benchmark_runs(tmp_path):
+    """python -m benchmarks.cpu_head, briefly: both implementations timed, interleaved, the
+    ratio written (no timing assertion: a shared CI machine is too noisy for one)."""
+    from benchmarks import cpu_head
+
+    out = tmp_path / "cpu_head.json"
+    threads = torch.get_num_threads()
+    try:
+        assert cpu_head.main(["--rounds", "2", "--block", "2", "--out", str(out)]) == 0
+    finally:
+        torch.set_num_threads(threads)
+    res = json.loads(out.read_text())
+    assert res["threads"] == 1 and res["case"]["batch"] == 128 and res["case"]["dim"] == 784
+    assert res["eager_us"] > 0 and res["fastvae_us"] > 0
+    assert res["ratio"] == pytest.approx(res["fastvae_us"] / res["eager_us"])
