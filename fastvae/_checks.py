@@ -8,7 +8,24 @@ import numbers
 import torch
 
 FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
+_FLOAT_SET = frozenset(FLOAT_DTYPES)
 _DIMS = {1: "the batch", 2: "the batch and at least one latent dim"}
+
+
+def plain_pair(a, b, *, min_ndim: int, same_dtype: bool = True) -> bool:
+    """True when ``a`` and ``b`` are plain float tensors that pass :func:`tensor` and
+    :func:`same`: one cheap test for the common case (the hot path calls it every step); on
+    False the detailed checks run and raise with their messages."""
+    return (
+        type(a) is torch.Tensor
+        and type(b) is torch.Tensor
+        and a.dtype in _FLOAT_SET
+        and b.dtype in _FLOAT_SET
+        and (not same_dtype or a.dtype == b.dtype)
+        and a.dim() >= min_ndim
+        and a.shape == b.shape
+        and a.device == b.device
+    )
 
 
 def tensor(name: str, t, *, ndim: int | None = None, min_ndim: int = 1) -> None:

@@ -67,15 +67,18 @@ def resolve_backend(backend: str | None, t: torch.Tensor) -> str:
         ValueError: unknown backend name; "triton" asked for a tensor the kernels cannot take.
     """
     name = backend if backend is not None else os.environ.get("FASTVAE_BACKEND", "auto")
-    _checks.choice("backend" if backend is not None else "FASTVAE_BACKEND", name, BACKENDS)
     if name == "auto":
         return "triton" if t.is_cuda else "torch"
-    if name == "triton":
-        check_launchable("input tensors (backend='triton')", t)
+    if name == "torch":
+        return name
+    _checks.choice("backend" if backend is not None else "FASTVAE_BACKEND", name, BACKENDS)
+    check_launchable("input tensors (backend='triton')", t)
     return name
 
 
 def _check_latent(mu, logvar) -> None:
+    if _checks.plain_pair(mu, logvar, min_ndim=2):
+        return
     _checks.tensor("mu", mu, min_ndim=2)
     _checks.tensor("logvar", logvar, min_ndim=2)
     _checks.same("mu", mu, "logvar", logvar)
@@ -191,8 +194,10 @@ def sample_and_kl(
     :func:`gaussian_kl`. Returns a :class:`SampleKL` ``(z, kl)``.
     """
     _check_latent(mu, logvar)
-    _checks.choice("reduction", reduction, REDUCTIONS)
-    _checks.generator(generator, mu.device)
+    if reduction not in REDUCTIONS:
+        _checks.choice("reduction", reduction, REDUCTIONS)
+    if generator is not None:
+        _checks.generator(generator, mu.device)
     if resolve_backend(backend, mu) == "torch":
         return SampleKL(*torch_backend.sample_and_kl(mu, logvar, reduction, generator))
     z, kl = sample_and_kl_op(
@@ -203,11 +208,16 @@ def sample_and_kl(
 
 
 def _check_recon(recon, x, likelihood, recon_logvar, full, reduction) -> None:
-    _checks.tensor("recon", recon)
-    _checks.tensor("x", x)
-    _checks.same("recon", recon, "x", x, dtype=False)
-    _checks.choice("likelihood", likelihood, LIKELIHOODS)
-    _checks.choice("reduction", reduction, REDUCTIONS)
+    if not _checks.plain_pair(recon, x, min_ndim=1, same_dtype=False):
+        _checks.tensor("recon", recon)
+        _checks.tensor("x", x)
+        _checks.same("recon", recon, "x", x, dtype=False)
+    if likelihood not in LIKELIHOODS:
+        _checks.choice("likelihood", likelihood, LIKELIHOODS)
+    if reduction not in REDUCTIONS:
+        _checks.choice("reduction", reduction, REDUCTIONS)
+    if full is True and recon_logvar is None and likelihood != "gaussian":
+        return
     if not isinstance(full, bool):
         raise TypeError(f"full must be a bool, got {type(full).__name__}")
     if likelihood == "gaussian":

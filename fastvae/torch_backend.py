@@ -22,6 +22,7 @@ below float32's rounding of the result), the reference's series is kept for floa
 
 from __future__ import annotations
 
+import functools
 import math
 
 import torch
@@ -40,6 +41,14 @@ _FUSED = {
 }
 
 
+@functools.lru_cache(maxsize=64)
+def _scalar(value: float, dtype: torch.dtype) -> torch.Tensor:
+    """A 0-dim CPU tensor holding ``value``, made once: an operand that costs what a tensor
+    operand costs (a Python float is wrapped into a new tensor on every call, several
+    microseconds each on the CPU). Never written to."""
+    return torch.tensor(value, dtype=dtype)
+
+
 def _as(t: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
     return t if t.dtype == dtype else t.to(dtype)  # Tensor.to costs ~2 us even as a no-op
 
@@ -55,7 +64,9 @@ def _row_weight(g: torch.Tensor, reduction: str, r: torch.Tensor) -> torch.Tenso
 
 def _divisor(reduction: str, t: torch.Tensor) -> int:
     """What a "sum" is divided by: 1, the element count ("mean"), or the batch size."""
-    return {"sum": 1, "mean": t.numel(), "batchmean": t.shape[0]}[reduction]
+    if reduction == "sum":
+        return 1
+    return t.numel() if reduction == "mean" else t.shape[0]
 
 
 def _reduced(fn, r: torch.Tensor, t: torch.Tensor, reduction: str) -> torch.Tensor:
@@ -112,14 +123,15 @@ def _kl_and_std(m: torch.Tensor, v: torch.Tensor, reduction: str) -> tuple[torch
     v64 = v.double().clamp_max_(1e300)
     e64 = torch.exp(v64)
     std = e64.sqrt().to(v.dtype)
-    phi_plus_one = e64.sub_(v64)
+    phi = e64.sub_(v64).sub_(_scalar(1.0, torch.float64))
     if reduction == "none":
-        rows = row_sums(phi_plus_one).sub_(math.prod(m.shape[1:])).add_(row_sums(m * m))
-        return rows.mul_(0.5).to(m.dtype), std
+        rows = row_sums(phi).add_(row_sums(m * m))
+        return rows.mul_(_scalar(0.5, torch.float64)).to(m.dtype), std
     div = _divisor(reduction, m)
     m_flat = m.reshape(-1)
-    total = phi_plus_one.sum().sub_(m.numel()).add_(torch.dot(m_flat, m_flat))
-    return total.mul_(0.5 / div if div else math.nan).to(m.dtype), std  # mean of nothing: NaN
+    total = phi.sum().add_(torch.dot(m_flat, m_flat))
+    scale = _scalar(0.5 / div if div else math.nan, torch.float64)  # a mean of nothing: NaN
+    return total.mul_(scale).to(m.dtype), std
 
 
 class _GaussianKL(torch.autograd.Function):
@@ -147,7 +159,7 @@ class _GaussianKL(torch.autograd.Function):
 def _var_minus_one(std: torch.Tensor) -> torch.Tensor:
     """exp(v) - 1 from std = exp(v / 2): the KL's gradient in v (the float32 rounding near
     v = 0 is absolute, ~6e-8, where the gradient itself is ~v / 2)."""
-    return std.square().sub_(1.0)
+    return std.square().sub_(_scalar(1.0, std.dtype))
 
 
 def _as_input(grad: torch.Tensor | None, ctx, i: int) -> torch.Tensor | None:
@@ -184,7 +196,7 @@ class _SampleAndKL(torch.autograd.Function):
             return _as_input(w * m, ctx, 0), _as_input(kl_lv.mul_(0.5), ctx, 1), None, None
         dz = _as(dz, m.dtype)
         dmu = torch.addcmul(dz, w, m)
-        dlv = kl_lv.addcmul_(dz, noise).mul_(0.5)
+        dlv = kl_lv.addcmul_(dz, noise).mul_(_scalar(0.5, m.dtype))
         return _as_input(dmu, ctx, 0), _as_input(dlv, ctx, 1), None, None
 
 
