@@ -18,7 +18,11 @@ from torch import nn
 
 from fastvae import _checks
 from fastvae.functional import ELBO, reconstruction_loss, reparameterize, sample_and_kl
-from fastvae.reference import LIKELIHOODS, REDUCTIONS
+from fastvae.reference import REDUCTIONS
+
+# The decoders' likelihoods: "bernoulli" decoders output logits (the loss applies the sigmoid);
+# "bernoulli_probs" is for models whose decoder ends in a sigmoid, not fastvae's.
+MODEL_LIKELIHOODS = ("bernoulli", "mse", "gaussian")
 
 
 class VAE(nn.Module):
@@ -46,7 +50,7 @@ class VAE(nn.Module):
         if not input_shape or any(s < 1 for s in input_shape):
             raise ValueError(f"input_shape must be non-empty with sizes >= 1, got {input_shape}")
         _checks.positive_int("latent_dim", latent_dim)
-        _checks.choice("likelihood", likelihood, LIKELIHOODS)
+        _checks.choice("likelihood", likelihood, MODEL_LIKELIHOODS)
         self.config = {
             "input_shape": input_shape,
             **config,
