@@ -60,13 +60,28 @@ class SampleKL(NamedTuple):
     kl: torch.Tensor
 
 
+# os.environ.get raises and catches a KeyError inside when the variable is unset, on every
+# call of every loss; CPython keeps the mapping in a plain dict (``_data``) that answers the
+# same question without an exception. Other Pythons take the public path.
+_ENVIRON = getattr(os.environ, "_data", None)
+_ENV_KEY = os.environ.encodekey("FASTVAE_BACKEND") if _ENVIRON is not None else None
+
+
+def _env_backend() -> str:
+    """``$FASTVAE_BACKEND``, read on every call (it may change at run time), default "auto"."""
+    if _ENVIRON is None:
+        return os.environ.get("FASTVAE_BACKEND", "auto")
+    raw = _ENVIRON.get(_ENV_KEY)
+    return "auto" if raw is None else os.environ.decodevalue(raw)
+
+
 def resolve_backend(backend: str | None, t: torch.Tensor) -> str:
     """"triton" or "torch" for tensor ``t``, from ``backend`` or ``$FASTVAE_BACKEND``.
 
     Raises:
         ValueError: unknown backend name; "triton" asked for a tensor the kernels cannot take.
     """
-    name = backend if backend is not None else os.environ.get("FASTVAE_BACKEND", "auto")
+    name = backend if backend is not None else _env_backend()
     if name == "auto":
         return "triton" if t.is_cuda else "torch"
     if name == "torch":

@@ -107,31 +107,35 @@ def reconstruction_loss(
 # ------------------------------------------------------------------ sampling and the KL
 
 
-def _kl_and_std(m: torch.Tensor, v: torch.Tensor, reduction: str) -> tuple[torch.Tensor, torch.Tensor]:
-    """The reduced KL 0.5 * sum (m^2 + exp(v) - 1 - v) and std = exp(v / 2), from
-    accumulation-dtype ``m``, ``v`` and in their dtype.
+def _kl_and_var_minus_one(
+    m: torch.Tensor, v: torch.Tensor, reduction: str
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The reduced KL 0.5 * sum (m^2 + exp(v) - 1 - v), exp(v) - 1 (the KL's gradient in v,
+    times 2) and std = exp(v / 2), from accumulation-dtype ``m``, ``v`` and in their dtype.
 
-    For float32 inputs exp(v) is taken once in float64 and serves both: exp(v) - v is summed
-    in float64 and the 1 per element subtracted from the sum, an absolute error of about
-    1e-16 per element, far below float32's rounding of the result (the float32 form cancels
-    near v = 0, where the reference switches to a series); float64 inputs take the
-    reference's series. The clamp keeps phi(+inf) = +inf, not inf - inf. (``torch.expm1`` is
-    not vectorized on the CPU: 4x slower than ``torch.exp``.)
+    For float32 inputs exp(v) is taken once in float64 and serves all three: exp(v) - 1 - v
+    in float64 has an absolute error of about 1e-16 per element, far below float32's rounding
+    of the result (the float32 form cancels near v = 0, where the reference switches to a
+    series), and the sums run in float64; float64 inputs take the reference's series. The
+    clamp keeps phi(+inf) = +inf, not inf - inf. (``torch.expm1`` is not vectorized on the
+    CPU: several times slower than ``torch.exp``.)
     """
     if m.dtype == torch.float64:
-        return gaussian_kl_reference(m, v, reduction), torch.exp(0.5 * v)
+        std = torch.exp(0.5 * v)
+        return gaussian_kl_reference(m, v, reduction), torch.expm1(v), std
     v64 = v.double().clamp_max_(1e300)
     e64 = torch.exp(v64)
     std = e64.sqrt().to(v.dtype)
-    phi = e64.sub_(v64).sub_(_scalar(1.0, torch.float64))
+    var_minus_one = e64.sub_(_scalar(1.0, torch.float64))
+    phi = var_minus_one - v64
     if reduction == "none":
-        rows = row_sums(phi).add_(row_sums(m * m))
-        return rows.mul_(_scalar(0.5, torch.float64)).to(m.dtype), std
-    div = _divisor(reduction, m)
-    m_flat = m.reshape(-1)
-    total = phi.sum().add_(torch.dot(m_flat, m_flat))
-    scale = _scalar(0.5 / div if div else math.nan, torch.float64)  # a mean of nothing: NaN
-    return total.mul_(scale).to(m.dtype), std
+        kl = row_sums(phi).add_(row_sums(m * m)).mul_(_scalar(0.5, torch.float64))
+    else:
+        div = _divisor(reduction, m)
+        m_flat = m.reshape(-1)
+        scale = _scalar(0.5 / div if div else math.nan, torch.float64)  # a mean of nothing: NaN
+        kl = phi.sum().add_(torch.dot(m_flat, m_flat)).mul_(scale)
+    return kl.to(m.dtype), var_minus_one.to(m.dtype), std
 
 
 class _GaussianKL(torch.autograd.Function):
@@ -142,24 +146,18 @@ class _GaussianKL(torch.autograd.Function):
     def forward(ctx, mu, logvar, reduction):
         acc = accumulation_dtype(mu.dtype, logvar.dtype)
         m, v = _as(mu, acc), _as(logvar, acc)
-        kl, std = _kl_and_std(m, v, reduction)
-        ctx.save_for_backward(m, std)
+        kl, var_minus_one, _ = _kl_and_var_minus_one(m, v, reduction)
+        ctx.save_for_backward(m, var_minus_one)
         ctx.reduction, ctx.dtypes = reduction, (mu.dtype, logvar.dtype)
         return kl
 
     @staticmethod
     def backward(ctx, g):
-        m, std = ctx.saved_tensors
+        m, var_minus_one = ctx.saved_tensors
         w = _row_weight(g, ctx.reduction, m)
         dmu = w * m if ctx.needs_input_grad[0] else None
-        dlv = _var_minus_one(std).mul_(0.5 * w) if ctx.needs_input_grad[1] else None
+        dlv = var_minus_one.mul(w).mul_(_scalar(0.5, m.dtype)) if ctx.needs_input_grad[1] else None
         return _as_input(dmu, ctx, 0), _as_input(dlv, ctx, 1), None
-
-
-def _var_minus_one(std: torch.Tensor) -> torch.Tensor:
-    """exp(v) - 1 from std = exp(v / 2): the KL's gradient in v (the float32 rounding near
-    v = 0 is absolute, ~6e-8, where the gradient itself is ~v / 2)."""
-    return std.square().sub_(_scalar(1.0, std.dtype))
 
 
 def _as_input(grad: torch.Tensor | None, ctx, i: int) -> torch.Tensor | None:
@@ -175,28 +173,29 @@ class _SampleAndKL(torch.autograd.Function):
     def forward(ctx, mu, logvar, eps, reduction):
         acc = accumulation_dtype(mu.dtype, logvar.dtype)
         m, v = _as(mu, acc), _as(logvar, acc)
-        kl, std = _kl_and_std(m, v, reduction)
+        kl, var_minus_one, std = _kl_and_var_minus_one(m, v, reduction)
         noise = eps.mul_(std)  # eps is this node's own draw
-        ctx.save_for_backward(m, std, noise)
+        ctx.save_for_backward(m, var_minus_one, noise)
         ctx.reduction, ctx.dtypes = reduction, (mu.dtype, logvar.dtype)
         ctx.set_materialize_grads(False)
         return _as(m + noise, mu.dtype), kl
 
     @staticmethod
     def backward(ctx, dz, g):
-        m, std, noise = ctx.saved_tensors
-        if dz is None and g is None:
-            return None, None, None, None
+        m, var_minus_one, noise = ctx.saved_tensors
+        half = _scalar(0.5, m.dtype)
         if g is None:
+            if dz is None:
+                return None, None, None, None
             dz = _as(dz, m.dtype)
-            return _as_input(dz, ctx, 0), _as_input(0.5 * dz * noise, ctx, 1), None, None
+            return _as_input(dz, ctx, 0), _as_input(dz.mul(noise).mul_(half), ctx, 1), None, None
         w = _row_weight(g, ctx.reduction, m)
-        kl_lv = _var_minus_one(std).mul_(w)
+        dlv = var_minus_one.mul(w)
         if dz is None:
-            return _as_input(w * m, ctx, 0), _as_input(kl_lv.mul_(0.5), ctx, 1), None, None
+            return _as_input(w * m, ctx, 0), _as_input(dlv.mul_(half), ctx, 1), None, None
         dz = _as(dz, m.dtype)
         dmu = torch.addcmul(dz, w, m)
-        dlv = kl_lv.addcmul_(dz, noise).mul_(_scalar(0.5, m.dtype))
+        dlv = dlv.addcmul_(dz, noise).mul_(half)
         return _as_input(dmu, ctx, 0), _as_input(dlv, ctx, 1), None, None
 
 
