@@ -10,8 +10,9 @@ machine shared with other work, wall-clock blocks include the time the process w
 core, which hits whichever implementation happened to run then.
 
 The two alternate in blocks of ``--block`` steps (interleaved, so drifts in machine load hit
-both); the medians of the per-step times of the blocks and their ratio are printed and, with
-``--out``, written as JSON.
+both; the order rotates every round), with a second copy of the eager loss as a control: its ratio to the first is the noise
+floor of the run (1.00 on a quiet machine). The medians of the per-step times of the blocks,
+the ratio and the control ratio are printed and, with ``--out``, written as JSON.
 
     python -m benchmarks.cpu_head [--rounds 40] [--block 20] [--out FILE]
 """
@@ -36,19 +37,23 @@ def measure(rounds: int = 40, block: int = 20, warmup: int = 10) -> dict:
     torch.set_num_threads(1)
     gen = torch.Generator().manual_seed(0)
     sets = [losses.make_set(CASE, torch.device("cpu"), gen) for _ in range(2)]
-    steps = {impl: losses.step_fn(CASE, losses.forward_fn("loss_head", impl), sets)
-             for impl in ("eager", "fastvae")}
-    times: dict[str, list[float]] = {impl: [] for impl in steps}
-    for impl, step in steps.items():
+    steps = {name: losses.step_fn(CASE, losses.forward_fn("loss_head", impl), sets)
+             for name, impl in (("eager", "eager"), ("fastvae", "fastvae"), ("control", "eager"))}
+    times: dict[str, list[float]] = {name: [] for name in steps}
+    for step in steps.values():
         for _ in range(warmup):
             step()
-    for _ in range(rounds):
-        for impl, step in steps.items():
+    names = list(steps)
+    for r in range(rounds):
+        # Rotate the order every round: whichever block runs after another pays for the cache
+        # state that one left (about 1-3% here), so no implementation may keep one position.
+        for name in names[r % len(names):] + names[:r % len(names)]:
+            step = steps[name]
             t0 = time.process_time()
             for _ in range(block):
                 step()
-            times[impl].append((time.process_time() - t0) / block)
-    med = {impl: statistics.median(ts) for impl, ts in times.items()}
+            times[name].append((time.process_time() - t0) / block)
+    med = {name: statistics.median(ts) for name, ts in times.items()}
     return {
         "case": {"batch": CASE.batch, "dim": CASE.dim, "latent": losses.LOSS_HEAD_LATENT,
                  "dtype": CASE.dtype_name, "mode": CASE.mode},
@@ -58,6 +63,7 @@ def measure(rounds: int = 40, block: int = 20, warmup: int = 10) -> dict:
         "eager_us": med["eager"] * 1e6,
         "fastvae_us": med["fastvae"] * 1e6,
         "ratio": med["fastvae"] / med["eager"],
+        "control_ratio": med["control"] / med["eager"],
         "torch": torch.__version__,
     }
 
@@ -73,7 +79,7 @@ def main(argv: list[str] | None = None) -> int:
         f"loss head fwd+bwd, B={CASE.batch} D={CASE.dim} L={losses.LOSS_HEAD_LATENT} fp32, "
         f"{res['threads']} thread, process CPU time: eager {res['eager_us']:.1f} us, fastvae "
         f"{res['fastvae_us']:.1f} us (medians of {args.rounds} blocks of {args.block}); "
-        f"ratio {res['ratio']:.2f}x"
+        f"ratio {res['ratio']:.2f}x (control: eager against itself {res['control_ratio']:.2f}x)"
     )
     if args.out:
         with open(args.out, "w") as f:

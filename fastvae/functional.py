@@ -232,6 +232,8 @@ def _check_recon(recon, x, likelihood, recon_logvar, full, reduction) -> None:
     if reduction not in REDUCTIONS:
         _checks.choice("reduction", reduction, REDUCTIONS)
     if full is True and recon_logvar is None and likelihood != "gaussian":
+        if likelihood == "bernoulli":
+            _warn_if_probabilities(recon)
         return
     if not isinstance(full, bool):
         raise TypeError(f"full must be a bool, got {type(full).__name__}")
@@ -258,11 +260,11 @@ def _check_recon(recon, x, likelihood, recon_logvar, full, reduction) -> None:
             )
 
 
-def _warn_if_probabilities(recon: torch.Tensor, likelihood: str) -> None:
+def _warn_if_probabilities(recon: torch.Tensor) -> None:
     """A sigmoid's output passed as logits (a decoder that kept its ``torch.sigmoid``) trains
     without error to a wrong model; say so. The test reads only the autograd node that made
     ``recon`` (no data, no host sync) and is skipped while torch.compile traces."""
-    if likelihood != "bernoulli" or torch.compiler.is_compiling() or recon.grad_fn is None:
+    if torch.compiler.is_compiling() or recon.grad_fn is None:
         return
     if recon.grad_fn.name() == "SigmoidBackward0":
         warnings.warn(
@@ -364,10 +366,9 @@ def reconstruction_loss(
             ``full=False`` for a likelihood other than "gaussian".
     """
     _check_recon(recon, x, likelihood, recon_logvar, full, reduction)
-    _warn_if_probabilities(recon, likelihood)
-    if likelihood not in _KERNEL_LIKELIHOODS or resolve_backend(backend, recon) == "torch":
-        return torch_backend.reconstruction_loss(recon, x, likelihood, recon_logvar, full, reduction)
-    return _triton_recon(recon, x, likelihood, recon_logvar, full, reduction)
+    if resolve_backend(backend, recon) == "triton" and likelihood in _KERNEL_LIKELIHOODS:
+        return _triton_recon(recon, x, likelihood, recon_logvar, full, reduction)
+    return torch_backend.reconstruction_loss(recon, x, likelihood, recon_logvar, full, reduction)
 
 
 def elbo_loss(

@@ -87,6 +87,8 @@ def reconstruction_loss(
     reduction: str,
 ) -> torch.Tensor:
     """:func:`fastvae.reference.reconstruction_loss`, composed from torch's fused losses."""
+    if recon_logvar is None and recon.dtype is x.dtype is torch.float32:  # the common case
+        return _reduced(_FUSED[likelihood], recon, x, reduction)
     tensor_logvar = isinstance(recon_logvar, torch.Tensor)
     acc = accumulation_dtype(recon.dtype, x.dtype, *((recon_logvar.dtype,) if tensor_logvar else ()))
     r, t = _as(recon, acc), _as(x, acc)
@@ -219,4 +221,8 @@ def reparameterize(mu, logvar, n_samples, generator) -> torch.Tensor:
 
 def sample_and_kl(mu, logvar, reduction, generator) -> tuple[torch.Tensor, torch.Tensor]:
     """:func:`fastvae.reference.sample_and_kl` (the same draw), one autograd node."""
-    return _SampleAndKL.apply(mu, logvar, _eps(mu, logvar, 1, generator), reduction)
+    if generator is None and mu.dtype is logvar.dtype is torch.float32:  # the common case
+        eps = torch.randn_like(mu)  # the same values as _eps's torch.randn, fewer arguments
+    else:
+        eps = _eps(mu, logvar, 1, generator)
+    return _SampleAndKL.apply(mu, logvar, eps, reduction)

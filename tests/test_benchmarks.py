@@ -233,3 +233,4 @@ def test_cpu_head_benchmark_runs(tmp_path):
     assert res["threads"] == 1 and res["case"]["batch"] == 128 and res["case"]["dim"] == 784
     assert res["eager_us"] > 0 and res["fastvae_us"] > 0
     assert res["ratio"] == pytest.approx(res["fastvae_us"] / res["eager_us"])
+    assert res["control_ratio"] > 0
