@@ -36,8 +36,8 @@ from typing import NamedTuple
 
 import torch
 
-from fastvae import _checks, torch_backend
-from fastvae._ops import reconstruction_loss_op, sample_and_kl_op
+from fastvae import _checks, _ops, torch_backend
+from fastvae._ops import sample_and_kl_op
 from fastvae.kernels._common import check_launchable
 from fastvae.reference import LIKELIHOODS, REDUCTIONS
 
@@ -276,38 +276,20 @@ def _warn_if_probabilities(recon: torch.Tensor) -> None:
 
 
 def _triton_recon(recon, x, likelihood, recon_logvar, full, reduction) -> torch.Tensor:
-    """The Triton op with what it takes today: one float dtype (mixed inputs promoted), a
-    full-shape log-variance tensor (a broadcast one expanded), the log(2 pi) constant always
-    (subtracted afterwards for ``full=False``), and a scalar log-variance as the squared-error
-    kernel scaled."""
-    dtype = torch.promote_types(recon.dtype, x.dtype)
-    if isinstance(recon_logvar, torch.Tensor):
-        dtype = torch.promote_types(dtype, recon_logvar.dtype)
-        recon_logvar = recon_logvar.to(dtype).expand(recon.shape)
-    recon, x = recon.to(dtype), x.to(dtype)
-    count = {"sum": recon.numel(), "mean": 1}.get(reduction, math.prod(recon.shape[1:]))
-    if likelihood == "gaussian" and not isinstance(recon_logvar, torch.Tensor):
-        sq = _recon_op(recon, x, None, "mse", reduction)
-        const = _LOG_2PI if full else 0.0
-        return 0.5 * math.exp(-recon_logvar) * sq + 0.5 * (recon_logvar + const) * count
-    loss = _recon_op(recon, x, recon_logvar, likelihood, reduction)
-    if likelihood == "gaussian" and not full:
-        loss = loss - 0.5 * _LOG_2PI * count
-    return loss
-
-
-def _recon_op(recon, x, recon_logvar, likelihood, reduction) -> torch.Tensor:
+    """The fused kernel, one launch each way. Mixed float dtypes, strides and a broadcast or
+    float log-variance are the operator's own; ``full=False`` subtracts the 0.5 log(2 pi) per
+    element from the loss afterwards (a constant: the gradients are unchanged)."""
+    logvar = recon_logvar if isinstance(recon_logvar, torch.Tensor) else None
+    logvar_value = float(recon_logvar) if likelihood == "gaussian" and logvar is None else 0.0
     grad = torch.is_grad_enabled()
-    grad_recon = grad and recon.requires_grad
-    grad_logvar = grad and recon_logvar is not None and recon_logvar.requires_grad
-    loss, _, _ = reconstruction_loss_op(
-        recon, x, recon_logvar, likelihood, reduction, grad_recon, grad_logvar
+    loss = _ops.reconstruction_loss(
+        recon, x, logvar, logvar_value, likelihood, reduction,
+        grad and recon.requires_grad, grad and logvar is not None and logvar.requires_grad,
     )
+    if likelihood == "gaussian" and not full:
+        per = {"sum": recon.numel(), "mean": 1}.get(reduction, math.prod(recon.shape[1:]))
+        loss = loss - 0.5 * _LOG_2PI * per
     return loss
-
-
-# Likelihoods the Triton op implements; the others run the PyTorch path on any device.
-_KERNEL_LIKELIHOODS = ("bernoulli", "mse", "gaussian")
 
 
 def reconstruction_loss(
@@ -366,7 +348,7 @@ def reconstruction_loss(
             ``full=False`` for a likelihood other than "gaussian".
     """
     _check_recon(recon, x, likelihood, recon_logvar, full, reduction)
-    if resolve_backend(backend, recon) == "triton" and likelihood in _KERNEL_LIKELIHOODS:
+    if resolve_backend(backend, recon) == "triton":
         return _triton_recon(recon, x, likelihood, recon_logvar, full, reduction)
     return torch_backend.reconstruction_loss(recon, x, likelihood, recon_logvar, full, reduction)
 

@@ -1,31 +1,94 @@
-"""Fused reconstruction losses: per-sample negative log-likelihood and its gradient in one pass."""
+"""Fused reconstruction losses: per-sample negative log-likelihood, its gradient and the
+batch reduction in ONE launch.
+
+Each row of ``recon`` (one sample) is summed over all its features. A row is handed to the
+kernel as one dense block of D elements in MEMORY order (the sum over a row does not depend on
+the order), with a row stride: contiguous, channels_last and ``chunk`` views go in without a
+copy. The gradient is written with the same feature strides as ``recon`` (row stride D).
+"""
+
+import functools
+import math
 
 import torch
 import triton
 import triton.language as tl
 
-from ._common import check_launchable, loss_dtype, pow2_at_most
-from ._math import log1p_small, to_acc
+from ._common import INTERPRETED, check_launchable, device_guard, loss_dtype
+from ._math import log1p_unit
 
-LIKELIHOOD_CODES = {"bernoulli": 0, "mse": 1, "gaussian": 2}
-_MAX_BLOCK_D = 4096
+LIKELIHOOD_CODES = {"bernoulli": 0, "mse": 1, "gaussian": 2, "bernoulli_probs": 3}
+_ELEMS_PER_THREAD = 16  # four 128-bit loads per fp32 input, two per bf16/fp16 input
+_MAX_WARPS = 8
 _MAX_GRID = 2**31 - 1  # CUDA's limit on a launch grid's x dimension
 _HALF_LOG_2PI = tl.constexpr(0.9189385332046727)  # log(2 pi) / 2
+INTERPRET = tl.constexpr(INTERPRETED)  # kernels run through Triton's CPU interpreter
+
+# How the log-variance v of "gaussian" reaches the kernel.
+V_ELEMENTS = tl.constexpr(0)  # one value per element: v_ptr rows with stride v_row_stride
+V_ROW = tl.constexpr(1)  # one value per row (stride-0 features): a scalar load per program
+V_SCALAR = tl.constexpr(2)  # one float for everything: the argument logvar_value, no tensor
+# What the kernel writes for d loss / d v.
+DV_NONE = tl.constexpr(0)
+DV_ELEMENTS = tl.constexpr(1)  # per element, rows of dv_ptr with stride dv_row_stride
+DV_PARTIALS = tl.constexpr(2)  # per program, the sum over its elements (v constant in a row)
+# Where the reduced loss goes.
+OUT_ROWS_DIRECT = tl.constexpr(0)  # "none", one program per row: its sum is the row's loss
+OUT_ROWS = tl.constexpr(1)  # "none", several programs per row: the last program adds them
+OUT_TOTAL = tl.constexpr(2)  # a scalar reduction: the last program adds all partials
 
 
-# Per element, with r the decoder output (logits l or mean m), x the target, v the log-variance:
-#   bernoulli: loss = max(l, 0) - l*x + log(1 + exp(-|l|))      dl = sigmoid(l) - x
-#   mse:       loss = (r - x)^2                                   dr = 2 (r - x)
-#   gaussian:  loss = 0.5 (log 2pi + v + (x - m)^2 exp(-v))       dm = (m - x) exp(-v)
-#                                                                 dv = 0.5 (1 - (x - m)^2 exp(-v))
-# sigmoid(l) is t/(1+t) or 1/(1+t) with t = exp(-|l|), so nothing overflows for any |l|;
-# max(l, 0) - l*x is l*(1 - x) or -l*x, so a confidently wrong infinite logit gives +inf.
+# GPU-only fast forms (FAST: fp32 compute compiled for a GPU; inline PTX does not run under the
+# interpreter, where plain tl.exp and a division take their place).
+#   ex2.approx.ftz.f32: max error 2 ulp (PTX ISA), like tl.exp's ex2.approx.f32, but results
+#     below 2^-126 flush to 0 instead of taking the subnormal fix-up path. Bernoulli (|l| >
+#     87.3): log(1 + t) and t/(1+t) lose at most 1.2e-38 absolute. Gaussian exp(-v) (v > 87.3):
+#     (x - m)^2 exp(-v) loses at most (x - m)^2 * 1.2e-38.
+#   rcp.approx.ftz.f32: max error 1 ulp for 1 + t in [1, 2] (no subnormals, no overflow), where
+#     a division (div.full.f32) costs a range check and scaling around the same MUFU.RCP.
 @triton.jit
-def _recon_terms(r, x, v, LIKELIHOOD: tl.constexpr):
+def _ex2_ftz(a):
+    return tl.inline_asm_elementwise("ex2.approx.ftz.f32 $0, $1;", "=f,f", [a], dtype=tl.float32, is_pure=True, pack=1)
+
+
+@triton.jit
+def _rcp_ftz(a):
+    return tl.inline_asm_elementwise("rcp.approx.ftz.f32 $0, $1;", "=f,f", [a], dtype=tl.float32, is_pure=True, pack=1)
+
+
+# Per element, with r the decoder output (logits l, probabilities p or mean m), x the target,
+# v the log-variance (all computed in fp32, or fp64 when an input is fp64):
+#   bernoulli:       loss = l (1 - x) if l >= 0 else -l x, plus log(1 + exp(-|l|))
+#                    dl = sigmoid(l) - x
+#   bernoulli_probs: loss = (x - 1) max(log(1 - p), -100) - x max(log p, -100)
+#                    dp = (p - x) / max(p (1 - p), 1e-12)      (torch's binary_cross_entropy)
+#   mse:             loss = (r - x)^2                           dr = 2 (r - x)
+#   gaussian:        loss = 0.5 (log 2pi + v + (x - m)^2 exp(-v))
+#                    dm = (m - x) exp(-v)                       dv = 0.5 (1 - (x - m)^2 exp(-v))
+# Bernoulli on logits: with t = exp(-|l|) in (0, 1], sigmoid(l) is 1/(1+t) for l >= 0 and
+# t/(1+t) below: ONE reciprocal serves both branches, nothing overflows for any |l|, and
+# log(1 + t) is a polynomial on (0, 1] (log1p_unit, error budget beside it). Writing
+# max(l, 0) - l x as l (1 - x) or -l x makes a confidently wrong infinite logit give +inf.
+@triton.jit
+def _recon_terms(r, x, v, inv_var, LIKELIHOOD: tl.constexpr, FAST: tl.constexpr):
     if LIKELIHOOD == 0:
-        t = tl.exp(-tl.abs(r))
-        loss = tl.where(r >= 0, r * (1.0 - x), -r * x) + log1p_small(t)
-        dr = tl.where(r >= 0, 1.0 / (1.0 + t), t / (1.0 + t)) - x
+        if FAST:
+            t = _ex2_ftz(tl.abs(r) * -1.4426950408889634)
+            sig_abs = _rcp_ftz(1.0 + t)
+        else:
+            t = tl.exp(-tl.abs(r))
+            sig_abs = 1.0 / (1.0 + t)
+        pos = r >= 0
+        loss = r * tl.where(pos, 1.0 - x, -x) + log1p_unit(t)
+        dr = tl.where(pos, sig_abs, t * sig_abs) - x
+        dv = dr
+    elif LIKELIHOOD == 3:
+        log_p = tl.maximum(tl.log(r), -100.0, propagate_nan=tl.PropagateNan.ALL)
+        q = 1.0 - r  # log(1 - p) = log(q) * (-p) / (q - 1): exact where q rounds (Goldberg)
+        log_q = tl.where(q == 1.0, -r, tl.log(q) * (r / (1.0 - q)))
+        log_q = tl.maximum(log_q, -100.0, propagate_nan=tl.PropagateNan.ALL)
+        loss = (x - 1.0) * log_q - x * log_p
+        dr = (r - x) / tl.maximum(r * q, 1e-12, propagate_nan=tl.PropagateNan.ALL)
         dv = dr
     elif LIKELIHOOD == 1:
         diff = r - x
@@ -34,153 +97,504 @@ def _recon_terms(r, x, v, LIKELIHOOD: tl.constexpr):
         dv = dr
     else:
         diff = r - x
-        inv_var = tl.exp(-v)
         scaled = diff * diff * inv_var
         loss = _HALF_LOG_2PI + 0.5 * (v + scaled)
         dr = diff * inv_var
-        dv = 0.5 * (1.0 - scaled)
+        dv = 0.5 - 0.5 * scaled
     return loss, dr, dv
 
 
 @triton.jit
-def _load_chunk(r_ptr, x_ptr, v_ptr, D, n_chunks, LIKELIHOOD: tl.constexpr, BLOCK_D: tl.constexpr):
-    """This program's (row, chunk of BLOCK_D features): int64 offsets, mask and the inputs."""
+def _acc(t, F64: tl.constexpr):
+    """The computation dtype: fp64 when any input is fp64, fp32 otherwise."""
+    if F64:
+        return tl.cast(t, tl.float64)
+    else:
+        return tl.cast(t, tl.float32)
+
+
+@triton.jit
+def _load(ptr, mask, F64: tl.constexpr, EVEN_D: tl.constexpr):
+    if EVEN_D:
+        return _acc(tl.load(ptr), F64)
+    else:
+        return _acc(tl.load(ptr, mask=mask, other=0.0), F64)
+
+
+@triton.jit
+def _store(ptr, value, mask, EVEN_D: tl.constexpr):
+    if EVEN_D:
+        tl.store(ptr, value.to(ptr.dtype.element_ty))
+    else:
+        tl.store(ptr, value.to(ptr.dtype.element_ty), mask=mask)
+
+
+@triton.jit
+def _chunk_terms(
+    r_ptr, x_ptr, v_ptr, D, n_chunks, r_row_stride, x_row_stride, v_row_stride, logvar_value,
+    LIKELIHOOD: tl.constexpr, V_MODE: tl.constexpr, F64: tl.constexpr, BLOCK_D: tl.constexpr,
+    EVEN_D: tl.constexpr,
+):
+    """This program's (row, chunk of BLOCK_D features): its loss, gradients and mask (not
+    applied when BLOCK_D divides D: no predicates, no zero fill, no select per element)."""
+    FAST: tl.constexpr = not F64 and not INTERPRET
     pid = tl.program_id(0)
     row = pid // n_chunks
-    # int64 from here on: a row may hold more than 2**31 elements, and row * D more still.
-    cols = (pid % n_chunks).to(tl.int64) * BLOCK_D + tl.arange(0, BLOCK_D)
-    mask = cols < D
-    off = row.to(tl.int64) * D + cols
-    r = to_acc(tl.load(r_ptr + off, mask=mask, other=0.0))
-    x = to_acc(tl.load(x_ptr + off, mask=mask, other=0.0))
+    # Row and chunk offsets are int64 scalars (row * stride and a row itself may pass 2**31);
+    # per element only the int32 column inside the chunk is added.
+    start = (pid % n_chunks).to(tl.int64) * BLOCK_D
+    cols = tl.arange(0, BLOCK_D)
+    mask = cols < tl.minimum(D - start, BLOCK_D).to(tl.int32)  # unused (and dropped) if EVEN_D
+    row64 = row.to(tl.int64)
+    r = _load(r_ptr + row64 * r_row_stride + start + cols, mask, F64, EVEN_D)
+    x = _load(x_ptr + row64 * x_row_stride + start + cols, mask, F64, EVEN_D)
     v = r
+    inv_var = r
     if LIKELIHOOD == 2:
-        v = to_acc(tl.load(v_ptr + off, mask=mask, other=0.0))
-    return pid, row, off, mask, r, x, v
+        if V_MODE == V_ELEMENTS:
+            v = _load(v_ptr + row64 * v_row_stride + start + cols, mask, F64, EVEN_D)
+        elif V_MODE == V_ROW:
+            v = _acc(tl.load(v_ptr + row64 * v_row_stride), F64)
+        else:
+            v = _acc(logvar_value, F64)
+        if FAST:
+            inv_var = _ex2_ftz(v * -1.4426950408889634)
+        else:
+            inv_var = tl.exp(-v)
+    loss, dr, dv = _recon_terms(r, x, v, inv_var, LIKELIHOOD, FAST)
+    return pid, row64, start, cols, mask, loss, dr, dv
 
 
 @triton.jit
-def _store_grads(dr_ptr, dv_ptr, off, mask, dr, dv, WRITE_DR: tl.constexpr, WRITE_DV: tl.constexpr):
+def _store_grads(
+    dr_ptr, dv_ptr, pid, row64, start, cols, mask, dr, dv, dr_row_stride, dv_row_stride,
+    WRITE_DR: tl.constexpr, DV_MODE: tl.constexpr, EVEN_D: tl.constexpr,
+):
     if WRITE_DR:
-        tl.store(dr_ptr + off, dr.to(dr_ptr.dtype.element_ty), mask=mask)
-    if WRITE_DV:
-        tl.store(dv_ptr + off, dv.to(dv_ptr.dtype.element_ty), mask=mask)
+        _store(dr_ptr + row64 * dr_row_stride + start + cols, dr, mask, EVEN_D)
+    if DV_MODE == DV_ELEMENTS:
+        _store(dv_ptr + row64 * dv_row_stride + start + cols, dv, mask, EVEN_D)
+    elif DV_MODE == DV_PARTIALS:
+        if not EVEN_D:
+            dv = tl.where(mask, dv, 0.0)
+        tl.store(dv_ptr + pid, tl.sum(dv, axis=0))
 
 
-# One program per (row, chunk of BLOCK_D features): writes the chunk's loss sum divided by
-# grad_div (1 for "sum" and "none", B for "mean") to partial[pid] -- the caller sums these
-# partials in a fixed order, so results are deterministic and a batch mean needs no separate
-# division -- and, when asked, the gradient divided by grad_div, so that backward only
-# multiplies it by grad_output.
+@triton.jit
+def _add_partials(partial_ptr, out_ptr, n_chunks, n_programs, OUT: tl.constexpr, RBLOCK: tl.constexpr):
+    """Run by the last program only: the per-program partials added in a fixed order (so the
+    result is deterministic), into one total or one value per row."""
+    offs = tl.arange(0, RBLOCK)
+    acc_ty = partial_ptr.dtype.element_ty
+    if OUT == OUT_TOTAL:
+        acc = tl.zeros([RBLOCK], acc_ty)
+        for first in range(0, n_programs, RBLOCK):
+            idx = first + offs
+            acc += tl.load(partial_ptr + idx, mask=idx < n_programs, other=0.0, cache_modifier=".cg")
+        tl.store(out_ptr, tl.sum(acc, axis=0))
+    else:
+        n_rows = n_programs // n_chunks
+        for first in range(0, n_rows, RBLOCK):
+            rows = first + offs
+            keep = rows < n_rows
+            acc = tl.zeros([RBLOCK], acc_ty)
+            for c in range(0, n_chunks):
+                acc += tl.load(partial_ptr + rows * n_chunks + c, mask=keep, other=0.0, cache_modifier=".cg")
+            tl.store(out_ptr + rows, acc, mask=keep)
+
+
+# Forward: one program per (row, chunk of BLOCK_D features). Loss and gradients are multiplied
+# by 1/divisor (1 for "sum" and "none", B for "batchmean", B*D for "mean"), so that backward
+# only scales them by grad_output. The divisor is an int (i64 past 2**31, so B*D cannot
+# overflow); its reciprocal is taken once per program.
+#
+# One launch for the reduction too (a last-program ticket): every program stores its partial
+# sum, then takes a ticket with an atomic add on a per-device counter. Memory ordering: the
+# barrier makes all of the program's threads' stores happen before thread 0's atomic, whose
+# release (acq_rel, GPU scope) publishes them; the program that draws the last ticket has,
+# through the same atomic's acquire (and the barrier that broadcasts its result), seen every
+# other program's release, so its loads observe all partials (read with .cg, from L2). It
+# then resets the counter to 0: nobody else touches it in this launch, and the next launch on
+# the stream starts after this one ends, so every launch -- and every CUDA-graph replay,
+# which replays the reset too -- starts from 0. Under the interpreter programs run one after
+# another, so the last ticket is the last program.
 @triton.jit
 def _recon_loss_fwd_kernel(
-    r_ptr, x_ptr, v_ptr, partial_ptr, dr_ptr, dv_ptr,
-    D, n_chunks, grad_div,
-    LIKELIHOOD: tl.constexpr, WRITE_DR: tl.constexpr, WRITE_DV: tl.constexpr, BLOCK_D: tl.constexpr,
+    r_ptr,  # (B, D) recon rows: row stride r_row_stride, features unit-stride
+    x_ptr,  # (B, D) target rows (its own dtype): row stride x_row_stride
+    v_ptr,  # log-variance rows (V_ELEMENTS), one value per row (V_ROW) or unused (V_SCALAR)
+    dr_ptr,  # (B, D) d loss / d recon in recon's dtype (WRITE_DR): row stride dr_row_stride
+    dv_ptr,  # (B, D) d loss / d v rows (DV_ELEMENTS) or (n_programs,) partial sums (DV_PARTIALS)
+    partial_ptr,  # (n_programs,) per-program loss sums (OUT_ROWS, OUT_TOTAL)
+    ticket_ptr,  # (1,) int32 counter, 0 between launches (OUT_ROWS, OUT_TOTAL)
+    out_ptr,  # (B,) per-row losses or () the total, divided by divisor
+    D,  # features per row
+    n_chunks,  # programs per row
+    n_programs,  # B * n_chunks
+    r_row_stride,
+    x_row_stride,
+    v_row_stride,  # 0 when v is shared by all rows
+    dr_row_stride,
+    dv_row_stride,
+    divisor,  # int: losses and gradients are divided by it
+    logvar_value,  # fp32 log-variance for V_SCALAR
+    LIKELIHOOD: tl.constexpr,
+    V_MODE: tl.constexpr,
+    DV_MODE: tl.constexpr,
+    WRITE_DR: tl.constexpr,
+    OUT: tl.constexpr,
+    F64: tl.constexpr,
+    BLOCK_D: tl.constexpr,
+    EVEN_D: tl.constexpr,  # BLOCK_D divides D: no masks
+    RBLOCK: tl.constexpr,
 ):
-    pid, _, off, mask, r, x, v = _load_chunk(r_ptr, x_ptr, v_ptr, D, n_chunks, LIKELIHOOD, BLOCK_D)
-    loss, dr, dv = _recon_terms(r, x, v, LIKELIHOOD)
-    tl.store(partial_ptr + pid, tl.sum(tl.where(mask, loss, 0.0), axis=0) / grad_div)
-    _store_grads(dr_ptr, dv_ptr, off, mask, dr / grad_div, dv / grad_div, WRITE_DR, WRITE_DV)
+    pid, row64, start, cols, mask, loss, dr, dv = _chunk_terms(
+        r_ptr, x_ptr, v_ptr, D, n_chunks, r_row_stride, x_row_stride, v_row_stride,
+        logvar_value, LIKELIHOOD, V_MODE, F64, BLOCK_D, EVEN_D,
+    )
+    scale = 1.0 / _acc(divisor, F64)
+    _store_grads(
+        dr_ptr, dv_ptr, pid, row64, start, cols, mask, dr * scale, dv * scale,
+        dr_row_stride, dv_row_stride, WRITE_DR, DV_MODE, EVEN_D,
+    )
+    if not EVEN_D:
+        loss = tl.where(mask, loss, 0.0)
+    total = tl.sum(loss, axis=0) * scale
+    if OUT == OUT_ROWS_DIRECT:
+        tl.store(out_ptr + row64, total)
+    else:
+        tl.store(partial_ptr + pid, total)
+        tl.debug_barrier()
+        ticket = tl.atomic_add(ticket_ptr, 1, sem="acq_rel")
+        if ticket == n_programs - 1:
+            tl.store(ticket_ptr, 0)
+            _add_partials(partial_ptr, out_ptr, n_chunks, n_programs, OUT, RBLOCK)
 
 
-# Backward for reduction "none": grad_output g is per row, so the gradient is recomputed here,
-# scaled by g[row]: dr = g * dr_elem, dv = g * dv_elem.
+# Backward for reduction "none": grad_output g is per row, so the gradient is recomputed here
+# and scaled by g[row]: dr = g dr_elem, dv = g dv_elem.
 @triton.jit
 def _recon_loss_bwd_kernel(
-    r_ptr, x_ptr, v_ptr, g_ptr, dr_ptr, dv_ptr,
-    D, n_chunks, g_stride,
-    LIKELIHOOD: tl.constexpr, WRITE_DR: tl.constexpr, WRITE_DV: tl.constexpr, BLOCK_D: tl.constexpr,
+    r_ptr,  # (B, D) recon rows: row stride r_row_stride
+    x_ptr,  # (B, D) target rows: row stride x_row_stride
+    v_ptr,  # as in the forward kernel
+    g_ptr,  # (B,) grad_output, stride g_stride (0 when expanded)
+    dr_ptr,  # (B, D) d recon rows (WRITE_DR): row stride dr_row_stride
+    dv_ptr,  # (B, D) d v rows (DV_ELEMENTS) or (n_programs,) partial sums (DV_PARTIALS)
+    D,
+    n_chunks,
+    r_row_stride,
+    x_row_stride,
+    v_row_stride,
+    dr_row_stride,
+    dv_row_stride,
+    g_stride,
+    logvar_value,
+    LIKELIHOOD: tl.constexpr,
+    V_MODE: tl.constexpr,
+    DV_MODE: tl.constexpr,
+    WRITE_DR: tl.constexpr,
+    F64: tl.constexpr,
+    BLOCK_D: tl.constexpr,
+    EVEN_D: tl.constexpr,
 ):
-    _, row, off, mask, r, x, v = _load_chunk(r_ptr, x_ptr, v_ptr, D, n_chunks, LIKELIHOOD, BLOCK_D)
-    g = to_acc(tl.load(g_ptr + row.to(tl.int64) * g_stride))
-    _, dr, dv = _recon_terms(r, x, v, LIKELIHOOD)
-    _store_grads(dr_ptr, dv_ptr, off, mask, g * dr, g * dv, WRITE_DR, WRITE_DV)
+    pid, row64, start, cols, mask, _, dr, dv = _chunk_terms(
+        r_ptr, x_ptr, v_ptr, D, n_chunks, r_row_stride, x_row_stride, v_row_stride,
+        logvar_value, LIKELIHOOD, V_MODE, F64, BLOCK_D, EVEN_D,
+    )
+    g = _acc(tl.load(g_ptr + row64 * g_stride), F64)
+    _store_grads(
+        dr_ptr, dv_ptr, pid, row64, start, cols, mask, g * dr, g * dv,
+        dr_row_stride, dv_row_stride, WRITE_DR, DV_MODE, EVEN_D,
+    )
 
 
-def _layout(recon: torch.Tensor) -> tuple[int, int, int, int]:
+# grad *= g for a dense buffer, where g is a scalar on the device: every program returns at
+# once when g is exactly 1 (the common loss.backward()), so then nothing crosses memory and
+# the host never reads g.
+@triton.jit
+def _recon_loss_scale_grad_kernel(
+    g_ptr,  # () grad_output
+    grad_ptr,  # (n,) the dense gradient buffer, scaled in place
+    n,
+    BLOCK: tl.constexpr,
+):
+    g = tl.load(g_ptr)  # fp32, or fp64 when the loss is fp64
+    if g != 1.0:
+        offs = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
+        mask = offs < n
+        grad = tl.load(grad_ptr + offs, mask=mask)
+        tl.store(grad_ptr + offs, (grad.to(g.dtype) * g).to(grad_ptr.dtype.element_ty), mask=mask)
+
+
+# ------------------------------------------------------------------ host side
+
+
+def _pow2_at_least(n: int) -> int:
+    return 1 << max(n - 1, 0).bit_length()
+
+
+@functools.lru_cache(maxsize=512)
+def _layout(batch: int, features: int) -> tuple[int, int, int, int]:
+    """(BLOCK_D, num_warps, n_chunks, RBLOCK) for rows of ``features`` elements.
+
+    Launch heuristic: 16 elements per thread (128-bit accesses, few registers), as many warps
+    as a row needs up to 8 (BLOCK_D <= 4096); a longer row is split over several programs.
+    """
+    block_d = min(_pow2_at_least(features), _ELEMS_PER_THREAD * 32 * _MAX_WARPS)
+    num_warps = max(1, block_d // (_ELEMS_PER_THREAD * 32))
+    n_chunks = -(-features // block_d)
+    if batch * n_chunks > _MAX_GRID:
+        raise ValueError(
+            f"recon with {batch} rows of {features} elements needs {batch * n_chunks} programs "
+            f"of {block_d} elements, more than one launch can have ({_MAX_GRID}); split the batch"
+        )
+    return block_d, num_warps, n_chunks, max(block_d, 32 * num_warps * 4)
+
+
+def _dense_rows_impl(shape: tuple, strides: tuple) -> bool:
+    """True when each row's features are one dense block of prod(shape[1:]) elements (any
+    order of the feature dims: contiguous, channels_last, a ``chunk`` of a wider tensor)."""
+    expected = 1
+    for size, stride in sorted((p for p in zip(shape[1:], strides[1:]) if p[0] != 1), key=lambda p: p[1]):
+        if stride != expected:
+            return False
+        expected *= size
+    return True
+
+
+_dense_rows = functools.lru_cache(maxsize=512)(_dense_rows_impl)
+
+
+def _feature_key(shape: tuple, strides: tuple) -> tuple:
+    return tuple(s if n != 1 else None for n, s in zip(shape[1:], strides[1:]))
+
+
+def _grad_strides(shape: tuple, strides: tuple) -> tuple:
+    if not _dense_rows_impl(shape, strides):
+        return torch.empty(shape, device="meta").stride()
+    return (math.prod(shape[1:]),) + tuple(strides[1:])
+
+
+_grad_strides_cached = functools.lru_cache(maxsize=512)(_grad_strides)
+
+
+def grad_strides(shape: tuple, strides: tuple) -> tuple:
+    """Strides of the gradient the kernels write for a ``recon`` of this shape and strides:
+    recon's own feature strides when its rows are dense (so channels_last stays
+    channels_last), else contiguous; row stride D. The fake implementations use this too
+    (with symbolic sizes under torch.compile, which are not cached)."""
+    if all(type(v) is int for v in (*shape, *strides)):
+        return _grad_strides_cached(tuple(shape), tuple(strides))
+    return _grad_strides(tuple(shape), tuple(strides))
+
+
+def _same_rows(t: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    """``t`` (recon's shape) with its features in ``like``'s memory order: ``t`` itself when it
+    already is, else a copy laid out like the kernels' gradient for ``like``."""
+    if _dense_rows(t.shape, t.stride()) and _feature_key(t.shape, t.stride()) == _feature_key(like.shape, like.stride()):
+        return t
+    out = torch.empty_strided(like.shape, grad_strides(like.shape, like.stride()), dtype=t.dtype, device=t.device)
+    return out.copy_(t)
+
+
+class _LogVar:
+    """How recon_logvar (None, or a tensor broadcastable to recon) reaches the kernels."""
+
+    def __init__(self, recon: torch.Tensor, logvar: torch.Tensor | None, gaussian: bool):
+        self.source = logvar
+        self.tensor, self.row_stride, self.mode = recon, 0, V_SCALAR.value
+        if not gaussian or logvar is None:
+            return
+        B = recon.shape[0]
+        lv = logvar.reshape((1,) * (recon.dim() - logvar.dim()) + tuple(logvar.shape))
+        per_batch = lv.shape[0] == B and B != 1
+        if math.prod(lv.shape[1:]) == 1:  # one value per row, or for everything: stride 0
+            self.tensor, self.mode = lv, V_ROW.value
+        else:
+            rows = lv.expand((lv.shape[0],) + tuple(recon.shape[1:]))
+            self.tensor, self.mode = _same_rows(rows, recon[:1] if not per_batch else recon), V_ELEMENTS.value
+        self.row_stride = self.tensor.stride(0) if per_batch else 0
+        # recon_logvar of recon's shape: its gradient is written per element in its dtype;
+        # anything broadcast is reduced to its own shape (per row in-kernel, else by a sum).
+        self.full = tuple(logvar.shape) == tuple(recon.shape)
+
+    def grad_buffer(self, recon, n_programs):
+        """(dv_ptr argument, DV mode, row stride) of a new buffer for d loss / d logvar."""
+        acc = loss_dtype(recon.dtype)
+        if self.mode == V_ROW.value:
+            return torch.empty(n_programs, dtype=acc, device=recon.device), DV_PARTIALS.value, 0
+        dtype = self.source.dtype if self.full else acc  # summed later: accumulate in acc
+        buf = torch.empty_strided(recon.shape, grad_strides(recon.shape, recon.stride()), dtype=dtype, device=recon.device)
+        return buf, DV_ELEMENTS.value, buf.stride(0)
+
+    def reduce_grad(self, buf, recon, n_chunks):
+        """d loss / d logvar in logvar's shape and dtype from the kernel's buffer."""
+        B = recon.shape[0]
+        if self.mode == V_ROW.value:
+            buf = buf.view(B, n_chunks).sum(1).view((B,) + (1,) * (recon.dim() - 1))
+        elif self.full:
+            return buf
+        return buf.sum_to_size(
+            (1,) * (recon.dim() - self.source.dim()) + tuple(self.source.shape)
+        ).reshape(self.source.shape).to(self.source.dtype)
+
+
+_TICKETS: dict[torch.device, torch.Tensor] = {}
+
+
+def _ticket(device: torch.device) -> torch.Tensor:
+    """The per-device int32 ticket counter (0 between launches; each launch leaves it at 0).
+    Launches that use it must not run concurrently on two streams of one device."""
+    counter = _TICKETS.get(device)
+    if counter is None:
+        counter = _TICKETS[device] = torch.zeros(1, dtype=torch.int32, device=device)
+    return counter
+
+
+def _prepare(recon, x, recon_logvar, likelihood):
+    check_launchable("recon", recon)
+    if not _dense_rows(recon.shape, recon.stride()):
+        recon = recon.contiguous()
+    x = _same_rows(x, recon)
+    logvar = _LogVar(recon, recon_logvar, likelihood == "gaussian")
     B = recon.shape[0]
     D = recon.numel() // B if B else 0
-    block_d = pow2_at_most(D, _MAX_BLOCK_D)
-    n_chunks = triton.cdiv(D, block_d)
-    if B * n_chunks > _MAX_GRID:
-        raise ValueError(
-            f"recon of shape {tuple(recon.shape)} needs {B * n_chunks} programs of {block_d} "
-            f"elements, more than one launch can have ({_MAX_GRID}); split the batch"
+    f64 = torch.float64 in (recon.dtype, x.dtype) or (
+        recon_logvar is not None and recon_logvar.dtype == torch.float64
+    )
+    return recon, x, logvar, B, D, f64
+
+
+def _empty_grads(recon, logvar, grad_recon, grad_logvar):
+    dr = torch.empty_strided(recon.shape, grad_strides(recon.shape, recon.stride()), dtype=recon.dtype, device=recon.device) if grad_recon else None
+    dv = None
+    if grad_logvar and logvar.source is not None:
+        full = logvar.full and logvar.mode == V_ELEMENTS.value
+        dv = torch.zeros_like(logvar.source, memory_format=torch.contiguous_format) if not full else torch.empty_strided(
+            recon.shape, grad_strides(recon.shape, recon.stride()), dtype=logvar.source.dtype, device=recon.device
         )
-    return B, D, block_d, n_chunks
+    return dr, dv
 
 
 def recon_loss_fwd(
     recon: torch.Tensor,
     x: torch.Tensor,
     recon_logvar: torch.Tensor | None,
+    logvar_value: float,
     likelihood: str,
-    grad_div: int,
+    per_row: bool,
+    divisor: int,
     grad_recon: bool,
     grad_logvar: bool,
 ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
-    """Per-sample reconstruction loss, and optionally its gradient, in one pass.
+    """Per-sample reconstruction loss reduced in the same launch, and optionally its gradient.
 
     Args:
-        recon, x, recon_logvar: ``(B, *feature_shape)``, same floating dtype and device
-            (made contiguous here); recon_logvar only for "gaussian".
-        likelihood: "bernoulli", "mse" or "gaussian".
-        grad_div: the partial sums and the written gradients are divided by this (1 for
-            "sum" and "none", B for "mean").
-        grad_recon, grad_logvar: which gradients to write.
+        recon: ``(B, *feature_shape)`` decoder output (logits, probabilities or mean), float.
+        x: target of recon's shape, any float dtype (loaded in its own dtype).
+        recon_logvar: "gaussian" only: a tensor broadcastable to recon (read with stride 0
+            where it is broadcast), or None to use ``logvar_value`` for every element.
+        logvar_value: the scalar log-variance when recon_logvar is None ("gaussian").
+        likelihood: a key of :data:`LIKELIHOOD_CODES`.
+        per_row: True -> the loss per row ``(B,)``; False -> their total ``()``.
+        divisor: the loss and the written gradients are divided by it (1 for "none"/"sum",
+            B for "batchmean", B*D for "mean").
+        grad_recon, grad_logvar: which gradients to write (grad_logvar needs recon_logvar).
 
     Returns:
-        ``(partials, d_recon or None, d_logvar or None)``: partials ``(B, n_chunks)`` in
-        float32 (float64 for float64 inputs), in nats: ``partials.sum(1)`` is the per-sample
-        loss divided by grad_div, ``partials.sum()`` the "sum" or "mean" reduction; gradients
-        in the input dtype and shape.
+        ``(loss, d_recon or None, d_logvar or None)``: loss in float32 (float64 when an input
+        is float64), nats; d_recon in recon's dtype and shape with :func:`grad_strides`;
+        d_logvar in recon_logvar's dtype and shape (reduced over broadcast dims).
+        Computed in float32, or float64 when any input is float64.
     """
-    check_launchable("recon", recon)
-    recon, x = recon.contiguous(), x.contiguous()
-    gaussian = likelihood == "gaussian"
-    logvar = recon_logvar.contiguous() if gaussian else recon
-    B, D, block_d, n_chunks = _layout(recon)
-    # Every program writes its slot, so no zero-fill (and no extra launch) is needed.
-    partial = torch.empty(B * n_chunks, dtype=loss_dtype(recon.dtype), device=recon.device)
-    dr = torch.empty_like(recon) if grad_recon else None
-    dv = torch.empty_like(logvar) if grad_logvar and gaussian else None
-    if B * D > 0:
-        _recon_loss_fwd_kernel[(B * n_chunks,)](
-            recon, x, logvar, partial, recon if dr is None else dr, recon if dv is None else dv,
-            D, n_chunks, grad_div,
-            LIKELIHOOD=LIKELIHOOD_CODES[likelihood], WRITE_DR=dr is not None,
-            WRITE_DV=dv is not None, BLOCK_D=block_d,
+    recon, x, logvar, B, D, f64 = _prepare(recon, x, recon_logvar, likelihood)
+    acc = torch.float64 if f64 else loss_dtype(recon.dtype)
+    out = torch.empty((B,) if per_row else (), dtype=acc, device=recon.device)
+    if B * D == 0:
+        dr, dv = _empty_grads(recon, logvar, grad_recon, grad_logvar)
+        return out.zero_(), dr, dv
+    block_d, num_warps, n_chunks, rblock = _layout(B, D)
+    n_programs = B * n_chunks
+    dr, _ = _empty_grads(recon, logvar, grad_recon, False)
+    dv_buf, dv_mode, dv_row_stride = (recon, DV_NONE.value, 0)
+    if grad_logvar and logvar.source is not None:
+        dv_buf, dv_mode, dv_row_stride = logvar.grad_buffer(recon, n_programs)
+    mode = OUT_ROWS_DIRECT.value if per_row and n_chunks == 1 else OUT_ROWS.value if per_row else OUT_TOTAL.value
+    direct = mode == OUT_ROWS_DIRECT.value
+    partial = out if direct else torch.empty(n_programs, dtype=acc, device=recon.device)
+    with device_guard(recon):
+        _recon_loss_fwd_kernel[(n_programs,)](
+            r_ptr=recon, x_ptr=x, v_ptr=logvar.tensor,
+            dr_ptr=recon if dr is None else dr, dv_ptr=dv_buf,
+            partial_ptr=partial, ticket_ptr=out if direct else _ticket(recon.device), out_ptr=out,
+            D=D, n_chunks=n_chunks, n_programs=n_programs,
+            r_row_stride=recon.stride(0), x_row_stride=x.stride(0), v_row_stride=logvar.row_stride,
+            dr_row_stride=D, dv_row_stride=dv_row_stride,
+            divisor=divisor, logvar_value=float(logvar_value),
+            LIKELIHOOD=LIKELIHOOD_CODES[likelihood], V_MODE=logvar.mode, DV_MODE=dv_mode,
+            WRITE_DR=dr is not None, OUT=mode, F64=f64, BLOCK_D=block_d, EVEN_D=D % block_d == 0,
+            RBLOCK=rblock,
+            num_warps=num_warps,
         )
-    return partial.view(B, n_chunks), dr, dv
+    dv = logvar.reduce_grad(dv_buf, recon, n_chunks) if dv_mode != DV_NONE.value else None
+    return out, dr, dv
 
 
 def recon_loss_bwd(
     recon: torch.Tensor,
     x: torch.Tensor,
     recon_logvar: torch.Tensor | None,
+    logvar_value: float,
     likelihood: str,
     grad_rows: torch.Tensor,
     grad_recon: bool,
     grad_logvar: bool,
 ) -> tuple[torch.Tensor | None, torch.Tensor | None]:
-    """Gradient of ``sum_b grad_rows[b] * loss_rows[b]`` for reduction "none".
+    """Gradient of ``sum_b grad_rows[b] * loss_rows[b]`` (reduction "none"), recomputed.
 
-    ``grad_rows`` is ``(B,)`` (any stride, including an expanded view). Returns
-    ``(d_recon or None, d_logvar or None)`` in the input dtype.
+    Arguments as :func:`recon_loss_fwd`; ``grad_rows`` is ``(B,)`` float (any stride,
+    including an expanded view). Returns ``(d_recon or None, d_logvar or None)`` with the
+    dtypes, shapes and strides :func:`recon_loss_fwd` gives them.
     """
-    check_launchable("recon", recon)
-    recon, x = recon.contiguous(), x.contiguous()
-    gaussian = likelihood == "gaussian"
-    logvar = recon_logvar.contiguous() if gaussian else recon
-    B, D, block_d, n_chunks = _layout(recon)
-    dr = torch.empty_like(recon) if grad_recon else None
-    dv = torch.empty_like(logvar) if grad_logvar and gaussian else None
-    if B * D > 0 and (dr is not None or dv is not None):
-        _recon_loss_bwd_kernel[(B * n_chunks,)](
-            recon, x, logvar, grad_rows, recon if dr is None else dr, recon if dv is None else dv,
-            D, n_chunks, grad_rows.stride(0),
-            LIKELIHOOD=LIKELIHOOD_CODES[likelihood], WRITE_DR=dr is not None,
-            WRITE_DV=dv is not None, BLOCK_D=block_d,
+    recon, x, logvar, B, D, f64 = _prepare(recon, x, recon_logvar, likelihood)
+    if B * D == 0 or not (grad_recon or (grad_logvar and logvar.source is not None)):
+        return _empty_grads(recon, logvar, grad_recon, grad_logvar)
+    block_d, num_warps, n_chunks, _ = _layout(B, D)
+    n_programs = B * n_chunks
+    dr, _ = _empty_grads(recon, logvar, grad_recon, False)
+    dv_buf, dv_mode, dv_row_stride = (recon, DV_NONE.value, 0)
+    if grad_logvar and logvar.source is not None:
+        dv_buf, dv_mode, dv_row_stride = logvar.grad_buffer(recon, n_programs)
+    with device_guard(recon):
+        _recon_loss_bwd_kernel[(n_programs,)](
+            r_ptr=recon, x_ptr=x, v_ptr=logvar.tensor, g_ptr=grad_rows,
+            dr_ptr=recon if dr is None else dr, dv_ptr=dv_buf,
+            D=D, n_chunks=n_chunks,
+            r_row_stride=recon.stride(0), x_row_stride=x.stride(0), v_row_stride=logvar.row_stride,
+            dr_row_stride=D, dv_row_stride=dv_row_stride, g_stride=grad_rows.stride(0),
+            logvar_value=float(logvar_value),
+            LIKELIHOOD=LIKELIHOOD_CODES[likelihood], V_MODE=logvar.mode, DV_MODE=dv_mode,
+            WRITE_DR=dr is not None, F64=f64, BLOCK_D=block_d, EVEN_D=D % block_d == 0,
+            num_warps=num_warps,
         )
+    dv = logvar.reduce_grad(dv_buf, recon, n_chunks) if dv_mode != DV_NONE.value else None
     return dr, dv
+
+
+_SCALE_BLOCK = _ELEMS_PER_THREAD * 32 * _MAX_WARPS
+
+
+def recon_loss_scale_grad(grad: torch.Tensor, grad_output: torch.Tensor) -> torch.Tensor:
+    """``grad *= grad_output`` in place and return ``grad``; nothing is read or written when
+    the scalar ``grad_output`` (a device tensor, never read on the host) is exactly 1.
+
+    ``grad`` must be dense (the gradients :func:`recon_loss_fwd` writes are).
+    """
+    n = grad.numel()
+    if n:
+        with device_guard(grad):
+            _recon_loss_scale_grad_kernel[(-(-n // _SCALE_BLOCK),)](
+                g_ptr=grad_output, grad_ptr=grad, n=n, BLOCK=_SCALE_BLOCK, num_warps=_MAX_WARPS,
+            )
+    return grad

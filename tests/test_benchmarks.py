@@ -80,16 +80,17 @@ def test_loss_head_launches_and_syncs(monkeypatch):
 
     Forward: the seed draw (a device tensor, so that CUDA-graph replays draw fresh noise), the
     latent kernel (z and, from one program at this size, the summed KL), the recon kernel
-    (per-program loss partials and the gradient), the sum of those partials, and the caller's
-    ``recon + kl``. Backward: the recon gradient times grad_output (the forward wrote it for
-    grad_output = 1; a multiply on the device instead of a host sync, in place on the saved
-    buffer), the latent backward kernel. 7 launches, 6 of them fastvae's.
+    (the gradient and the loss, its per-program partials added by the last program: no
+    separate sum), and the caller's ``recon + kl``. Backward: the recon gradient times
+    grad_output (the forward wrote it for grad_output = 1; a kernel that reads grad_output on
+    the device and returns at once when it is 1, in place on the saved buffer otherwise), the
+    latent backward kernel. 6 launches, 5 of them fastvae's.
     """
     counted = _count("loss_head", "fastvae", monkeypatch, batch=128, dim=784)  # MNIST: L = 20
     assert counted.ops == [
         "randint", "triton:_sample_and_kl_fwd_kernel",
-        "triton:_recon_loss_fwd_kernel", "sum", "add",
-        "mul_", "triton:_sample_and_kl_bwd_kernel",
+        "triton:_recon_loss_fwd_kernel", "add",
+        "triton:_recon_loss_scale_grad_kernel", "triton:_sample_and_kl_bwd_kernel",
     ]
     assert counted.syncs == 0
     eager = _count("loss_head", "eager", monkeypatch, batch=128, dim=784)

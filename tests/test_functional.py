@@ -106,8 +106,8 @@ def test_operator_registrations(device):
     recon = torch.randn(3, 7, generator=g).to(device).requires_grad_(True)
     x = torch.rand(3, 7, generator=g).to(device)
     for reduction in ("none", "mean", "batchmean"):
-        torch.library.opcheck(_ops.reconstruction_loss_op, (recon, x, lv[:, :1].expand(3, 7).detach(), "gaussian", reduction, True, False))
-    torch.library.opcheck(_ops.reconstruction_loss_backward_op, (recon.detach(), x, None, "mse", torch.ones(3, device=device), True, False))
+        torch.library.opcheck(_ops.reconstruction_loss_op, (recon, x, lv[:, :1].expand(3, 7).detach(), 0.0, "gaussian", reduction, True, False))
+    torch.library.opcheck(_ops.reconstruction_loss_backward_op, (recon.detach(), x, None, 0.0, "mse", torch.ones(3, device=device), True, False))
 
 
 def test_compiles_without_graph_breaks(device):
