@@ -8,6 +8,7 @@ both and are what the CPU tests check.
 
 from __future__ import annotations
 
+import contextlib
 import statistics
 import time
 import warnings
@@ -19,7 +20,7 @@ import triton
 from torch._library.custom_ops import OPDEFS
 from torch.utils._python_dispatch import TorchDispatchMode, _disable_current_modes
 
-from fastvae.kernels import latent, recon
+from fastvae.kernels import INTERPRETED, latent, recon
 
 # aten ops that allocate or re-view memory without launching a kernel.
 _NO_KERNEL = {
@@ -131,6 +132,7 @@ class _Counter(TorchDispatchMode):
         super().__init__()
         self.ops: list[str] = []
         self.syncs = 0
+        self.bytes: list[int] = []  # per entry of ops: bytes its tensor arguments and outputs hold
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
@@ -142,29 +144,40 @@ class _Counter(TorchDispatchMode):
             # one launch, below.)
             with self:
                 return body(*args, **kwargs)
+        if func.has_kernel_for_dispatch_key(torch._C.DispatchKey.CompositeImplicitAutograd):
+            # A composite op (e.g. aten::contiguous, alias-annotated like a view) reaches the
+            # mode as a whole when called below autograd, as in a custom op's body: run its
+            # decomposition under this mode, so the copy it makes (clone) is counted, and
+            # nothing when it only returns its input.
+            with self:
+                out = func.decompose(*args, **kwargs)
+            if out is not NotImplemented:
+                return out
         short = name.split("::", 1)[1]
         if short in _SYNCING:
             self.syncs += 1
+        out = func(*args, **kwargs)
         if not (func.is_view or short in _NO_KERNEL):
             self.ops.append(short)
-        return func(*args, **kwargs)
+            self.bytes.append(_tensor_bytes((args, kwargs)) + _tensor_bytes(out))
+        return out
 
 
-def count_dispatched(fn: Callable[[], object]) -> Dispatched:
-    """Count the launches and host syncs of ``fn()`` at the dispatcher (works on the CPU).
+def _tensor_bytes(tree) -> int:
+    leaves = [t for t in torch.utils._pytree.tree_leaves(tree) if isinstance(t, torch.Tensor)]
+    return sum(t.numel() * t.element_size() for t in leaves)
 
-    On CUDA each counted entry is one kernel launch; on the CPU it is the launch the same
-    call would make on CUDA, as long as the ops take the same paths (the fastvae backend must
-    be "triton" for its kernels to be counted). Triton launches are seen through each
-    fastvae kernel's run method; while one runs, the mode is off (Triton's CPU interpreter
-    moves data with tensor ops of its own).
-    """
-    counter = _Counter()
+
+@contextlib.contextmanager
+def _counting(counter: _Counter):
+    """Under ``counter``, with each fastvae kernel launch appended to its ops (and the mode
+    off while the launch runs: Triton's CPU interpreter moves data with tensor ops of its own)."""
     originals = {k: k.run for k in _KERNELS}
 
     def wrap(kernel):
         def run(*args, **kwargs):
             counter.ops.append(f"triton:{kernel.__name__}")
+            counter.bytes.append(0)  # filled in by count_bytes under the interpreter
             with _disable_current_modes():
                 return originals[kernel](*args, **kwargs)
 
@@ -174,11 +187,68 @@ def count_dispatched(fn: Callable[[], object]) -> Dispatched:
         k.run = wrap(k)
     try:
         with counter:
-            fn()
+            yield counter
     finally:
         for k in _KERNELS:
             del k.run  # back to the class's method
+
+
+def count_dispatched(fn: Callable[[], object]) -> Dispatched:
+    """Count the launches and host syncs of ``fn()`` at the dispatcher (works on the CPU).
+
+    On CUDA each counted entry is one kernel launch; on the CPU it is the launch the same
+    call would make on CUDA, as long as the ops take the same paths (the fastvae backend must
+    be "triton" for its kernels to be counted). Triton launches are seen through each
+    fastvae kernel's run method.
+    """
+    with _counting(_Counter()) as counter:
+        fn()
     return Dispatched(len(counter.ops), counter.syncs, counter.ops)
+
+
+@dataclass
+class Traffic:
+    """Bytes ``fn()`` moves, per launch in order (``ops`` as :class:`Dispatched`'s): for a
+    Triton kernel the bytes its loads and stores move (masked-off lanes excluded), for any
+    other op that runs a kernel the bytes of its tensor arguments and outputs (a read or
+    write of each; an in-place op's tensor counts twice: read and written)."""
+
+    ops: list[str]
+    bytes: list[int]
+
+    @property
+    def total(self) -> int:
+        return sum(self.bytes)
+
+
+def count_bytes(fn: Callable[[], object]) -> Traffic:
+    """Count the bytes ``fn()`` moves through memory (see :class:`Traffic`). Needs Triton's
+    interpreter (``TRITON_INTERPRET=1`` before import): the kernels' loads and stores are
+    counted in its builder, element by element of each unmasked lane."""
+    from triton.runtime import interpreter
+
+    if not INTERPRETED:
+        raise RuntimeError("count_bytes needs TRITON_INTERPRET=1 set before triton is imported")
+    builder = interpreter.InterpreterBuilder
+    load, store = builder.create_masked_load, builder.create_masked_store
+    counter = _Counter()
+
+    def counted_load(self, ptrs, mask, *args, **kwargs):
+        out = load(self, ptrs, mask, *args, **kwargs)
+        counter.bytes[-1] += int(mask.data.sum()) * out.data.itemsize
+        return out
+
+    def counted_store(self, ptrs, value, mask, *args, **kwargs):
+        counter.bytes[-1] += int(mask.data.sum()) * value.data.itemsize
+        return store(self, ptrs, value, mask, *args, **kwargs)
+
+    builder.create_masked_load, builder.create_masked_store = counted_load, counted_store
+    try:
+        with _counting(counter):
+            fn()
+    finally:
+        builder.create_masked_load, builder.create_masked_store = load, store
+    return Traffic(counter.ops, counter.bytes)
 
 
 def profiled_launches(fn: Callable[[], object], device: torch.device) -> int | None:

@@ -170,10 +170,11 @@ def headline(rows: list[dict], mnist: dict | None, sizes: dict) -> dict:
 
 def run(*, smoke: bool = False, device: str | None = None, ops=losses.OPS, dtypes=("fp32", "bf16"),
         mnist_epochs: int | None = None, compile_backend: str | None = None,
-        log=print) -> dict:
-    """Run the benchmarks; returns the results dict (see the module docstring)."""
+        sizes: dict | None = None, log=print) -> dict:
+    """Run the benchmarks; returns the results dict (see the module docstring). ``sizes``
+    (keys as ``FULL``) replaces the default sizes (``SMOKE`` for a smoke run, else ``FULL``)."""
     dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    sizes = SMOKE if smoke else FULL
+    sizes = sizes or (SMOKE if smoke else FULL)
     if compile_backend is None:
         # Inductor on a CPU compiles C++ for every case; the smoke run checks the harness with
         # AOT autograd's eager backend instead (it says so in the results).

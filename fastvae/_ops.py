@@ -56,32 +56,156 @@ def _total(partials: Tensor, reduction: str, numel: int) -> Tensor:
     return partials.reshape(()) if partials.numel() == 1 else partials.sum()
 
 
+# The Philox key of a draw. Eager calls outside CUDA-graph capture read it from the CUDA
+# generator on the host: (initial_seed, offset / 4) with the offset advanced by 4 per sample,
+# PyTorch's own reservation protocol (its CUDA random kernels advance the same offset), so the
+# draw costs no launch, torch.manual_seed reproduces it, and consecutive calls get fresh
+# counters. Under torch.compile or CUDA-graph capture the key must be a device tensor: a
+# Python int would be baked into the graph and every replay would repeat its noise; there
+# torch.randint draws it (one launch, which a captured graph replays with fresh values). CPU
+# generators (mt19937) have no offset: the CPU (interpreter) path draws with torch.randint.
+
+
+def _signed64(v: int) -> int:
+    return v - (1 << 64) if v >= 1 << 63 else v
+
+
+def _host_key(generator: torch.Generator | None, device: torch.device, n_samples: int):
+    """(seed, counter offset) read and advanced on the host, or None where that would be
+    wrong (compiling, capturing) or impossible (a CPU generator)."""
+    if device.type != "cuda" or torch.compiler.is_compiling() or torch.cuda.is_current_stream_capturing():
+        return None
+    if generator is None:
+        generator = torch.cuda.default_generators[device.index if device.index is not None else torch.cuda.current_device()]
+    offset = generator.get_offset()
+    generator.set_offset(offset + 4 * n_samples)
+    return _signed64(generator.initial_seed()), offset // 4
+
+
+def philox_key(generator: torch.Generator | None, device: torch.device, n_samples: int):
+    """The key of one draw of ``n_samples`` samples: ``(seed, offset)`` ints, or an int64
+    device tensor holding them (see above).
+
+    Raises:
+        ValueError: a user CUDA generator used while capturing a CUDA graph without being
+            registered with the graph (``graph.register_generator_state(generator)`` before
+            the capture begins: the graph then refreshes its state at every replay).
+    """
+    key = _host_key(generator, device, n_samples)
+    if key is not None:
+        return key
+    try:
+        return torch.randint(0, 1 << 62, (2,), generator=generator, device=device, dtype=torch.int64)
+    except RuntimeError as e:
+        if generator is not None and "capture" in str(e):
+            raise ValueError(
+                "generator is used inside a CUDA graph capture but is not registered with the "
+                "graph; call graph.register_generator_state(generator) before capturing"
+            ) from e
+        raise
+
+
+def _rows(t: Tensor) -> Tensor:
+    """``(B, *latent)`` as ``(B, L)`` rows with a unit last stride: a 2-D tensor as it is
+    (a ``chunk`` view keeps its row stride), a contiguous one as a view, anything else copied."""
+    if t.dim() == 2 and (t.stride(1) == 1 or t.shape[1] == 1):
+        return t
+    rows = (t.shape[0], math.prod(t.shape[1:]))  # explicit L: B may be 0
+    return t.view(rows) if t.is_contiguous() else t.contiguous().view(rows)
+
+
+def _z_shape(mu: Tensor, n_samples: int) -> tuple[int, ...]:
+    return tuple(mu.shape) if n_samples == 1 else (n_samples, *mu.shape)
+
+
+def _kl_shape(mu: Tensor, reduction: str) -> tuple[int, ...]:
+    return tuple(mu.shape[:1]) if reduction == "none" else ()
+
+
+def _sample_and_kl_forward(mu, logvar, key, n_samples, sample, kl, reduction):
+    """The forward body shared by the eager Function and the custom op: one launch."""
+    B, numel = mu.shape[0], mu.numel()
+    mode = "off" if not kl else "rows" if reduction == "none" else "total"
+    z, kl_out = kernels.sample_and_kl_fwd(
+        _rows(mu), _rows(logvar), key if sample else None, n_samples, sample, mode,
+        reduction_divisor(reduction, B, numel),
+    )
+    z = z.view(_z_shape(mu, n_samples)) if sample else _empty(mu)
+    if not kl:
+        kl_out = _empty(mu, loss_dtype(mu.dtype))
+    elif numel == 0 and reduction in ("mean", "batchmean"):
+        kl_out = kl_out.new_full((), float("nan"))  # a mean over nothing, as torch.mean's
+    return z, kl_out
+
+
+def _sample_and_kl_backward_body(mu, logvar, key, n_samples, grad_z, grad_kl, reduction):
+    """(dmu, dlogvar), contiguous in mu's shape, from one launch; eps regenerated from key."""
+    B = mu.shape[0]
+    if grad_z is not None:
+        grad_z = grad_z.reshape(n_samples, B, math.prod(mu.shape[1:]))
+    if grad_kl is not None and reduction != "none":
+        grad_kl = grad_kl.expand(B)  # stride 0: the kernel reads the scalar once
+    dmu, dlv = kernels.sample_and_kl_bwd(
+        _rows(mu), _rows(logvar), key, n_samples, grad_z, grad_kl,
+        reduction_divisor(reduction, B, mu.numel()),
+    )
+    return dmu.view(mu.shape), dlv.view(logvar.shape)
+
+
+class _SampleAndKL(torch.autograd.Function):
+    """The eager path: the same bodies as the custom op, without its dispatch cost."""
+
+    @staticmethod
+    def forward(ctx, mu, logvar, key, n_samples, sample, kl, reduction):
+        z, kl_out = _sample_and_kl_forward(mu, logvar, key, n_samples, sample, kl, reduction)
+        in_memory = isinstance(key, Tensor)
+        ctx.save_for_backward(mu, logvar, key if in_memory else None)
+        ctx.host_key = None if in_memory else key
+        ctx.n_samples, ctx.reduction = n_samples, reduction
+        ctx.set_materialize_grads(False)  # an unused output gets None, not a tensor of zeros
+        return z, kl_out
+
+    @staticmethod
+    def backward(ctx, grad_z, grad_kl):
+        mu, logvar, key = ctx.saved_tensors
+        if grad_z is None and grad_kl is None:
+            return None, None, None, None, None, None, None
+        dmu, dlogvar = _sample_and_kl_backward_body(
+            mu, logvar, ctx.host_key if key is None else key, ctx.n_samples, grad_z, grad_kl,
+            ctx.reduction,
+        )
+        return dmu, dlogvar, None, None, None, None, None
+
+
+def sample_and_kl(
+    mu: Tensor, logvar: Tensor, generator: torch.Generator | None, n_samples: int,
+    sample: bool, kl: bool, reduction: str,
+) -> tuple[Tensor, Tensor]:
+    """(z, KL reduced as asked) in one launch (no seed launch in eager CUDA use); either may be
+    switched off (empty result). z is ``mu.shape`` (``(K, *mu.shape)`` for K > 1), contiguous;
+    the KL sums over all non-batch dims. Eager calls take the autograd.Function, traced ones
+    (torch.compile) the registered custom op."""
+    if use_custom_op():
+        key = philox_key(generator, mu.device, n_samples) if sample else mu.new_empty(0, dtype=torch.int64)
+        return sample_and_kl_op(mu, logvar, key, n_samples, sample, kl, reduction)
+    key = philox_key(generator, mu.device, n_samples) if sample else None
+    return _SampleAndKL.apply(mu, logvar, key, n_samples, sample, kl, reduction)
+
+
 @torch.library.custom_op("fastvae::sample_and_kl", mutates_args=())
 def sample_and_kl_op(
-    mu: Tensor, logvar: Tensor, seed: Tensor, n_samples: int, sample: bool, kl: bool,
+    mu: Tensor, logvar: Tensor, key: Tensor, n_samples: int, sample: bool, kl: bool,
     reduction: str,
 ) -> tuple[Tensor, Tensor]:
-    """(z, KL reduced as asked); either may be switched off (empty result). One kernel launch,
-    plus one sum of per-program KL partials for a "sum"/"mean" KL over more than
-    ``_SINGLE_PROGRAM_ELEMS`` elements."""
-    B = mu.shape[0]
-    reduce = reduction != "none"
-    z, kl_out = kernels.sample_and_kl_fwd(
-        mu, logvar, seed, n_samples, sample, kl, reduction_divisor(reduction, B, mu.numel()), reduce
-    )
-    if kl_out is None:
-        kl_out = _empty(mu, loss_dtype(mu.dtype))
-    elif reduce:
-        kl_out = _total(kl_out, reduction, mu.numel())
-    return z if z is not None else _empty(mu), kl_out
+    """(z, KL reduced as asked); ``key`` is the int64 device tensor (seed, offset), read only
+    when sampling. One kernel launch."""
+    return _sample_and_kl_forward(mu, logvar, key, n_samples, sample, kl, reduction)
 
 
 @sample_and_kl_op.register_fake
-def _(mu, logvar, seed, n_samples, sample, kl, reduction):
-    B, L = mu.shape
-    z_shape = (B, L) if n_samples == 1 else (n_samples, B, L)
-    z = mu.new_empty(z_shape) if sample else _empty(mu)
-    kl_shape = (0,) if not kl else (B,) if reduction == "none" else ()
+def _(mu, logvar, key, n_samples, sample, kl, reduction):
+    z = mu.new_empty(_z_shape(mu, n_samples)) if sample else _empty(mu)
+    kl_shape = _kl_shape(mu, reduction) if kl else (0,)
     return z, mu.new_empty(kl_shape, dtype=loss_dtype(mu.dtype))
 
 
@@ -89,41 +213,36 @@ def _(mu, logvar, seed, n_samples, sample, kl, reduction):
 def sample_and_kl_backward_op(
     mu: Tensor,
     logvar: Tensor,
-    seed: Tensor,
+    key: Tensor,
     n_samples: int,
     grad_z: Tensor | None,
     grad_kl: Tensor | None,
     reduction: str,
 ) -> tuple[Tensor, Tensor]:
-    """(dmu, dlogvar) from one kernel launch; eps is regenerated from ``seed``. ``grad_kl`` is
+    """(dmu, dlogvar) from one kernel launch; eps is regenerated from ``key``. ``grad_kl`` is
     ``(B,)`` for reduction "none" and a scalar otherwise (read with stride 0, no expand kernel;
-    the kernel divides it by B for "mean")."""
-    B = mu.shape[0]
-    if grad_kl is not None and reduction != "none":
-        grad_kl = grad_kl.expand(B)
-    return kernels.sample_and_kl_bwd(
-        mu, logvar, seed, n_samples, grad_z, grad_kl, reduction_divisor(reduction, B, mu.numel())
-    )
+    the kernel divides it as the forward did)."""
+    return _sample_and_kl_backward_body(mu, logvar, key, n_samples, grad_z, grad_kl, reduction)
 
 
 @sample_and_kl_backward_op.register_fake
-def _(mu, logvar, seed, n_samples, grad_z, grad_kl, reduction):
-    return torch.empty_like(mu), torch.empty_like(logvar)
+def _(mu, logvar, key, n_samples, grad_z, grad_kl, reduction):
+    return mu.new_empty(mu.shape), logvar.new_empty(logvar.shape)
 
 
 def _sample_and_kl_setup(ctx, inputs, output):
-    mu, logvar, seed, n_samples, _, _, reduction = inputs
-    ctx.save_for_backward(mu, logvar, seed)
+    mu, logvar, key, n_samples, _, _, reduction = inputs
+    ctx.save_for_backward(mu, logvar, key)
     ctx.n_samples, ctx.reduction = n_samples, reduction
-    ctx.set_materialize_grads(False)  # an unused output gets None, not a tensor of zeros
+    ctx.set_materialize_grads(False)
 
 
 def _sample_and_kl_backward(ctx, grad_z, grad_kl):
-    mu, logvar, seed = ctx.saved_tensors
+    mu, logvar, key = ctx.saved_tensors
     if grad_z is None and grad_kl is None:
         return None, None, None, None, None, None, None
     dmu, dlogvar = sample_and_kl_backward_op(
-        mu, logvar, seed, ctx.n_samples, grad_z, grad_kl, ctx.reduction
+        mu, logvar, key, ctx.n_samples, grad_z, grad_kl, ctx.reduction
     )
     return dmu, dlogvar, None, None, None, None, None
 

@@ -102,22 +102,35 @@ class FastTrainer:
         self._step(x)
 
     def _capture(self, x: torch.Tensor) -> None:
-        """Warm up on a side stream (compiles the kernels, creates Adam's state), capture one
-        step for x's shape (capturing runs nothing), then undo the warm-up step: the
-        parameters and Adam's state are as before, so no batch is trained on twice."""
+        """Warm up (compiles the kernels, creates Adam's state), capture one step for x's
+        shape (capturing runs nothing), then undo the warm-up step: the parameters, Adam's
+        state and the running loss sums are as before, so no batch is trained on or counted
+        twice."""
         before = self.snapshot()
+        sums, images = self._sums.clone(), self._images.clone()
+        self._warm_up(x)
+        self._static_x = x.clone()
+        self.optimizer.zero_grad(set_to_none=True)  # the graph allocates its own gradients
+        self._graph = self._record(self._static_x)
+        self.reset(before, clear_sums=False)
+        with torch.no_grad():
+            self._sums.copy_(sums)
+            self._images.copy_(images)
+
+    def _warm_up(self, x: torch.Tensor) -> None:
+        """One eager step on a side stream, as CUDA graph capture requires."""
         stream = torch.cuda.Stream(self.device)
         stream.wait_stream(torch.cuda.current_stream(self.device))
         with torch.cuda.stream(stream):
             self._eager_step(x)
         torch.cuda.current_stream(self.device).wait_stream(stream)
-        self._static_x = x.clone()
-        self.optimizer.zero_grad(set_to_none=True)  # the graph allocates its own gradients
+
+    def _record(self, static_x: torch.Tensor) -> torch.cuda.CUDAGraph:
+        """A CUDA graph of one step on ``static_x`` (recorded, not run)."""
         graph = torch.cuda.CUDAGraph()
         with torch.cuda.graph(graph):
-            self._step(self._static_x)
-        self._graph = graph
-        self.reset(before, clear_sums=False)
+            self._step(static_x)
+        return graph
 
     def step(self, x: torch.Tensor) -> None:
         """One training step on batch ``x`` ``(B, C, H, W)``: a graph replay when a graph was

@@ -37,7 +37,6 @@ from typing import NamedTuple
 import torch
 
 from fastvae import _checks, _ops, torch_backend
-from fastvae._ops import sample_and_kl_op
 from fastvae.kernels._common import check_launchable
 from fastvae.reference import LIKELIHOODS, REDUCTIONS
 
@@ -99,17 +98,6 @@ def _check_latent(mu, logvar) -> None:
     _checks.same("mu", mu, "logvar", logvar)
 
 
-def _seed(generator: torch.Generator | None, device: torch.device) -> torch.Tensor:
-    # A device tensor, not a Python int: a captured CUDA graph replays this draw, so every
-    # replay gets a fresh Philox key.
-    return torch.randint(0, 2**62, (1,), generator=generator, device=device, dtype=torch.int64)
-
-
-def _flat_latent(t: torch.Tensor) -> torch.Tensor:
-    """``(B, *latent_shape)`` as the kernels' ``(B, L)`` (a view when the layout allows)."""
-    return t if t.dim() == 2 else t.reshape(t.shape[0], math.prod(t.shape[1:]))
-
-
 def reparameterize(
     mu: torch.Tensor,
     logvar: torch.Tensor,
@@ -143,11 +131,8 @@ def reparameterize(
     _checks.generator(generator, mu.device)
     if resolve_backend(backend, mu) == "torch":
         return torch_backend.reparameterize(mu, logvar, n_samples, generator)
-    z, _ = sample_and_kl_op(
-        _flat_latent(mu), _flat_latent(logvar), _seed(generator, mu.device), n_samples,
-        True, False, "none",
-    )
-    return z.reshape((n_samples, *mu.shape) if n_samples > 1 else mu.shape)
+    z, _ = _ops.sample_and_kl(mu, logvar, generator, n_samples, True, False, "none")
+    return z
 
 
 def gaussian_kl(
@@ -181,10 +166,7 @@ def gaussian_kl(
     _checks.choice("reduction", reduction, REDUCTIONS)
     if resolve_backend(backend, mu) == "torch":
         return torch_backend.gaussian_kl(mu, logvar, reduction)
-    seed = mu.new_empty(0, dtype=torch.int64)  # never read: nothing is sampled
-    _, kl = sample_and_kl_op(
-        _flat_latent(mu), _flat_latent(logvar), seed, 1, False, True, reduction
-    )
+    _, kl = _ops.sample_and_kl(mu, logvar, None, 1, False, True, reduction)
     return kl
 
 
@@ -215,11 +197,8 @@ def sample_and_kl(
         _checks.generator(generator, mu.device)
     if resolve_backend(backend, mu) == "torch":
         return SampleKL(*torch_backend.sample_and_kl(mu, logvar, reduction, generator))
-    z, kl = sample_and_kl_op(
-        _flat_latent(mu), _flat_latent(logvar), _seed(generator, mu.device), 1, True, True,
-        reduction,
-    )
-    return SampleKL(z.reshape(mu.shape), kl)
+    z, kl = _ops.sample_and_kl(mu, logvar, generator, 1, True, True, reduction)
+    return SampleKL(z, kl)
 
 
 def _check_recon(recon, x, likelihood, recon_logvar, full, reduction) -> None:

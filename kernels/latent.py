@@ -1,199 +1,386 @@
 """Fused latent-space kernels: reparameterization sample and closed-form Gaussian KL.
 
 One kernel does both (``sample_and_kl``); ``reparameterize`` and ``gaussian_kl`` are the same
-kernel with the other half switched off at compile time.
+kernel with the other half switched off at compile time. Latents arrive as ``(B, L)`` rows with
+a unit last stride (the op flattens any ``(B, *latent)``). They run on a flat ``B * L`` layout
+(16 elements per thread: 128-bit accesses for any L when contiguous, one Philox call per 4
+elements); strided rows (``chunk`` views of one encoder output) are read in place on the same
+layout; only a per-row forward KL uses a row tile.
 """
+
+import functools
 
 import torch
 import triton
 import triton.language as tl
 
-from ._common import check_launchable, loss_dtype, pow2_at_most
-from ._math import expm1_and_phi, standard_normal, to_acc
+from ._common import INTERPRETED, check_launchable, device_guard, loss_dtype
+from ._math import exp_acc, expm1_and_phi, standard_normal, standard_normal4, to_acc
 
+# KL modes (constexpr): no KL, one value per row, or the total over all rows.
+KL_OFF: tl.constexpr = tl.constexpr(0)
+KL_ROWS: tl.constexpr = tl.constexpr(1)
+KL_TOTAL: tl.constexpr = tl.constexpr(2)
+_KL_MODES = {"off": 0, "rows": 1, "total": 2}
+
+_FLAT_BLOCK = 2048  # elements per program step on the flat layout: 16 per thread, 4 warps
+_ROW_BLOCK_ELEMS = 512  # elements per program step on the row tile (BLOCK_B x BLOCK_L)
 _MAX_BLOCK_L = 128
-_BLOCK_ELEMS = 2048  # elements per program: BLOCK_B rows x BLOCK_L columns
-# A reduced KL of at most this many elements (B * L) runs as ONE program, which writes the
-# reduced value itself: at such sizes a launch costs more than the lost parallelism (MNIST's
-# B = 128, L = 20 is 2,560). Larger inputs use one program per row block plus a sum.
-_SINGLE_PROGRAM_ELEMS = 8192
+_MAX_PROGRAMS = 1024  # grid cap; programs stride over the blocks
+_FAST_EXP = not INTERPRETED  # libdevice's fast exp when compiled for a GPU (_math.exp_acc)
 
 
 @triton.jit
-def _load_tile(mu_ptr, lv_ptr, rows, row_mask, col0, L, BLOCK_L: tl.constexpr):
-    """The (rows, col0 : col0 + BLOCK_L) tile: mask, int64 element indices, mu and logvar."""
-    cols = col0 + tl.arange(0, BLOCK_L)
-    mask = row_mask[:, None] & (cols < L)[None, :]
-    idx = rows[:, None] * L + cols[None, :]
-    mu = to_acc(tl.load(mu_ptr + idx, mask=mask, other=0.0))
-    lv = to_acc(tl.load(lv_ptr + idx, mask=mask, other=0.0))
-    return mask, idx, mu, lv
+def _key(key_ptr, seed, offset, KEY_IN_MEMORY: tl.constexpr):
+    """The Philox key: (seed, counter offset) from device memory (int64[2], drawn on the
+    device: CUDA-graph replays and compiled graphs draw fresh noise) or from host scalars."""
+    if KEY_IN_MEMORY:
+        seed = tl.load(key_ptr)
+        offset = tl.load(key_ptr + 1)
+    return seed.to(tl.int64), offset.to(tl.int64)
 
 
-# Forward, for row b, column j and sample k (counter c = k*B*L + b*L + j):
-#   eps = Philox-normal(seed, c);  z[k, b, j] = mu + eps * exp(0.5 * lv)
-#   kl[b] = 0.5 * sum_j (mu^2 + exp(lv) - 1 - lv) / kl_div
-# With REDUCE, each program writes the sum of its rows' kl[b] instead (kl_ptr[pid]): one
-# program over a small batch gives the "sum"/"mean" KL itself, with no second launch. Programs
-# walk row blocks with a grid stride, so one grid covers any B.
-# Backward, given dz (K, B, L) and dkl (B,) (stride 0 when the KL was summed or averaged):
-#   dmu = sum_k dz_k + g_b * mu
-#   dlv = 0.5 * exp(0.5 * lv) * sum_k dz_k * eps_k + g_b * 0.5 * (exp(lv) - 1),  g_b = dkl_b / kl_div
-# kl_div is B for a batch mean and 1 otherwise, so that "mean" needs no separate division in
-# forward or backward. eps is regenerated from (seed, c) in backward: it is never stored.
 @triton.jit
+def _row_col(start, L, BLOCK: tl.constexpr):
+    """(row0, q, col) of the flat indices start + arange(BLOCK): element i is in row
+    row0 + q[i] (row0 an int64 scalar, q int32), column col[i]. One scalar division per block,
+    then per element an fp32 reciprocal estimate (c < L + BLOCK < 2**24 is exact in fp32, so
+    the estimate is off by at most 1) and one integer correction."""
+    row0 = start // L
+    c = (start - row0 * L).to(tl.int32) + tl.arange(0, BLOCK)
+    q = (c.to(tl.float32) * (1.0 / L)).to(tl.int32)
+    r = c - q * L
+    q = tl.where(r < 0, q - 1, tl.where(r >= L, q + 1, q))
+    return row0, q, c - q * L
+
+
+@triton.jit
+def _strided(mu_ptr, lv_ptr, start, offs, L, mu_stride, lv_stride, STRIDED: tl.constexpr,
+             BLOCK: tl.constexpr):
+    """Pointers to the flat elements ``offs = start + arange(BLOCK)``: base + offs for
+    contiguous inputs, row * row_stride + column for strided rows (``chunk`` views, read in
+    place; 64-bit math once per block, 32-bit per element)."""
+    if STRIDED:
+        row0, q, col = _row_col(start, L, BLOCK)
+        return (mu_ptr + row0 * mu_stride) + (q * mu_stride + col), (lv_ptr + row0 * lv_stride) + (q * lv_stride + col)
+    return mu_ptr + offs, lv_ptr + offs
+
+
+@triton.jit
+def _interleave4(n0, n1, n2, n3, BLOCK: tl.constexpr):
+    """[BLOCK // 4] x 4 values -> [BLOCK] in the order n0[0], n1[0], n2[0], n3[0], n0[1], ..."""
+    return tl.reshape(tl.join(tl.join(n0, n2), tl.join(n1, n3)), [BLOCK])
+
+
+@triton.jit
+def _finish_total(partial, partials_ptr, ticket_ptr, out_ptr, div, P_BLOCK: tl.constexpr):
+    """Last-program ticket: every program stores its partial, then takes a ticket from an
+    int32 counter with one acq_rel atomic; the program that draws the last ticket sums all
+    partials in a fixed order (chunks of P_BLOCK program ids, then one tl.sum: deterministic),
+    writes the total
+    and resets the counter to 0 for the next launch (the counter lives in a per-device
+    workspace; CUDA-graph replays and the interpreter see it at 0 at every launch).
+
+    Memory ordering: each program's partial store precedes (barrier, then program order)
+    its release on the counter; the atomics on one address form a single modification order,
+    so the last ticket's acquire synchronizes with every earlier release, and its loads of
+    the partials see every stored value (PTX memory model, gpu scope)."""
+    pid = tl.program_id(0)
+    n_programs = tl.num_programs(0)
+    tl.store(partials_ptr + pid, partial)
+    tl.debug_barrier()
+    ticket = tl.atomic_add(ticket_ptr, 1, sem="acq_rel")
+    if ticket == n_programs - 1:
+        ids = tl.arange(0, P_BLOCK)
+        acc = tl.zeros([P_BLOCK], dtype=partials_ptr.dtype.element_ty)
+        for first in range(0, n_programs, P_BLOCK):
+            acc += tl.load(partials_ptr + first + ids, mask=first + ids < n_programs, other=0.0)
+        tl.store(out_ptr, tl.sum(acc, axis=0) / div)
+        tl.atomic_xchg(ticket_ptr, 0, sem="relaxed")
+
+
+# Forward, for element e = b * L + j (row b, column j) and sample k:
+#   eps = N(0, 1) from Philox at key seed, counter (offset + k, e // 4), word e % 4 (_math.py)
+#   z[k, b, j] = mu + eps * exp(0.5 * lv)
+#   KL_ROWS:  kl[b] = 0.5 * sum_j (mu^2 + exp(lv) - 1 - lv) / div
+#   KL_TOTAL: kl    = 0.5 * sum_{b, j} (mu^2 + exp(lv) - 1 - lv) / div  (last-program ticket)
+# div is 1 ("none", "sum"), B ("batchmean") or B * L ("mean"). FLAT (no per-row KL): flat
+# element blocks, strided rows addressed as row * stride + column; otherwise row tiles, where
+# each element runs its own quad's Philox (standard_normal). Programs stride over the blocks,
+# so any grid covers any size.
+@triton.jit(do_not_specialize=["seed", "offset"])
 def _sample_and_kl_fwd_kernel(
-    mu_ptr, lv_ptr, seed_ptr, z_ptr, kl_ptr,
-    B, L, K, sample_stride, kl_div,
-    SAMPLE: tl.constexpr, KL: tl.constexpr, REDUCE: tl.constexpr,
-    BLOCK_B: tl.constexpr, BLOCK_L: tl.constexpr,
+    mu_ptr,  # (B, L), row stride mu_stride, unit column stride
+    lv_ptr,  # (B, L), row stride lv_stride
+    key_ptr,  # int64[2] (seed, offset) when KEY_IN_MEMORY
+    z_ptr,  # (K, B, L) contiguous
+    kl_ptr,  # (B,) for KL_ROWS; the fp32/fp64 scalar for KL_TOTAL
+    partials_ptr,  # (programs,) KL_TOTAL workspace
+    ticket_ptr,  # int32 counter, 0 between launches (KL_TOTAL)
+    seed: tl.int64,  # Philox key (host mode)
+    offset: tl.int64,  # Philox counter offset (host mode)
+    B, L, N, mu_stride, lv_stride, K, div,  # N = B * L
+    SAMPLE: tl.constexpr, KL: tl.constexpr, FLAT: tl.constexpr, STRIDED: tl.constexpr,
+    KEY_IN_MEMORY: tl.constexpr, FAST_EXP: tl.constexpr,
+    BLOCK: tl.constexpr, BLOCK_B: tl.constexpr, BLOCK_L: tl.constexpr, P_BLOCK: tl.constexpr,
 ):
     pid = tl.program_id(0)
+    n_programs = tl.num_programs(0)
     if SAMPLE:
-        seed = tl.load(seed_ptr)
-    kl_total = tl.zeros([BLOCK_B], dtype=kl_ptr.dtype.element_ty)
-    for row0 in range(pid * BLOCK_B, B, tl.num_programs(0) * BLOCK_B):
-        rows = tl.arange(0, BLOCK_B).to(tl.int64) + row0
-        row_mask = rows < B
-        kl_acc = tl.zeros([BLOCK_B], dtype=kl_ptr.dtype.element_ty)
-        for col0 in range(0, L, BLOCK_L):
-            mask, idx, mu, lv = _load_tile(mu_ptr, lv_ptr, rows, row_mask, col0, L, BLOCK_L)
-            if KL:
-                _, phi = expm1_and_phi(lv)
-                kl_acc += tl.sum(tl.where(mask, mu * mu + phi, 0.0), axis=1)
+        seed, offset = _key(key_ptr, seed, offset, KEY_IN_MEMORY)
+    acc_ty = kl_ptr.dtype.element_ty
+    total = tl.zeros([BLOCK], dtype=acc_ty)
+    if FLAT:
+        for start in range(pid * BLOCK, N, n_programs * BLOCK):
+            offs = start + tl.arange(0, BLOCK).to(tl.int64)
+            mask = offs < N
+            mu_at, lv_at = _strided(mu_ptr, lv_ptr, start, offs, L, mu_stride, lv_stride, STRIDED, BLOCK)
+            mu = to_acc(tl.load(mu_at, mask=mask, other=0.0))
+            lv = to_acc(tl.load(lv_at, mask=mask, other=0.0))
+            std = exp_acc(0.5 * lv, FAST_EXP)
+            if KL == KL_TOTAL:  # masked lanes hold mu = lv = 0: they add exactly 0
+                _, phi = expm1_and_phi(lv, std * std)
+                total += mu * mu + phi
             if SAMPLE:
-                std = tl.exp(0.5 * lv)
-                off = idx
-                for _k in range(K):
-                    eps = standard_normal(seed, off)
-                    z = mu + eps.to(mu.dtype) * std
-                    tl.store(z_ptr + off, z.to(z_ptr.dtype.element_ty), mask=mask)
-                    off += sample_stride
-        if KL:
-            kl_rows = 0.5 * kl_acc / kl_div
-            if REDUCE:
-                kl_total += tl.where(row_mask, kl_rows, 0.0)
-            else:
-                tl.store(kl_ptr + rows, kl_rows, mask=row_mask)
-    if KL and REDUCE:
-        tl.store(kl_ptr + pid, tl.sum(kl_total, axis=0))
+                quads = start // 4 + tl.arange(0, BLOCK // 4).to(tl.int64)
+                z_k = z_ptr
+                for k in range(K):
+                    n0, n1, n2, n3 = standard_normal4(seed, offset + k, quads)
+                    eps = _interleave4(n0, n1, n2, n3, BLOCK).to(mu.dtype)
+                    z = mu + eps * std
+                    tl.store(z_k + offs, z.to(z_ptr.dtype.element_ty), mask=mask)
+                    z_k += N
+    else:  # KL_ROWS: a row tile, each row's sum in one program
+        for row0 in range(pid * BLOCK_B, B, n_programs * BLOCK_B):
+            rows = row0 + tl.arange(0, BLOCK_B).to(tl.int64)
+            row_mask = rows < B
+            kl_rows = tl.zeros([BLOCK_B], dtype=acc_ty)
+            for col0 in range(0, L, BLOCK_L):
+                cols = col0 + tl.arange(0, BLOCK_L)
+                mask = row_mask[:, None] & (cols < L)[None, :]
+                mu = to_acc(tl.load(mu_ptr + rows[:, None] * mu_stride + cols[None, :], mask=mask, other=0.0))
+                lv = to_acc(tl.load(lv_ptr + rows[:, None] * lv_stride + cols[None, :], mask=mask, other=0.0))
+                std = exp_acc(0.5 * lv, FAST_EXP)
+                _, phi = expm1_and_phi(lv, std * std)  # masked lanes (mu = lv = 0) add 0
+                kl_rows += tl.sum(mu * mu + phi, axis=1)
+                if SAMPLE:
+                    idx = rows[:, None] * L + cols[None, :]
+                    z_k = z_ptr
+                    for k in range(K):
+                        eps = standard_normal(seed, offset + k, idx).to(mu.dtype)
+                        z = mu + eps * std
+                        tl.store(z_k + idx, z.to(z_ptr.dtype.element_ty), mask=mask)
+                        z_k += N
+            tl.store(kl_ptr + rows, 0.5 * kl_rows / div, mask=row_mask)
+    if KL == KL_TOTAL:
+        _finish_total(0.5 * tl.sum(total, axis=0), partials_ptr, ticket_ptr, kl_ptr, div, P_BLOCK)
 
 
-@triton.jit
+# Backward, given dz (K, B, L) and dkl (B,) (stride 0 when the KL was reduced), g_b = dkl_b / div:
+#   dmu = sum_k dz_k + g_b * mu
+#   dlv = 0.5 * exp(0.5 * lv) * sum_k dz_k * eps_k + g_b * 0.5 * (exp(lv) - 1)
+# eps is regenerated from the key (never stored).
+@triton.jit(do_not_specialize=["seed", "offset"])
 def _sample_and_kl_bwd_kernel(
-    mu_ptr, lv_ptr, seed_ptr, dz_ptr, dkl_ptr, dmu_ptr, dlv_ptr,
-    B, L, K, sample_stride, dkl_stride, kl_div,
-    HAS_DZ: tl.constexpr, HAS_DKL: tl.constexpr, BLOCK_B: tl.constexpr, BLOCK_L: tl.constexpr,
+    mu_ptr,  # (B, L), row stride mu_stride
+    lv_ptr,  # (B, L), row stride lv_stride
+    key_ptr,  # int64[2] (seed, offset) when KEY_IN_MEMORY
+    dz_ptr,  # (K, B, L) contiguous, when HAS_DZ
+    dkl_ptr,  # (B,) with stride dkl_stride (0 for a reduced KL), when HAS_DKL
+    dmu_ptr,  # (B, L) contiguous
+    dlv_ptr,  # (B, L) contiguous
+    seed: tl.int64,  # Philox key (host mode)
+    offset: tl.int64,  # Philox counter offset (host mode)
+    B, L, N, mu_stride, lv_stride, K, dkl_stride, div,  # N = B * L
+    HAS_DZ: tl.constexpr, HAS_DKL: tl.constexpr, DKL_PER_ROW: tl.constexpr,
+    STRIDED: tl.constexpr, KEY_IN_MEMORY: tl.constexpr, FAST_EXP: tl.constexpr,
+    BLOCK: tl.constexpr,
 ):
-    rows = tl.program_id(0).to(tl.int64) * BLOCK_B + tl.arange(0, BLOCK_B)
-    row_mask = rows < B
+    pid = tl.program_id(0)
+    n_programs = tl.num_programs(0)
     if HAS_DZ:
-        seed = tl.load(seed_ptr)
-    if HAS_DKL:
-        g = to_acc(tl.load(dkl_ptr + rows * dkl_stride, mask=row_mask, other=0.0))[:, None] / kl_div
-    for col0 in range(0, L, BLOCK_L):
-        mask, idx, mu, lv = _load_tile(mu_ptr, lv_ptr, rows, row_mask, col0, L, BLOCK_L)
+        seed, offset = _key(key_ptr, seed, offset, KEY_IN_MEMORY)
+    for start in range(pid * BLOCK, N, n_programs * BLOCK):
+        offs = start + tl.arange(0, BLOCK).to(tl.int64)
+        mask = offs < N
+        mu_at, lv_at = _strided(mu_ptr, lv_ptr, start, offs, L, mu_stride, lv_stride, STRIDED, BLOCK)
+        mu = to_acc(tl.load(mu_at, mask=mask, other=0.0))
+        lv = to_acc(tl.load(lv_at, mask=mask, other=0.0))
         dmu = tl.zeros_like(mu)
         dlv = tl.zeros_like(lv)
+        std = exp_acc(0.5 * lv, FAST_EXP)
         if HAS_DZ:
+            quads = start // 4 + tl.arange(0, BLOCK // 4).to(tl.int64)
             dz_eps = tl.zeros_like(mu)
-            off = idx
-            for _k in range(K):
-                dz = to_acc(tl.load(dz_ptr + off, mask=mask, other=0.0))
-                eps = standard_normal(seed, off)
+            dz_k = dz_ptr
+            for k in range(K):
+                dz = to_acc(tl.load(dz_k + offs, mask=mask, other=0.0))
+                dz_k += N
+                n0, n1, n2, n3 = standard_normal4(seed, offset + k, quads)
                 dmu += dz
-                dz_eps += dz * eps.to(mu.dtype)
-                off += sample_stride
-            dlv += 0.5 * tl.exp(0.5 * lv) * dz_eps
+                dz_eps += dz * _interleave4(n0, n1, n2, n3, BLOCK).to(mu.dtype)
+            dlv += 0.5 * std * dz_eps
         if HAS_DKL:
-            expm1, _ = expm1_and_phi(lv)
+            if DKL_PER_ROW:
+                row0, q, _ = _row_col(start, L, BLOCK)
+                dkl_at = (dkl_ptr + row0 * dkl_stride) + q * dkl_stride
+                g = to_acc(tl.load(dkl_at, mask=mask, other=0.0)) / div
+            else:
+                g = to_acc(tl.load(dkl_ptr)) / div
+            expm1, _ = expm1_and_phi(lv, std * std)
             dmu += g * mu
             dlv += g * 0.5 * expm1
-        tl.store(dmu_ptr + idx, dmu.to(dmu_ptr.dtype.element_ty), mask=mask)
-        tl.store(dlv_ptr + idx, dlv.to(dlv_ptr.dtype.element_ty), mask=mask)
+        tl.store(dmu_ptr + offs, dmu.to(dmu_ptr.dtype.element_ty), mask=mask)
+        tl.store(dlv_ptr + offs, dlv.to(dlv_ptr.dtype.element_ty), mask=mask)
 
 
-def _blocks(L: int) -> tuple[int, int]:
-    block_l = pow2_at_most(L, _MAX_BLOCK_L)
-    return max(1, _BLOCK_ELEMS // block_l), block_l
+# ------------------------------------------------------------------ host side
+
+
+def _pow2_at_least(n: int) -> int:
+    return 1 << max(n - 1, 0).bit_length()
+
+
+@functools.lru_cache(maxsize=256)
+def _layout(B: int, L: int, flat: bool, block: int) -> tuple[int, int, int, int]:
+    """(programs, BLOCK_B, BLOCK_L, P_BLOCK) for a launch, by integer math, cached per shape.
+
+    Flat: one program per ``block`` elements up to ``_MAX_PROGRAMS`` (MNIST's 128 x 20 gets
+    2 programs, 16 elements per thread), striding beyond. Rows: BLOCK_L the next power
+    of two >= L (at most 128), BLOCK_B rows to make about 1024 elements."""
+    if flat:
+        programs = min(max(-(-(B * L) // block), 1), _MAX_PROGRAMS)
+        block_b, block_l = 1, 1
+    else:
+        block_l = min(_pow2_at_least(L), _MAX_BLOCK_L)
+        block_b = max(_ROW_BLOCK_ELEMS // block_l, 1)
+        programs = min(max(-(-B // block_b), 1), _MAX_PROGRAMS)
+    return programs, block_b, block_l, min(_pow2_at_least(programs), 128)
+
+
+_tickets: dict = {}
+
+
+def _ticket(device: torch.device) -> torch.Tensor:
+    """The int32 ticket counter of ``device`` (zero between launches), allocated once. One
+    per device: launches of this kernel on one device must not run concurrently on two streams."""
+    t = _tickets.get(device)
+    if t is None:
+        t = _tickets[device] = torch.zeros(1, dtype=torch.int32, device=device)
+    return t
+
+
+def _is_contiguous(*tensors: torch.Tensor) -> bool:
+    return all(t.is_contiguous() for t in tensors)
+
+
+def _flat_readable(mu: torch.Tensor, logvar: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """mu, logvar as the flat layout reads them: in place (strided rows when L + BLOCK < 2**24,
+    the exact range of the kernel's fp32 row split _row_col), else contiguous copies."""
+    if _is_contiguous(mu, logvar) or mu.shape[1] + _FLAT_BLOCK < 1 << 24:
+        return mu, logvar
+    return mu.contiguous(), logvar.contiguous()
 
 
 def sample_and_kl_fwd(
     mu: torch.Tensor,
     logvar: torch.Tensor,
-    seed: torch.Tensor,
+    key: torch.Tensor | tuple[int, int] | None,
     n_samples: int,
     sample: bool,
-    kl: bool,
-    kl_div: int = 1,
-    reduce: bool = False,
+    kl: str,
+    div: int = 1,
 ) -> tuple[torch.Tensor | None, torch.Tensor | None]:
-    """Launch the fused forward kernel.
+    """Launch the fused forward kernel (one launch, whatever the KL reduction).
 
     Args:
-        mu, logvar: ``(B, L)``, same floating dtype and device (made contiguous here).
-        seed: int64 tensor of one element on the same device (the Philox key); read only
-            when sampling.
-        n_samples: K >= 1 samples per row; z is ``(B, L)`` for K == 1, else ``(K, B, L)``.
-        sample, kl: which outputs to compute.
-        kl_div: each row's KL is divided by this (B for a batch mean, else 1).
-        reduce: return per-program sums of the rows' KL instead of the rows: their sum is
-            the "sum" (kl_div 1) or "mean" (kl_div B) KL, and a batch of at most
-            ``_SINGLE_PROGRAM_ELEMS`` elements gives a single value (one program).
+        mu, logvar: ``(B, L)``, same floating dtype and device, unit last stride (any row
+            stride: ``chunk`` views are read in place).
+        key: the Philox key: ``(seed, offset)`` Python ints (a host draw), or an int64 device
+            tensor holding them (drawn on the device); None when not sampling.
+        n_samples: K >= 1 samples per element; z is ``(K, B, L)`` contiguous (the caller
+            reshapes it); sample k reads Philox counter ``offset + k``.
+        sample: compute z.
+        kl: "off", "rows" (per row, ``(B,)``) or "total" (a 0-dim tensor).
+        div: the KL (each row's, or the total) is divided by this.
 
     Returns:
         ``(z or None, kl or None)``: z in the input dtype; the KL in float32 (float64 for
-        float64 inputs), in nats: per row ``(B,)`` divided by ``kl_div``, or with ``reduce``
-        per-program partial sums ``(P,)`` with P >= 1 (zeros for an empty input).
+        float64 inputs), in nats. An empty input launches nothing (a "total" KL is then 0).
     """
     check_launchable("mu", mu)
-    mu, logvar = mu.contiguous(), logvar.contiguous()
     B, L = mu.shape
-    z_shape = (B, L) if n_samples == 1 else (n_samples, B, L)
-    z = torch.empty(z_shape, dtype=mu.dtype, device=mu.device) if sample else None
-    block_b, block_l = _blocks(L)
-    single = reduce and B * L <= _SINGLE_PROGRAM_ELEMS
-    programs = 1 if single else max(1, triton.cdiv(B, block_b))
-    kl_shape = programs if reduce else B
-    kl_out = torch.empty(kl_shape, dtype=loss_dtype(mu.dtype), device=mu.device) if kl else None
-    if B * L > 0:
+    mode = _KL_MODES[kl]
+    flat = mode != 1  # per-row KLs need the row tile
+    if flat:
+        mu, logvar = _flat_readable(mu, logvar)
+    z = mu.new_empty((n_samples, B, L)) if sample else None
+    acc = loss_dtype(mu.dtype)
+    kl_out = None
+    if mode == 1:
+        kl_out = mu.new_empty((B,), dtype=acc)
+    elif mode == 2:
+        kl_out = mu.new_empty((), dtype=acc)
+    if B * L == 0:
+        if mode == 2:
+            kl_out.zero_()
+        return z, kl_out
+    programs, block_b, block_l, p_block = _layout(B, L, flat, _FLAT_BLOCK)
+    partials = mu.new_empty((programs,), dtype=acc) if mode == 2 else mu
+    in_memory = isinstance(key, torch.Tensor)
+    seed, offset = (0, 0) if in_memory or key is None else key
+    with device_guard(mu):
         _sample_and_kl_fwd_kernel[(programs,)](
-            mu, logvar, seed, z if sample else mu, kl_out if kl else mu,
-            B, L, n_samples, B * L, kl_div,
-            SAMPLE=sample, KL=kl, REDUCE=reduce, BLOCK_B=block_b, BLOCK_L=block_l,
+            mu_ptr=mu, lv_ptr=logvar, key_ptr=key if in_memory else mu,
+            z_ptr=z if sample else mu, kl_ptr=kl_out if mode else partials,
+            partials_ptr=partials, ticket_ptr=_ticket(mu.device) if mode == 2 else mu,
+            seed=seed, offset=offset,
+            B=B, L=L, N=B * L, mu_stride=mu.stride(0), lv_stride=logvar.stride(0), K=n_samples, div=div,
+            SAMPLE=sample, KL=mode, FLAT=flat, STRIDED=not _is_contiguous(mu, logvar),
+            KEY_IN_MEMORY=in_memory, FAST_EXP=_FAST_EXP,
+            BLOCK=_FLAT_BLOCK, BLOCK_B=block_b, BLOCK_L=block_l, P_BLOCK=p_block,
         )
-    elif kl:
-        kl_out.zero_()
     return z, kl_out
 
 
 def sample_and_kl_bwd(
     mu: torch.Tensor,
     logvar: torch.Tensor,
-    seed: torch.Tensor,
+    key: torch.Tensor | tuple[int, int] | None,
     n_samples: int,
     grad_z: torch.Tensor | None,
     grad_kl: torch.Tensor | None,
-    kl_div: int = 1,
+    div: int = 1,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Launch the fused backward kernel; returns ``(dmu, dlogvar)`` in the input dtype.
+    """Launch the fused backward kernel; returns contiguous ``(dmu, dlogvar)`` ``(B, L)`` in
+    the input dtype.
 
-    ``grad_z`` has z's shape (or is None when z was unused); ``grad_kl`` is ``(B,)`` and may be
-    an expanded (stride 0) view, or None when the KL was unused; it is divided by ``kl_div``
-    (as in :func:`sample_and_kl_fwd`). eps is regenerated from seed.
+    ``grad_z`` is ``(K, B, L)`` (or None when z was unused); ``grad_kl`` is ``(B,)``, possibly
+    an expanded (stride 0) view of a scalar, or None when the KL was unused; it is divided by
+    ``div`` (as in :func:`sample_and_kl_fwd`). eps is regenerated from ``key``.
     """
     check_launchable("mu", mu)
-    mu, logvar = mu.contiguous(), logvar.contiguous()
     B, L = mu.shape
-    dmu, dlv = torch.empty_like(mu), torch.empty_like(logvar)
-    if B * L > 0:
-        if grad_z is not None:
-            grad_z = grad_z.contiguous()
-        block_b, block_l = _blocks(L)
-        _sample_and_kl_bwd_kernel[(triton.cdiv(B, block_b),)](
-            mu, logvar, seed, mu if grad_z is None else grad_z, mu if grad_kl is None else grad_kl,
-            dmu, dlv, B, L, n_samples, B * L, 0 if grad_kl is None else grad_kl.stride(0), kl_div,
+    dmu = mu.new_empty((B, L))
+    dlv = logvar.new_empty((B, L))
+    if B * L == 0:
+        return dmu, dlv
+    if grad_z is not None:
+        grad_z = grad_z.contiguous()
+    mu, logvar = _flat_readable(mu, logvar)
+    programs, _, _, _ = _layout(B, L, True, _FLAT_BLOCK)
+    in_memory = isinstance(key, torch.Tensor)
+    seed, offset = (0, 0) if in_memory or key is None else key
+    with device_guard(mu):
+        _sample_and_kl_bwd_kernel[(programs,)](
+            mu_ptr=mu, lv_ptr=logvar, key_ptr=key if in_memory else mu,
+            dz_ptr=mu if grad_z is None else grad_z, dkl_ptr=mu if grad_kl is None else grad_kl,
+            dmu_ptr=dmu, dlv_ptr=dlv, seed=seed, offset=offset,
+            B=B, L=L, N=B * L, mu_stride=mu.stride(0), lv_stride=logvar.stride(0), K=n_samples,
+            dkl_stride=0 if grad_kl is None else grad_kl.stride(0), div=div,
             HAS_DZ=grad_z is not None, HAS_DKL=grad_kl is not None,
-            BLOCK_B=block_b, BLOCK_L=block_l,
+            DKL_PER_ROW=grad_kl is not None and grad_kl.stride(0) != 0,
+            STRIDED=not _is_contiguous(mu, logvar),
+            KEY_IN_MEMORY=in_memory, FAST_EXP=_FAST_EXP, BLOCK=_FLAT_BLOCK,
         )
     return dmu, dlv

@@ -1,64 +1,103 @@
-"""Compile every Triton kernel variant for an H100 (sm_90) without a GPU.
+"""Compile every Triton kernel variant the public API launches for an H100 (sm_90), without a GPU.
 
 Run as a script in a process WITHOUT ``TRITON_INTERPRET`` (the interpreter replaces
 ``@triton.jit`` functions by plain Python ones, which skips everything the GPU compiler checks:
-constexpr globals, dtype rules, lowering of fp64 math). Prints one line per compiled variant.
+constexpr globals, dtype rules, lowering of fp64 math). The public functions are called
+forward and backward over a matrix of dtypes, likelihoods, reductions, sample counts and
+shapes (odd and 16-divisible sizes, strided views), with the Triton launches recorded instead
+of run; each distinct launch is compiled with the runtime specialization Triton gives its
+arguments (:mod:`benchmarks.launches`, shared with the static report), so what compiles here
+is what a GPU run compiles. Prints one line per compiled variant, then the number of variants.
 """
 
 import itertools
+import sys
+from pathlib import Path
 
-import triton
-from triton.backends.compiler import GPUTarget
-from triton.compiler import ASTSource
+import torch
 
-from fastvae.kernels import latent, recon
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # benchmarks/ from a checkout
 
-TARGET = GPUTarget("cuda", 90, 32)
-DTYPES = {"fp32": "fp32", "fp16": "fp32", "bf16": "fp32", "fp64": "fp64"}  # input -> loss dtype
+import fastvae  # noqa: E402
+from benchmarks import launches  # noqa: E402
+
+DTYPES = (torch.float32, torch.float16, torch.bfloat16, torch.float64)
+# float32 gets the whole matrix; the other dtypes the shapes and modes that change the code
+# (their specializations otherwise repeat float32's, at a compile each).
+RECON_SHAPES = {"full": ((3, 785), (4, 784)), "lean": ((3, 785),)}  # odd D, 16-divisible D
+LATENT_SHAPES = {"full": ((4, 3), (128, 20), (512, 20)), "lean": ((4, 3),)}  # odd; 1 program; several
+REDUCTIONS = {"full": ("none", "sum", "mean"), "lean": ("none", "sum")}
 
 
-def variants():
-    for dt, acc in DTYPES.items():
-        common = {"mu_ptr": f"*{dt}", "lv_ptr": f"*{dt}", "seed_ptr": "*i64"}
-        for sample, kl, reduce in ((True, True, False), (True, True, True), (True, False, False),
-                                   (False, True, False), (False, True, True)):
-            sig = {**common, "z_ptr": f"*{dt}", "kl_ptr": f"*{acc}", "B": "i32", "L": "i32",
-                   "K": "i32", "sample_stride": "i64", "kl_div": "i32"}
-            yield latent._sample_and_kl_fwd_kernel, sig, {"SAMPLE": sample, "KL": kl, "REDUCE": reduce, "BLOCK_B": 16, "BLOCK_L": 128}
-        for dz, dkl in ((True, True), (True, False), (False, True)):
-            sig = {**common, "dz_ptr": f"*{dt}", "dkl_ptr": f"*{acc}", "dmu_ptr": f"*{dt}",
-                   "dlv_ptr": f"*{dt}", "B": "i32", "L": "i32", "K": "i32", "sample_stride": "i64",
-                   "dkl_stride": "i32", "kl_div": "i32"}
-            yield latent._sample_and_kl_bwd_kernel, sig, {"HAS_DZ": dz, "HAS_DKL": dkl, "BLOCK_B": 16, "BLOCK_L": 128}
-        io = {"r_ptr": f"*{dt}", "x_ptr": f"*{dt}", "v_ptr": f"*{dt}", "dr_ptr": f"*{dt}", "dv_ptr": f"*{dt}"}
-        rows = {"D": "i32", "n_chunks": "i32", "r_row_stride": "i32", "x_row_stride": "i32",
-                "v_row_stride": "i32", "dr_row_stride": "i32", "dv_row_stride": "i32", "logvar_value": "fp32"}
-        cases = [(lik, recon.V_ELEMENTS.value, dv) for lik in recon.LIKELIHOOD_CODES.values()
-                 for dv in ((recon.DV_ELEMENTS.value, recon.DV_NONE.value) if lik == 2 else (recon.DV_NONE.value,))]
-        cases += [(2, recon.V_ROW.value, recon.DV_PARTIALS.value), (2, recon.V_SCALAR.value, recon.DV_NONE.value)]
-        # every likelihood / log-variance mode masked with the in-kernel total; the other output
-        # modes and the unmasked form once (bernoulli)
-        outs = [(c, recon.OUT_TOTAL.value, False) for c in cases]
-        outs += [(cases[0], out, even) for out, even in ((recon.OUT_ROWS_DIRECT.value, False),
-                 (recon.OUT_ROWS.value, False), (recon.OUT_TOTAL.value, True))]
-        for (lik, v_mode, dv_mode), out, even in outs:
-            flags = {"LIKELIHOOD": lik, "V_MODE": v_mode, "DV_MODE": dv_mode, "WRITE_DR": True,
-                     "F64": dt == "fp64", "BLOCK_D": 4096, "EVEN_D": even}
-            sig = {**io, "partial_ptr": f"*{acc}", "ticket_ptr": "*i32", "out_ptr": f"*{acc}", **rows,
-                   "n_programs": "i32", "divisor": "i32"}
-            yield recon._recon_loss_fwd_kernel, sig, {**flags, "OUT": out, "RBLOCK": 4096}
-            if out == recon.OUT_TOTAL.value and not even:
-                sig = {**io, "g_ptr": f"*{acc}", **rows, "g_stride": "i32"}
-                yield recon._recon_loss_bwd_kernel, sig, flags
-        yield recon._recon_loss_scale_grad_kernel, {"g_ptr": f"*{acc}", "grad_ptr": f"*{dt}", "n": "i64"}, {"BLOCK": 4096}
+def _recon_calls(dtype, B, D, reductions):
+    for lik, reduction, grad in itertools.product(
+        ("bernoulli", "mse", "gaussian"), reductions, (True, False)
+    ):
+        def call(lik=lik, reduction=reduction, grad=grad):
+            r = torch.empty(B, D, dtype=dtype).requires_grad_(grad)
+            x = torch.empty(B, D, dtype=dtype)
+            v = torch.empty(B, D, dtype=dtype).requires_grad_(grad) if lik == "gaussian" else None
+            with torch.set_grad_enabled(grad):
+                loss = fastvae.reconstruction_loss(r, x, lik, recon_logvar=v, reduction=reduction,
+                                                   backend="triton")
+            if grad:
+                wrt = [t for t in (r, v) if t is not None]
+                torch.autograd.grad(loss, wrt, torch.ones_like(loss))
+
+        yield call
+
+
+def _latent_calls(dtype, B, L, reductions):
+    def views():
+        both = torch.empty(B, 2 * L, dtype=dtype, requires_grad=True)
+        return both.chunk(2, dim=1)  # as a model hands them over
+
+    for reduction in reductions:
+        def sample_kl(reduction=reduction):
+            mu, lv = views()
+            z, kl = fastvae.sample_and_kl(mu, lv, reduction=reduction, backend="triton")
+            torch.autograd.grad([z, kl], [mu, lv], [torch.empty_like(z), torch.ones_like(kl)])
+
+        def kl_only(reduction=reduction):
+            mu, lv = views()
+            kl = fastvae.gaussian_kl(mu, lv, reduction, backend="triton")
+            torch.autograd.grad(kl, [mu, lv], torch.ones_like(kl))
+
+        yield sample_kl
+        yield kl_only
+    for k in (1, 3):
+        def sample(k=k):
+            mu, lv = views()
+            z = fastvae.reparameterize(mu, lv, n_samples=k, backend="triton")
+            torch.autograd.grad(z, [mu, lv], torch.empty_like(z))
+
+        yield sample
+
+
+def calls():
+    for dtype in DTYPES:
+        matrix = "full" if dtype == torch.float32 else "lean"
+        for B, D in RECON_SHAPES[matrix]:
+            yield from _recon_calls(dtype, B, D, REDUCTIONS[matrix])
+        for B, L in LATENT_SHAPES[matrix]:
+            yield from _latent_calls(dtype, B, L, REDUCTIONS[matrix])
 
 
 def main():
-    for fn, sig, consts in variants():
-        sig = {**sig, **{name: "constexpr" for name in consts}}
-        compiled = triton.compile(ASTSource(fn=fn, signature=sig, constexprs=consts), target=TARGET)
-        assert compiled.asm["cubin"], fn.__name__
-        print("compiled", fn.__name__, next(iter(sig.values())), consts, flush=True)
+    seen = set()
+    for call in calls():
+        with launches.recording() as rec:
+            call()
+        for launch in rec.launches:
+            _, _, signature, constexprs, attrs = launches.bind(launch)
+            key = (launch.kernel, repr(signature), repr(constexprs), repr(attrs))
+            if key in seen:
+                continue
+            seen.add(key)
+            compiled = launches.compile_sm90(launch)
+            assert compiled.asm("cubin"), launch.name
+            print("compiled", launch.name, compiled.signature, compiled.constexprs, flush=True)
+    print(f"variants {len(seen)}")
 
 
 if __name__ == "__main__":

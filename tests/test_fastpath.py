@@ -4,6 +4,7 @@ import pytest
 import torch
 
 import fastvae
+from fastvae import _ops
 from fastvae.data import ImageBatches
 from fastvae.fastpath import FastTrainer
 from helpers import KERNEL_DEVICE, assert_close
@@ -91,6 +92,9 @@ def test_training_step_compiles_without_graph_breaks(backend, compiler, monkeypa
     autograd's forward and backward graphs, no C++ build: inductor's first CPU compile of this
     step takes most of a minute); on CUDA inductor too, with its random ops falling back to
     aten's so that the reference backend draws the same noise as eager."""
+    # Compiled code draws the Philox key on the device (torch.randint); eager CUDA calls read
+    # it from the generator's offset. Pin eager to the device draw: the same noise for both.
+    monkeypatch.setattr(_ops, "_host_key", lambda *args: None)
     torch.manual_seed(0)
     model = fastvae.MLPVAE((1, 6, 6), (16,), 3, backend=backend).to(KERNEL_DEVICE)
     x = torch.rand(5, 1, 6, 6, device=KERNEL_DEVICE)
@@ -157,4 +161,35 @@ def test_cuda_graph_trainer_matches_eager_training():
     assert graphed.cuda_graph and not eager.cuda_graph
     a, b = graphed.fit(5), eager.fit(5)
     assert graphed._graph is not None
+    once = _trainer(device="cuda")
+    once.run_epoch()  # the epoch that captures the graph
+    assert once._images.item() == 40  # the capture's warm-up step is not counted
     assert abs(a[-1].loss - b[-1].loss) < 0.05 * abs(b[-1].loss)
+
+
+class _ReplayEagerly:
+    """Stands in for a CUDA graph on the CPU: replay runs the recorded step eagerly."""
+
+    def __init__(self, trainer, static_x):
+        self.trainer, self.static_x = trainer, static_x
+
+    def replay(self):
+        self.trainer.optimizer.zero_grad(set_to_none=True)
+        self.trainer._step(self.static_x)
+
+
+def test_graph_capture_warm_up_is_not_counted(monkeypatch):
+    """The capture's warm-up step runs the step once more on the first batch; its losses must
+    not enter the epoch's sums (the capture path exercised on the CPU: the side-stream
+    warm-up runs eagerly, the "graph" replays the step eagerly)."""
+    monkeypatch.setattr(FastTrainer, "_warm_up", lambda self, x: self._eager_step(x))
+    monkeypatch.setattr(FastTrainer, "_record", lambda self, x: _ReplayEagerly(self, x))
+    trainer = _trainer()
+    trainer.cuda_graph = True  # take the capture path on the CPU
+    seen = []
+    step = trainer._step
+    monkeypatch.setattr(trainer, "_step", lambda x: (seen.append(x.shape[0]), step(x)))
+    trainer.run_epoch()
+    assert trainer._graph is not None
+    assert seen == [16, 16, 16, 8]  # the warm-up, then the epoch's 16 + 16 + 8 images
+    assert trainer._images.item() == 40  # counted once each, the warm-up not at all

@@ -13,7 +13,9 @@ from helpers import KERNEL_DEVICE, assert_close, kl_oracle
 
 import fastvae
 from fastvae import reference
-from fastvae.kernels._math import standard_normal
+from fastvae import _ops
+from fastvae.kernels import latent as latent_kernels
+from fastvae.kernels._math import standard_normal, standard_normal4
 
 TRITON = {"backend": "triton"}
 SHAPES = [(1, 1), (1, 20), (7, 3), (5, 129), (33, 20)]
@@ -55,13 +57,13 @@ def test_sample_and_kl_forward(shape, dtype, device):
 
 
 @pytest.mark.parametrize("shape", [(6, 5), (300, 30)], ids=["one-program", "many-programs"])
-@pytest.mark.parametrize("reduction", ["none", "sum", "mean"])
+@pytest.mark.parametrize("reduction", ["none", "sum", "batchmean"])
 def test_gaussian_kl_reductions(reduction, shape, device):
     """A reduced KL comes from one program below 8192 elements (300 x 30 is above)."""
     mu, lv = latent(shape, torch.float32, device)
     got = fastvae.gaussian_kl(mu, lv, reduction, **TRITON)
     rows = kl_oracle(mu, lv)
-    want = {"none": rows, "sum": rows.sum(), "mean": rows.mean()}[reduction]
+    want = {"none": rows, "sum": rows.sum(), "batchmean": rows.mean()}[reduction]
     assert_close(got, want, dtype=torch.float32)
     mu.requires_grad_(True)
     lv.requires_grad_(True)
@@ -69,7 +71,7 @@ def test_gaussian_kl_reductions(reduction, shape, device):
     assert_close(kl, want, dtype=torch.float32)
     weight = torch.randn(rows.shape, device=device) if reduction == "none" else torch.tensor(2.5, device=device)
     got = torch.autograd.grad((kl * weight).sum(), (mu, lv))
-    scale = (weight / shape[0] if reduction == "mean" else weight).reshape(-1, 1)
+    scale = (weight / shape[0] if reduction == "batchmean" else weight).reshape(-1, 1)
     assert_close(got[0], scale * mu.detach(), name="dmu")
     assert_close(got[1], scale * 0.5 * torch.expm1(lv.detach()), name="dlogvar")
 
@@ -98,7 +100,7 @@ def test_overflow_and_nan_propagate_like_reference(device):
     assert torch.isinf(kl[0]) and torch.isnan(kl[1]) and torch.isinf(kl[2]) and torch.isinf(kl[3])
 
 
-@pytest.mark.parametrize("reduction", ["none", "sum", "mean"])
+@pytest.mark.parametrize("reduction", ["none", "sum", "batchmean"])
 @pytest.mark.parametrize("shape", [(1, 1), (5, 3), (4, 130)])
 def test_sample_and_kl_backward(shape, reduction, device):
     mu, lv = latent(shape, torch.float32, device, seed=1)
@@ -119,7 +121,7 @@ def test_sample_and_kl_backward(shape, reduction, device):
     assert_close(got[0], want[0], dtype=torch.float32, name="dmu")
     assert_close(got[1], want[1], dtype=torch.float32, name="dlogvar")
     # Closed forms (DESIGN.md section 2): dmu = dz + g*mu, dlv = 0.5 dz eps std + g*0.5*(e^lv - 1).
-    g = row_w if reduction == "none" else torch.full_like(row_w, 3.0 / (shape[0] if reduction == "mean" else 1))
+    g = row_w if reduction == "none" else torch.full_like(row_w, 3.0 / (shape[0] if reduction == "batchmean" else 1))
     std = torch.exp(0.5 * lv.detach())
     assert_close(got[0], w + g[:, None] * mu.detach(), dtype=torch.float32, name="dmu closed form")
     dlv = 0.5 * w * eps * std + g[:, None] * 0.5 * torch.expm1(lv.detach())
@@ -241,18 +243,206 @@ def test_noise_statistics(device):
 
 
 def test_counter_uses_high_index_bits(device):
-    """Noise for element index i and i + 2**32 must differ (int64-safe Philox counter)."""
-    out = torch.empty(2, 16, device=device)
-    _draw_normals[(1,)](out[0], 5, 0, N=16)
-    _draw_normals[(1,)](out[1], 5, 2**32, N=16)
+    """Noise for element index i and i + 2**34 (quads 2**32 apart) must differ (int64-safe
+    counter), and so must two counter offsets."""
+    out = torch.empty(3, 16, device=device)
+    _draw_normals[(1,)](out[0], 5, 0, 0, N=16)
+    _draw_normals[(1,)](out[1], 5, 0, 2**34, N=16)
+    _draw_normals[(1,)](out[2], 5, 1, 0, N=16)
     assert torch.isfinite(out).all()
-    assert not torch.equal(out[0], out[1])
+    assert not torch.equal(out[0], out[1]) and not torch.equal(out[0], out[2])
 
 
 @triton.jit
-def _draw_normals(out_ptr, seed, base, N: tl.constexpr):
+def _draw_normals(out_ptr, seed, offset, base, N: tl.constexpr):
     offs = tl.arange(0, N)
-    tl.store(out_ptr + offs, standard_normal(seed, base + offs.to(tl.int64)))
+    tl.store(out_ptr + offs, standard_normal(seed, offset, base + offs.to(tl.int64)))
+
+
+@triton.jit
+def _quad_normals_and_words(out_ptr, words_ptr, seed, offset, Q: tl.constexpr):
+    """standard_normal4 of quads 0..Q-1 (out: (Q, 4)) and the Philox words they came from."""
+    q = tl.arange(0, Q).to(tl.int64)
+    n0, n1, n2, n3 = standard_normal4(seed, offset, q)
+    tl.store(out_ptr + q * 4 + 0, n0)
+    tl.store(out_ptr + q * 4 + 1, n1)
+    tl.store(out_ptr + q * 4 + 2, n2)
+    tl.store(out_ptr + q * 4 + 3, n3)
+    off = tl.full([Q], offset, tl.int64).to(tl.uint64, bitcast=True)
+    w0, w1, w2, w3 = tl.philox(seed, (off & 0xFFFFFFFF).to(tl.uint32), (off >> 32).to(tl.uint32),
+                               q.to(tl.uint32), (q >> 32).to(tl.uint32))
+    tl.store(words_ptr + q * 4 + 0, w0.to(tl.int64) & 0xFFFFFFFF)
+    tl.store(words_ptr + q * 4 + 1, w1.to(tl.int64) & 0xFFFFFFFF)
+    tl.store(words_ptr + q * 4 + 2, w2.to(tl.int64) & 0xFFFFFFFF)
+    tl.store(words_ptr + q * 4 + 3, w3.to(tl.int64) & 0xFFFFFFFF)
+
+
+def test_noise_matches_float64_box_muller(device):
+    """The polynomial log / sin / cos (kernels/_math.py) against float64 Box-Muller of the
+    same Philox words: |eps - eps64| <= 2e-6 * max(1, |eps|)."""
+    Q = 4096
+    out = torch.empty(Q, 4, device=device)
+    words = torch.empty(Q, 4, dtype=torch.int64, device=device)
+    _quad_normals_and_words[(1,)](out, words, 12345, 7, Q=Q)
+    w = words.cpu().double()
+    def bm(radius_word, angle_word):
+        u = (2 * torch.floor(radius_word / 512) + 1) / 2**24
+        r = torch.sqrt(-2 * torch.log(u))
+        theta = 2 * math.pi * angle_word / 2**32
+        return r * torch.cos(theta), r * torch.sin(theta)
+    n0, n1 = bm(w[:, 0], w[:, 1])
+    n2, n3 = bm(w[:, 2], w[:, 3])
+    want = torch.stack([n0, n1, n2, n3], dim=1)
+    got = out.cpu().double()
+    err = (got - want).abs() / want.abs().clamp(min=1)
+    assert err.max().item() <= 2e-6, f"worst at {divmod(err.argmax().item(), 4)}: {err.max().item():.3g}"
+
+
+def test_noise_is_a_function_of_the_element_index_only(device, monkeypatch):
+    """Flat layout (contiguous), row tile (a chunk view of one encoder output) and other block
+    sizes / grid caps give bitwise the same z; so do the per-element and per-quad forms."""
+    enc = torch.randn(37, 2 * 23, generator=torch.Generator().manual_seed(3)).to(device)
+    mu, lv = enc.chunk(2, dim=1)
+    key = (987654321, 5)
+    z_rows, kl_rows = latent_kernels.sample_and_kl_fwd(mu, lv, key, 2, True, "total", 1)
+    z_flat, kl_flat = latent_kernels.sample_and_kl_fwd(mu.contiguous(), lv.contiguous(), key, 2, True, "total", 1)
+    assert torch.equal(z_rows, z_flat)
+    assert_close(kl_rows, kl_flat)
+    for block, cap in ((256, 1024), (1024, 1), (512, 2)):
+        monkeypatch.setattr(latent_kernels, "_FLAT_BLOCK", block)
+        monkeypatch.setattr(latent_kernels, "_MAX_PROGRAMS", cap)
+        latent_kernels._layout.cache_clear()
+        z, kl = latent_kernels.sample_and_kl_fwd(mu.contiguous(), lv.contiguous(), key, 2, True, "total", 1)
+        assert torch.equal(z, z_flat), (block, cap)
+        assert_close(kl, kl_flat)
+    latent_kernels._layout.cache_clear()
+
+
+@pytest.mark.parametrize("reduction", ["sum", "mean", "batchmean"])
+def test_total_kl_over_many_programs_is_deterministic(reduction, device, monkeypatch):
+    """The last-program ticket: many programs, one launch, a fixed-order sum; the counter is
+    back at 0 after every launch."""
+    monkeypatch.setattr(latent_kernels, "_FLAT_BLOCK", 64)
+    latent_kernels._layout.cache_clear()
+    mu, lv = latent((50, 13), torch.float32, device, seed=12)  # 650 elements: 11 programs
+    got = [_ops.sample_and_kl(mu, lv, None, 1, False, True, reduction)[1] for _ in range(2)]
+    rows = kl_oracle(mu, lv)
+    want = {"sum": rows.sum(), "mean": rows.sum() / mu.numel(), "batchmean": rows.mean()}[reduction]
+    assert torch.equal(got[0], got[1])
+    assert_close(got[0], want)
+    assert latent_kernels._ticket(mu.device).item() == 0
+    latent_kernels._layout.cache_clear()
+
+
+@pytest.mark.parametrize("layout", ["contiguous", "channels_last", "chunk"])
+def test_any_latent_shape(layout, device):
+    """(B, C, H, W) latents at the op level: z has mu's shape, the KL sums over all non-batch
+    dims; values, gradients and opcheck (fake strides equal real ones)."""
+    g = torch.Generator().manual_seed(4)
+    if layout == "chunk":
+        enc = torch.randn(3, 4, 2, 3, generator=g).to(device)
+        mu, lv = enc.chunk(2, dim=1)
+    else:
+        mu, lv = (torch.randn(3, 2, 2, 3, generator=g).to(device) for _ in range(2))
+        if layout == "channels_last":
+            mu, lv = mu.to(memory_format=torch.channels_last), lv.to(memory_format=torch.channels_last)
+    mu.requires_grad_(True)
+    lv.requires_grad_(True)
+    z, kl = _ops.sample_and_kl(mu, lv, gen(device, 1), 1, True, True, "none")
+    assert z.shape == mu.shape and kl.shape == (3,)
+    eps = _ops.sample_and_kl(torch.zeros_like(mu), torch.zeros_like(lv), gen(device, 1), 1, True, False, "none")[0]
+    flat = lambda t: t.reshape(3, -1)  # noqa: E731
+    assert_close(z, reference.reparameterize(mu, lv, eps=eps), name="z")
+    assert_close(kl, kl_oracle(flat(mu.detach()), flat(lv.detach())), name="kl")
+    w = torch.randn(z.shape, generator=g).to(device)
+    got = torch.autograd.grad((z * w).sum() + 2 * kl.sum(), (mu, lv))
+    zr = reference.reparameterize(mu, lv, eps=eps)
+    want = torch.autograd.grad((zr * w).sum() + 2 * reference.gaussian_kl(flat(mu), flat(lv), "none").sum(), (mu, lv))
+    assert_close(got[0], want[0], name="dmu")
+    assert_close(got[1], want[1], name="dlogvar")
+    key = torch.tensor([5, 6], device=device)
+    for reduction in ("none", "sum", "mean"):
+        torch.library.opcheck(_ops.sample_and_kl_op, (mu, lv, key, 2, True, True, reduction))
+    torch.library.opcheck(_ops.sample_and_kl_backward_op, (mu.detach(), lv.detach(), key, 1, torch.ones(mu.shape, device=device), torch.ones((), device=device), "batchmean"))
+
+
+class _FakePhiloxGenerator:
+    """The three methods of a CUDA generator that the host key reads."""
+
+    def __init__(self, seed, offset):
+        self.seed, self.offset = seed, offset
+
+    def initial_seed(self):
+        return self.seed
+
+    def get_offset(self):
+        return self.offset
+
+    def set_offset(self, offset):
+        self.offset = offset
+
+
+def test_host_key_follows_the_generator_offset(monkeypatch):
+    """Eager CUDA draws take (seed, offset / 4) from the generator and advance its offset by
+    4 per sample (torch's reservation protocol): no launch, reproducible after reseeding,
+    fresh per call. Under torch.compile the key is a device tensor instead."""
+    monkeypatch.setattr(torch.cuda, "is_current_stream_capturing", lambda: False)
+    cuda = torch.device("cuda", 0)
+    g = _FakePhiloxGenerator(2**64 - 3, 8)
+    assert _ops.philox_key(g, cuda, 3) == (-3, 2)
+    assert g.offset == 8 + 12
+    assert _ops.philox_key(g, cuda, 1) == (-3, 5)  # fresh counters
+    g.offset = 8  # what manual_seed does: the same draws again
+    assert _ops.philox_key(g, cuda, 3) == (-3, 2)
+    monkeypatch.setattr(torch.cuda, "is_current_stream_capturing", lambda: True)
+    assert _ops._host_key(g, cuda, 1) is None  # a captured graph needs a device key
+    monkeypatch.setattr(torch.compiler, "is_compiling", lambda: True)
+    monkeypatch.setattr(torch.cuda, "is_current_stream_capturing", lambda: False)
+    assert _ops._host_key(g, cuda, 1) is None
+
+
+@pytest.mark.cuda
+def test_cuda_eager_draw_launches_only_the_kernel():
+    """On CUDA outside capture the key comes from the generator on the host: one launch, no
+    randint; torch.manual_seed reproduces it; consecutive calls differ."""
+    from benchmarks import measure
+
+    mu = torch.randn(16, 20, device="cuda")
+    lv = torch.randn(16, 20, device="cuda")
+    fastvae.sample_and_kl(mu, lv, reduction="sum", **TRITON)
+    counted = measure.count_dispatched(lambda: fastvae.sample_and_kl(mu, lv, reduction="sum", **TRITON))
+    assert "randint" not in counted.ops
+    torch.manual_seed(3)
+    a = fastvae.reparameterize(mu, lv, **TRITON)
+    b = fastvae.reparameterize(mu, lv, **TRITON)
+    torch.manual_seed(3)
+    assert torch.equal(a, fastvae.reparameterize(mu, lv, **TRITON))
+    assert not torch.equal(a, b)
+
+
+@pytest.mark.cuda
+def test_user_generator_in_a_captured_graph():
+    """A user generator registered with the graph (graph.register_generator_state) draws
+    fresh noise on every replay; an unregistered one is a clear error."""
+    mu = torch.zeros(64, 32, device="cuda")
+    lv = torch.zeros(64, 32, device="cuda")
+    g = torch.Generator(device="cuda").manual_seed(0)
+    stream = torch.cuda.Stream()
+    stream.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(stream):
+        fastvae.reparameterize(mu, lv, generator=g, **TRITON)
+    torch.cuda.current_stream().wait_stream(stream)
+    graph = torch.cuda.CUDAGraph()
+    graph.register_generator_state(g)
+    with torch.cuda.graph(graph):
+        z = fastvae.reparameterize(mu, lv, generator=g, **TRITON)
+    graph.replay()
+    first = z.clone()
+    graph.replay()
+    assert not torch.equal(first, z)
+    with pytest.raises(ValueError, match="register_generator_state"):
+        with torch.cuda.graph(torch.cuda.CUDAGraph()):
+            fastvae.reparameterize(mu, lv, generator=torch.Generator(device="cuda"), **TRITON)
 
 
 def test_empty_batch(device):
@@ -300,3 +490,20 @@ def test_random_sizes_match_reference(batch, dim, n_samples, seed):
     want = torch.autograd.grad(z_ref.sum() + kl_ref.sum(), (mu, lv))
     assert_close(got[0], want[0], name="dmu")
     assert_close(got[1], want[1], name="dlogvar")
+
+
+@pytest.mark.parametrize("reduction", ["none", "sum", "mean"])
+def test_chunk_views_are_read_in_place(reduction, device):
+    """mu, logvar as chunk views of one (B, 2L) encoder output (strided rows, no copy): the
+    same z, KL and gradients as contiguous copies, for a per-row and a reduced KL."""
+    enc = torch.randn(9, 2 * 7, generator=torch.Generator().manual_seed(5)).to(device).requires_grad_(True)
+    w = torch.randn(9, 7, generator=torch.Generator().manual_seed(6)).to(device)
+    outs = []
+    for make in (lambda t: t, lambda t: t.contiguous()):
+        mu, lv = (make(t) for t in enc.chunk(2, dim=1))
+        z, kl = fastvae.sample_and_kl(mu, lv, reduction=reduction, generator=gen(device, 8), **TRITON)
+        (grad,) = torch.autograd.grad((z * w).sum() + 1.5 * kl.sum(), enc)
+        outs.append((z, kl, grad))
+    assert torch.equal(outs[0][0], outs[1][0])
+    assert_close(outs[0][1], outs[1][1], name="kl")
+    assert_close(outs[0][2], outs[1][2], name="grad")

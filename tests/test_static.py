@@ -1,0 +1,151 @@
+"""The static roofline report (benchmarks.static): it runs without a GPU, its rows say what the
+module promises, and the MNIST-size fp32 variants hold the issue's budgets.
+
+The report runs in a subprocess without TRITON_INTERPRET (this process has it set, see
+conftest), on the MNIST-size fp32 scenarios (``--quick --dtypes fp32``, about 15 s).
+"""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from benchmarks import sass, static
+
+ROOT = Path(__file__).resolve().parent.parent
+FIELDS = (
+    "name", "num_warps", "elements_per_thread", "registers", "spill_bytes", "stack_bytes",
+    "load_bits", "store_bits", "sass_per_element", "bytes_vs_model", "grid",
+    "est_pct_copy_bw_h100", "est_pct_copy_bw_h200", "fp64",
+)
+
+
+@pytest.fixture(scope="module")
+def rows(tmp_path_factory):
+    out = tmp_path_factory.mktemp("static")
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    result = subprocess.run(
+        [sys.executable, "-m", "benchmarks.static", "--out", str(out), "--quick", "--dtypes", "fp32"],
+        cwd=ROOT, env=env, capture_output=True, text=True, timeout=600,
+    )
+    assert result.returncode == 0, result.stderr[-4000:]
+    data = json.loads((out / "report.json").read_text())
+    for row in data:
+        row["_sass_file"] = out / f"{row['name']}.sass"
+    return data
+
+
+def test_report_rows_and_sass_files(rows):
+    names = [r["name"] for r in rows]
+    assert len(names) == len(set(names))
+    for want in ("recon_bernoulli_fwd_grad_fp32_B128_D784", "recon_mse_fwd_grad_fp32_B128_D784",
+                 "recon_gaussian_fwd_grad_fp32_B128_D784", "recon_bernoulli_fwd_fp32_B128_D784",
+                 "latent_sample_and_kl_fwd_fp32_B128_L20", "latent_sample_and_kl_bwd_fp32_B128_L20"):
+        assert want in names, names
+    assert any(n.startswith("recon_bernoulli_bwd") for n in names)  # reduction "none"
+    for r in rows:
+        assert all(k in r for k in FIELDS), r
+        assert r["dtype"] == "fp32" and r["name"].endswith(tuple(["B128_D784", "B128_L20", "_mean"]))
+        assert 1 <= r["num_warps"] <= 32 and r["registers"] > 0 and r["elements_per_thread"] >= 1
+        assert r["load_bits"] in (8, 16, 32, 64, 128) and r["store_bits"] in (0, 8, 16, 32, 64, 128)
+        assert r["sass_per_element"] > 0 and r["grid"] and all(g >= 1 for g in r["grid"])
+        assert 0 < r["est_pct_copy_bw_h200"] and 0 < r["est_pct_copy_bw_h100"] <= 100 / min(1, r["bytes_vs_model"])
+        # a launch passes at least the tensors of its phase's byte model
+        if r["phase"] in ("fwd", "fwd_grad", "bwd"):
+            assert r["bytes_vs_model"] >= 0.99, r
+        # runtime specialization: every pointer of these freshly allocated tensors is 16-byte aligned
+        pointers = [k for k, v in r["signature"].items() if v.startswith("*")]
+        assert set(pointers) <= set(r["divisible_by_16"]), r
+        text = r["_sass_file"].read_text()
+        assert "code for sm_90" in text and sass.parse_sass(text).instructions == r["sass_instructions"]
+
+
+def _family(name):
+    return next(f for f in ("recon_bernoulli", "recon_mse", "recon_gaussian", "latent") if name.startswith(f))
+
+
+# Today's kernels miss the budgets of these families (the target of issue 9's kernel work); the
+# lead removes the xfail marks when the rewritten kernels have merged.
+_MISSED_TODAY = pytest.mark.xfail(strict=False, reason="issue 9: kernels not yet at the budgets")
+
+
+@pytest.mark.parametrize("family", [
+    pytest.param("recon_bernoulli", marks=_MISSED_TODAY),
+    "recon_mse",
+    "recon_gaussian",
+    pytest.param("latent", marks=_MISSED_TODAY),
+])
+def test_budgets(rows, family):
+    missed = [m for r in rows if _family(r["name"]) == family for m in static.missed_budgets(r)]
+    assert not missed, "\n".join(missed)
+
+
+# ------------------------------------------------------------------ the parts, on made-up input
+
+
+_SASS = """
+        code for sm_90a
+                Function : k
+        /*0000*/                   LDC R1, c[0x0][0x28] ;                 /* 0x0 */
+        /*0010*/              @!P0 LDG.E.128 R4, desc[UR6][R2.64] ;       /* 0x0 */
+        /*0020*/                   LDG.E.U16 R8, desc[UR6][R2.64] ;       /* 0x0 */
+        /*0030*/                   DADD R10, R10, R12 ;                   /* 0x0 */
+        /*0040*/                   F2F.F32.F64 R9, R10 ;                  /* 0x0 */
+        /*0050*/                   NOP ;                                  /* 0x0 */
+        /*0060*/                   STG.E desc[UR6][R2.64], R9 ;           /* 0x0 */
+        /*0070*/                   EXIT ;                                 /* 0x0 */
+        /*0080*/                   BRA 0x80;                              /* 0x0 */
+"""
+
+
+def test_parse_sass():
+    s = sass.parse_sass(_SASS)
+    assert s.instructions == 7  # NOP and the self-branch left out
+    assert (s.load_bits, s.store_bits) == (128, 32)
+    assert len(s.fp64) == 2 and (s.loads_128, s.stores_128) == (1, 0)
+
+
+def test_access_shapes():
+    ttgir = """
+    %a = tt.load %p, %m, %o : tensor<64x32x!tt.ptr<f32>, #blocked> loc(#l)
+    %s = tt.load %seed_ptr : !tt.ptr<i64> loc(#l)
+    tt.store %q, %v, %m : tensor<2048x!tt.ptr<bf16>, #blocked1> loc(#l)
+    """
+    assert sass.access_shapes(ttgir, "load") == [(2048, 32), (1, 64)]
+    assert sass.access_shapes(ttgir, "store") == [(2048, 16)]
+
+
+def _row(**kw):
+    row = {"name": "recon_bernoulli_fwd_grad_fp32_B1_D1", "family": "recon_bernoulli", "registers": 40,
+           "sass_per_element": 30.0, "spill_bytes": 0, "stack_bytes": 0, "fp64": 0, "load_bits": 128,
+           "store_bits": 128, "tile_loads": 2, "tile_stores": 1, "vector_load_share": 1.0,
+           "vector_store_share": 1.0}
+    return {**row, **kw}
+
+
+def test_missed_budgets_names_each_miss():
+    assert static.missed_budgets(_row()) == []
+    assert len(static.missed_budgets(_row(sass_per_element=37.0))) == 1
+    assert "registers" in static.missed_budgets(_row(registers=65))[0]
+    assert len(static.missed_budgets(_row(spill_bytes=8, stack_bytes=8, fp64=2))) == 3
+    assert "store" in static.missed_budgets(_row(store_bits=32))[0]
+    assert "load" in static.missed_budgets(_row(vector_load_share=0.5))[0]  # one input not vectorized
+    assert static.missed_budgets(_row(store_bits=32, tile_stores=0)) == []  # only partial sums stored
+    mse = _row(name="recon_mse_fwd_grad_fp32_B1_D1", family="recon_mse", sass_per_element=15.0)
+    assert "14" in static.missed_budgets(mse)[0]
+    latent = _row(name="latent_x", family="latent_sample_and_kl", registers=96, sass_per_element=70.0)
+    assert static.missed_budgets(latent) == []
+
+
+def test_estimate_is_bounded_by_the_byte_model():
+    row = {"num_warps": 4, "registers": 32, "grid": [1 << 16], "elements_per_tile": 4096, "sass_instructions": 200}
+    n = 1 << 28
+    gpu = static.GPUS["h100"]
+    full = static.estimate_pct(row, gpu, launch_bytes=3 * n * 4, model_bytes=3 * n * 4, n=n)
+    assert 95 < full <= 100  # memory bound, launch cost negligible
+    assert static.estimate_pct(row, gpu, 5 * n * 4, 3 * n * 4, n) == pytest.approx(full * 3 / 5, rel=1e-3)
+    slow = {**row, "sass_instructions": 20000}  # issue bound
+    assert static.estimate_pct(slow, gpu, 3 * n * 4, 3 * n * 4, n) < 50
