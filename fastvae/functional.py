@@ -288,7 +288,9 @@ def reconstruction_loss(
       sigmoid(l) - x. Prefer it: it is exact where probabilities round to 0 or 1.
     - "bernoulli_probs": recon are probabilities p in [0, 1] (a decoder ending in a sigmoid);
       ``F.binary_cross_entropy``'s values and gradients: each log clamped below at -100,
-      gradient (p - x) / max(p (1 - p), 1e-12).
+      gradient (p - x) / max(p (1 - p), 1e-12). Values outside [0, 1] raise on the PyTorch
+      path (torch's own check) and are not checked on the Triton path (a check would read
+      the data and sync).
     - "mse": sum (recon - x)^2 (``F.mse_loss``'s terms). Gradient 2 (recon - x).
     - "gaussian": recon is the mean m, ``recon_logvar`` the log-variance v of a diagonal
       Gaussian; sum 0.5 * (log(2 pi) + v + (x - m)^2 exp(-v)) (``F.gaussian_nll_loss`` with
