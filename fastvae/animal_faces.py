@@ -66,6 +66,7 @@ def load_animal_faces(
     limit: int | None = None,
     device: str | torch.device = "cpu",
     progress: bool = True,
+    grayscale: bool = False,
 ) -> tuple[Split, tuple[str, ...]]:
     """One split of AFHQ as tensors on ``device``.
 
@@ -77,11 +78,15 @@ def load_animal_faces(
         limit: keep only the first ``limit`` images (in ImageFolder's sorted order).
         device: where the tensors go.
         progress: show a tqdm bar while decoding.
+        grayscale: one channel: each RGB image converted to luminance by PIL's
+            ``convert("L")`` (L = 0.299 R + 0.587 G + 0.114 B, ITU-R 601-2), giving
+            ``(N, 1, S, S)``.
 
     Returns:
         ``(split, class_names)``: :class:`fastvae.data.Split` with images uint8
-        ``(N, 3, S, S)`` and labels int64 ``(N,)`` indexing ``class_names`` (all the class
-        folders found, sorted, so labels keep their meaning under a class filter).
+        ``(N, 3, S, S)`` (``(N, 1, S, S)`` with ``grayscale``) and labels int64 ``(N,)``
+        indexing ``class_names`` (all the class folders found, sorted, so labels keep their
+        meaning under a class filter).
 
     Raises:
         DataNotFoundError: the split folder is missing or has no images (says how to get AFHQ).
@@ -122,7 +127,8 @@ def load_animal_faces(
         transforms.CenterCrop(image_size),
         transforms.PILToTensor(),
     ])
-    images = torch.empty((len(samples), 3, image_size, image_size), dtype=torch.uint8)
+    channels = 1 if grayscale else 3
+    images = torch.empty((len(samples), channels, image_size, image_size), dtype=torch.uint8)
     for i, (path, _) in enumerate(tqdm(
         samples, desc=f"AFHQ {split_dir.name}", unit="img", disable=not progress or None,
         leave=False,
@@ -131,6 +137,6 @@ def load_animal_faces(
             image = ds.loader(path)  # PIL, converted to RGB
         except (UnidentifiedImageError, OSError, Image.DecompressionBombError) as exc:
             raise BadImageError(f"{path} is not a readable image ({exc})") from None
-        images[i] = resize(image)
+        images[i] = resize(image.convert("L") if grayscale else image)
     labels = torch.tensor([label for _, label in samples], dtype=torch.int64)
     return Split(images.to(device), labels.to(device)), names

@@ -2,8 +2,11 @@
 
 :func:`load_splits` and :func:`build_model` read the data/model fields of
 :class:`fastvae.train.TrainConfig` (``dataset``, ``data_dir``, ``image_size``, ``classes``,
-``model``, ``hidden_dims``, ``conv_channels``, ``latent_dim``, ``likelihood``, ``backend``);
-:func:`check_config` validates them. :data:`MODELS` maps the names of ``--model`` to classes.
+``model``, ``hidden_dims``, ``conv_channels``, ``latent_dim``, ``likelihood``, ``backend``,
+``grayscale``, ``autoencoder``, ``dropout``, ``logvar_floor``); :func:`check_config` validates
+them. :data:`MODELS` maps the names of ``--model`` to classes, :data:`AUTOENCODERS` the same
+names to the deterministic autoencoders (``--autoencoder``), and :data:`CHECKPOINT_MODELS`
+every class to the name a checkpoint records.
 """
 
 from __future__ import annotations
@@ -14,12 +17,17 @@ import torch
 
 from fastvae import _checks
 from fastvae.animal_faces import CLASSES, DEFAULT_IMAGE_SIZE, load_animal_faces
+from fastvae.autoencoder import ConvAutoencoder, MLPAutoencoder
 from fastvae.conv import ConvVAE
 from fastvae.data import Split, load_mnist
-from fastvae.models import VAE, MLPVAE
+from fastvae.models import VAE, MLPVAE, check_dropout
 
 DATASETS = ("mnist", "animal-faces")
 MODELS: dict[str, type[VAE]] = {"mlp": MLPVAE, "conv": ConvVAE}
+AUTOENCODERS: dict[str, type[VAE]] = {"mlp": MLPAutoencoder, "conv": ConvAutoencoder}
+CHECKPOINT_MODELS: dict[str, type[VAE]] = {
+    **MODELS, **{f"{name}-ae": cls for name, cls in AUTOENCODERS.items()},
+}
 MNIST_SHAPE = (1, 28, 28)
 
 
@@ -49,6 +57,8 @@ def check_config(cfg) -> None:
             raise ValueError(
                 "data_dir is for dataset 'animal-faces'; MNIST is read from $FASTVAE_DATA/MNIST/raw"
             )
+        if cfg.grayscale:
+            raise ValueError("grayscale is for dataset 'animal-faces'; MNIST is grayscale already")
     elif cfg.classes is not None:
         unknown = sorted(set(cfg.classes) - set(CLASSES))
         if unknown or not cfg.classes:
@@ -58,6 +68,14 @@ def check_config(cfg) -> None:
     if cfg.conv_channels is not None and cfg.model != "conv":
         raise ValueError("conv_channels is only used by model 'conv'")
     _checks.positive_int("iwae_k", cfg.iwae_k)
+    check_dropout(cfg.dropout)
+    if cfg.logvar_floor is not None and cfg.likelihood != "gaussian":
+        raise ValueError(
+            f"logvar_floor bounds the 'gaussian' decoder's log-variance; likelihood "
+            f"{cfg.likelihood!r} has none (pass logvar_floor None)"
+        )
+    if cfg.autoencoder and cfg.iwae_k > 1:
+        raise ValueError("an autoencoder has no posterior to importance-sample: iwae_k must be 1")
     if cfg.iwae_k > 1 and cfg.beta != 1:
         raise ValueError(
             f"iwae_k > 1 trains the IWAE bound, which has no KL weight; got beta={cfg.beta}"
@@ -81,9 +99,10 @@ def load_split(
         return split, MNIST_SHAPE, tuple(str(d) for d in range(10))
     size = cfg.image_size or DEFAULT_IMAGE_SIZE
     split, names = load_animal_faces(
-        train, cfg.data_dir, image_size=size, classes=cfg.classes, limit=limit, device=device
+        train, cfg.data_dir, image_size=size, classes=cfg.classes, limit=limit, device=device,
+        grayscale=cfg.grayscale,
     )
-    return split, (3, size, size), names
+    return split, (1 if cfg.grayscale else 3, size, size), names
 
 
 def load_splits(cfg, device: torch.device) -> Data:
@@ -94,24 +113,30 @@ def load_splits(cfg, device: torch.device) -> Data:
 
 
 def build_model(cfg, input_shape: tuple[int, ...]) -> VAE:
-    """The untrained model ``cfg.model`` for images of ``input_shape``."""
-    common = dict(latent_dim=cfg.latent_dim, likelihood=cfg.likelihood, backend=cfg.backend)
+    """The untrained model ``cfg.model`` (its autoencoder with ``cfg.autoencoder``) for images
+    of ``input_shape``."""
+    classes = AUTOENCODERS if cfg.autoencoder else MODELS
+    common = dict(latent_dim=cfg.latent_dim, likelihood=cfg.likelihood, backend=cfg.backend,
+                  dropout=cfg.dropout, logvar_floor=cfg.logvar_floor)
     if cfg.model == "conv":
-        return ConvVAE(input_shape, channels=cfg.conv_channels, **common)
-    return MLPVAE(input_shape, cfg.hidden_dims, **common)
+        return classes["conv"](input_shape, channels=cfg.conv_channels, **common)
+    return classes["mlp"](input_shape, cfg.hidden_dims, **common)
 
 
 def model_name(model: VAE) -> str:
-    """The :data:`MODELS` key of ``model``'s class, or of the registered class it derives
-    from (what a checkpoint records, so :func:`rebuild_model` can rebuild it)."""
-    for name, cls in MODELS.items():
-        if isinstance(model, cls):
-            return name
+    """The :data:`CHECKPOINT_MODELS` key of ``model``'s class, or of the nearest registered
+    class it derives from (what a checkpoint records, so :func:`rebuild_model` can rebuild
+    it)."""
+    for cls in type(model).__mro__:
+        for name, registered in CHECKPOINT_MODELS.items():
+            if cls is registered:
+                return name
     raise ValueError(f"no model name registered for {type(model).__name__}")
 
 
 def rebuild_model(name: str, config: dict[str, Any]) -> VAE:
-    """``MODELS[name](**config)``: the architecture of a checkpoint's ``model_name`` and
-    ``model_config`` (checkpoints from before ``model_name`` existed hold an MLPVAE)."""
-    _checks.choice("model_name", name, tuple(MODELS))
-    return MODELS[name](**config)
+    """``CHECKPOINT_MODELS[name](**config)``: the architecture of a checkpoint's
+    ``model_name`` and ``model_config`` (checkpoints from before ``model_name`` existed hold
+    an MLPVAE)."""
+    _checks.choice("model_name", name, tuple(CHECKPOINT_MODELS))
+    return CHECKPOINT_MODELS[name](**config)

@@ -21,6 +21,7 @@ from pathlib import Path
 from fastvae.animal_faces import CLASSES
 from fastvae.builders import DATASETS, MODELS
 from fastvae.cli_studies import add_commands as add_study_commands
+from fastvae.cli_studies import add_train_flags as add_study_train_flags
 from fastvae.cli_studies import optional_int
 from fastvae.data import BINARIZE
 from fastvae.functional import BACKENDS
@@ -109,6 +110,7 @@ def build_parser() -> argparse.ArgumentParser:
                    "image size)")
     t.add_argument("--iwae-k", type=int, default=d.iwae_k,
                    help="1: train on the ELBO; K > 1: on the IWAE bound with K samples")
+    add_study_train_flags(t, d)
 
     s = sub.add_parser(
         "sample",
@@ -121,6 +123,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--out", default="samples.png", help="PNG file to write")
     s.add_argument("--seed", type=int, default=0, help="seed of the latent draw")
     s.add_argument("--device", default="cpu", help="device to decode on")
+    s.add_argument("--decoder-sample", action="store_true",
+                   help="draw x ~ p(x|z) (Bernoulli pixels, or mean + std * noise for a "
+                   "Gaussian decoder) instead of decoding the mean")
 
     sub.add_parser(
         "bench",
@@ -170,7 +175,8 @@ def _sample(args: argparse.Namespace, argv: list[str]) -> int:
     device = resolve_device(args.device)
     model, _ = load_checkpoint(args.checkpoint, map_location=device)
     gen = torch.Generator(device=device).manual_seed(args.seed)
-    path = save_samples(model, args.out, n=args.n, nrow=args.nrow, generator=gen)
+    path = save_samples(model, args.out, n=args.n, nrow=args.nrow, generator=gen,
+                        decoder_sample=args.decoder_sample)
     print(f"wrote {args.n} samples to {path}")
     return 0
 

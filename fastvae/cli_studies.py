@@ -19,6 +19,34 @@ def optional_int(text: str) -> int | None:
     return None if text.lower() in ("none", "all") else int(text)
 
 
+def optional_float(text: str) -> float | str | None:
+    """A float, None for "none", or "auto" (the --logvar-floor flag)."""
+    low = text.lower()
+    return None if low == "none" else "auto" if low == "auto" else float(text)
+
+
+def add_train_flags(t, d) -> None:
+    """The `train` flags of the studies (regularization, Gaussian decoder, Animal Faces in
+    grayscale, the plain autoencoder); ``d`` is the default TrainConfig."""
+    from fastvae.train import OPTIMIZERS
+
+    t.add_argument("--dropout", type=float, default=d.dropout,
+                   help="dropout probability after every hidden layer (MLP and conv)")
+    t.add_argument("--weight-decay", type=float, default=d.weight_decay,
+                   help="weight decay: with --optimizer adam an L2 term W * theta added to the "
+                   "gradient (torch.optim.Adam); with adamw decoupled decay (torch.optim.AdamW)")
+    t.add_argument("--optimizer", choices=OPTIMIZERS, default=d.optimizer,
+                   help="adam or adamw (how --weight-decay acts; the same with no decay)")
+    t.add_argument("--logvar-floor", type=optional_float, default="auto",
+                   help="gaussian decoder: floor f of the per-pixel log-variance "
+                   "(f + softplus(raw - f)); auto: 2 log 0.05 (std >= 0.05); none: unbounded")
+    t.add_argument("--grayscale", action="store_true",
+                   help="animal-faces: one luminance channel instead of RGB")
+    t.add_argument("--autoencoder", action="store_true",
+                   help="train the plain deterministic autoencoder with the same networks "
+                   "(no sampling, no KL)")
+
+
 def add_commands(sub) -> None:
     """Add ``evaluate``, ``experiment`` and ``train-classifier`` to ``sub`` (argparse subparsers)."""
     from fastvae.experiments import EXPERIMENTS, sweeps
@@ -41,7 +69,9 @@ def add_commands(sub) -> None:
                    help="evaluate only the first N test images (None: all)")
     e.add_argument("--fid", choices=FEATURES, default=None,
                    help="also compute FID with this feature network")
-    e.add_argument("--fid-samples", type=int, default=10000, help="model samples for FID")
+    e.add_argument("--fid-samples", type=int, default=10000,
+                   help="FID: this many model samples against as many real test images (the "
+                   "first N of the split; all of them if it holds fewer)")
     e.add_argument("--inception-weights", default=None,
                    help="local path of torch-fidelity's Inception-v3 weights (--fid inception)")
     e.add_argument("--classifier", default=None,
@@ -65,8 +95,9 @@ def add_commands(sub) -> None:
 
     x = sub.add_parser(
         "experiment", help="the classic VAE experiments, one command each (PNGs + report.md)",
-        description="Run one experiment on MNIST: each trains its models, writes PNG figures "
-        "and a report.md embedding them with the numbers into --out.",
+        description="Run one experiment (on MNIST unless its flags say otherwise): each trains "
+        "its models, writes PNG figures and a report.md embedding them with the numbers into "
+        "--out.",
     )
     names = x.add_subparsers(dest="experiment", required=True, metavar="NAME")
     for name, (_, about) in EXPERIMENTS.items():
@@ -86,13 +117,57 @@ def add_commands(sub) -> None:
             p.add_argument("--latent-dims", type=int, nargs="+", default=list(sweeps.LATENT_DIMS))
         elif name == "beta-sweep":
             p.add_argument("--betas", type=float, nargs="+", default=list(sweeps.BETAS))
+        elif name == "ae-vs-vae":
+            p.add_argument("--latent-dim", type=int, default=20, help="latent size of every model")
+            p.add_argument("--archs", nargs="+", choices=("mlp", "conv"), default=["mlp", "conv"],
+                           help="architectures, one VAE and one autoencoder each")
+            p.add_argument("--likelihood", choices=("bernoulli", "mse"), default="bernoulli",
+                           help="reconstruction loss of every model: Bernoulli cross-entropy or "
+                           "squared error")
+            p.add_argument("--fid", choices=FEATURES, default=None,
+                           help="also the FID of prior samples with this feature network")
+            p.add_argument("--fid-samples", type=int, default=2000,
+                           help="FID: this many samples and as many test images")
+            p.add_argument("--inception-weights", default=None,
+                           help="--fid inception: local path of torch-fidelity's weights")
+            _data_flags(p)
+        elif name == "decoder-sampling":
+            pass
+        elif name == "animal-faces":
+            _data_flags(p, animal_faces=True)
+            p.add_argument("--model", choices=("mlp", "conv"), default="conv", help="network")
+            p.add_argument("--latent-dim", type=int, default=64, help="latent size")
+            p.add_argument("--likelihood", choices=("bernoulli", "mse", "gaussian"),
+                           default="bernoulli", help="decoder likelihood")
+            p.add_argument("--batch-size", type=int, default=64, help="training batch size")
         else:
             p.add_argument("--run", default=None,
                            help="use this run folder of `fastvae train` instead of training")
             p.add_argument("--latent-dim", type=int, default=argparse.SUPPRESS,
                            help="latent size of the model trained when --run is not given "
                            "(default: 2 for latent-scatter, else 20)")
+            _data_flags(p)
         p.set_defaults(handler=_experiment)
+
+
+DATA_KEYS = ("dataset", "data_dir", "image_size", "grayscale")
+
+
+def _data_flags(p, animal_faces: bool = False) -> None:
+    """The data set flags of the experiments that train on MNIST or Animal Faces."""
+    from fastvae.builders import DATASETS
+
+    if not animal_faces:
+        p.add_argument("--dataset", choices=DATASETS, default="mnist",
+                       help="data set of the models trained (not with --run)")
+    p.add_argument("--data-dir", default=None,
+                   help="animal-faces: the AFHQ folder with train/ and val/ (None: "
+                   "$FASTVAE_DATA/afhq; the 43-image sample: $FASTVAE_DATA/afhq_sample)")
+    p.add_argument("--image-size", type=int, default=64 if animal_faces else None,
+                   help="animal-faces: side of the square images (None: 128)"
+                   if not animal_faces else "side of the square images")
+    p.add_argument("--grayscale", action="store_true",
+                   help="animal-faces: one luminance channel instead of RGB")
 
 
 def _evaluate(args: argparse.Namespace, argv: list[str]) -> int:
@@ -116,8 +191,8 @@ def _evaluate(args: argparse.Namespace, argv: list[str]) -> int:
         print(f"  NLL (IWAE, k={iw['k']})  {iw['nll']:.2f}  (negative ELBO from the same "
               f"samples {iw['elbo']:.2f})")
     if "fid" in r:
-        print(f"  FID ({r['fid']['feature']}, {r['fid']['samples']} samples)  "
-              f"{r['fid']['value']:.3f}")
+        print(f"  FID ({r['fid']['feature']}, {r['fid']['samples']} samples against "
+              f"{r['fid']['real']} test images)  {r['fid']['value']:.3f}")
     if args.json:
         Path(args.json).write_text(json.dumps(r, indent=2) + "\n", encoding="utf-8")
     return 0
@@ -138,13 +213,18 @@ def _experiment(args: argparse.Namespace, argv: list[str]) -> int:
     from fastvae.experiments import EXPERIMENTS, Options
 
     fn, _ = EXPERIMENTS[args.experiment]
+    data = {k: getattr(args, k) for k in DATA_KEYS if getattr(args, k, None)}
+    if args.experiment == "animal-faces":
+        data["dataset"] = "animal-faces"
     options = Options(
         out=args.out, epochs=args.epochs, quick=args.quick, seed=args.seed, device=args.device,
         limit_train=args.limit_train, limit_test=args.limit_test,
         command=" ".join(["fastvae"] + [shlex.quote(a) for a in argv]),
+        data=data if data.get("dataset", "mnist") != "mnist" else {},
     )
-    extra = {k: getattr(args, k) for k in ("latent_dims", "betas", "run", "latent_dim")
-             if hasattr(args, k)}
+    common = {"command", "experiment", "handler", "out", "epochs", "quick", "seed", "device",
+              "limit_train", "limit_test", *DATA_KEYS}
+    extra = {k: v for k, v in vars(args).items() if k not in common}
     report = fn(options, **extra)
     print(f"wrote {report}")
     return 0

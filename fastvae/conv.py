@@ -57,6 +57,11 @@ class ConvVAE(VAE):
         channels: widths of the encoder's conv layers (the decoder mirrors them); default
             :func:`default_channels` of H and W. Each layer halves H and W, which must stay >= 1.
         backend: passed to the fastvae ops, as for :class:`fastvae.MLPVAE`.
+        dropout: probability of ``nn.Dropout`` after every hidden layer's ReLU (the encoder's
+            convolutions, the decoder's linear map and hidden transposed convolutions); 0 adds
+            no module.
+        logvar_floor: the "gaussian" decoder's log-variance floor, or None (see
+            :class:`fastvae.VAE`).
 
     Attributes:
         config: the constructor arguments (``channels`` resolved), so that
@@ -75,6 +80,8 @@ class ConvVAE(VAE):
         likelihood: str = "bernoulli",
         channels: Sequence[int] | None = None,
         backend: str | None = None,
+        dropout: float = 0.0,
+        logvar_floor: float | None = None,
     ):
         super().__init__()
         if len(tuple(input_shape)) != 3:
@@ -91,45 +98,33 @@ class ConvVAE(VAE):
                 f"{len(channels)} stride-2 layers (channels={channels}) shrink a {h}x{w} image "
                 f"below 1 pixel; use fewer channels entries"
             )
-        self._set_spec(input_shape, latent_dim, likelihood, backend, channels=channels)
+        self._set_spec(input_shape, latent_dim, likelihood, backend, dropout, logvar_floor,
+                       channels=channels)
         self.feature_sizes = tuple(sizes)
         flat_shape = (channels[-1], *sizes[-1])
         flat = math.prod(flat_shape)
 
         enc, width = [], c
         for k in channels:
-            enc += [nn.Conv2d(width, k, 4, stride=2, padding=1), nn.ReLU()]
+            enc += self._hidden(nn.Conv2d(width, k, 4, stride=2, padding=1), nn.ReLU())
             width = k
         self.encoder = nn.Sequential(*enc, nn.Flatten())
         self.head = nn.Linear(flat, 2 * self.latent_dim)  # -> [mu | logvar]
 
-        dec = [nn.Linear(self.latent_dim, flat), nn.ReLU(), nn.Unflatten(1, flat_shape)]
+        dec = self._hidden(nn.Linear(self.latent_dim, flat), nn.ReLU())
+        dec.append(nn.Unflatten(1, flat_shape))
         outs = list(reversed(channels[:-1])) + [self.decoder_channels * c]
         for i, k in enumerate(outs):
             target, source = sizes[-2 - i], sizes[-1 - i]
             # ConvTranspose2d(k=4, s=2, p=1) maps n to 2n; output_padding 1 gives 2n + 1.
             pad = (target[0] - 2 * source[0], target[1] - 2 * source[1])
-            dec.append(nn.ConvTranspose2d(width, k, 4, stride=2, padding=1, output_padding=pad))
-            if i < len(outs) - 1:
-                dec.append(nn.ReLU())
+            up = nn.ConvTranspose2d(width, k, 4, stride=2, padding=1, output_padding=pad)
+            dec += self._hidden(up, nn.ReLU()) if i < len(outs) - 1 else [up]
             width = k
         self.decoder = nn.Sequential(*dec)
 
-    def encode(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Posterior parameters of q(z | x) for ``x`` of shape ``(B, C, H, W)`` (or ``(B, D)``):
-        ``(mu, logvar)``, each ``(B, L)`` in the parameters' dtype. Checks and errors as
-        :meth:`fastvae.MLPVAE.encode`."""
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        """The flattened last feature map ``(B, channels[-1] * h * w)`` for ``x`` of shape
+        ``(B, C, H, W)`` (or ``(B, D)``); checks and errors as :meth:`fastvae.VAE.encode`."""
         self._check_input(x, exact_shape=True)
-        h = self.encoder(x.reshape(x.shape[0], *self.input_shape))
-        mu, logvar = self.head(h).chunk(2, dim=1)
-        return mu, logvar
-
-    def decode_params(self, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """``(recon, recon_logvar)``, each ``(B, C, H, W)`` (recon_logvar None unless
-        "gaussian"): the ``recon`` / ``recon_logvar`` arguments of
-        :func:`fastvae.reconstruction_loss`."""
-        out = self.decoder(z)
-        if self.likelihood == "gaussian":
-            mean, logvar = out.chunk(2, dim=1)
-            return mean, logvar
-        return out, None
+        return self.encoder(x.reshape(x.shape[0], *self.input_shape))

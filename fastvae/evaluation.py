@@ -108,13 +108,26 @@ def evaluate_checkpoint(
     every metric. Returns a dict with ``checkpoint``, ``epoch``, ``images``, ``elbo``
     (``{"loss", "recon", "kl"}``: the single-sample negative ELBO with the closed-form KL),
     ``iwae`` (:func:`importance_weighted_nll`; absent when ``k == 0``) and ``fid``
-    (``{"feature", "value", "samples"}``; absent when ``fid`` is None).
+    (``{"feature", "value", "samples", "real"}``; absent when ``fid`` is None): the FID of
+    ``fid_samples`` model samples against the first ``fid_samples`` test images (all of them
+    when the split holds fewer; ``real`` says how many).
+
+    Raises:
+        ValueError: ``k`` > 0 for an autoencoder (it has no posterior to importance-sample;
+            pass k = 0); ``fid_samples`` < 2.
     """
     from fastvae import builders
     from fastvae.train import TrainConfig, evaluate, load_checkpoint, resolve_device
 
+    from fastvae.autoencoder import Autoencoder
+
     dev = resolve_device(device)
+    if fid is not None and (isinstance(fid_samples, bool) or fid_samples < 2):
+        raise ValueError(f"fid_samples must be >= 2 (FID fits a covariance), got {fid_samples}")
     model, ckpt = load_checkpoint(path, map_location=dev)
+    if k and isinstance(model, Autoencoder):
+        raise ValueError(f"{path} holds a plain autoencoder, which has no posterior to "
+                         f"importance-sample for an NLL; pass --k 0")
     cfg = TrainConfig.from_dict({**ckpt["config"], "limit_test": limit})
     split, _, _ = builders.load_split(cfg, False, dev)
 
@@ -139,10 +152,13 @@ def evaluate_checkpoint(
             model.sample(min(batch_size, fid_samples - i), generator=gen).clamp(0, 1)
             for i in range(0, fid_samples, batch_size)
         )
-        reals = (x for x, _ in ImageBatches(*split, batch_size, shuffle=False))
+        n_real = min(fid_samples, split.images.shape[0])
+        real_split = (split.images[:n_real], split.labels[:n_real])
+        reals = (x for x, _ in ImageBatches(*real_split, batch_size, shuffle=False))
         result["fid"] = {
             "feature": fid if isinstance(fid, str) else type(fid).__name__,
             "value": frechet_distance(reals, fakes, metric),
             "samples": fid_samples,
+            "real": n_real,
         }
     return result

@@ -14,6 +14,7 @@ import math
 from typing import Sequence
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from fastvae import _checks
@@ -28,22 +29,32 @@ MODEL_LIKELIHOODS = ("bernoulli", "mse", "gaussian")
 class VAE(nn.Module):
     """Base class of fastvae's VAEs: a Gaussian encoder, a standard normal prior, a decoder.
 
-    A subclass builds its two networks, calls :meth:`_set_spec` in its constructor, and
-    implements :meth:`encode` (x -> mu, logvar) and :meth:`decode_params`
-    (z -> recon, recon_logvar). Everything else is shared: :meth:`loss` (one fused
-    :func:`fastvae.sample_and_kl` launch and one :func:`fastvae.reconstruction_loss`),
-    :meth:`forward`, :meth:`decode`, :meth:`sample`, :meth:`reconstruct`,
-    :meth:`to_data_space`.
+    A subclass builds three modules, calls :meth:`_set_spec` in its constructor, and
+    implements :meth:`features` (x -> the encoder's last hidden activations): ``encoder``
+    (used by ``features``), ``head`` (features -> ``[mu | logvar]``, ``2 * latent_dim``
+    values) and ``decoder`` (z -> ``decoder_channels * input_dim`` values, flat or image
+    shaped). Everything else is shared: :meth:`encode`, :meth:`decode_params`, :meth:`loss`
+    (one fused :func:`fastvae.sample_and_kl` launch and one
+    :func:`fastvae.reconstruction_loss`), :meth:`forward`, :meth:`decode`, :meth:`sample`,
+    :meth:`reconstruct`, :meth:`to_data_space`, :meth:`draw_data`.
 
     Attributes set by :meth:`_set_spec`: ``input_shape``, ``input_dim`` (its product),
-    ``latent_dim``, ``likelihood``, ``backend`` and ``config``: the constructor arguments as a
-    dict of plain Python values, so that ``type(model)(**model.config)`` rebuilds the
-    architecture from a checkpoint.
+    ``latent_dim``, ``likelihood``, ``backend``, ``logvar_floor`` and ``config``: the
+    constructor arguments as a dict of plain Python values, so that
+    ``type(model)(**model.config)`` rebuilds the architecture from a checkpoint.
+
+    The "gaussian" decoder's log-variance: with ``logvar_floor`` None it is the network's raw
+    output, unbounded. On MNIST, whose background pixels are exactly 0, the density is then
+    unbounded as those variances shrink: the negative ELBO goes below zero and keeps falling.
+    With a number f it is ``f + softplus(raw - f)``: smooth, always above f (a variance floor
+    exp(f)), and the identity to within 0.007 once raw > f + 5. Each pixel's -log p(x | z) is
+    then at least ``0.5 * (log(2 pi) + f)`` nats, so the loss is bounded below by
+    ``input_dim * 0.5 * (log(2 pi) + f)`` (:meth:`recon_lower_bound`).
     """
 
     def _set_spec(
         self, input_shape: Sequence[int], latent_dim: int, likelihood: str,
-        backend: str | None, **config,
+        backend: str | None, dropout: float = 0.0, logvar_floor: float | None = None, **config,
     ) -> None:
         """Check and store the arguments every VAE has; ``config`` holds the subclass's own."""
         input_shape = tuple(int(s) for s in input_shape)
@@ -51,32 +62,90 @@ class VAE(nn.Module):
             raise ValueError(f"input_shape must be non-empty with sizes >= 1, got {input_shape}")
         _checks.positive_int("latent_dim", latent_dim)
         _checks.choice("likelihood", likelihood, MODEL_LIKELIHOODS)
+        check_dropout(dropout)
+        if logvar_floor is not None:
+            if not (isinstance(logvar_floor, (int, float)) and math.isfinite(logvar_floor)):
+                raise ValueError(
+                    f"logvar_floor must be a finite number or None, got {logvar_floor!r}"
+                )
+            logvar_floor = float(logvar_floor)
         self.config = {
             "input_shape": input_shape,
             **config,
             "latent_dim": int(latent_dim),
             "likelihood": likelihood,
             "backend": backend,
+            "dropout": float(dropout),
+            "logvar_floor": logvar_floor,
         }
         self.input_shape = input_shape
         self.input_dim = math.prod(input_shape)
         self.latent_dim = int(latent_dim)
         self.likelihood = likelihood
         self.backend = backend
+        self.dropout = float(dropout)
+        self.logvar_floor = logvar_floor
 
+    def _hidden(self, *layers: nn.Module) -> list[nn.Module]:
+        """``layers`` (a hidden layer and its activation), then ``nn.Dropout(dropout)`` when
+        dropout > 0 (no module otherwise, so the parameter names of a model without dropout
+        stay those of checkpoints written before dropout existed)."""
+        return [*layers, nn.Dropout(self.dropout)] if self.dropout > 0 else list(layers)
+
+    def recon_lower_bound(self) -> float:
+        """The least value -log p(x | z) can take per image, in nats: 0 for "bernoulli" and
+        "mse"; ``input_dim * 0.5 * (log(2 pi) + logvar_floor)`` for "gaussian" with a floor,
+        ``-inf`` without one."""
+        if self.likelihood != "gaussian":
+            return 0.0
+        if self.logvar_floor is None:
+            return -math.inf
+        return self.input_dim * 0.5 * (math.log(2 * math.pi) + self.logvar_floor)
     @property
     def decoder_channels(self) -> int:
         """Output values per pixel of the decoder's last layer: 2 (mean, log-variance) for the
         "gaussian" likelihood, else 1."""
         return 2 if self.likelihood == "gaussian" else 1
 
-    def encode(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Posterior parameters ``(mu, logvar)`` of q(z | x), each ``(B, L)``."""
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        """The encoder's last hidden activations ``(B, F)`` for ``x`` (checked here)."""
         raise NotImplementedError
 
+    def encode(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Posterior parameters of q(z | x).
+
+        Args:
+            x: ``(B, *input_shape)`` (or ``(B, D)``), floats in data space ([0, 1] for MNIST),
+                in the parameters' dtype (any float dtype under ``torch.autocast``) and on
+                their device. B = 0 is allowed (empty outputs).
+
+        Returns:
+            ``(mu, logvar)``, each ``(B, L)`` in the parameters' dtype; logvar is the natural
+            log of the variance.
+
+        Raises:
+            TypeError: x is not a tensor, or has another dtype than the parameters.
+            ValueError: x has the wrong shape, or is on another device.
+        """
+        mu, logvar = self.head(self.features(x)).chunk(2, dim=1)
+        return mu, logvar
+
     def decode_params(self, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """Decoder output ``(recon, recon_logvar)`` for ``z`` of shape ``(B, L)``."""
-        raise NotImplementedError
+        """Decoder output in a form uniform over likelihoods: ``(recon, recon_logvar)``.
+
+        ``recon`` is ``(B, *input_shape)`` (logits, mean or Gaussian mean); ``recon_logvar`` is
+        the per-pixel log-variance ``(B, *input_shape)`` for "gaussian" (bounded below by
+        ``logvar_floor`` when one is set; see the class doc) and None otherwise. Exactly the
+        ``recon`` / ``recon_logvar`` arguments of :func:`fastvae.reconstruction_loss`.
+        """
+        out = self.decoder(z)
+        shape = (z.shape[0], *self.input_shape)
+        if self.likelihood != "gaussian":
+            return out.reshape(shape), None
+        mean, logvar = out.chunk(2, dim=1)
+        if self.logvar_floor is not None:
+            logvar = self.logvar_floor + F.softplus(logvar - self.logvar_floor)
+        return mean.reshape(shape), logvar.reshape(shape)
 
     def _check_input(self, x, *, exact_shape: bool = False) -> None:
         """``x`` must be a tensor of B (>= 0) samples of ``input_dim`` values, in the
@@ -171,9 +240,7 @@ class VAE(nn.Module):
         _checks.beta(beta)
         _checks.choice("reduction", reduction, REDUCTIONS)
         mu, logvar = self.encode(x)
-        z, kl = sample_and_kl(
-            mu, logvar, reduction=reduction, generator=generator, backend=self.backend
-        )
+        z, kl = self._latent_and_kl(mu, logvar, reduction, generator)
         recon, recon_logvar = self.decode_params(z)
         target = x.reshape(recon.shape).to(recon.dtype)
         rec = reconstruction_loss(
@@ -182,20 +249,53 @@ class VAE(nn.Module):
         )
         return ELBO(rec + beta * kl, rec, kl)
 
+    def _latent_and_kl(self, mu, logvar, reduction, generator):
+        """The code the decoder sees in :meth:`loss` and its KL term: one fused
+        :func:`fastvae.sample_and_kl` launch (a subclass without a posterior overrides it)."""
+        return sample_and_kl(
+            mu, logvar, reduction=reduction, generator=generator, backend=self.backend
+        )
+
     # ------------------------------------------------------------------ generation
 
     @torch.no_grad()
-    def sample(self, n: int, generator: torch.Generator | None = None) -> torch.Tensor:
-        """``n`` images from the model: z ~ N(0, I), then :meth:`to_data_space` of the decoder.
+    def sample(
+        self, n: int, generator: torch.Generator | None = None, *, decoder_sample: bool = False,
+    ) -> torch.Tensor:
+        """``n`` images from the model: z ~ N(0, I), then the decoder.
 
-        Returns ``(n, *input_shape)`` in the parameters' dtype and device: Bernoulli means in
-        [0, 1] for "bernoulli", decoder means otherwise. No gradient.
+        By default the decoder's mean (:meth:`to_data_space`: Bernoulli means in [0, 1] for
+        "bernoulli", decoder means otherwise); with ``decoder_sample`` a draw x ~ p(x | z)
+        (:meth:`draw_data`), the same z for the same generator state. Returns
+        ``(n, *input_shape)`` in the parameters' dtype and device. No gradient.
         """
         _checks.positive_int("n", n)
         p = next(self.parameters())
         z = torch.randn(n, self.latent_dim, generator=generator, device=p.device, dtype=p.dtype)
-        recon, _ = self.decode_params(z)
+        recon, recon_logvar = self.decode_params(z)
+        if decoder_sample:
+            return self.draw_data(recon, recon_logvar, generator=generator)
         return self.to_data_space(recon)
+
+    @torch.no_grad()
+    def draw_data(
+        self, recon: torch.Tensor, recon_logvar: torch.Tensor | None = None,
+        generator: torch.Generator | None = None,
+    ) -> torch.Tensor:
+        """One draw x ~ p(x | z) from the decoder output ``(recon, recon_logvar)`` of
+        :meth:`decode_params`, shape ``(B, *input_shape)``:
+
+        - "bernoulli": pixels in {0, 1}, each Bernoulli(sigmoid(logits));
+        - "gaussian": mean + exp(logvar / 2) * eps, eps ~ N(0, I) (not clamped);
+        - "mse": the squared error is -log N(x; mean, 1/2) up to a constant, so mean +
+          sqrt(1/2) * eps (a variance of 1/2 is large next to images in [0, 1]: such draws
+          are mostly noise; that is what the "mse" likelihood says).
+        """
+        if self.likelihood == "bernoulli":
+            return torch.bernoulli(torch.sigmoid(recon), generator=generator)
+        eps = torch.randn(recon.shape, generator=generator, device=recon.device, dtype=recon.dtype)
+        std = torch.exp(0.5 * recon_logvar) if self.likelihood == "gaussian" else math.sqrt(0.5)
+        return recon + std * eps
 
     @torch.no_grad()
     def reconstruct(self, x: torch.Tensor) -> torch.Tensor:
@@ -209,6 +309,12 @@ class VAE(nn.Module):
 
     def extra_repr(self) -> str:
         return f"likelihood={self.likelihood!r}, latent_dim={self.latent_dim}"
+
+
+def check_dropout(p) -> None:
+    """``p`` must be a number in [0, 1) (the dropout probability of the hidden layers)."""
+    if isinstance(p, bool) or not isinstance(p, (int, float)) or not 0 <= p < 1:
+        raise ValueError(f"dropout must be a probability in [0, 1), got {p!r}")
 
 
 class MLPVAE(VAE):
@@ -226,10 +332,9 @@ class MLPVAE(VAE):
     - ``"gaussian"``: a mean and a log-variance per pixel (the last layer has ``2 * D``
       outputs); :meth:`decode` returns them as a tuple ``(mean, logvar)``.
 
-    The "gaussian" decoder's per-pixel variance is unconstrained. On MNIST, whose background
-    pixels are exactly 0, the density is unbounded as those variances shrink: the negative
-    ELBO goes below zero and keeps falling, and the mean samples get worse. That is the model,
-    not a bug; prefer "bernoulli" (or "mse") for MNIST.
+    The "gaussian" decoder's per-pixel log-variance is unconstrained unless ``logvar_floor``
+    is given (see :class:`VAE`): without it, on MNIST, the negative ELBO goes below zero and
+    keeps falling as the background pixels' variances shrink.
 
     Args:
         input_shape: shape of one sample, e.g. ``(1, 28, 28)``; D is its product.
@@ -238,6 +343,9 @@ class MLPVAE(VAE):
         likelihood: "bernoulli", "mse" or "gaussian".
         backend: passed to the fastvae ops: "auto", "triton", "torch" or None
             (``$FASTVAE_BACKEND``, default "auto": Triton on CUDA tensors, reference on CPU).
+        dropout: probability of ``nn.Dropout`` after every hidden layer's ReLU (encoder and
+            decoder); 0 adds no module.
+        logvar_floor: the "gaussian" decoder's log-variance floor, or None (see :class:`VAE`).
 
     Attributes:
         config: the constructor arguments as a dict (plain Python values), so that
@@ -251,60 +359,33 @@ class MLPVAE(VAE):
         latent_dim: int = 20,
         likelihood: str = "bernoulli",
         backend: str | None = None,
+        dropout: float = 0.0,
+        logvar_floor: float | None = None,
     ):
         super().__init__()
         hidden_dims = tuple(int(h) for h in hidden_dims)
         if any(h < 1 for h in hidden_dims):
             raise ValueError(f"hidden_dims must all be >= 1, got {hidden_dims}")
-        self._set_spec(input_shape, latent_dim, likelihood, backend, hidden_dims=hidden_dims)
+        self._set_spec(input_shape, latent_dim, likelihood, backend, dropout, logvar_floor,
+                       hidden_dims=hidden_dims)
 
         enc, width = [], self.input_dim
         for h in hidden_dims:
-            enc += [nn.Linear(width, h), nn.ReLU()]
+            enc += self._hidden(nn.Linear(width, h), nn.ReLU())
             width = h
         self.encoder = nn.Sequential(*enc)
         self.head = nn.Linear(width, 2 * self.latent_dim)  # -> [mu | logvar]
 
         dec, width = [], self.latent_dim
         for h in reversed(hidden_dims):
-            dec += [nn.Linear(width, h), nn.ReLU()]
+            dec += self._hidden(nn.Linear(width, h), nn.ReLU())
             width = h
         dec.append(nn.Linear(width, self.decoder_channels * self.input_dim))
         self.decoder = nn.Sequential(*dec)
 
-    # ------------------------------------------------------------------ the two networks
-
-    def encode(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Posterior parameters of q(z | x).
-
-        Args:
-            x: ``(B, *input_shape)`` (or ``(B, D)``), floats in data space ([0, 1] for MNIST),
-                in the parameters' dtype (any float dtype under ``torch.autocast``) and on
-                their device. B = 0 is allowed (empty outputs).
-
-        Returns:
-            ``(mu, logvar)``, each ``(B, L)`` in the parameters' dtype; logvar is the natural
-            log of the variance.
-
-        Raises:
-            TypeError: x is not a tensor, or has another dtype than the parameters.
-            ValueError: x has the wrong shape, or is on another device.
-        """
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        """The last encoder hidden layer ``(B, hidden_dims[-1])`` (x itself, flattened, without
+        hidden layers); ``x`` may have any shape ``(B, ...)`` with D values per sample (checks
+        and errors: :meth:`VAE.encode`)."""
         self._check_input(x)
-        h = self.encoder(x.reshape(x.shape[0], self.input_dim))
-        mu, logvar = self.head(h).chunk(2, dim=1)
-        return mu, logvar
-
-    def decode_params(self, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """Decoder output in a form uniform over likelihoods: ``(recon, recon_logvar)``.
-
-        ``recon`` is ``(B, *input_shape)`` (logits, mean or Gaussian mean); ``recon_logvar`` is
-        the per-pixel log-variance ``(B, *input_shape)`` for "gaussian" and None otherwise.
-        Exactly the ``recon`` / ``recon_logvar`` arguments of :func:`fastvae.reconstruction_loss`.
-        """
-        out = self.decoder(z)
-        shape = (z.shape[0], *self.input_shape)
-        if self.likelihood == "gaussian":
-            mean, logvar = out.chunk(2, dim=1)
-            return mean.reshape(shape), logvar.reshape(shape)
-        return out.reshape(shape), None
+        return self.encoder(x.reshape(x.shape[0], self.input_dim))

@@ -26,11 +26,12 @@ def save_grid(images: torch.Tensor, path: str | os.PathLike, nrow: int = 8) -> P
 @torch.no_grad()
 def save_samples(
     model, path: str | os.PathLike, n: int = 64, nrow: int = 8,
-    generator: torch.Generator | None = None,
+    generator: torch.Generator | None = None, decoder_sample: bool = False,
 ) -> Path:
-    """``n`` samples of ``model`` (z ~ N(0, I), decoded to data space) as a grid of ``nrow``
-    columns (64 -> 8x8)."""
-    return save_grid(model.sample(n, generator=generator), path, nrow=nrow)
+    """``n`` samples of ``model`` (z ~ N(0, I), decoded to data space; with
+    ``decoder_sample``, x ~ p(x | z)) as a grid of ``nrow`` columns (64 -> 8x8)."""
+    images = model.sample(n, generator=generator, decoder_sample=decoder_sample)
+    return save_grid(images, path, nrow=nrow)
 
 
 @torch.no_grad()

@@ -33,6 +33,7 @@ import csv
 import dataclasses
 import datetime
 import json
+import math
 import os
 import random
 import time
@@ -58,6 +59,10 @@ METRIC_COLUMNS = (
     "epoch_seconds", "elapsed_seconds",
 )
 LR_SCHEDULES = ("constant", "cosine")
+OPTIMIZERS = ("adam", "adamw")
+# The "gaussian" decoder's default log-variance floor: a standard deviation of at least 0.05
+# (log 0.05^2 = -5.99), 1/20 of the [0, 1] pixel range, about 13 grey levels of 255.
+GAUSSIAN_LOGVAR_FLOOR = 2 * math.log(0.05)
 NONFINITE = ("stop", "skip")
 CHECKPOINT = "checkpoint.pt"
 # TrainConfig fields that `resume` may change; any other difference is refused.
@@ -93,6 +98,21 @@ class TrainConfig:
     ``conv_channels`` default derived from the image size). ``iwae_k`` > 1 trains on the
     importance-weighted bound with that many samples (:func:`fastvae.iwae.iwae_loss`) instead
     of the ELBO; its train_recon / train_kl columns are the parts that function returns.
+    ``grayscale`` (animal-faces): one luminance channel instead of RGB. ``autoencoder``: the
+    plain deterministic autoencoder with the same networks (:mod:`fastvae.autoencoder`; no
+    sampling, no KL: its kl columns are 0).
+
+    Regularization: ``dropout`` p puts ``nn.Dropout(p)`` after every hidden layer (MLP and
+    conv; off in evaluation). ``weight_decay`` W with ``optimizer`` "adam" is
+    ``torch.optim.Adam``'s L2 penalty: W * theta is added to the gradient before Adam's
+    moment estimates (so it is rescaled per parameter, as in Keras and the classic reports);
+    with "adamw" it is ``torch.optim.AdamW``'s decoupled decay (Loshchilov & Hutter 2019):
+    theta <- theta - lr * W * theta at every step, beside the Adam update. ``logvar_floor``
+    (likelihood "gaussian" only): the decoder's log-variance is ``f + softplus(raw - f)``, a
+    variance floor exp(f) that bounds the loss below (:class:`fastvae.VAE`); None leaves it
+    unbounded (on MNIST the negative ELBO then falls without limit). The default,
+    :data:`GAUSSIAN_LOGVAR_FLOOR`, is applied to "gaussian" runs when the field is left at
+    "auto".
     """
 
     epochs: int = 10
@@ -120,8 +140,20 @@ class TrainConfig:
     data_dir: str | None = None
     conv_channels: tuple[int, ...] | None = None
     iwae_k: int = 1
+    grayscale: bool = False
+    autoencoder: bool = False
+    dropout: float = 0.0
+    weight_decay: float = 0.0
+    optimizer: str = "adam"
+    logvar_floor: float | str | None = "auto"
 
     def __post_init__(self):
+        if self.logvar_floor == "auto":
+            self.logvar_floor = GAUSSIAN_LOGVAR_FLOOR if self.likelihood == "gaussian" else None
+        elif isinstance(self.logvar_floor, str):
+            raise ValueError(
+                f"logvar_floor must be a number, None or 'auto', got {self.logvar_floor!r}"
+            )
         self.hidden_dims = tuple(int(h) for h in self.hidden_dims)
         if self.classes is not None:
             self.classes = tuple(self.classes)
@@ -144,6 +176,10 @@ class TrainConfig:
         _checks.choice("backend", self.backend, BACKENDS)
         _checks.choice("lr_schedule", self.lr_schedule, LR_SCHEDULES)
         _checks.choice("nonfinite", self.nonfinite, NONFINITE)
+        _checks.choice("optimizer", self.optimizer, OPTIMIZERS)
+        wd = self.weight_decay
+        if isinstance(wd, bool) or not isinstance(wd, (int, float)) or not 0 <= wd < math.inf:
+            raise ValueError(f"weight_decay must be a finite number >= 0, got {wd!r}")
         if self.batch_size % self.grad_accum:
             raise ValueError(
                 f"batch_size must be a multiple of grad_accum: got batch_size "
@@ -362,6 +398,12 @@ def _build_model(cfg: TrainConfig, input_shape: tuple[int, ...], device: torch.d
     return builders.build_model(cfg, input_shape).to(device)
 
 
+def _build_optimizer(cfg: TrainConfig, model: nn.Module) -> torch.optim.Optimizer:
+    """Adam (weight decay as an L2 gradient term) or AdamW (decoupled decay); see TrainConfig."""
+    cls = torch.optim.AdamW if cfg.optimizer == "adamw" else torch.optim.Adam
+    return cls(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+
+
 def _build_scheduler(cfg: TrainConfig, optimizer: torch.optim.Optimizer):
     if cfg.lr_schedule == "cosine":
         return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=cfg.epochs)
@@ -444,7 +486,7 @@ def _train(cfg: TrainConfig, env: distributed.Distributed, resume: bool, t_start
     # Data first: a missing data set should not leave an empty run folder behind.
     train_batches, test_batches, input_shape = _build_data(cfg, device, env)
     model = _build_model(cfg, input_shape, device)
-    optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr)
+    optimizer = _build_optimizer(cfg, model)
     scheduler = _build_scheduler(cfg, optimizer)
     metrics: list[dict[str, float]] = []
     start_epoch, elapsed_before = 1, 0.0

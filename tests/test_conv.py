@@ -75,7 +75,8 @@ def test_triton_kernels_give_the_same_loss():
 def test_config_rebuilds_and_flat_input():
     m = model((3, 9, 11), "gaussian", channels=(4, 8))
     assert m.config == {"input_shape": (3, 9, 11), "channels": (4, 8), "latent_dim": 3,
-                        "likelihood": "gaussian", "backend": "torch"}
+                        "likelihood": "gaussian", "backend": "torch", "dropout": 0.0,
+                        "logvar_floor": None}
     m2 = ConvVAE(**m.config)
     m2.load_state_dict(m.state_dict())
     x = torch.rand(2, 3, 9, 11)

@@ -109,6 +109,7 @@ def test_evaluate_command_on_a_tiny_mnist_run(tmp_path, capsys):
     assert iwae["nll"] < elbo["loss"] - 1.0 and iwae["nll"] < iwae["elbo"] - 1.0
     assert 60 < iwae["nll"] < 300
     assert r["fid"]["value"] > 0 and r["fid"]["samples"] == 200
+    assert r["fid"]["real"] == 100  # the first 200 test images of the 100 that --limit keeps
 
 
 def test_evaluate_missing_checkpoint(tmp_path, capsys):

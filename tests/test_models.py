@@ -31,7 +31,7 @@ def test_default_is_the_canonical_mnist_vae():
     assert [type(layer).__name__ for layer in m.decoder] == ["Linear", "ReLU", "Linear"]
     assert m.config == {
         "input_shape": (1, 28, 28), "hidden_dims": (400,), "latent_dim": 20,
-        "likelihood": "bernoulli", "backend": None,
+        "likelihood": "bernoulli", "backend": None, "dropout": 0.0, "logvar_floor": None,
     }
 
 

@@ -4,7 +4,10 @@ Each writes PNG figures and a ``report.md`` embedding them with the numbers into
 (default ``runs/experiments/NAME``). See :data:`EXPERIMENTS`.
 """
 
+from fastvae.experiments.ae_vs_vae import ae_vs_vae
+from fastvae.experiments.animal_faces import animal_faces
 from fastvae.experiments.common import Options
+from fastvae.experiments.decoder_sampling import decoder_sampling
 from fastvae.experiments.single import interpolation, latent_scatter, loss_curves, reconstructions
 from fastvae.experiments.sweeps import beta_sweep, latent_sweep
 
@@ -16,7 +19,13 @@ EXPERIMENTS = {
     "interpolation": (interpolation, "decoded lines between posterior means of test-image pairs"),
     "latent-scatter": (latent_scatter, "posterior means coloured by label (PCA above 2-D)"),
     "loss-curves": (loss_curves, "train/test negative ELBO, reconstruction and KL per epoch"),
+    "ae-vs-vae": (ae_vs_vae, "plain autoencoder against the VAE: reconstruction vs generation"),
+    "decoder-sampling": (decoder_sampling, "Gaussian decoder (dropout, weight decay): decoder "
+                         "mean vs x ~ p(x|z); MLP vs conv"),
+    "animal-faces": (animal_faces, "Animal Faces per class (cats, wild, all): curves, "
+                     "reconstructions, samples"),
 }
 
-__all__ = ["EXPERIMENTS", "Options", "beta_sweep", "interpolation", "latent_scatter",
+__all__ = ["EXPERIMENTS", "Options", "ae_vs_vae", "animal_faces", "beta_sweep",
+           "decoder_sampling", "interpolation", "latent_scatter",
            "latent_sweep", "loss_curves", "reconstructions"]

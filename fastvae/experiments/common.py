@@ -28,7 +28,9 @@ class Options:
     ``epochs`` trains each model that long (default 10, the canonical MNIST VAE run);
     ``quick`` means 1 epoch on the first 5,000 training and 1,000 test images unless
     ``epochs`` / ``limit_train`` / ``limit_test`` are given; ``out`` is the experiment's folder;
-    ``command`` is the command line recorded in report.md.
+    ``command`` is the command line recorded in report.md; ``data`` holds TrainConfig data
+    fields for every model trained (``dataset``, ``data_dir``, ``image_size``, ``grayscale``;
+    empty: MNIST).
     """
 
     out: str
@@ -39,15 +41,17 @@ class Options:
     limit_train: int | None = None
     limit_test: int | None = None
     command: str | None = None
+    data: dict = dataclasses.field(default_factory=dict)
 
     def train_config(self, name: str, **fields) -> TrainConfig:
-        """A TrainConfig for the run ``<out>/<name>``: these options over ``fields``."""
+        """A TrainConfig for the run ``<out>/<name>``: these options over ``data`` over
+        ``fields``."""
         base = dict(QUICK) if self.quick else {"epochs": 10}
         for key in ("epochs", "limit_train", "limit_test"):
             if getattr(self, key) is not None:
                 base[key] = getattr(self, key)
         return TrainConfig(
-            **{**base, **fields}, seed=self.seed, device=self.device,
+            **{**base, **self.data, **fields}, seed=self.seed, device=self.device,
             out=str(Path(self.out) / name),
         )
 

@@ -120,3 +120,31 @@ def loss_curves(metrics: Sequence[Mapping[str, float]], path, *, title: str | No
               ("recon", "reconstruction -log p(x|z) (nats / image)"),
               ("kl", "KL(q(z|x) || p(z)) (nats / image)"))
     return plot_loss_curves(metrics, path, title=title, panels=panels)
+
+
+def run_curves(histories: Mapping[str, Sequence[Mapping[str, float]]], path, *,
+               title: str | None = None) -> Path:
+    """Two panels over epochs, negative ELBO and KL (nats per image), one colour per run of
+    ``histories`` (name -> metrics.csv rows): train solid, test (validation) dashed."""
+    from matplotlib import colormaps
+    from matplotlib.ticker import MaxNLocator
+
+    fig = _figure(10, 4.2)
+    cmap = colormaps["tab10"]
+    for i, (key, label) in enumerate((("loss", "negative ELBO (nats / image)"),
+                                      ("kl", "KL(q(z|x) || p(z)) (nats / image)"))):
+        ax = fig.add_subplot(1, 2, i + 1)
+        for c, (name, rows) in enumerate(histories.items()):
+            epochs = [int(r["epoch"]) for r in rows]
+            ax.plot(epochs, [r[f"train_{key}"] for r in rows], "o-", color=cmap(c),
+                    markersize=3, label=f"{name} train")
+            ax.plot(epochs, [r[f"test_{key}"] for r in rows], "s--", color=cmap(c),
+                    markersize=3, label=f"{name} val")
+        ax.set_xlabel("epoch")
+        ax.set_ylabel(label)
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.grid(True, alpha=0.3)
+        ax.legend(fontsize=7, ncol=2)
+    if title:
+        fig.suptitle(title)
+    return _save(fig, path)

@@ -47,9 +47,20 @@ def interpolation(
     steps: int = 10,
 ) -> Path:
     """``interpolation.png``: for ``pairs`` pairs of test images (image 2i to image 2i + 1),
-    ``steps`` decoded points on the line between their posterior means, one row per pair."""
+    ``steps`` decoded points on the line between their posterior means, one row per pair.
+    A test split of fewer than ``2 * pairs`` images (the 13-image AFHQ sample's val split)
+    gives as many whole pairs as it holds.
+
+    Raises:
+        ValueError: the test split holds fewer than 2 images.
+    """
     model, cfg, metrics, device, label = _model(options, run, latent_dim)
     x, _, _ = first_test_images(cfg, 2 * pairs, device)
+    pairs = x.shape[0] // 2
+    if pairs < 1:
+        raise ValueError(f"interpolation needs 2 test images; the run's test split holds "
+                         f"{x.shape[0]}")
+    x = x[:2 * pairs]
     images = figures.interpolations(model, x[0::2], x[1::2], steps)
     fig = figures.image_panels([images], [label], Path(options.out) / "interpolation.png",
                                nrow=steps)
