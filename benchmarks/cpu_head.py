@@ -1,7 +1,7 @@
 """The VAE loss head on the CPU: fastvae against the hand-written eager loss, interleaved.
 
-One step is the MNIST-size loss head forward and backward (B=128, D=784, L=20, fp32): z and
-the KL from mu and logvar, the Bernoulli (logits) reconstruction loss, their sum, and
+One step is the MNIST-size loss head forward and backward (B=128, D=784, L=20, fp32): z and the
+KL from mu and logvar, the Bernoulli (logits) reconstruction loss, their sum, and
 ``torch.autograd.grad`` of (loss, z) with the incoming gradients made in advance. fastvae runs
 :func:`benchmarks.losses.fastvae_loss_head` (backend "auto": the PyTorch path on CPU tensors),
 the baseline :func:`benchmarks.losses.eager_loss_head` (the usual four lines). Single thread
@@ -10,9 +10,10 @@ machine shared with other work, wall-clock blocks include the time the process w
 core, which hits whichever implementation happened to run then.
 
 The two alternate in blocks of ``--block`` steps (interleaved, so drifts in machine load hit
-both; the order rotates every round), with a second copy of the eager loss as a control: its ratio to the first is the noise
-floor of the run (1.00 on a quiet machine). The medians of the per-step times of the blocks,
-the ratio and the control ratio are printed and, with ``--out``, written as JSON.
+both; the order rotates every round), with a second copy of the eager loss as a control: its
+ratio to the first is the noise floor of the run (1.00 on a quiet machine). The medians of the
+per-step times of the blocks, the ratio and the control ratio are printed and, with ``--out``,
+written as JSON.
 
     python -m benchmarks.cpu_head [--rounds 40] [--block 20] [--out FILE]
 """

@@ -2,11 +2,12 @@
 
 The model keeps its sigmoid decoder, its ``forward -> (recon, mu, logvar)`` and its separate
 ``loss_function``. Three lines are new or changed (marked ``# fastvae``: the import and two
-bodies); the six lines they replace are kept beside them in comments. The loss is the same number as the original's (summed
-``F.binary_cross_entropy`` on probabilities plus the summed KL), to float rounding. On CUDA the
-two calls run as Triton kernels; on the CPU as the PyTorch path, no slower than the lines they
-replace (``python -m benchmarks.cpu_head``). ``examples/dropin_fused.py`` goes one step further:
-the sample and the KL from one launch.
+bodies); the six lines they replace are kept beside them in comments. The loss is the same
+number as the original's (summed ``F.binary_cross_entropy`` on probabilities plus the summed
+KL), to float rounding. On CUDA the two calls run as Triton kernels; on the CPU as the PyTorch
+path, as fast as the lines they replace within measurement noise (``python -m
+benchmarks.cpu_head``).
+``examples/dropin_fused.py`` goes one step further: the sample and the KL from one launch.
 
     FASTVAE_DATA=/path/to/data python examples/dropin.py --epochs 1 [--limit 2048]
 """
