@@ -4,8 +4,8 @@
     python -m benchmarks.host --check         # exit 1 when the ratio is above HOST_BUDGET
 
 The loss head is one VAE loss step without the decoder, forward and backward: fastvae's
-``sample_and_kl(mu, logvar, reduction="mean")`` + ``reconstruction_loss(recon, x,
-"bernoulli", reduction="mean")`` + the add, against the eager loss people write
+``sample_and_kl(mu, logvar, reduction="batchmean")`` + ``reconstruction_loss(recon, x,
+"bernoulli", reduction="batchmean")`` + the add, against the eager loss people write
 (``randn_like`` reparameterization, the KL expression, ``F.binary_cross_entropy_with_logits(
 reduction="sum") / B``); backward is ``torch.autograd.grad`` of (loss, z) with a given dz
 (:func:`benchmarks.losses.step_fn`). Tiny CPU tensors (B = 8, D = 16, L = 20) and fastvae's
@@ -41,8 +41,8 @@ B, D = 8, 16
 
 
 def fastvae_head(mu, logvar, recon, x):
-    z, kl = fastvae.sample_and_kl(mu, logvar, reduction="mean", backend="triton")
-    return z, fastvae.reconstruction_loss(recon, x, "bernoulli", reduction="mean", backend="triton") + kl
+    z, kl = fastvae.sample_and_kl(mu, logvar, reduction="batchmean", backend="triton")
+    return z, fastvae.reconstruction_loss(recon, x, "bernoulli", reduction="batchmean", backend="triton") + kl
 
 
 def eager_head(mu, logvar, recon, x):

@@ -7,7 +7,8 @@ Three implementations of each op:
   ``F.mse_loss`` with ``reduction="sum"``);
 - ``compile``: ``torch.compile`` of exactly those eager functions;
 - ``fastvae``: :func:`fastvae.sample_and_kl` and :func:`fastvae.reconstruction_loss`
-  (backend "auto": the Triton kernels on CUDA, the PyTorch reference on the CPU).
+  (backend "auto": the Triton kernels on CUDA, the PyTorch path of
+  :mod:`fastvae.torch_backend` on the CPU).
 
 Ops: ``latent`` (sample z and the summed KL from ``(B, L)`` mu and logvar), ``recon_bernoulli``
 and ``recon_mse`` (summed loss of ``(B, D)`` decoder outputs), and ``loss_head`` (both, as one

@@ -35,7 +35,7 @@ from fastvae.functional import (  # noqa: E402
     reparameterize,
     sample_and_kl,
 )
-from fastvae.modules import ELBOLoss, GaussianKL, ReconstructionLoss  # noqa: E402
+from fastvae.modules import ELBOLoss, GaussianKL, GaussianSampler, ReconstructionLoss  # noqa: E402
 from fastvae.models import MLPVAE, VAE  # noqa: E402
 from fastvae.conv import ConvVAE  # noqa: E402
 
@@ -46,6 +46,7 @@ __all__ = [
     "ELBO",
     "ELBOLoss",
     "GaussianKL",
+    "GaussianSampler",
     "MLPVAE",
     "ReconstructionLoss",
     "SampleKL",

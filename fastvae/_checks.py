@@ -8,6 +8,24 @@ import numbers
 import torch
 
 FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
+_FLOAT_SET = frozenset(FLOAT_DTYPES)
+_DIMS = {1: "the batch", 2: "the batch and at least one latent dim"}
+
+
+def plain_pair(a, b, *, min_ndim: int, same_dtype: bool = True) -> bool:
+    """True when ``a`` and ``b`` are plain float tensors that pass :func:`tensor` and
+    :func:`same`: one cheap test for the common case (the hot path calls it every step); on
+    False the detailed checks run and raise with their messages."""
+    return (
+        type(a) is torch.Tensor
+        and type(b) is torch.Tensor
+        and a.dtype in _FLOAT_SET
+        and b.dtype in _FLOAT_SET
+        and (not same_dtype or a.dtype == b.dtype)
+        and a.dim() >= min_ndim
+        and a.shape == b.shape
+        and a.device == b.device
+    )
 
 
 def tensor(name: str, t, *, ndim: int | None = None, min_ndim: int = 1) -> None:
@@ -25,18 +43,20 @@ def tensor(name: str, t, *, ndim: int | None = None, min_ndim: int = 1) -> None:
         )
     if t.dim() < min_ndim:
         raise ValueError(
-            f"{name} must have at least {min_ndim} dim (the batch), got shape {tuple(t.shape)}"
+            f"{name} must have at least {min_ndim} dim{'s' if min_ndim > 1 else ''} "
+            f"({_DIMS[min_ndim]}), got shape "
+            f"{tuple(t.shape)}"
         )
 
 
-def same(name_a: str, a: torch.Tensor, name_b: str, b: torch.Tensor) -> None:
-    """``a`` and ``b`` must agree in shape, dtype and device."""
+def same(name_a: str, a: torch.Tensor, name_b: str, b: torch.Tensor, *, dtype: bool = True) -> None:
+    """``a`` and ``b`` must agree in shape, device and (unless ``dtype`` is False) dtype."""
     if a.shape != b.shape:
         raise ValueError(
             f"{name_b} must have the same shape as {name_a}: expected {tuple(a.shape)}, "
             f"got {tuple(b.shape)}"
         )
-    if a.dtype != b.dtype:
+    if dtype and a.dtype != b.dtype:
         raise TypeError(
             f"{name_b} must have the same dtype as {name_a}: expected {a.dtype}, got {b.dtype}"
         )
@@ -44,6 +64,31 @@ def same(name_a: str, a: torch.Tensor, name_b: str, b: torch.Tensor) -> None:
         raise ValueError(
             f"{name_b} must be on the same device as {name_a}: expected {a.device}, "
             f"got {b.device}"
+        )
+
+
+def broadcastable(name: str, t: torch.Tensor, name_to: str, to: torch.Tensor) -> None:
+    """``t`` must broadcast to ``to``'s shape (without enlarging it) and be on its device."""
+    try:
+        ok = torch.broadcast_shapes(t.shape, to.shape) == to.shape
+    except RuntimeError:
+        ok = False
+    if not ok:
+        raise ValueError(
+            f"{name} must be broadcastable to the shape of {name_to} {tuple(to.shape)}, got "
+            f"shape {tuple(t.shape)}"
+        )
+    if t.device != to.device:
+        raise ValueError(
+            f"{name} must be on the same device as {name_to}: expected {to.device}, got {t.device}"
+        )
+
+
+def real(name: str, value) -> None:
+    """``value`` must be a real Python number (not a bool, not a tensor)."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise TypeError(
+            f"{name} must be a float tensor or a real number, got {type(value).__name__}"
         )
 
 

@@ -27,7 +27,7 @@ from fastvae.cli_studies import add_commands as add_study_commands
 from fastvae.cli_studies import add_train_flags as add_study_train_flags
 from fastvae.data import BINARIZE
 from fastvae.functional import BACKENDS
-from fastvae.reference import LIKELIHOODS
+from fastvae.models import MODEL_LIKELIHOODS as LIKELIHOODS
 from fastvae.train import (
     LR_SCHEDULES,
     NONFINITE,

@@ -63,14 +63,15 @@ def log_importance_weights(
 
 
 def iwae_loss(
-    model: VAE, x: torch.Tensor, k: int, *, reduction: str = "mean",
+    model: VAE, x: torch.Tensor, k: int, *, reduction: str = "batchmean",
     generator: torch.Generator | None = None,
 ) -> ELBO:
     """The IWAE training objective -L_k(x), differentiable (gradients through the
     reparameterized draws, Burda et al. 2016, section 3).
 
     Returns :class:`fastvae.ELBO` ``(loss, recon, kl)`` in nats, reduced as ``reduction``
-    ("mean": per image): ``loss = -L_k``; ``recon`` the mean over the k draws of
+    ("batchmean", the default: per image; "mean" divides by B x input_dim, torch's per-element
+    mean): ``loss = -L_k``; ``recon`` the mean over the k draws of
     -log p(x | z_i); ``kl = loss - recon``, the rest of the bound (for k = 1 a one-sample
     estimate of the KL). Only ``loss`` is the objective.
     """
@@ -79,4 +80,5 @@ def iwae_loss(
     logw = log_prior_ratio - nll_x
     loss = -(torch.logsumexp(logw, dim=0) - math.log(k)).float()
     recon = nll_x.mean(0).float()
-    return ELBO(*(reduce_rows(t, reduction) for t in (loss, recon, loss - recon)))
+    numel = x.shape[0] * model.input_dim
+    return ELBO(*(reduce_rows(t, reduction, numel) for t in (loss, recon, loss - recon)))

@@ -19,7 +19,11 @@ from torch import nn
 
 from fastvae import _checks
 from fastvae.functional import ELBO, reconstruction_loss, reparameterize, sample_and_kl
-from fastvae.reference import LIKELIHOODS, REDUCTIONS
+from fastvae.reference import REDUCTIONS
+
+# The decoders' likelihoods: "bernoulli" decoders output logits (the loss applies the sigmoid);
+# "bernoulli_probs" is for models whose decoder ends in a sigmoid, not fastvae's.
+MODEL_LIKELIHOODS = ("bernoulli", "mse", "gaussian")
 
 
 class VAE(nn.Module):
@@ -57,7 +61,7 @@ class VAE(nn.Module):
         if not input_shape or any(s < 1 for s in input_shape):
             raise ValueError(f"input_shape must be non-empty with sizes >= 1, got {input_shape}")
         _checks.positive_int("latent_dim", latent_dim)
-        _checks.choice("likelihood", likelihood, LIKELIHOODS)
+        _checks.choice("likelihood", likelihood, MODEL_LIKELIHOODS)
         check_dropout(dropout)
         if logvar_floor is not None:
             if not (isinstance(logvar_floor, (int, float)) and math.isfinite(logvar_floor)):
@@ -212,7 +216,7 @@ class VAE(nn.Module):
         self,
         x: torch.Tensor,
         beta: float = 1.0,
-        reduction: str = "mean",
+        reduction: str = "batchmean",
         generator: torch.Generator | None = None,
     ) -> ELBO:
         """The beta-VAE objective with a single-sample estimate of the reconstruction term.
@@ -224,8 +228,9 @@ class VAE(nn.Module):
         Args:
             x: ``(B, *input_shape)`` float data ([0, 1] for "bernoulli"; binarized or not).
             beta: KL weight >= 0.
-            reduction: "mean" (batch mean of per-sample sums: nats per image), "sum", or
-                "none" (per-sample ``(B,)``).
+            reduction: "batchmean" (the per-image loss averaged over the batch: nats per
+                image), "sum", "mean" (per element, torch's meaning: divided by
+                B x input_dim; the KL by B x latent_dim), or "none" (per-sample ``(B,)``).
             generator: torch.Generator on x's device type for the sample (else torch's default).
 
         Returns:

@@ -57,8 +57,8 @@ from fastvae import _checks, builders, distributed, plots
 from fastvae.data import BINARIZE, ImageBatches, ShardedImageBatches, mix_seed
 from fastvae.functional import BACKENDS
 from fastvae.iwae import iwae_loss
+from fastvae.models import MODEL_LIKELIHOODS as LIKELIHOODS
 from fastvae.models import VAE
-from fastvae.reference import LIKELIHOODS
 from fastvae.runlock import LOCK_NAME, RunLock
 
 METRIC_COLUMNS = (

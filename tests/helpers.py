@@ -114,8 +114,12 @@ def assert_close(
 # ------------------------------------------------------------------ independent oracles
 
 
-def reduce(rows: torch.Tensor, reduction: str) -> torch.Tensor:
-    return {"none": rows, "sum": rows.sum(), "mean": rows.mean()}[reduction]
+def reduce(rows: torch.Tensor, reduction: str, numel: int | None = None) -> torch.Tensor:
+    """Per-sample ``rows`` reduced by torch's names: "mean" divides the total by ``numel``
+    (the elements the rows summed over), "batchmean" by the batch size."""
+    if reduction == "mean":
+        return rows.sum() / numel
+    return {"none": rows, "sum": rows.sum(), "batchmean": rows.mean()}[reduction]
 
 
 def kl_oracle(mu: torch.Tensor, lv: torch.Tensor) -> torch.Tensor:
@@ -131,6 +135,8 @@ def recon_oracle(likelihood, recon, x, logvar=None) -> torch.Tensor:
     r, t = recon.double(), x.double()
     if likelihood == "bernoulli":
         elem = F.binary_cross_entropy_with_logits(r, t, reduction="none")
+    elif likelihood == "bernoulli_probs":
+        elem = F.binary_cross_entropy(r, t, reduction="none")
     elif likelihood == "mse":
         elem = F.mse_loss(r, t, reduction="none")
     else:

@@ -326,3 +326,21 @@ def test_gpu_check_smoke_flow(tmp_path):
     assert {r["op"] for r in data["rows"]} == {"recon_bernoulli", "recon_mse", "loss_head"}
     assert all(r["error"] is None for r in data["rows"])
     assert data["gpu_check"]["parts"] == ["recon", "loss_head"] and data["gpu_check"]["outcome"]["benchmarks"]["ok"]
+
+
+def test_cpu_head_benchmark_runs(tmp_path):
+    """python -m benchmarks.cpu_head, briefly: both implementations timed, interleaved, the
+    ratio written (no timing assertion: a shared CI machine is too noisy for one)."""
+    from benchmarks import cpu_head
+
+    out = tmp_path / "cpu_head.json"
+    threads = torch.get_num_threads()
+    try:
+        assert cpu_head.main(["--rounds", "2", "--block", "2", "--out", str(out)]) == 0
+    finally:
+        torch.set_num_threads(threads)
+    res = json.loads(out.read_text())
+    assert res["threads"] == 1 and res["case"]["batch"] == 128 and res["case"]["dim"] == 784
+    assert res["eager_us"] > 0 and res["fastvae_us"] > 0
+    assert res["ratio"] == pytest.approx(res["fastvae_us"] / res["eager_us"])
+    assert res["control_ratio"] > 0

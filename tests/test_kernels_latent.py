@@ -57,13 +57,13 @@ def test_sample_and_kl_forward(shape, dtype, device):
 
 
 @pytest.mark.parametrize("shape", [(6, 5), (300, 30)], ids=["one-program", "many-programs"])
-@pytest.mark.parametrize("reduction", ["none", "sum", "mean"])
+@pytest.mark.parametrize("reduction", ["none", "sum", "batchmean"])
 def test_gaussian_kl_reductions(reduction, shape, device):
     """A reduced KL comes from one program below 8192 elements (300 x 30 is above)."""
     mu, lv = latent(shape, torch.float32, device)
     got = fastvae.gaussian_kl(mu, lv, reduction, **TRITON)
     rows = kl_oracle(mu, lv)
-    want = {"none": rows, "sum": rows.sum(), "mean": rows.mean()}[reduction]
+    want = {"none": rows, "sum": rows.sum(), "batchmean": rows.mean()}[reduction]
     assert_close(got, want, dtype=torch.float32)
     mu.requires_grad_(True)
     lv.requires_grad_(True)
@@ -71,7 +71,7 @@ def test_gaussian_kl_reductions(reduction, shape, device):
     assert_close(kl, want, dtype=torch.float32)
     weight = torch.randn(rows.shape, device=device) if reduction == "none" else torch.tensor(2.5, device=device)
     got = torch.autograd.grad((kl * weight).sum(), (mu, lv))
-    scale = (weight / shape[0] if reduction == "mean" else weight).reshape(-1, 1)
+    scale = (weight / shape[0] if reduction == "batchmean" else weight).reshape(-1, 1)
     assert_close(got[0], scale * mu.detach(), name="dmu")
     assert_close(got[1], scale * 0.5 * torch.expm1(lv.detach()), name="dlogvar")
 
@@ -100,7 +100,7 @@ def test_overflow_and_nan_propagate_like_reference(device):
     assert torch.isinf(kl[0]) and torch.isnan(kl[1]) and torch.isinf(kl[2]) and torch.isinf(kl[3])
 
 
-@pytest.mark.parametrize("reduction", ["none", "sum", "mean"])
+@pytest.mark.parametrize("reduction", ["none", "sum", "batchmean"])
 @pytest.mark.parametrize("shape", [(1, 1), (5, 3), (4, 130)])
 def test_sample_and_kl_backward(shape, reduction, device):
     mu, lv = latent(shape, torch.float32, device, seed=1)
@@ -121,7 +121,7 @@ def test_sample_and_kl_backward(shape, reduction, device):
     assert_close(got[0], want[0], dtype=torch.float32, name="dmu")
     assert_close(got[1], want[1], dtype=torch.float32, name="dlogvar")
     # Closed forms (DESIGN.md section 2): dmu = dz + g*mu, dlv = 0.5 dz eps std + g*0.5*(e^lv - 1).
-    g = row_w if reduction == "none" else torch.full_like(row_w, 3.0 / (shape[0] if reduction == "mean" else 1))
+    g = row_w if reduction == "none" else torch.full_like(row_w, 3.0 / (shape[0] if reduction == "batchmean" else 1))
     std = torch.exp(0.5 * lv.detach())
     assert_close(got[0], w + g[:, None] * mu.detach(), dtype=torch.float32, name="dmu closed form")
     dlv = 0.5 * w * eps * std + g[:, None] * 0.5 * torch.expm1(lv.detach())

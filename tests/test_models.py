@@ -113,10 +113,16 @@ def test_reductions_agree():
     x = data(6)
     per = m.loss(x, reduction="none", generator=torch.Generator().manual_seed(3))
     tot = m.loss(x, reduction="sum", generator=torch.Generator().manual_seed(3))
+    batchmean = m.loss(x, generator=torch.Generator().manual_seed(3))  # the default
     mean = m.loss(x, reduction="mean", generator=torch.Generator().manual_seed(3))
-    for p, s, a in zip(per, tot, mean):
+    for p, s, a in zip(per, tot, batchmean):
         torch.testing.assert_close(p.sum(), s)
         torch.testing.assert_close(p.mean(), a)
+    # "mean" is per element: the reconstruction over B x input_dim, the KL over B x latent_dim
+    rec_mean, kl_mean = per.recon.sum() / (6 * m.input_dim), per.kl.sum() / (6 * m.latent_dim)
+    torch.testing.assert_close(mean.recon, rec_mean)
+    torch.testing.assert_close(mean.kl, kl_mean)
+    torch.testing.assert_close(mean.loss, rec_mean + kl_mean)
 
 
 def test_loss_rejects_bad_arguments():

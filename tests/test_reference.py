@@ -1,7 +1,7 @@
 """The pure-PyTorch reference (fastvae.reference) against independent oracles and against itself.
 
-Oracles: torch.distributions.kl_divergence, F.binary_cross_entropy_with_logits, F.mse_loss,
-F.gaussian_nll_loss, evaluated in float64 from the same (already rounded) inputs, and the
+Oracles: torch.distributions.kl_divergence, F.binary_cross_entropy_with_logits,
+F.binary_cross_entropy, F.mse_loss, F.gaussian_nll_loss, evaluated in float64 from the same (already rounded) inputs, and the
 closed-form gradients of DESIGN.md section 2. The reference is the test oracle for the kernels,
 so it is held here to fp32 tolerance against float64 truth.
 """
@@ -19,8 +19,8 @@ from hypothesis import strategies as st
 
 from fastvae import reference as R
 
-REDUCTIONS = ["none", "sum", "mean"]
-LIKELIHOODS = ["bernoulli", "mse", "gaussian"]
+REDUCTIONS = ["none", "sum", "mean", "batchmean"]
+LIKELIHOODS = ["bernoulli", "bernoulli_probs", "mse", "gaussian"]
 
 
 def gen(seed: int = 0) -> torch.Generator:
@@ -44,7 +44,9 @@ def phi_exact(v: torch.Tensor) -> torch.Tensor:
 def make_recon(likelihood, shape, dtype=torch.float32, seed=0, scale=2.0):
     g = gen(seed)
     recon = torch.randn(shape, generator=g, dtype=torch.float64) * scale
-    if likelihood == "bernoulli":
+    if likelihood == "bernoulli_probs":
+        recon = torch.sigmoid(recon)
+    if likelihood.startswith("bernoulli"):
         x = torch.rand(shape, generator=g, dtype=torch.float64)
     else:
         x = torch.randn(shape, generator=g, dtype=torch.float64)
@@ -112,16 +114,18 @@ def test_kl_matches_distributions(shape, reduction):
     got = R.gaussian_kl(mu, lv, reduction)
     assert got.dtype == torch.float32
     assert got.shape == ((shape[0],) if reduction == "none" else ())
-    assert_close(got, reduce(kl_oracle(mu, lv), reduction), dtype=torch.float32, name=f"kl {reduction}")
+    want = reduce(kl_oracle(mu, lv), reduction, mu.numel())
+    assert_close(got, want, dtype=torch.float32, name=f"kl {reduction}")
 
 
-def test_kl_mean_is_batch_mean_of_row_sums():
+def test_kl_reductions_by_hand():
     mu = torch.tensor([[1.0, 2.0], [0.0, 0.0], [3.0, 0.0]])
     lv = torch.zeros(3, 2)
     # per-sample 0.5 * sum mu^2 = [2.5, 0, 4.5]
     assert_close(R.gaussian_kl(mu, lv, "none"), torch.tensor([2.5, 0.0, 4.5]), rtol=0, atol=0)
     assert_close(R.gaussian_kl(mu, lv, "sum"), torch.tensor(7.0), rtol=0, atol=0)
-    assert_close(R.gaussian_kl(mu, lv, "mean"), torch.tensor(7.0 / 3), rtol=1e-7, atol=0)
+    assert_close(R.gaussian_kl(mu, lv, "batchmean"), torch.tensor(7.0 / 3), rtol=1e-7, atol=0)
+    assert_close(R.gaussian_kl(mu, lv, "mean"), torch.tensor(7.0 / 6), rtol=1e-7, atol=0)
 
 
 def test_kl_near_zero_logvar_is_accurate():
@@ -189,7 +193,7 @@ def test_kl_exp_overflow_gives_inf_not_nan():
     assert rows.tolist()[0] == inf and rows.tolist()[2:] == [inf, inf, inf]
     assert_close(rows[1], kl_oracle(mu[1:2], lv[1:2])[0], dtype=torch.float32)
     assert_close(rows[:2], kl_oracle(mu[:2], lv[:2]).float(), dtype=torch.float32)
-    for reduction in ("sum", "mean"):
+    for reduction in ("sum", "mean", "batchmean"):
         assert R.gaussian_kl(mu, lv, reduction).item() == inf
     # In float64 the finite inputs stay finite and match the oracle.
     rows64 = R.gaussian_kl(mu[:2].double(), lv[:2].double(), "none")
@@ -216,6 +220,7 @@ def test_kl_nan_propagates_to_its_row_only(where):
     assert_close(rows, kl_oracle(mu, lv), dtype=torch.float32)  # NaN at the same position
     assert math.isnan(R.gaussian_kl(mu, lv, "sum").item())
     assert math.isnan(R.gaussian_kl(mu, lv, "mean").item())
+    assert math.isnan(R.gaussian_kl(mu, lv, "batchmean").item())
 
 
 # ---------------------------------------------------------------------- reconstruction_loss
@@ -229,7 +234,7 @@ def test_recon_matches_functional(likelihood, shape, reduction):
     got = R.reconstruction_loss(recon, x, likelihood, recon_logvar=lv, reduction=reduction)
     assert got.dtype == torch.float32
     assert got.shape == ((shape[0],) if reduction == "none" else ())
-    want = reduce(recon_oracle(likelihood, recon, x, lv), reduction)
+    want = reduce(recon_oracle(likelihood, recon, x, lv), reduction, recon.numel())
     assert_close(got, want, dtype=torch.float32, name=f"{likelihood} {reduction}")
     # The fp64 reference is fp64-accurate.
     r64, x64, lv64 = (None if t is None else t.double() for t in (recon, x, lv))
@@ -246,9 +251,21 @@ def test_recon_known_values():
                  torch.full((2,), 3 * math.log(2)), dtype=torch.float32)
     assert_close(R.reconstruction_loss(zeros, x, "mse", reduction="none"), torch.tensor([1.25, 3.0]),
                  rtol=0, atol=0)
-    # gaussian, m = x, v = 0: 0.5 * log(2 pi) per element; "mean" = batch mean of row sums.
-    assert_close(R.reconstruction_loss(x, x, "gaussian", recon_logvar=zeros, reduction="mean"),
+    # gaussian, m = x, v = 0: 0.5 * log(2 pi) per element; "batchmean" = batch mean of row
+    # sums, "mean" = per element.
+    assert_close(R.reconstruction_loss(x, x, "gaussian", recon_logvar=zeros, reduction="batchmean"),
                  torch.tensor(1.5 * math.log(2 * math.pi)), dtype=torch.float32)
+    assert_close(R.reconstruction_loss(x, x, "gaussian", recon_logvar=zeros, reduction="mean"),
+                 torch.tensor(0.5 * math.log(2 * math.pi)), dtype=torch.float32)
+    # the same with a float log-variance, and without the constant (full=False)
+    assert_close(R.reconstruction_loss(x, x, "gaussian", recon_logvar=0.0, reduction="mean"),
+                 torch.tensor(0.5 * math.log(2 * math.pi)), dtype=torch.float32)
+    assert R.reconstruction_loss(x, x, "gaussian", recon_logvar=0.0, full=False).item() == 0.0
+    # probabilities 1/2: log 2 per element; p = 0 or 1 against the wrong target: 100 (clamp)
+    p = torch.tensor([[0.5, 0.5, 0.5], [0.0, 1.0, 1.0]])
+    t = torch.tensor([[0.0, 1.0, 0.5], [1.0, 0.0, 1.0]])
+    assert_close(R.reconstruction_loss(p, t, "bernoulli_probs", reduction="none"),
+                 torch.tensor([3 * math.log(2), 200.0]), dtype=torch.float32)
 
 
 def test_bernoulli_extreme_logits_finite_and_matching():
@@ -285,7 +302,7 @@ def test_bernoulli_precision_confident_logits_soft_targets():
                  rtol=1e-5, atol=0, name="tiny bernoulli")
 
 
-@pytest.mark.parametrize("likelihood", LIKELIHOODS)
+@pytest.mark.parametrize("likelihood", ["bernoulli", "mse", "gaussian"])  # probabilities: below
 def test_recon_inf_nan_propagate_like_oracle(likelihood):
     inf, nan = float("inf"), float("nan")
     recon, x, lv = make_recon(likelihood, (7, 4), seed=6)
@@ -309,9 +326,9 @@ def test_recon_inf_nan_propagate_like_oracle(likelihood):
     n_bad = 7 if lv is not None else 5
     assert not torch.isfinite(got[:n_bad]).any()
     assert torch.isfinite(got[n_bad:]).all()  # each bad input poisons only its own row
-    for reduction in ("sum", "mean"):
+    for reduction in ("sum", "mean", "batchmean"):
         total = R.reconstruction_loss(recon, x, likelihood, recon_logvar=lv, reduction=reduction)
-        assert_close(total, reduce(want, reduction), dtype=torch.float32)
+        assert_close(total, reduce(want, reduction, recon.numel()), dtype=torch.float32)
         assert not math.isfinite(total.item())
 
 
@@ -325,6 +342,27 @@ def test_mse_gaussian_infinite_values():
     g = R.reconstruction_loss(torch.zeros(2, 1), torch.tensor([[inf], [1.0]]), "gaussian",
                               recon_logvar=torch.tensor([[0.0], [inf]]), reduction="none")
     assert g.tolist() == [inf, inf]
+
+
+def test_bernoulli_probs_is_binary_cross_entropy_at_the_edges():
+    """p = 0 and 1 exactly (a saturated sigmoid): F.binary_cross_entropy's clamped logs give
+    at most 100 nats per element, and its gradient (p - x) / max(p (1 - p), 1e-12); a NaN
+    probability propagates to its row (the oracle refuses it)."""
+    p = torch.tensor([[0.0, 0.0, 1.0, 1.0, 1e-30, 0.5]], dtype=torch.float32).repeat(2, 1)
+    x = torch.tensor([[0.0, 1.0, 0.0, 1.0, 0.5, 0.25]]).repeat(2, 1)
+    p.requires_grad_(True)
+    got = R.reconstruction_loss(p, x, "bernoulli_probs", reduction="sum")
+    got.backward()
+    p2 = p.detach().clone().requires_grad_(True)
+    want = F.binary_cross_entropy(p2, x, reduction="sum")
+    want.backward()
+    assert_close(got, want, dtype=torch.float32, name="value")
+    assert_close(p.grad, p2.grad, dtype=torch.float32, name="gradient")
+    assert got.item() == pytest.approx(2 * (200.0 - 0.5 * math.log(1e-30) + math.log(2)), rel=1e-6)
+    nan_p = p.detach().clone()
+    nan_p[1, 5] = float("nan")
+    rows = R.reconstruction_loss(nan_p, x, "bernoulli_probs", reduction="none")
+    assert torch.isfinite(rows[0]) and torch.isnan(rows[1])
 
 
 def test_bernoulli_infinite_logit_confidently_wrong_is_inf():
@@ -341,9 +379,12 @@ def test_empty_batch():
         lv = empty if likelihood == "gaussian" else None
         assert R.reconstruction_loss(empty, empty, likelihood, recon_logvar=lv, reduction="none").shape == (0,)
         assert R.reconstruction_loss(empty, empty, likelihood, recon_logvar=lv, reduction="sum").item() == 0.0
-        assert math.isnan(R.reconstruction_loss(empty, empty, likelihood, recon_logvar=lv, reduction="mean").item())
+        for reduction in ("mean", "batchmean"):
+            loss = R.reconstruction_loss(empty, empty, likelihood, recon_logvar=lv, reduction=reduction)
+            assert math.isnan(loss.item())
     assert R.gaussian_kl(empty, empty, "none").shape == (0,)
     assert math.isnan(R.gaussian_kl(empty, empty, "mean").item())
+    assert math.isnan(R.gaussian_kl(empty, empty, "batchmean").item())
 
 
 # --------------------------------------------------------------------------------- gradients
@@ -366,12 +407,15 @@ def test_recon_gradients_match_closed_forms(likelihood, reduction, dtype):
         row_scale = torch.randn(5, generator=gen(8), dtype=loss.dtype)
         (loss * row_scale).sum().backward()
     else:
-        row_scale = torch.full((5,), 3.0 / (5 if reduction == "mean" else 1), dtype=torch.float64)
+        div = {"sum": 1, "mean": recon.numel(), "batchmean": 5}[reduction]
+        row_scale = torch.full((5,), 3.0 / div, dtype=torch.float64)
         (3.0 * loss + (recon.detach() ** 2).sum()).backward()
     scale = row_scale.double().reshape(5, 1, 1)
     r, t = recon.detach().double(), x.double()
     if likelihood == "bernoulli":
         d_recon = torch.sigmoid(r) - t
+    elif likelihood == "bernoulli_probs":
+        d_recon = (r - t) / (r * (1 - r))
     elif likelihood == "mse":
         d_recon = 2 * (r - t)
     else:
@@ -398,7 +442,8 @@ def test_kl_gradients_match_closed_forms(reduction, dtype):
         row_scale = torch.randn(6, generator=gen(10), dtype=kl.dtype)
         (kl * row_scale).sum().backward()
     else:
-        row_scale = torch.full((6,), 3.0 / (6 if reduction == "mean" else 1), dtype=torch.float64)
+        div = {"sum": 1, "mean": mu.numel(), "batchmean": 6}[reduction]
+        row_scale = torch.full((6,), 3.0 / div, dtype=torch.float64)
         (3.0 * kl + mu.sum() * 0.0 + 1.0).backward()
     scale = row_scale.double().unsqueeze(1)
     assert_close(mu.grad, scale * mu.detach().double(), dtype=dtype, name="dmu")
@@ -442,6 +487,8 @@ def test_gradcheck_reconstruction_loss(likelihood, reduction):
     if likelihood == "bernoulli":
         with torch.no_grad():
             recon[0, 0, 0] = 0.0
+    if likelihood == "bernoulli_probs":
+        recon = torch.sigmoid(recon).detach().requires_grad_(True)
     lv = _f64(3, 2, 3, seed=15) if likelihood == "gaussian" else None
     x.requires_grad_(likelihood != "bernoulli")
     inputs = (recon, x) if lv is None else (recon, x, lv)
@@ -467,6 +514,9 @@ def test_gradcheck_sample_and_kl_and_elbo():
     recon, x = _f64(3, 5, seed=22), torch.rand(3, 5, generator=gen(23), dtype=torch.float64)
     assert torch.autograd.gradcheck(
         lambda r, m, v: R.elbo_loss(r, x, m, v, beta=4.0, reduction="mean"), (recon, mu, lv))
+    assert torch.autograd.gradcheck(
+        lambda r, m, v: R.elbo_loss(r, x, m, v, beta=4.0, reduction="mean", kl_reduction="batchmean"),
+        (recon, mu, lv))
 
 
 # ----------------------------------------------------------------------------- reparameterize
@@ -584,8 +634,8 @@ def test_elbo_is_recon_plus_beta_kl(likelihood, reduction, beta):
     mu, lv = torch.randn(3, 4, generator=g), torch.randn(3, 4, generator=g)
     loss, rec, kl = R.elbo_loss(recon, x, mu, lv, beta=beta, likelihood=likelihood, recon_logvar=lv_dec,
                                 reduction=reduction)
-    want_rec = reduce(recon_oracle(likelihood, recon, x, lv_dec), reduction)
-    want_kl = reduce(kl_oracle(mu, lv), reduction)
+    want_rec = reduce(recon_oracle(likelihood, recon, x, lv_dec), reduction, recon.numel())
+    want_kl = reduce(kl_oracle(mu, lv), reduction, mu.numel())
     assert_close(rec, want_rec, dtype=torch.float32, name="recon")
     assert_close(kl, want_kl, dtype=torch.float32, name="kl")
     assert_close(loss, want_rec + beta * want_kl, dtype=torch.float32, name="loss")
@@ -595,7 +645,7 @@ def test_elbo_known_value():
     recon, x = torch.zeros(2, 3), torch.tensor([[0.0, 1.0, 1.0], [1.0, 0.0, 0.5]])
     mu, lv = torch.tensor([[1.0, 0.0], [1.0, 0.0]]), torch.zeros(2, 2)
     for beta in (1.0, 4.0):
-        loss, rec, kl = R.elbo_loss(recon, x, mu, lv, beta=beta, reduction="mean")
+        loss, rec, kl = R.elbo_loss(recon, x, mu, lv, beta=beta, reduction="batchmean")
         assert_close(rec, torch.tensor(3 * math.log(2)), dtype=torch.float32)
         assert_close(kl, torch.tensor(0.5), dtype=torch.float32)
         assert_close(loss, torch.tensor(3 * math.log(2) + 0.5 * beta), dtype=torch.float32)
