@@ -67,17 +67,7 @@ def _family(name):
     return next(f for f in ("recon_bernoulli", "recon_mse", "recon_gaussian", "latent") if name.startswith(f))
 
 
-# Today's kernels miss the budgets of these families (the target of issue 9's kernel work); the
-# lead removes the xfail marks when the rewritten kernels have merged.
-_MISSED_TODAY = pytest.mark.xfail(strict=False, reason="issue 9: kernels not yet at the budgets")
-
-
-@pytest.mark.parametrize("family", [
-    pytest.param("recon_bernoulli", marks=_MISSED_TODAY),
-    "recon_mse",
-    "recon_gaussian",
-    pytest.param("latent", marks=_MISSED_TODAY),
-])
+@pytest.mark.parametrize("family", ["recon_bernoulli", "recon_mse", "recon_gaussian", "latent"])
 def test_budgets(rows, family):
     missed = [m for r in rows if _family(r["name"]) == family for m in static.missed_budgets(r)]
     assert not missed, "\n".join(missed)
