@@ -98,6 +98,27 @@ def test_parse_sass():
     assert len(s.fp64) == 2 and (s.loads_128, s.stores_128) == (1, 0)
 
 
+_TICKET_SASS = """
+        /*0000*/                   LDG.E.128 R4, desc[UR6][R2.64] ;
+        /*0010*/              @P0 BRA 0x30 ;
+        /*0020*/                   ATOMG.E.ADD.STRONG.GPU PT, R6, desc[UR6][R4.64], R7 ;
+        /*0030*/               @P1 EXIT ;
+        /*0040*/                   LDG.E.STRONG.GPU R8, desc[UR6][R2.64] ;
+        /*0050*/                   STG.E desc[UR6][R2.64], R8 ;
+        /*0060*/                   EXIT ;
+        /*0070*/                   BRA 0x70;
+"""
+
+
+def test_parse_sass_splits_off_what_only_the_last_program_runs():
+    s = sass.parse_sass(_TICKET_SASS)
+    assert s.instructions == 7 and s.last_program_only == 3  # after the EXIT past the ticket
+    assert sass.parse_sass(_SASS).last_program_only == 0  # no ticket
+    # a branch from before that EXIT to code after it: nothing is split off
+    jumps = _TICKET_SASS.replace("@P0 BRA 0x30", "@P0 BRA 0x50")
+    assert sass.parse_sass(jumps).last_program_only == 0
+
+
 def test_access_shapes():
     ttgir = """
     %a = tt.load %p, %m, %o : tensor<64x32x!tt.ptr<f32>, #blocked> loc(#l)
@@ -131,7 +152,8 @@ def test_missed_budgets_names_each_miss():
 
 
 def test_estimate_is_bounded_by_the_byte_model():
-    row = {"num_warps": 4, "registers": 32, "grid": [1 << 16], "elements_per_tile": 4096, "sass_instructions": 200}
+    row = {"num_warps": 4, "registers": 32, "grid": [1 << 16], "elements_per_tile": 4096, "sass_instructions": 200,
+           "sass_last_program": 0}
     n = 1 << 28
     gpu = static.GPUS["h100"]
     full = static.estimate_pct(row, gpu, launch_bytes=3 * n * 4, model_bytes=3 * n * 4, n=n)
@@ -139,3 +161,8 @@ def test_estimate_is_bounded_by_the_byte_model():
     assert static.estimate_pct(row, gpu, 5 * n * 4, 3 * n * 4, n) == pytest.approx(full * 3 / 5, rel=1e-3)
     slow = {**row, "sass_instructions": 20000}  # issue bound
     assert static.estimate_pct(slow, gpu, 3 * n * 4, 3 * n * 4, n) < 50
+    # an in-place launch (one argument read and written) moves at least its model's bytes
+    assert static.estimate_pct(row, gpu, n * 4, 2 * n * 4, n) <= 100
+    # the last program's serial sum (once per launch) costs time, not instructions per element
+    summed = {**row, "sass_last_program": 100}
+    assert static.estimate_pct(summed, gpu, 3 * n * 4, 3 * n * 4, n) < full
