@@ -29,7 +29,10 @@ class Sass:
 
     ``instructions``: every instruction except ``NOP`` padding and the ``BRA`` to itself that
     ends the code after ``EXIT`` (a static count: each instruction once, however often it
-    runs). ``load_bits`` / ``store_bits``: the widest global load (``LDG``) and store
+    runs). ``last_program_only``: those of them that only the program drawing the last ticket
+    of a last-program reduction can run -- everything after the first ``EXIT`` that follows
+    the ticket's atomic add (``ATOMG``/``ATOM`` ``.ADD``), where every other program leaves --
+    provided no branch before that ``EXIT`` jumps past it; 0 for a kernel without a ticket. ``load_bits`` / ``store_bits``: the widest global load (``LDG``) and store
     (``STG``), in bits (0 when there is none); ``loads_128`` / ``stores_128``: how many of them
     are 128 bits wide. ``fp64``: the double-precision instructions.
     """
@@ -41,6 +44,7 @@ class Sass:
     loads_128: int
     stores_128: int
     fp64: tuple[str, ...]
+    last_program_only: int = 0
 
 
 def _width(opcode: str) -> int:
@@ -58,7 +62,8 @@ def _width(opcode: str) -> int:
 def parse_sass(text: str) -> Sass:
     count, loads, stores, fp64 = 0, [0], [0], []
     lines = [m.groups() for m in map(_INSTR.match, text.splitlines()) if m]
-    for i, (addr, instr) in enumerate(lines):
+    ticket, split, split_count, max_target = False, None, 0, -1
+    for addr, instr in lines:
         m = _OPCODE.match(instr)
         op = m.group(1) if m else ""
         if op == "NOP":
@@ -67,13 +72,20 @@ def parse_sass(text: str) -> Sass:
         if op.startswith("BRA") and target and int(target.group(1), 16) == int(addr, 16):
             continue  # the endless self-branch after EXIT
         count += 1
+        if split is None and target:
+            max_target = max(max_target, int(target.group(1), 16))
+        if op.startswith(("ATOMG", "ATOM.")) and ".ADD" in op:
+            ticket = True
+        elif ticket and split is None and op == "EXIT":
+            split, split_count = int(addr, 16), count
         if op.startswith("LDG"):
             loads.append(_width(op))
         elif op.startswith("STG"):
             stores.append(_width(op))
         if _FP64.search(op):
             fp64.append(instr)
-    return Sass(text, count, max(loads), max(stores), loads.count(128), stores.count(128), tuple(fp64))
+    last_only = count - split_count if split is not None and max_target <= split else 0
+    return Sass(text, count, max(loads), max(stores), loads.count(128), stores.count(128), tuple(fp64), last_only)
 
 
 def disassemble(cubin: bytes) -> str:

@@ -13,7 +13,8 @@ kernels and launch heuristics the launchers have, including any extra kernel the
 
 Scenarios (fp32 and bf16): recon ``bernoulli``/``mse``/``gaussian`` at B x D = 4096 x 49152 and
 128 x 784 -- forward without gradient (phase ``fwd``), reduction "sum" forward with gradient
-(``fwd_grad``) and its backward (``bwd_sum``), reduction "none" backward (``bwd``); latent
+(``fwd_grad``) and its backward (``bwd_sum``: the scale kernel), reduction "none" forward
+with the loss per row (``fwd_rows``) and backward (``bwd``); latent
 ``sample_and_kl`` at B in {128, 65536} x L in {20, 128}, reductions "sum" and "mean" (rows of
 "mean" that compile differently get the suffix ``_mean``), forward (``fwd``) and backward with
 dz and the KL's gradient (``bwd``). A variant (kernel + specialization) is reported once per
@@ -31,24 +32,38 @@ Per row (``DIR/report.json``; the SASS as ``DIR/<name>.sass``):
 - ``elements_per_tile``: the largest tensor a ``tt.load``/``tt.store`` moves (Triton GPU IR);
   ``elements_per_thread`` = that / (num_warps * 32).
 - ``sass_instructions``: static SASS count (NOP padding and the closing self-branch excluded).
-- ``sass_per_element`` = sass_instructions / elements_per_thread: the instructions one thread
-  issues per element it handles, for a pass of the code over one tile. Each instruction is
-  counted once: exact for loop-free code, and for loops that run once per tile (as the
-  benchmark sizes make them: K = 1 sample, L <= the L block); a loop that runs several times
-  per tile would be undercounted, a prologue shared by several tiles overcounted.
+- ``sass_last_program``: the part of ``sass_instructions`` that only the program drawing the
+  last ticket of a one-launch reduction runs (the fixed-order sum of the per-program partials,
+  the counter reset): everything after the first ``EXIT`` that follows the ticket's atomic add,
+  where every other program leaves (:func:`benchmarks.sass.parse_sass`; 0 without a ticket, or
+  when a branch before that ``EXIT`` jumps past it). It runs once per launch, not once per
+  element, so the per-element count leaves it out; it is reported, and its cost is in the
+  estimate below (its registers count too: ``registers`` is the whole kernel's).
+- ``sass_per_element`` = (sass_instructions - sass_last_program) / elements_per_thread: the
+  instructions one thread of a program that does not draw the last ticket issues per element
+  it handles, for a pass of the code over one tile. Each instruction is counted once: exact
+  for loop-free code, and for loops that run once per tile (as the benchmark sizes make them:
+  K = 1 sample, L <= the L block); a loop that runs several times per tile would be
+  undercounted, a prologue shared by several tiles overcounted.
 - ``bytes_vs_model``: bytes of the launch's distinct tensor arguments (each once, read or
   written: an upper bound of what it moves) over the byte model of its phase (E = element
-  size, N = B x D or B x L): recon ``fwd`` 2 N E (gaussian 3), ``fwd_grad``, ``bwd`` and
-  ``bwd_sum`` 3 N E (gaussian 5: read m, v, x, write dm, dv); latent ``fwd`` 3 N E (read mu,
+  size, N = B x D or B x L): recon ``fwd`` and ``fwd_rows`` 2 N E (gaussian 3), ``fwd_grad``
+  and ``bwd`` 3 N E (gaussian 5: read m, v, x, write dm, dv), ``bwd_sum`` 2 N E of each
+  gradient (the in-place scale when grad_output != 1; at grad_output == 1 the kernel returns
+  after one scalar load and moves nothing: the forward already wrote the gradient); latent ``fwd`` 3 N E (read mu,
   logvar, write z), ``bwd`` 5 N E (read mu, logvar, dz, write dmu, dlogvar). Scalars left out.
 - ``est_pct_copy_bw_h100`` / ``_h200``: ESTIMATES, not measurements. The phase's model bytes
   over (copy bandwidth x estimated time of this launch), as a percentage: how close to a copy
   the phase would run if this launch were all of it. The time is max(memory time, issue time)
-  plus a fixed launch cost, under these assumptions (constants ``GPUS``, ``ISSUE_IPC``,
+  plus a fixed launch cost, plus the last program's serial sum when there is one
+  (``sass_last_program`` instructions at one per cycle, plus one load latency per
+  elements_per_tile partials it adds), under these assumptions (constants ``GPUS``, ``ISSUE_IPC``,
   ``LAUNCH_US``): copy bandwidth 3.0 TB/s (H100 SXM, 90% of 3.35 peak) and 4.3 TB/s (H200,
   90% of 4.8); 132 SMs at 1.755 GHz, 4 schedulers per SM issuing ``ISSUE_IPC`` = 0.7 warp
   instructions per cycle each; memory time = launch bytes / (bandwidth x f), with f the
   fraction of the bandwidth-latency product (650 ns) the resident programs keep in flight
+  (launch bytes: at least the model bytes, since a launch reads and writes an in-place
+  buffer as one argument)
   (programs resident per SM from registers: 64K per SM in 256-register warp granules, at most
   64 warps and 32 programs per SM; each program's tile of bytes in flight); issue time =
   sass_instructions x num_warps x tiles / (active SMs x 4 x clock x ISSUE_IPC), tiles = N /
@@ -133,8 +148,9 @@ def _recon_scenarios(lik: str, dt: str, B: int, D: int) -> Iterator[Scenario]:
     n = B * D
     ins = 3 if lik == "gaussian" else 2
     both = 5 if lik == "gaussian" else 3
-    model = {"fwd": ins * n * elem, "fwd_grad": both * n * elem, "bwd": both * n * elem,
-             "bwd_sum": both * n * elem}
+    grads = 2 if lik == "gaussian" else 1
+    model = {"fwd": ins * n * elem, "fwd_rows": ins * n * elem, "fwd_grad": both * n * elem,
+             "bwd": both * n * elem, "bwd_sum": 2 * grads * n * elem}
 
     def inputs(grad: bool):
         r = torch.empty(B, D, dtype=dtype).requires_grad_(grad)
@@ -159,7 +175,7 @@ def _recon_scenarios(lik: str, dt: str, B: int, D: int) -> Iterator[Scenario]:
 
     def per_sample(rec):
         r, x, v, wrt = inputs(True)
-        with rec.phase("fwd"):
+        with rec.phase("fwd_rows"):
             out = loss(r, x, v, "none")
         with rec.phase("bwd"):
             torch.autograd.grad(out, wrt, torch.ones(B))
@@ -226,10 +242,15 @@ def estimate_pct(row: dict, gpu: GPU, launch_bytes: int, model_bytes: int, n: in
     in_flight = min(programs, gpu.sms * per_sm) * bytes_per_tile
     bw = gpu.copy_gbps * 1e9
     f = min(1.0, in_flight / (bw * gpu.latency_ns * 1e-9))
-    t_mem = launch_bytes / (bw * f)
+    t_mem = max(launch_bytes, model_bytes) / (bw * f)
     active = min(gpu.sms, programs)
-    t_issue = row["sass_instructions"] * warps * tiles / (active * 4 * gpu.clock_ghz * 1e9 * ISSUE_IPC)
-    t = max(t_mem, t_issue) + LAUNCH_US * 1e-6
+    per_tile = row["sass_instructions"] - row["sass_last_program"]
+    t_issue = per_tile * warps * tiles / (active * 4 * gpu.clock_ghz * 1e9 * ISSUE_IPC)
+    t_last = 0.0
+    if row["sass_last_program"]:
+        trips = math.ceil(programs / row["elements_per_tile"])
+        t_last = row["sass_last_program"] / (gpu.clock_ghz * 1e9) + trips * gpu.latency_ns * 1e-9
+    t = max(t_mem, t_issue) + t_last + LAUNCH_US * 1e-6
     return 100.0 * model_bytes / (bw * t)
 
 
@@ -267,7 +288,8 @@ def analyze(compiled: launches.Compiled, name: str, scenario: Scenario) -> dict:
         "vector_load_share": _vector_share(code.loads_128, tile_loads, per_thread),
         "vector_store_share": _vector_share(code.stores_128, tile_stores, per_thread),
         "sass_instructions": code.instructions,
-        "sass_per_element": code.instructions / per_thread,
+        "sass_last_program": code.last_program_only,
+        "sass_per_element": (code.instructions - code.last_program_only) / per_thread,
         "fp64": len(code.fp64),
         "bytes_vs_model": launch_bytes / model,
         "launch_bytes": launch_bytes,

@@ -67,8 +67,24 @@ def _strided(mu_ptr, lv_ptr, start, offs, L, mu_stride, lv_stride, STRIDED: tl.c
 
 
 @triton.jit
-def _interleave4(n0, n1, n2, n3, BLOCK: tl.constexpr):
-    """[BLOCK // 4] x 4 values -> [BLOCK] in the order n0[0], n1[0], n2[0], n3[0], n0[1], ..."""
+def _noise(seed, offset, start, BLOCK: tl.constexpr, EIGHT: tl.constexpr):
+    """N(0, 1) noise of the flat elements start + arange(BLOCK) (start a multiple of 8), in
+    element order: quad q's four values (standard_normal4) go to elements 4q + 0..3. The
+    joins leave whole groups in one thread: groups of 4 (EIGHT false) match a 128-bit access of
+    32-bit elements, groups of 8 (two quads, EIGHT true) one of 16-bit elements, so the noise
+    is already where the load put mu and needs no shared-memory layout conversion.
+
+    A join appends its new size-2 dim last (fastest), so within a group the outermost join
+    selects the lowest bit of the position and the innermost join the highest."""
+    if EIGHT:  # position 4h + 2u + v of group i: word 2u + v of quad 2i + h
+        quads = start // 4 + 2 * tl.arange(0, BLOCK // 8).to(tl.int64)
+        a0, a1, a2, a3 = standard_normal4(seed, offset, quads)
+        b0, b1, b2, b3 = standard_normal4(seed, offset, quads + 1)
+        v0 = tl.join(tl.join(a0, b0), tl.join(a2, b2))
+        v1 = tl.join(tl.join(a1, b1), tl.join(a3, b3))
+        return tl.reshape(tl.join(v0, v1), [BLOCK])
+    quads = start // 4 + tl.arange(0, BLOCK // 4).to(tl.int64)
+    n0, n1, n2, n3 = standard_normal4(seed, offset, quads)  # position 2u + v: word 2u + v of quad i
     return tl.reshape(tl.join(tl.join(n0, n2), tl.join(n1, n3)), [BLOCK])
 
 
@@ -126,6 +142,7 @@ def _sample_and_kl_fwd_kernel(
 ):
     pid = tl.program_id(0)
     n_programs = tl.num_programs(0)
+    EIGHT: tl.constexpr = mu_ptr.dtype.element_ty.primitive_bitwidth == 16  # 8 per 128-bit load
     if SAMPLE:
         seed, offset = _key(key_ptr, seed, offset, KEY_IN_MEMORY)
     acc_ty = kl_ptr.dtype.element_ty
@@ -142,11 +159,9 @@ def _sample_and_kl_fwd_kernel(
                 _, phi = expm1_and_phi(lv, std * std)
                 total += mu * mu + phi
             if SAMPLE:
-                quads = start // 4 + tl.arange(0, BLOCK // 4).to(tl.int64)
                 z_k = z_ptr
                 for k in range(K):
-                    n0, n1, n2, n3 = standard_normal4(seed, offset + k, quads)
-                    eps = _interleave4(n0, n1, n2, n3, BLOCK).to(mu.dtype)
+                    eps = _noise(seed, offset + k, start, BLOCK, EIGHT).to(mu.dtype)
                     z = mu + eps * std
                     tl.store(z_k + offs, z.to(z_ptr.dtype.element_ty), mask=mask)
                     z_k += N
@@ -198,6 +213,7 @@ def _sample_and_kl_bwd_kernel(
 ):
     pid = tl.program_id(0)
     n_programs = tl.num_programs(0)
+    EIGHT: tl.constexpr = mu_ptr.dtype.element_ty.primitive_bitwidth == 16  # 8 per 128-bit load
     if HAS_DZ:
         seed, offset = _key(key_ptr, seed, offset, KEY_IN_MEMORY)
     for start in range(pid * BLOCK, N, n_programs * BLOCK):
@@ -206,21 +222,8 @@ def _sample_and_kl_bwd_kernel(
         mu_at, lv_at = _strided(mu_ptr, lv_ptr, start, offs, L, mu_stride, lv_stride, STRIDED, BLOCK)
         mu = to_acc(tl.load(mu_at, mask=mask, other=0.0))
         lv = to_acc(tl.load(lv_at, mask=mask, other=0.0))
-        dmu = tl.zeros_like(mu)
-        dlv = tl.zeros_like(lv)
         std = exp_acc(0.5 * lv, FAST_EXP)
-        if HAS_DZ:
-            quads = start // 4 + tl.arange(0, BLOCK // 4).to(tl.int64)
-            dz_eps = tl.zeros_like(mu)
-            dz_k = dz_ptr
-            for k in range(K):
-                dz = to_acc(tl.load(dz_k + offs, mask=mask, other=0.0))
-                dz_k += N
-                n0, n1, n2, n3 = standard_normal4(seed, offset + k, quads)
-                dmu += dz
-                dz_eps += dz * _interleave4(n0, n1, n2, n3, BLOCK).to(mu.dtype)
-            dlv += 0.5 * std * dz_eps
-        if HAS_DKL:
+        if HAS_DKL:  # the KL's terms first: dz's terms then fuse onto them (no 0 + x)
             if DKL_PER_ROW:
                 row0, q, _ = _row_col(start, L, BLOCK)
                 dkl_at = (dkl_ptr + row0 * dkl_stride) + q * dkl_stride
@@ -228,8 +231,23 @@ def _sample_and_kl_bwd_kernel(
             else:
                 g = to_acc(tl.load(dkl_ptr)) / div
             expm1, _ = expm1_and_phi(lv, std * std)
-            dmu += g * mu
-            dlv += g * 0.5 * expm1
+            dmu = g * mu
+            dlv = (0.5 * g) * expm1
+        else:
+            dmu = tl.zeros_like(mu)
+            dlv = tl.zeros_like(lv)
+        if HAS_DZ:  # sample k = 0 starts the sums, so K = 1 adds no zeros
+            dz = to_acc(tl.load(dz_ptr + offs, mask=mask, other=0.0))
+            dz_sum = dz
+            dz_eps = dz * _noise(seed, offset, start, BLOCK, EIGHT).to(mu.dtype)
+            dz_k = dz_ptr
+            for k in range(1, K):
+                dz_k += N
+                dz = to_acc(tl.load(dz_k + offs, mask=mask, other=0.0))
+                dz_sum += dz
+                dz_eps += dz * _noise(seed, offset + k, start, BLOCK, EIGHT).to(mu.dtype)
+            dmu += dz_sum
+            dlv += (0.5 * std) * dz_eps
         tl.store(dmu_ptr + offs, dmu.to(dmu_ptr.dtype.element_ty), mask=mask)
         tl.store(dlv_ptr + offs, dlv.to(dlv_ptr.dtype.element_ty), mask=mask)
 

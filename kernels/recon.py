@@ -181,25 +181,25 @@ def _store_grads(
 
 
 @triton.jit
-def _add_partials(partial_ptr, out_ptr, n_chunks, n_programs, OUT: tl.constexpr, RBLOCK: tl.constexpr):
+def _add_partials(partial_ptr, out_ptr, n_chunks, n_rows, OUT: tl.constexpr, RBLOCK: tl.constexpr):
     """Run by the last program only: the per-program partials added in a fixed order (so the
     result is deterministic), into one total or one value per row."""
     offs = tl.arange(0, RBLOCK)
     acc_ty = partial_ptr.dtype.element_ty
     if OUT == OUT_TOTAL:
+        n_programs = n_rows * n_chunks
         acc = tl.zeros([RBLOCK], acc_ty)
         for first in range(0, n_programs, RBLOCK):
             idx = first + offs
             acc += tl.load(partial_ptr + idx, mask=idx < n_programs, other=0.0, cache_modifier=".cg")
         tl.store(out_ptr, tl.sum(acc, axis=0))
     else:
-        n_rows = n_programs // n_chunks
         for first in range(0, n_rows, RBLOCK):
             rows = first + offs
             keep = rows < n_rows
             acc = tl.zeros([RBLOCK], acc_ty)
-            for c in range(0, n_chunks):
-                acc += tl.load(partial_ptr + rows * n_chunks + c, mask=keep, other=0.0, cache_modifier=".cg")
+            for c in range(0, n_chunks):  # chunk-major partials: a dense run of rows per chunk
+                acc += tl.load(partial_ptr + c * n_rows + rows, mask=keep, other=0.0, cache_modifier=".cg")
             tl.store(out_ptr + rows, acc, mask=keep)
 
 
@@ -225,12 +225,12 @@ def _recon_loss_fwd_kernel(
     v_ptr,  # log-variance rows (V_ELEMENTS), one value per row (V_ROW) or unused (V_SCALAR)
     dr_ptr,  # (B, D) d loss / d recon in recon's dtype (WRITE_DR): row stride dr_row_stride
     dv_ptr,  # (B, D) d loss / d v rows (DV_ELEMENTS) or (n_programs,) partial sums (DV_PARTIALS)
-    partial_ptr,  # (n_programs,) per-program loss sums (OUT_ROWS, OUT_TOTAL)
+    partial_ptr,  # (B * n_chunks,) per-program loss sums: by program (OUT_TOTAL), chunk-major (OUT_ROWS)
     ticket_ptr,  # (1,) int32 counter, 0 between launches (OUT_ROWS, OUT_TOTAL)
     out_ptr,  # (B,) per-row losses or () the total, divided by divisor
     D,  # features per row
     n_chunks,  # programs per row
-    n_programs,  # B * n_chunks
+    n_rows,  # B (the grid is B * n_chunks programs)
     r_row_stride,
     x_row_stride,
     v_row_stride,  # 0 when v is shared by all rows
@@ -263,12 +263,15 @@ def _recon_loss_fwd_kernel(
     if OUT == OUT_ROWS_DIRECT:
         tl.store(out_ptr + row64, total)
     else:
-        tl.store(partial_ptr + pid, total)
+        slot = pid
+        if OUT == OUT_ROWS:  # chunk-major (see _add_partials)
+            slot = (pid % n_chunks) * n_rows + pid // n_chunks
+        tl.store(partial_ptr + slot, total)
         tl.debug_barrier()
         ticket = tl.atomic_add(ticket_ptr, 1, sem="acq_rel")
-        if ticket == n_programs - 1:
+        if ticket == tl.num_programs(0) - 1:
             tl.store(ticket_ptr, 0)
-            _add_partials(partial_ptr, out_ptr, n_chunks, n_programs, OUT, RBLOCK)
+            _add_partials(partial_ptr, out_ptr, n_chunks, n_rows, OUT, RBLOCK)
 
 
 # Backward for reduction "none": grad_output g is per row, so the gradient is recomputed here
@@ -528,7 +531,7 @@ def recon_loss_fwd(
             r_ptr=recon, x_ptr=x, v_ptr=logvar.tensor,
             dr_ptr=recon if dr is None else dr, dv_ptr=dv_buf,
             partial_ptr=partial, ticket_ptr=out if direct else _ticket(recon.device), out_ptr=out,
-            D=D, n_chunks=n_chunks, n_programs=n_programs,
+            D=D, n_chunks=n_chunks, n_rows=B,
             r_row_stride=recon.stride(0), x_row_stride=x.stride(0), v_row_stride=logvar.row_stride,
             dr_row_stride=D, dv_row_stride=dv_row_stride,
             divisor=divisor, logvar_value=float(logvar_value),

@@ -4,7 +4,8 @@ Run as a script in a process WITHOUT ``TRITON_INTERPRET`` (the interpreter repla
 ``@triton.jit`` functions by plain Python ones, which skips everything the GPU compiler checks:
 constexpr globals, dtype rules, lowering of fp64 math). The public functions are called
 forward and backward over a matrix of dtypes, likelihoods, reductions, sample counts and
-shapes (odd and 16-divisible sizes, strided views), with the Triton launches recorded instead
+shapes (odd and 16-divisible sizes, strided views), plus the recon modes only the op-level
+entry reaches so far (:func:`_recon_mode_calls`), with the Triton launches recorded instead
 of run; each distinct launch is compiled with the runtime specialization Triton gives its
 arguments (:mod:`benchmarks.launches`, shared with the static report), so what compiles here
 is what a GPU run compiles. Prints one line per compiled variant, then the number of variants.
@@ -19,6 +20,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # benchmarks/ from a checkout
 
 import fastvae  # noqa: E402
+from fastvae import _ops  # noqa: E402
 from benchmarks import launches  # noqa: E402
 
 DTYPES = (torch.float32, torch.float16, torch.bfloat16, torch.float64)
@@ -45,6 +47,43 @@ def _recon_calls(dtype, B, D, reductions):
                 torch.autograd.grad(loss, wrt, torch.ones_like(loss))
 
         yield call
+
+
+def _recon_mode_calls():
+    """The recon modes the public API cannot reach yet (issue 10 adds them), through the op-level
+    entry ``fastvae._ops.reconstruction_loss``: probabilities ("bernoulli_probs"), a log-variance
+    broadcast over rows ``(1, D)``, one per row ``(B, 1)`` or a float (no tensor), x in another
+    dtype than recon, channels_last images, and rows longer than one program (several
+    programs per row: the per-row reduction by the last program)."""
+    B, D = 3, 785
+
+    def run(recon, x, logvar=None, logvar_value=0.0, lik="gaussian", reduction="sum"):
+        wrt = [t for t in (recon, logvar) if t is not None and t.requires_grad]
+        loss = _ops.reconstruction_loss(recon, x, logvar, logvar_value, lik, reduction,
+                                        recon.requires_grad, logvar is not None and logvar.requires_grad)
+        torch.autograd.grad(loss, wrt, torch.ones_like(loss))
+
+    def empty(*shape, dtype=torch.float32, grad=True):
+        return torch.empty(*shape, dtype=dtype).requires_grad_(grad)
+
+    for dtype, reduction in itertools.product((torch.float32, torch.bfloat16), ("none", "mean")):
+        yield lambda d=dtype, red=reduction: run(empty(B, D, dtype=d), empty(B, D, dtype=d, grad=False),
+                                                 lik="bernoulli_probs", reduction=red)
+    for shape, reduction in itertools.product(((1, D), (B, 1)), ("none", "sum")):
+        yield lambda sh=shape, red=reduction: run(empty(B, D), empty(B, D, grad=False), empty(*sh), reduction=red)
+    yield lambda: run(empty(B, D), empty(B, D, grad=False), None, -0.5)  # a float log-variance
+    yield lambda: run(empty(B, D, dtype=torch.bfloat16), empty(B, D, grad=False), lik="bernoulli")  # mixed
+    yield lambda: run(empty(B, D, dtype=torch.float16), empty(B, D, dtype=torch.float64, grad=False), lik="mse")
+
+    def channels_last(lik, logvar):
+        recon = torch.empty(2, 3, 5, 7).to(memory_format=torch.channels_last).requires_grad_()
+        x = torch.empty(2, 3, 5, 7).to(memory_format=torch.channels_last)
+        lv = torch.empty(2, 3, 5, 7).to(memory_format=torch.channels_last).requires_grad_() if logvar else None
+        run(recon, x, lv, lik=lik)
+
+    yield lambda: channels_last("bernoulli", False)
+    yield lambda: channels_last("gaussian", True)
+    yield lambda: run(empty(B, 4100), empty(B, 4100, grad=False), lik="mse", reduction="none")  # 2 programs a row
 
 
 def _latent_calls(dtype, B, L, reductions):
@@ -81,6 +120,7 @@ def calls():
             yield from _recon_calls(dtype, B, D, REDUCTIONS[matrix])
         for B, L in LATENT_SHAPES[matrix]:
             yield from _latent_calls(dtype, B, L, REDUCTIONS[matrix])
+    yield from _recon_mode_calls()
 
 
 def main():

@@ -24,3 +24,9 @@ def test_all_kernel_variants_compile_for_sm90():
     for name in ("_recon_loss_fwd_kernel", "_sample_and_kl_fwd_kernel", "_sample_and_kl_bwd_kernel"):
         for dtype in ("*fp32", "*fp16", "*bf16", "*fp64"):
             assert any(f"compiled {name} " in l and f"'{dtype}'" in l for l in compiled), (name, dtype)
+    # the recon modes: probabilities, log-variance per row / broadcast / a float, mixed dtypes,
+    # several programs per row with the per-row reduction
+    recon = [l for l in compiled if l.startswith("compiled _recon_loss_fwd_kernel ")]
+    for mode in ("'LIKELIHOOD': 3", "'V_MODE': 0", "'V_MODE': 1", "'V_MODE': 2", "'OUT': 1", "'DV_MODE': 2"):
+        assert any(mode in l for l in recon), mode
+    assert any("'r_ptr': '*fp16'" in l and "'x_ptr': '*fp64'" in l for l in recon)
