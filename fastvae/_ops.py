@@ -115,7 +115,7 @@ def _rows(t: Tensor) -> Tensor:
 
 
 def _z_shape(mu: Tensor, n_samples: int) -> tuple[int, ...]:
-    return mu.shape if n_samples == 1 else (n_samples, *mu.shape)
+    return tuple(mu.shape) if n_samples == 1 else (n_samples, *mu.shape)
 
 
 def _kl_shape(mu: Tensor, reduction: str) -> tuple[int, ...]:
@@ -129,10 +129,12 @@ def _sample_and_kl_forward(mu, logvar, key, n_samples, sample, kl, reduction):
     mode = "off" if not kl else "rows" if reduction == "none" else "total"
     z, kl_out = kernels.sample_and_kl_fwd(
         _rows(mu), _rows(logvar), key if sample else None, n_samples, sample, mode,
-        reduction_divisor(reduction, B, numel), z_shape=_z_shape(mu, n_samples),
+        reduction_divisor(reduction, B, numel),
     )
     if not sample:
         z = _empty(mu)
+    elif mu.dim() != 2:
+        z = z.view(_z_shape(mu, n_samples))
     if not kl:
         kl_out = _empty(mu, loss_dtype(mu.dtype))
     elif numel == 0 and reduction in ("mean", "batchmean"):
@@ -143,11 +145,14 @@ def _sample_and_kl_forward(mu, logvar, key, n_samples, sample, kl, reduction):
 def _sample_and_kl_backward_body(mu, logvar, key, n_samples, grad_z, grad_kl, reduction):
     """(dmu, dlogvar), contiguous in mu's shape, from one launch; eps regenerated from key.
     grad_z goes to the kernel in its own shape (read flat), a scalar grad_kl as it is (read
-    once, stride 0): no view or expand dispatches."""
-    return kernels.sample_and_kl_bwd(
+    once, stride 0): no view or expand dispatches for ``(B, L)`` latents."""
+    dmu, dlv = kernels.sample_and_kl_bwd(
         _rows(mu), _rows(logvar), key, n_samples, grad_z, grad_kl,
-        reduction_divisor(reduction, mu.shape[0], mu.numel()), shape=mu.shape,
+        reduction_divisor(reduction, mu.shape[0], mu.numel()),
     )
+    if mu.dim() != 2:
+        return dmu.view(mu.shape), dlv.view(logvar.shape)
+    return dmu, dlv
 
 
 class _SampleAndKL(torch.autograd.Function):

@@ -288,7 +288,6 @@ def sample_and_kl_fwd(
     sample: bool,
     kl: str,
     div: int = 1,
-    z_shape: tuple[int, ...] | None = None,
 ) -> tuple[torch.Tensor | None, torch.Tensor | None]:
     """Launch the fused forward kernel (one launch, whatever the KL reduction).
 
@@ -297,13 +296,11 @@ def sample_and_kl_fwd(
             stride: ``chunk`` views are read in place).
         key: the Philox key: ``(seed, offset)`` Python ints (a host draw), or an int64 device
             tensor holding them (drawn on the device); None when not sampling.
-        n_samples: K >= 1 samples per element; z is ``(K, B, L)`` contiguous; sample k reads
-            Philox counter ``offset + k``.
+        n_samples: K >= 1 samples per element; z is ``(B, L)`` for K = 1, else ``(K, B, L)``,
+            contiguous; sample k reads Philox counter ``offset + k``.
         sample: compute z.
         kl: "off", "rows" (per row, ``(B,)``) or "total" (a 0-dim tensor).
         div: the KL (each row's, or the total) is divided by this.
-        z_shape: the shape z is allocated in (contiguous, K * B * L elements, e.g. the
-            caller's ``(B, *latent)`` for K = 1), so that the caller needs no view.
 
     Returns:
         ``(z or None, kl or None)``: z in the input dtype; the KL in float32 (float64 for
@@ -317,7 +314,9 @@ def sample_and_kl_fwd(
         mu, logvar, contiguous = _flat_readable(mu, logvar)
     else:
         contiguous = mu.is_contiguous() and logvar.is_contiguous()
-    z = mu.new_empty(z_shape or (n_samples, B, L)) if sample else None
+    z = None
+    if sample:  # empty_like: about half the host cost of new_empty(shape)
+        z = torch.empty_like(mu, memory_format=torch.contiguous_format) if n_samples == 1 else mu.new_empty((n_samples, B, L))
     kl_out = None
     if mode:
         kl_out = mu.new_empty((B,) if mode == 1 else (), dtype=loss_dtype(mu.dtype))
@@ -353,10 +352,9 @@ def sample_and_kl_bwd(
     grad_z: torch.Tensor | None,
     grad_kl: torch.Tensor | None,
     div: int = 1,
-    shape: tuple[int, ...] | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Launch the fused backward kernel; returns contiguous ``(dmu, dlogvar)`` in the input
-    dtype, ``(B, L)`` or ``shape`` (B * L elements, e.g. the caller's ``(B, *latent)``).
+    """Launch the fused backward kernel; returns contiguous ``(dmu, dlogvar)`` ``(B, L)`` in
+    the input dtype.
 
     ``grad_z`` holds ``(K, B, L)`` elements in any shape (copied only when not contiguous),
     or is None when z was unused; ``grad_kl`` is ``(B,)`` (any stride: an expanded view of a
@@ -366,8 +364,8 @@ def sample_and_kl_bwd(
     """
     check_launchable("mu", mu)
     B, L = mu.shape
-    dmu = mu.new_empty(shape or (B, L))
-    dlv = logvar.new_empty(shape or (B, L))
+    dmu = torch.empty_like(mu, memory_format=torch.contiguous_format)
+    dlv = torch.empty_like(logvar, memory_format=torch.contiguous_format)
     if B * L == 0:
         return dmu, dlv
     if grad_z is not None and not grad_z.is_contiguous():
