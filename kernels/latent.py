@@ -331,15 +331,35 @@ def sample_and_kl_fwd(
     in_memory = isinstance(key, torch.Tensor)
     seed, offset = (0, 0) if in_memory or key is None else key
     with device_guard(mu):
+        # Positional arguments, in the kernel's order (named alongside): keywords would cost
+        # more host time than the rest of the launcher (Triton repacks them twice per launch).
         _sample_and_kl_fwd_kernel[(programs,)](
-            mu_ptr=mu, lv_ptr=logvar, key_ptr=key if in_memory else mu,
-            z_ptr=z if sample else mu, kl_ptr=kl_out if mode else partials,
-            partials_ptr=partials, ticket_ptr=_ticket(mu.device) if mode == 2 else mu,
-            seed=seed, offset=offset,
-            B=B, L=L, N=B * L, mu_stride=mu.stride(0), lv_stride=logvar.stride(0), K=n_samples, div=div,
-            SAMPLE=sample, KL=mode, FLAT=flat, STRIDED=not contiguous,
-            KEY_IN_MEMORY=in_memory, FAST_EXP=_FAST_EXP,
-            BLOCK=_FLAT_BLOCK, BLOCK_B=block_b, BLOCK_L=block_l, P_BLOCK=p_block,
+            mu,  # mu_ptr
+            logvar,  # lv_ptr
+            key if in_memory else mu,  # key_ptr
+            z if sample else mu,  # z_ptr
+            kl_out if mode else partials,  # kl_ptr
+            partials,  # partials_ptr
+            _ticket(mu.device) if mode == 2 else mu,  # ticket_ptr
+            seed,
+            offset,
+            B,
+            L,
+            B * L,  # N
+            mu.stride(0),  # mu_stride
+            logvar.stride(0),  # lv_stride
+            n_samples,  # K
+            div,
+            sample,  # SAMPLE
+            mode,  # KL
+            flat,  # FLAT
+            not contiguous,  # STRIDED
+            in_memory,  # KEY_IN_MEMORY
+            _FAST_EXP,  # FAST_EXP
+            _FLAT_BLOCK,  # BLOCK
+            block_b,  # BLOCK_B
+            block_l,  # BLOCK_L
+            p_block,  # P_BLOCK
         )
     return z, kl_out
 
@@ -376,14 +396,30 @@ def sample_and_kl_bwd(
     seed, offset = (0, 0) if in_memory or key is None else key
     dkl_stride = grad_kl.stride(0) if grad_kl is not None and grad_kl.dim() else 0
     with device_guard(mu):
-        _sample_and_kl_bwd_kernel[(programs,)](
-            mu_ptr=mu, lv_ptr=logvar, key_ptr=key if in_memory else mu,
-            dz_ptr=mu if grad_z is None else grad_z, dkl_ptr=mu if grad_kl is None else grad_kl,
-            dmu_ptr=dmu, dlv_ptr=dlv, seed=seed, offset=offset,
-            B=B, L=L, N=B * L, mu_stride=mu.stride(0), lv_stride=logvar.stride(0), K=n_samples,
-            dkl_stride=dkl_stride, div=div,
-            HAS_DZ=grad_z is not None, HAS_DKL=grad_kl is not None, DKL_PER_ROW=dkl_stride != 0,
-            STRIDED=not contiguous,
-            KEY_IN_MEMORY=in_memory, FAST_EXP=_FAST_EXP, BLOCK=_FLAT_BLOCK,
+        _sample_and_kl_bwd_kernel[(programs,)](  # positional, in the kernel's order
+            mu,  # mu_ptr
+            logvar,  # lv_ptr
+            key if in_memory else mu,  # key_ptr
+            mu if grad_z is None else grad_z,  # dz_ptr
+            mu if grad_kl is None else grad_kl,  # dkl_ptr
+            dmu,  # dmu_ptr
+            dlv,  # dlv_ptr
+            seed,
+            offset,
+            B,
+            L,
+            B * L,  # N
+            mu.stride(0),  # mu_stride
+            logvar.stride(0),  # lv_stride
+            n_samples,  # K
+            dkl_stride,
+            div,
+            grad_z is not None,  # HAS_DZ
+            grad_kl is not None,  # HAS_DKL
+            dkl_stride != 0,  # DKL_PER_ROW
+            not contiguous,  # STRIDED
+            in_memory,  # KEY_IN_MEMORY
+            _FAST_EXP,  # FAST_EXP
+            _FLAT_BLOCK,  # BLOCK
         )
     return dmu, dlv

@@ -543,17 +543,36 @@ def recon_loss_fwd(
     # One program's partial may live in the total's own slot (stored, read back, overwritten).
     partial = out if direct or n_programs == 1 else recon.new_empty((n_programs,), dtype=acc)
     with device_guard(recon):
+        # Positional arguments, in the kernel's order (named alongside): keywords would cost
+        # more host time than the rest of the launcher (Triton repacks them twice per launch).
         _recon_loss_fwd_kernel[(n_programs,)](
-            r_ptr=recon, x_ptr=x, v_ptr=recon if logvar.tensor is None else logvar.tensor,
-            dr_ptr=recon if dr is None else dr, dv_ptr=dv_buf,
-            partial_ptr=partial, ticket_ptr=out if direct else _ticket(recon.device), out_ptr=out,
-            D=D, n_chunks=n_chunks, n_programs=n_programs,
-            r_row_stride=recon.stride(0), x_row_stride=x.stride(0), v_row_stride=logvar.row_stride,
-            dr_row_stride=D, dv_row_stride=dv_row_stride,
-            divisor=divisor, logvar_value=float(logvar_value),
-            LIKELIHOOD=LIKELIHOOD_CODES[likelihood], V_MODE=logvar.mode, DV_MODE=dv_mode,
-            WRITE_DR=dr is not None, OUT=mode, F64=f64, BLOCK_D=block_d, EVEN_D=D % block_d == 0,
-            RBLOCK=rblock,
+            recon,  # r_ptr
+            x,  # x_ptr
+            recon if logvar.tensor is None else logvar.tensor,  # v_ptr
+            recon if dr is None else dr,  # dr_ptr
+            dv_buf,  # dv_ptr
+            partial,  # partial_ptr
+            out if direct else _ticket(recon.device),  # ticket_ptr
+            out,  # out_ptr
+            D,
+            n_chunks,
+            n_programs,
+            recon.stride(0),  # r_row_stride
+            x.stride(0),  # x_row_stride
+            logvar.row_stride,  # v_row_stride
+            D,  # dr_row_stride
+            dv_row_stride,
+            divisor,
+            float(logvar_value),
+            LIKELIHOOD_CODES[likelihood],  # LIKELIHOOD
+            logvar.mode,  # V_MODE
+            dv_mode,  # DV_MODE
+            dr is not None,  # WRITE_DR
+            mode,  # OUT
+            f64,  # F64
+            block_d,  # BLOCK_D
+            D % block_d == 0,  # EVEN_D
+            rblock,  # RBLOCK
             num_warps=num_warps,
         )
     dv = logvar.reduce_grad(dv_buf, recon, n_chunks) if dv_mode != DV_NONE.value else None
@@ -586,15 +605,29 @@ def recon_loss_bwd(
     if grad_logvar and logvar.source is not None:
         dv_buf, dv_mode, dv_row_stride = logvar.grad_buffer(recon, n_programs)
     with device_guard(recon):
-        _recon_loss_bwd_kernel[(n_programs,)](
-            r_ptr=recon, x_ptr=x, v_ptr=recon if logvar.tensor is None else logvar.tensor, g_ptr=grad_rows,
-            dr_ptr=recon if dr is None else dr, dv_ptr=dv_buf,
-            D=D, n_chunks=n_chunks,
-            r_row_stride=recon.stride(0), x_row_stride=x.stride(0), v_row_stride=logvar.row_stride,
-            dr_row_stride=D, dv_row_stride=dv_row_stride, g_stride=grad_rows.stride(0),
-            logvar_value=float(logvar_value),
-            LIKELIHOOD=LIKELIHOOD_CODES[likelihood], V_MODE=logvar.mode, DV_MODE=dv_mode,
-            WRITE_DR=dr is not None, F64=f64, BLOCK_D=block_d, EVEN_D=D % block_d == 0,
+        _recon_loss_bwd_kernel[(n_programs,)](  # positional, in the kernel's order
+            recon,  # r_ptr
+            x,  # x_ptr
+            recon if logvar.tensor is None else logvar.tensor,  # v_ptr
+            grad_rows,  # g_ptr
+            recon if dr is None else dr,  # dr_ptr
+            dv_buf,  # dv_ptr
+            D,
+            n_chunks,
+            recon.stride(0),  # r_row_stride
+            x.stride(0),  # x_row_stride
+            logvar.row_stride,  # v_row_stride
+            D,  # dr_row_stride
+            dv_row_stride,
+            grad_rows.stride(0),  # g_stride
+            float(logvar_value),
+            LIKELIHOOD_CODES[likelihood],  # LIKELIHOOD
+            logvar.mode,  # V_MODE
+            dv_mode,  # DV_MODE
+            dr is not None,  # WRITE_DR
+            f64,  # F64
+            block_d,  # BLOCK_D
+            D % block_d == 0,  # EVEN_D
             num_warps=num_warps,
         )
     dv = logvar.reduce_grad(dv_buf, recon, n_chunks) if dv_mode != DV_NONE.value else None
@@ -614,6 +647,10 @@ def recon_loss_scale_grad(grad: torch.Tensor, grad_output: torch.Tensor) -> torc
     if n:
         with device_guard(grad):
             _recon_loss_scale_grad_kernel[(-(-n // _SCALE_BLOCK),)](
-                g_ptr=grad_output, grad_ptr=grad, n=n, BLOCK=_SCALE_BLOCK, num_warps=_MAX_WARPS,
+                grad_output,  # g_ptr
+                grad,  # grad_ptr
+                n,
+                _SCALE_BLOCK,  # BLOCK
+                num_warps=_MAX_WARPS,
             )
     return grad
