@@ -161,21 +161,20 @@ class _SampleAndKL(torch.autograd.Function):
     @staticmethod
     def forward(ctx, mu, logvar, key, n_samples, sample, kl, reduction):
         z, kl_out = _sample_and_kl_forward(mu, logvar, key, n_samples, sample, kl, reduction)
-        in_memory = isinstance(key, Tensor)
-        ctx.save_for_backward(mu, logvar, key if in_memory else None)
-        ctx.host_key = None if in_memory else key
-        ctx.n_samples, ctx.reduction = n_samples, reduction
+        ctx.save_for_backward(mu, logvar)
+        # The key (ints, or an int64 tensor that requires no grad and is never modified) is
+        # kept on ctx: one saved variable less to pack and unpack.
+        ctx.key, ctx.n_samples, ctx.reduction = key, n_samples, reduction
         ctx.set_materialize_grads(False)  # an unused output gets None, not a tensor of zeros
         return z, kl_out
 
     @staticmethod
     def backward(ctx, grad_z, grad_kl):
-        mu, logvar, key = ctx.saved_tensors
         if grad_z is None and grad_kl is None:
             return None, None, None, None, None, None, None
+        mu, logvar = ctx.saved_tensors
         dmu, dlogvar = _sample_and_kl_backward_body(
-            mu, logvar, ctx.host_key if key is None else key, ctx.n_samples, grad_z, grad_kl,
-            ctx.reduction,
+            mu, logvar, ctx.key, ctx.n_samples, grad_z, grad_kl, ctx.reduction
         )
         return dmu, dlogvar, None, None, None, None, None
 
@@ -272,13 +271,13 @@ def _recon_forward(recon, x, recon_logvar, logvar_value, likelihood, reduction, 
     """(loss, d_recon or None, d_logvar or None) from ONE launch. For a scalar reduction the
     gradients for grad_output = 1 (already divided by the divisor) come from the same pass;
     for "none" nothing is written (grad_output is per row: backward recomputes)."""
-    B = recon.shape[0]
+    B, numel = recon.shape[0], recon.numel()
     fused = reduction != "none"
     loss, dr, dv = kernels.recon_loss_fwd(
         recon, x, recon_logvar, logvar_value, likelihood, not fused,
-        reduction_divisor(reduction, B, recon.numel()), grad_recon and fused, grad_logvar and fused,
+        reduction_divisor(reduction, B, numel), grad_recon and fused, grad_logvar and fused,
     )
-    return _nan_if_empty(loss, reduction, B, recon.numel()), dr, dv
+    return _nan_if_empty(loss, reduction, B, numel), dr, dv
 
 
 def _target_grad(recon, x, recon_logvar, logvar_value, likelihood, g):
@@ -366,7 +365,6 @@ class _ReconLoss(torch.autograd.Function):
             recon, x, recon_logvar, logvar_value, likelihood, reduction, grad_recon, grad_logvar
         )
         need_r, need_x, need_v = ctx.needs_input_grad[:3]
-        ctx.set_materialize_grads(False)
         ctx.scale_only = (
             reduction != "none" and not need_x
             and (dr is not None or not need_r) and (dv is not None or not need_v)
@@ -382,9 +380,7 @@ class _ReconLoss(torch.autograd.Function):
     def backward(ctx, grad_loss):
         if not ctx.scale_only:
             return *_recon_grads(ctx, grad_loss, _rows_backward_eager), None, None, None, None, None
-        if grad_loss is None:
-            return None, None, None, None, None, None, None, None
-        dr, dv = ctx.saved_tensors
+        dr, dv = ctx.saved_tensors  # one output: grad_loss is a tensor (materialized)
         in_place = _last_use_of_saved(grad_loss, dr, dv)
         d_recon = None if dr is None else _scaled(dr, grad_loss, in_place)
         d_logvar = None if dv is None else _scaled(dv, grad_loss, in_place)
