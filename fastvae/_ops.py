@@ -123,8 +123,8 @@ def _kl_shape(mu: Tensor, reduction: str) -> tuple[int, ...]:
 
 
 def _sample_and_kl_forward(mu, logvar, key, n_samples, sample, kl, reduction):
-    """The forward body shared by the eager Function and the custom op: one launch. z is
-    allocated in its final shape (no view)."""
+    """The forward body shared by the eager Function and the custom op: one launch (and no
+    view of z for ``(B, L)`` latents)."""
     B, numel = mu.shape[0], mu.numel()
     mode = "off" if not kl else "rows" if reduction == "none" else "total"
     z, kl_out = kernels.sample_and_kl_fwd(
@@ -161,10 +161,10 @@ class _SampleAndKL(torch.autograd.Function):
     @staticmethod
     def forward(ctx, mu, logvar, key, n_samples, sample, kl, reduction):
         z, kl_out = _sample_and_kl_forward(mu, logvar, key, n_samples, sample, kl, reduction)
-        ctx.save_for_backward(mu, logvar)
-        # The key (ints, or an int64 tensor that requires no grad and is never modified) is
-        # kept on ctx: one saved variable less to pack and unpack.
-        ctx.key, ctx.n_samples, ctx.reduction = key, n_samples, reduction
+        in_memory = isinstance(key, Tensor)  # a device key is saved (saved-tensor hooks see it)
+        ctx.save_for_backward(mu, logvar, key if in_memory else None)
+        ctx.host_key = None if in_memory else key
+        ctx.n_samples, ctx.reduction = n_samples, reduction
         ctx.set_materialize_grads(False)  # an unused output gets None, not a tensor of zeros
         return z, kl_out
 
@@ -172,9 +172,10 @@ class _SampleAndKL(torch.autograd.Function):
     def backward(ctx, grad_z, grad_kl):
         if grad_z is None and grad_kl is None:
             return None, None, None, None, None, None, None
-        mu, logvar = ctx.saved_tensors
+        mu, logvar, key = ctx.saved_tensors
         dmu, dlogvar = _sample_and_kl_backward_body(
-            mu, logvar, ctx.key, ctx.n_samples, grad_z, grad_kl, ctx.reduction
+            mu, logvar, ctx.host_key if key is None else key, ctx.n_samples, grad_z, grad_kl,
+            ctx.reduction,
         )
         return dmu, dlogvar, None, None, None, None, None
 

@@ -112,12 +112,13 @@ def test_counter_sees_syncs_and_skips_views():
 
 
 def test_counter_sees_the_copy_contiguous_makes_inside_a_fastvae_op(monkeypatch):
-    """A custom op's body runs below autograd, where ``aten::contiguous`` (alias-annotated, so
-    it looks like a view) reaches the counter whole: the clone it makes of a ``chunk`` view
-    must be counted, and nothing for inputs that are contiguous already."""
+    """The op's body runs below autograd, where ``aten::contiguous`` (alias-annotated, so it
+    looks like a view) reaches the counter whole: the clone it makes of a latent whose last
+    dim is not unit-stride must be counted (``chunk`` views of a row-major encoder output are
+    read in place now, so they cannot show it), and nothing for contiguous inputs."""
     monkeypatch.setenv("FASTVAE_BACKEND", "triton")
-    both = torch.randn(4, 6)
-    mu, logvar = both.chunk(2, dim=1)  # as MLPVAE hands them over: strided views
+    both = torch.randn(6, 4).t()  # column-major: its chunks have column stride 4
+    mu, logvar = both.chunk(2, dim=1)
     counted = measure.count_dispatched(lambda: fastvae.sample_and_kl(mu, logvar, reduction="sum"))
     assert counted.ops.count("clone") == 2, counted.ops
     mu, logvar = mu.contiguous(), logvar.contiguous()
