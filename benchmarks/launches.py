@@ -34,7 +34,7 @@ from triton import knobs
 from triton.backends.compiler import GPUTarget
 from triton.compiler import ASTSource, make_backend
 from triton.runtime.autotuner import Autotuner
-from triton.runtime.jit import JITFunction, create_function_from_signature
+from triton.runtime.jit import JITFunction, compute_cache_key, create_function_from_signature
 
 SM90 = GPUTarget("cuda", 90, 32)
 
@@ -57,8 +57,15 @@ class Launch:
 
 @dataclass
 class Recorder:
+    """``bind``: while True, each stubbed launch also runs Triton's own per-launch host work
+    that needs no GPU: the JITFunction's argument binder (specialization of every argument)
+    and its kernel-cache key, exactly as ``JITFunction.run`` computes them for sm_90. Left
+    out still: the driver queries (current device and stream), ``launch_metadata`` and the C
+    launcher."""
+
     launches: list[Launch] = field(default_factory=list)
     current: str = ""
+    bind: bool = False
 
     @contextlib.contextmanager
     def phase(self, label: str) -> Iterator[None]:
@@ -82,6 +89,7 @@ def recording(keep: bool = True) -> Iterator[Recorder]:
     import fastvae.kernels._common as common
 
     recorder = Recorder()
+    binders: dict = {}  # kernel -> (Triton's binder for sm_90, its kernel-cache-key cache)
     original_check = common.check_launchable
     patched = [m for name, m in list(sys.modules.items())
                if name.startswith("fastvae") and getattr(m, "check_launchable", None) is original_check]
@@ -89,6 +97,14 @@ def recording(keep: bool = True) -> Iterator[Recorder]:
     def run(kernel, *args, grid, warmup, **kwargs):
         if keep:
             recorder.launches.append(Launch(kernel, args, dict(kwargs), grid, recorder.current))
+        if recorder.bind:  # the start of JITFunction.run, up to the kernel-cache lookup
+            kwargs["debug"] = kwargs.get("debug", kernel.debug) or knobs.runtime.debug
+            kwargs["instrumentation_mode"] = knobs.compilation.instrumentation_mode
+            if kernel not in binders:
+                binders[kernel] = (create_function_from_signature(kernel.signature, kernel.params, make_backend(SM90)), {})
+            binder, key_cache = binders[kernel]
+            _, specialization, options = binder(*args, **kwargs)
+            compute_cache_key(key_cache, specialization, options)
 
     def refuse(tuner, *args, **kwargs):
         raise NotImplementedError(

@@ -123,14 +123,18 @@ def _kl_shape(mu: Tensor, reduction: str) -> tuple[int, ...]:
 
 
 def _sample_and_kl_forward(mu, logvar, key, n_samples, sample, kl, reduction):
-    """The forward body shared by the eager Function and the custom op: one launch."""
+    """The forward body shared by the eager Function and the custom op: one launch (and no
+    view of z for ``(B, L)`` latents)."""
     B, numel = mu.shape[0], mu.numel()
     mode = "off" if not kl else "rows" if reduction == "none" else "total"
     z, kl_out = kernels.sample_and_kl_fwd(
         _rows(mu), _rows(logvar), key if sample else None, n_samples, sample, mode,
         reduction_divisor(reduction, B, numel),
     )
-    z = z.view(_z_shape(mu, n_samples)) if sample else _empty(mu)
+    if not sample:
+        z = _empty(mu)
+    elif mu.dim() != 2:
+        z = z.view(_z_shape(mu, n_samples))
     if not kl:
         kl_out = _empty(mu, loss_dtype(mu.dtype))
     elif numel == 0 and reduction in ("mean", "batchmean"):
@@ -139,17 +143,16 @@ def _sample_and_kl_forward(mu, logvar, key, n_samples, sample, kl, reduction):
 
 
 def _sample_and_kl_backward_body(mu, logvar, key, n_samples, grad_z, grad_kl, reduction):
-    """(dmu, dlogvar), contiguous in mu's shape, from one launch; eps regenerated from key."""
-    B = mu.shape[0]
-    if grad_z is not None:
-        grad_z = grad_z.reshape(n_samples, B, math.prod(mu.shape[1:]))
-    if grad_kl is not None and reduction != "none":
-        grad_kl = grad_kl.expand(B)  # stride 0: the kernel reads the scalar once
+    """(dmu, dlogvar), contiguous in mu's shape, from one launch; eps regenerated from key.
+    grad_z goes to the kernel in its own shape (read flat), a scalar grad_kl as it is (read
+    once, stride 0): no view or expand dispatches for ``(B, L)`` latents."""
     dmu, dlv = kernels.sample_and_kl_bwd(
         _rows(mu), _rows(logvar), key, n_samples, grad_z, grad_kl,
-        reduction_divisor(reduction, B, mu.numel()),
+        reduction_divisor(reduction, mu.shape[0], mu.numel()),
     )
-    return dmu.view(mu.shape), dlv.view(logvar.shape)
+    if mu.dim() != 2:
+        return dmu.view(mu.shape), dlv.view(logvar.shape)
+    return dmu, dlv
 
 
 class _SampleAndKL(torch.autograd.Function):
@@ -158,7 +161,7 @@ class _SampleAndKL(torch.autograd.Function):
     @staticmethod
     def forward(ctx, mu, logvar, key, n_samples, sample, kl, reduction):
         z, kl_out = _sample_and_kl_forward(mu, logvar, key, n_samples, sample, kl, reduction)
-        in_memory = isinstance(key, Tensor)
+        in_memory = isinstance(key, Tensor)  # a device key is saved (saved-tensor hooks see it)
         ctx.save_for_backward(mu, logvar, key if in_memory else None)
         ctx.host_key = None if in_memory else key
         ctx.n_samples, ctx.reduction = n_samples, reduction
@@ -167,9 +170,9 @@ class _SampleAndKL(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad_z, grad_kl):
-        mu, logvar, key = ctx.saved_tensors
         if grad_z is None and grad_kl is None:
             return None, None, None, None, None, None, None
+        mu, logvar, key = ctx.saved_tensors
         dmu, dlogvar = _sample_and_kl_backward_body(
             mu, logvar, ctx.host_key if key is None else key, ctx.n_samples, grad_z, grad_kl,
             ctx.reduction,
@@ -269,13 +272,13 @@ def _recon_forward(recon, x, recon_logvar, logvar_value, likelihood, reduction, 
     """(loss, d_recon or None, d_logvar or None) from ONE launch. For a scalar reduction the
     gradients for grad_output = 1 (already divided by the divisor) come from the same pass;
     for "none" nothing is written (grad_output is per row: backward recomputes)."""
-    B = recon.shape[0]
+    B, numel = recon.shape[0], recon.numel()
     fused = reduction != "none"
     loss, dr, dv = kernels.recon_loss_fwd(
         recon, x, recon_logvar, logvar_value, likelihood, not fused,
-        reduction_divisor(reduction, B, recon.numel()), grad_recon and fused, grad_logvar and fused,
+        reduction_divisor(reduction, B, numel), grad_recon and fused, grad_logvar and fused,
     )
-    return _nan_if_empty(loss, reduction, B, recon.numel()), dr, dv
+    return _nan_if_empty(loss, reduction, B, numel), dr, dv
 
 
 def _target_grad(recon, x, recon_logvar, logvar_value, likelihood, g):
@@ -296,7 +299,7 @@ def _target_grad(recon, x, recon_logvar, logvar_value, likelihood, g):
     return (d * g).to(x.dtype)
 
 
-def _last_use_of_saved(*tensors: Tensor | None) -> bool:
+def _last_use_of_saved(grad_loss: Tensor, dr: Tensor | None, dv: Tensor | None) -> bool:
     """True when this backward call is the last use of the node's saved tensors: autograd frees
     them afterwards (no ``retain_graph``), builds no graph of the backward (no
     ``create_graph``), and nothing is being traced (plain tensors, not the fake or functional
@@ -304,8 +307,10 @@ def _last_use_of_saved(*tensors: Tensor | None) -> bool:
     True (keep), so the answer is then False."""
     return not (
         torch.is_grad_enabled()
+        or type(grad_loss) is not Tensor
+        or (dr is not None and type(dr) is not Tensor)
+        or (dv is not None and type(dv) is not Tensor)
         or torch.compiler.is_compiling()
-        or any(t is not None and type(t) is not Tensor for t in tensors)
         or torch._C._autograd._get_current_graph_task_keep_graph()
     )
 
@@ -350,21 +355,37 @@ def _recon_grads(ctx, grad_loss, rows_backward):
 
 
 class _ReconLoss(torch.autograd.Function):
-    """The eager path: same launchers and bodies as the custom op, less dispatch."""
+    """The eager path: same launchers and bodies as the custom op, less dispatch. When the
+    forward wrote every gradient backward needs (a scalar reduction, x not requiring grad), it
+    saves only those and backward just scales them; otherwise it saves the inputs too and
+    backward takes the general body."""
 
     @staticmethod
     def forward(ctx, recon, x, recon_logvar, logvar_value, likelihood, reduction, grad_recon, grad_logvar):
         loss, dr, dv = _recon_forward(
             recon, x, recon_logvar, logvar_value, likelihood, reduction, grad_recon, grad_logvar
         )
+        need_r, need_x, need_v = ctx.needs_input_grad[:3]
+        ctx.scale_only = (
+            reduction != "none" and not need_x
+            and (dr is not None or not need_r) and (dv is not None or not need_v)
+        )
+        if ctx.scale_only:
+            ctx.save_for_backward(dr if need_r else None, dv if need_v else None)
+            return loss
         ctx.save_for_backward(recon, x, recon_logvar, dr, dv)
         ctx.logvar_value, ctx.likelihood, ctx.reduction = logvar_value, likelihood, reduction
-        ctx.set_materialize_grads(False)
         return loss
 
     @staticmethod
     def backward(ctx, grad_loss):
-        return *_recon_grads(ctx, grad_loss, _rows_backward_eager), None, None, None, None, None
+        if not ctx.scale_only:
+            return *_recon_grads(ctx, grad_loss, _rows_backward_eager), None, None, None, None, None
+        dr, dv = ctx.saved_tensors  # one output: grad_loss is a tensor (materialized)
+        in_place = _last_use_of_saved(grad_loss, dr, dv)
+        d_recon = None if dr is None else _scaled(dr, grad_loss, in_place)
+        d_logvar = None if dv is None else _scaled(dv, grad_loss, in_place)
+        return d_recon, None, d_logvar, None, None, None, None, None
 
 
 def _rows_backward_eager(recon, x, recon_logvar, logvar_value, likelihood, grad_rows, need_r, need_v):

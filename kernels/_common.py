@@ -49,10 +49,17 @@ def pow2_at_most(n: int, cap: int) -> int:
     return min(triton.next_power_of_2(max(n, 1)), cap)
 
 
+_NO_GUARD = contextlib.nullcontext()  # reusable: entering it does nothing
+
+
 def device_guard(t: torch.Tensor):
     """A context that makes ``t``'s CUDA device current for a launch (Triton launches on the
     current device, whatever device the pointers live on); a no-op context when it already is
-    current, or for CPU tensors."""
-    if t.is_cuda and t.device.index != torch.cuda.current_device():
-        return torch.cuda.device(t.device)
-    return contextlib.nullcontext()
+    current, or for CPU tensors. A CUDA tensor exists, so CUDA is initialized: the current
+    device is read straight from the runtime (``torch.cuda.current_device`` would first run
+    its lazy-init check)."""
+    if t.is_cuda:
+        index = t.get_device()
+        if index != torch._C._cuda_getDevice():
+            return torch.cuda.device(index)
+    return _NO_GUARD

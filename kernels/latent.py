@@ -288,16 +288,14 @@ def _ticket(device: torch.device) -> torch.Tensor:
     return t
 
 
-def _is_contiguous(*tensors: torch.Tensor) -> bool:
-    return all(t.is_contiguous() for t in tensors)
-
-
-def _flat_readable(mu: torch.Tensor, logvar: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """mu, logvar as the flat layout reads them: in place (strided rows when L + BLOCK < 2**24,
-    the exact range of the kernel's fp32 row split _row_col), else contiguous copies."""
-    if _is_contiguous(mu, logvar) or mu.shape[1] + _FLAT_BLOCK < 1 << 24:
-        return mu, logvar
-    return mu.contiguous(), logvar.contiguous()
+def _flat_readable(mu: torch.Tensor, logvar: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, bool]:
+    """(mu, logvar, both contiguous) as the flat layout reads them: in place (strided rows when
+    L + BLOCK < 2**24, the exact range of the kernel's fp32 row split _row_col), else
+    contiguous copies."""
+    contiguous = mu.is_contiguous() and logvar.is_contiguous()
+    if contiguous or mu.shape[1] + _FLAT_BLOCK < 1 << 24:
+        return mu, logvar, contiguous
+    return mu.contiguous(), logvar.contiguous(), True
 
 
 def sample_and_kl_fwd(
@@ -316,8 +314,8 @@ def sample_and_kl_fwd(
             stride: ``chunk`` views are read in place).
         key: the Philox key: ``(seed, offset)`` Python ints (a host draw), or an int64 device
             tensor holding them (drawn on the device); None when not sampling.
-        n_samples: K >= 1 samples per element; z is ``(K, B, L)`` contiguous (the caller
-            reshapes it); sample k reads Philox counter ``offset + k``.
+        n_samples: K >= 1 samples per element; z is ``(B, L)`` for K = 1, else ``(K, B, L)``,
+            contiguous; sample k reads Philox counter ``offset + k``.
         sample: compute z.
         kl: "off", "rows" (per row, ``(B,)``) or "total" (a 0-dim tensor).
         div: the KL (each row's, or the total) is divided by this.
@@ -329,34 +327,57 @@ def sample_and_kl_fwd(
     check_launchable("mu", mu)
     B, L = mu.shape
     mode = _KL_MODES[kl]
-    flat = mode != 1  # per-row KLs need the row tile
+    flat = mode != 1  # per-row KLs need the row tile (which takes any row stride)
     if flat:
-        mu, logvar = _flat_readable(mu, logvar)
-    z = mu.new_empty((n_samples, B, L)) if sample else None
-    acc = loss_dtype(mu.dtype)
+        mu, logvar, contiguous = _flat_readable(mu, logvar)
+    else:
+        contiguous = mu.is_contiguous() and logvar.is_contiguous()
+    z = None
+    if sample:  # empty_like: about half the host cost of new_empty(shape)
+        z = torch.empty_like(mu, memory_format=torch.contiguous_format) if n_samples == 1 else mu.new_empty((n_samples, B, L))
     kl_out = None
-    if mode == 1:
-        kl_out = mu.new_empty((B,), dtype=acc)
-    elif mode == 2:
-        kl_out = mu.new_empty((), dtype=acc)
+    if mode:
+        kl_out = mu.new_empty((B,) if mode == 1 else (), dtype=loss_dtype(mu.dtype))
     if B * L == 0:
         if mode == 2:
             kl_out.zero_()
         return z, kl_out
     programs, block_b, block_l, p_block = _layout(B, L, flat, _FLAT_BLOCK)
-    partials = mu.new_empty((programs,), dtype=acc) if mode == 2 else mu
+    # "total": one partial per program; a single program's partial is the total's own slot
+    # (it stores it, reads it back and overwrites it with the total: no workspace allocation).
+    partials = mu if mode != 2 else kl_out if programs == 1 else mu.new_empty((programs,), dtype=kl_out.dtype)
     in_memory = isinstance(key, torch.Tensor)
     seed, offset = (0, 0) if in_memory or key is None else key
     with device_guard(mu):
+        # Positional arguments, in the kernel's order (named alongside): keywords would cost
+        # more host time than the rest of the launcher (Triton repacks them twice per launch).
         _sample_and_kl_fwd_kernel[(programs,)](
-            mu_ptr=mu, lv_ptr=logvar, key_ptr=key if in_memory else mu,
-            z_ptr=z if sample else mu, kl_ptr=kl_out if mode else partials,
-            partials_ptr=partials, ticket_ptr=_ticket(mu.device) if mode == 2 else mu,
-            seed=seed, offset=offset,
-            B=B, L=L, N=B * L, mu_stride=mu.stride(0), lv_stride=logvar.stride(0), K=n_samples, div=div,
-            SAMPLE=sample, KL=mode, FLAT=flat, STRIDED=not _is_contiguous(mu, logvar),
-            KEY_IN_MEMORY=in_memory, FAST_EXP=_FAST_EXP,
-            BLOCK=_FLAT_BLOCK, BLOCK_B=block_b, BLOCK_L=block_l, P_BLOCK=p_block,
+            mu,  # mu_ptr
+            logvar,  # lv_ptr
+            key if in_memory else mu,  # key_ptr
+            z if sample else mu,  # z_ptr
+            kl_out if mode else partials,  # kl_ptr
+            partials,  # partials_ptr
+            _ticket(mu.device) if mode == 2 else mu,  # ticket_ptr
+            seed,
+            offset,
+            B,
+            L,
+            B * L,  # N
+            mu.stride(0),  # mu_stride
+            logvar.stride(0),  # lv_stride
+            n_samples,  # K
+            div,
+            sample,  # SAMPLE
+            mode,  # KL
+            flat,  # FLAT
+            not contiguous,  # STRIDED
+            in_memory,  # KEY_IN_MEMORY
+            _FAST_EXP,  # FAST_EXP
+            _FLAT_BLOCK,  # BLOCK
+            block_b,  # BLOCK_B
+            block_l,  # BLOCK_L
+            p_block,  # P_BLOCK
         )
     return z, kl_out
 
@@ -373,32 +394,50 @@ def sample_and_kl_bwd(
     """Launch the fused backward kernel; returns contiguous ``(dmu, dlogvar)`` ``(B, L)`` in
     the input dtype.
 
-    ``grad_z`` is ``(K, B, L)`` (or None when z was unused); ``grad_kl`` is ``(B,)``, possibly
-    an expanded (stride 0) view of a scalar, or None when the KL was unused; it is divided by
-    ``div`` (as in :func:`sample_and_kl_fwd`). eps is regenerated from ``key``.
+    ``grad_z`` holds ``(K, B, L)`` elements in any shape (copied only when not contiguous),
+    or is None when z was unused; ``grad_kl`` is ``(B,)`` (any stride: an expanded view of a
+    scalar has stride 0), a 0-dim tensor (read once for every row), or None when the KL was
+    unused; it is divided by ``div`` (as in :func:`sample_and_kl_fwd`). eps is regenerated
+    from ``key``.
     """
     check_launchable("mu", mu)
     B, L = mu.shape
-    dmu = mu.new_empty((B, L))
-    dlv = logvar.new_empty((B, L))
+    dmu = torch.empty_like(mu, memory_format=torch.contiguous_format)
+    dlv = torch.empty_like(logvar, memory_format=torch.contiguous_format)
     if B * L == 0:
         return dmu, dlv
-    if grad_z is not None:
+    if grad_z is not None and not grad_z.is_contiguous():
         grad_z = grad_z.contiguous()
-    mu, logvar = _flat_readable(mu, logvar)
+    mu, logvar, contiguous = _flat_readable(mu, logvar)
     programs, _, _, _ = _layout(B, L, True, _FLAT_BLOCK)
     in_memory = isinstance(key, torch.Tensor)
     seed, offset = (0, 0) if in_memory or key is None else key
+    dkl_stride = grad_kl.stride(0) if grad_kl is not None and grad_kl.dim() else 0
     with device_guard(mu):
-        _sample_and_kl_bwd_kernel[(programs,)](
-            mu_ptr=mu, lv_ptr=logvar, key_ptr=key if in_memory else mu,
-            dz_ptr=mu if grad_z is None else grad_z, dkl_ptr=mu if grad_kl is None else grad_kl,
-            dmu_ptr=dmu, dlv_ptr=dlv, seed=seed, offset=offset,
-            B=B, L=L, N=B * L, mu_stride=mu.stride(0), lv_stride=logvar.stride(0), K=n_samples,
-            dkl_stride=0 if grad_kl is None else grad_kl.stride(0), div=div,
-            HAS_DZ=grad_z is not None, HAS_DKL=grad_kl is not None,
-            DKL_PER_ROW=grad_kl is not None and grad_kl.stride(0) != 0,
-            STRIDED=not _is_contiguous(mu, logvar),
-            KEY_IN_MEMORY=in_memory, FAST_EXP=_FAST_EXP, BLOCK=_FLAT_BLOCK,
+        _sample_and_kl_bwd_kernel[(programs,)](  # positional, in the kernel's order
+            mu,  # mu_ptr
+            logvar,  # lv_ptr
+            key if in_memory else mu,  # key_ptr
+            mu if grad_z is None else grad_z,  # dz_ptr
+            mu if grad_kl is None else grad_kl,  # dkl_ptr
+            dmu,  # dmu_ptr
+            dlv,  # dlv_ptr
+            seed,
+            offset,
+            B,
+            L,
+            B * L,  # N
+            mu.stride(0),  # mu_stride
+            logvar.stride(0),  # lv_stride
+            n_samples,  # K
+            dkl_stride,
+            div,
+            grad_z is not None,  # HAS_DZ
+            grad_kl is not None,  # HAS_DKL
+            dkl_stride != 0,  # DKL_PER_ROW
+            not contiguous,  # STRIDED
+            in_memory,  # KEY_IN_MEMORY
+            _FAST_EXP,  # FAST_EXP
+            _FLAT_BLOCK,  # BLOCK
         )
     return dmu, dlv

@@ -402,11 +402,12 @@ def _same_rows(t: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
 
 
 class _LogVar:
-    """How recon_logvar (None, or a tensor broadcastable to recon) reaches the kernels."""
+    """How recon_logvar (None, or a tensor broadcastable to recon) reaches the kernels:
+    ``tensor`` is None (the kernel reads no log-variance tensor) unless it is a Gaussian's."""
 
-    def __init__(self, recon: torch.Tensor, logvar: torch.Tensor | None, gaussian: bool):
-        self.source = logvar
-        self.tensor, self.row_stride, self.mode = recon, 0, V_SCALAR.value
+    def __init__(self, recon: torch.Tensor | None, logvar: torch.Tensor | None, gaussian: bool):
+        self.source, self.full = logvar, False
+        self.tensor, self.row_stride, self.mode = None, 0, V_SCALAR.value
         if not gaussian or logvar is None:
             return
         B = recon.shape[0]
@@ -455,12 +456,20 @@ def _ticket(device: torch.device) -> torch.Tensor:
     return counter
 
 
+_NO_LOGVAR = _LogVar(None, None, False)  # shared by every call without a log-variance tensor
+
+
 def _prepare(recon, x, recon_logvar, likelihood):
     check_launchable("recon", recon)
-    if not _dense_rows(recon.shape, recon.stride()):
-        recon = recon.contiguous()
-    x = _same_rows(x, recon)
-    logvar = _LogVar(recon, recon_logvar, likelihood == "gaussian")
+    if recon.is_contiguous():
+        if not x.is_contiguous():  # both contiguous (one shape): the same layout, nothing to check
+            x = _same_rows(x, recon)
+    else:
+        if not _dense_rows(recon.shape, recon.stride()):
+            recon = recon.contiguous()
+        x = _same_rows(x, recon)
+    gaussian = likelihood == "gaussian" and recon_logvar is not None
+    logvar = _LogVar(recon, recon_logvar, True) if gaussian else _NO_LOGVAR
     B = recon.shape[0]
     D = recon.numel() // B if B else 0
     f64 = torch.float64 in (recon.dtype, x.dtype) or (
@@ -469,8 +478,17 @@ def _prepare(recon, x, recon_logvar, likelihood):
     return recon, x, logvar, B, D, f64
 
 
+def _new_grad(recon: torch.Tensor) -> torch.Tensor:
+    """An uninitialized d_recon: recon's dtype and shape, :func:`grad_strides` strides. For a
+    contiguous recon of B > 1 rows (row stride D) those are recon's own strides, which
+    ``empty_like`` copies at a third of the host cost of ``new_empty_strided``."""
+    if recon.shape[0] > 1 and recon.is_contiguous():
+        return torch.empty_like(recon)
+    return recon.new_empty_strided(recon.shape, _grad_strides_cached(recon.shape, recon.stride()))
+
+
 def _empty_grads(recon, logvar, grad_recon, grad_logvar):
-    dr = torch.empty_strided(recon.shape, grad_strides(recon.shape, recon.stride()), dtype=recon.dtype, device=recon.device) if grad_recon else None
+    dr = _new_grad(recon) if grad_recon else None
     dv = None
     if grad_logvar and logvar.source is not None:
         full = logvar.full and logvar.mode == V_ELEMENTS.value
@@ -513,31 +531,51 @@ def recon_loss_fwd(
     """
     recon, x, logvar, B, D, f64 = _prepare(recon, x, recon_logvar, likelihood)
     acc = torch.float64 if f64 else loss_dtype(recon.dtype)
-    out = torch.empty((B,) if per_row else (), dtype=acc, device=recon.device)
+    out = recon.new_empty((B,) if per_row else (), dtype=acc)
     if B * D == 0:
         dr, dv = _empty_grads(recon, logvar, grad_recon, grad_logvar)
         return out.zero_(), dr, dv
     block_d, num_warps, n_chunks, rblock = _layout(B, D)
     n_programs = B * n_chunks
-    dr, _ = _empty_grads(recon, logvar, grad_recon, False)
+    dr = _new_grad(recon) if grad_recon else None
     dv_buf, dv_mode, dv_row_stride = (recon, DV_NONE.value, 0)
     if grad_logvar and logvar.source is not None:
         dv_buf, dv_mode, dv_row_stride = logvar.grad_buffer(recon, n_programs)
     mode = OUT_ROWS_DIRECT.value if per_row and n_chunks == 1 else OUT_ROWS.value if per_row else OUT_TOTAL.value
     direct = mode == OUT_ROWS_DIRECT.value
-    partial = out if direct else torch.empty(n_programs, dtype=acc, device=recon.device)
+    # One program's partial may live in the total's own slot (stored, read back, overwritten).
+    partial = out if direct or n_programs == 1 else recon.new_empty((n_programs,), dtype=acc)
     with device_guard(recon):
+        # Positional arguments, in the kernel's order (named alongside): keywords would cost
+        # more host time than the rest of the launcher (Triton repacks them twice per launch).
         _recon_loss_fwd_kernel[(n_programs,)](
-            r_ptr=recon, x_ptr=x, v_ptr=logvar.tensor,
-            dr_ptr=recon if dr is None else dr, dv_ptr=dv_buf,
-            partial_ptr=partial, ticket_ptr=out if direct else _ticket(recon.device), out_ptr=out,
-            D=D, n_chunks=n_chunks, n_rows=B,
-            r_row_stride=recon.stride(0), x_row_stride=x.stride(0), v_row_stride=logvar.row_stride,
-            dr_row_stride=D, dv_row_stride=dv_row_stride,
-            divisor=divisor, logvar_value=float(logvar_value),
-            LIKELIHOOD=LIKELIHOOD_CODES[likelihood], V_MODE=logvar.mode, DV_MODE=dv_mode,
-            WRITE_DR=dr is not None, OUT=mode, F64=f64, BLOCK_D=block_d, EVEN_D=D % block_d == 0,
-            RBLOCK=rblock,
+            recon,  # r_ptr
+            x,  # x_ptr
+            recon if logvar.tensor is None else logvar.tensor,  # v_ptr
+            recon if dr is None else dr,  # dr_ptr
+            dv_buf,  # dv_ptr
+            partial,  # partial_ptr
+            out if direct else _ticket(recon.device),  # ticket_ptr
+            out,  # out_ptr
+            D,
+            n_chunks,
+            B,  # n_rows
+            recon.stride(0),  # r_row_stride
+            x.stride(0),  # x_row_stride
+            logvar.row_stride,  # v_row_stride
+            D,  # dr_row_stride
+            dv_row_stride,
+            divisor,
+            float(logvar_value),
+            LIKELIHOOD_CODES[likelihood],  # LIKELIHOOD
+            logvar.mode,  # V_MODE
+            dv_mode,  # DV_MODE
+            dr is not None,  # WRITE_DR
+            mode,  # OUT
+            f64,  # F64
+            block_d,  # BLOCK_D
+            D % block_d == 0,  # EVEN_D
+            rblock,  # RBLOCK
             num_warps=num_warps,
         )
     dv = logvar.reduce_grad(dv_buf, recon, n_chunks) if dv_mode != DV_NONE.value else None
@@ -565,20 +603,34 @@ def recon_loss_bwd(
         return _empty_grads(recon, logvar, grad_recon, grad_logvar)
     block_d, num_warps, n_chunks, _ = _layout(B, D)
     n_programs = B * n_chunks
-    dr, _ = _empty_grads(recon, logvar, grad_recon, False)
+    dr = _new_grad(recon) if grad_recon else None
     dv_buf, dv_mode, dv_row_stride = (recon, DV_NONE.value, 0)
     if grad_logvar and logvar.source is not None:
         dv_buf, dv_mode, dv_row_stride = logvar.grad_buffer(recon, n_programs)
     with device_guard(recon):
-        _recon_loss_bwd_kernel[(n_programs,)](
-            r_ptr=recon, x_ptr=x, v_ptr=logvar.tensor, g_ptr=grad_rows,
-            dr_ptr=recon if dr is None else dr, dv_ptr=dv_buf,
-            D=D, n_chunks=n_chunks,
-            r_row_stride=recon.stride(0), x_row_stride=x.stride(0), v_row_stride=logvar.row_stride,
-            dr_row_stride=D, dv_row_stride=dv_row_stride, g_stride=grad_rows.stride(0),
-            logvar_value=float(logvar_value),
-            LIKELIHOOD=LIKELIHOOD_CODES[likelihood], V_MODE=logvar.mode, DV_MODE=dv_mode,
-            WRITE_DR=dr is not None, F64=f64, BLOCK_D=block_d, EVEN_D=D % block_d == 0,
+        _recon_loss_bwd_kernel[(n_programs,)](  # positional, in the kernel's order
+            recon,  # r_ptr
+            x,  # x_ptr
+            recon if logvar.tensor is None else logvar.tensor,  # v_ptr
+            grad_rows,  # g_ptr
+            recon if dr is None else dr,  # dr_ptr
+            dv_buf,  # dv_ptr
+            D,
+            n_chunks,
+            recon.stride(0),  # r_row_stride
+            x.stride(0),  # x_row_stride
+            logvar.row_stride,  # v_row_stride
+            D,  # dr_row_stride
+            dv_row_stride,
+            grad_rows.stride(0),  # g_stride
+            float(logvar_value),
+            LIKELIHOOD_CODES[likelihood],  # LIKELIHOOD
+            logvar.mode,  # V_MODE
+            dv_mode,  # DV_MODE
+            dr is not None,  # WRITE_DR
+            f64,  # F64
+            block_d,  # BLOCK_D
+            D % block_d == 0,  # EVEN_D
             num_warps=num_warps,
         )
     dv = logvar.reduce_grad(dv_buf, recon, n_chunks) if dv_mode != DV_NONE.value else None
@@ -598,6 +650,10 @@ def recon_loss_scale_grad(grad: torch.Tensor, grad_output: torch.Tensor) -> torc
     if n:
         with device_guard(grad):
             _recon_loss_scale_grad_kernel[(-(-n // _SCALE_BLOCK),)](
-                g_ptr=grad_output, grad_ptr=grad, n=n, BLOCK=_SCALE_BLOCK, num_warps=_MAX_WARPS,
+                grad_output,  # g_ptr
+                grad,  # grad_ptr
+                n,
+                _SCALE_BLOCK,  # BLOCK
+                num_warps=_MAX_WARPS,
             )
     return grad

@@ -1,0 +1,83 @@
+"""The launchers pass kernel arguments positionally (keywords cost more host time than the rest
+of a launcher): each launch, bound to the kernel's parameter names, must carry the value meant
+for each name. Shapes are chosen so that the sizes and strides differ from one another."""
+
+import pytest
+import torch
+
+from fastvae import _ops
+from fastvae.kernels import latent as latent_kernels
+from fastvae.kernels import recon as recon_kernels
+from helpers import KERNEL_DEVICE
+
+KERNELS = (
+    recon_kernels._recon_loss_fwd_kernel,
+    recon_kernels._recon_loss_bwd_kernel,
+    recon_kernels._recon_loss_scale_grad_kernel,
+    latent_kernels._sample_and_kl_fwd_kernel,
+    latent_kernels._sample_and_kl_bwd_kernel,
+)
+
+
+@pytest.fixture
+def launched(monkeypatch):
+    """Runs every launch for real and records it as ``(kernel name, {parameter: value})``."""
+    seen = []
+    for kernel in KERNELS:
+        def run(*args, _kernel=kernel, _run=kernel.run, **kwargs):
+            named = dict(zip(_kernel.arg_names, args))
+            named.update({k: v for k, v in kwargs.items() if k in _kernel.arg_names})
+            seen.append((_kernel.__name__, named))
+            return _run(*args, **kwargs)
+
+        monkeypatch.setattr(kernel, "run", run)
+    return seen
+
+
+def test_recon_launch_arguments(launched):
+    g = torch.Generator().manual_seed(0)
+    recon = torch.randn(3, 5, generator=g).to(KERNEL_DEVICE).requires_grad_(True)
+    x = torch.rand(3, 9, generator=g).to(KERNEL_DEVICE)[:, :5]  # row stride 9, read in place
+    _ops.reconstruction_loss(recon, x, None, 0.0, "bernoulli", "batchmean", True, False).mul(2.0).backward()
+    w = torch.tensor([1.0, 2.0, 3.0], device=KERNEL_DEVICE)  # grad_output per row: stride 1
+    (_ops.reconstruction_loss(recon, x, None, 0.0, "mse", "none", True, False) * w).sum().backward()
+    names = [n for n, _ in launched]
+    assert names == ["_recon_loss_fwd_kernel", "_recon_loss_scale_grad_kernel",
+                     "_recon_loss_fwd_kernel", "_recon_loss_bwd_kernel"]
+    fwd, scale, fwd_rows, bwd = (a for _, a in launched)
+    assert fwd["r_ptr"] is recon and fwd["x_ptr"] is x and fwd["v_ptr"] is recon
+    assert fwd["dr_ptr"].shape == (3, 5) and fwd["dr_ptr"] is not recon
+    assert (fwd["D"], fwd["n_chunks"], fwd["n_programs"]) == (5, 1, 3)
+    assert (fwd["r_row_stride"], fwd["x_row_stride"], fwd["v_row_stride"], fwd["dr_row_stride"]) == (5, 9, 0, 5)
+    assert (fwd["divisor"], fwd["logvar_value"], fwd["LIKELIHOOD"]) == (3, 0.0, 0)
+    assert (fwd["V_MODE"], fwd["DV_MODE"], fwd["WRITE_DR"], fwd["OUT"], fwd["F64"]) == (2, 0, True, 2, False)
+    assert fwd["EVEN_D"] == (5 % fwd["BLOCK_D"] == 0) and fwd["RBLOCK"] >= fwd["BLOCK_D"]
+    assert fwd["partial_ptr"].shape == (3,) and fwd["out_ptr"].shape == ()
+    assert scale["grad_ptr"] is fwd["dr_ptr"] and scale["g_ptr"].shape == () and scale["n"] == 15
+    assert scale["BLOCK"] == recon_kernels._SCALE_BLOCK
+    assert (fwd_rows["LIKELIHOOD"], fwd_rows["OUT"], fwd_rows["WRITE_DR"], fwd_rows["divisor"]) == (1, 0, False, 1)
+    assert bwd["r_ptr"] is recon and bwd["x_ptr"] is x and bwd["g_ptr"].shape == (3,)
+    assert (bwd["D"], bwd["n_chunks"], bwd["r_row_stride"], bwd["x_row_stride"], bwd["dr_row_stride"]) == (5, 1, 5, 9, 5)
+    assert (bwd["g_stride"], bwd["LIKELIHOOD"], bwd["WRITE_DR"], bwd["DV_MODE"]) == (1, 1, True, 0)
+
+
+def test_latent_launch_arguments(launched):
+    g = torch.Generator().manual_seed(1)
+    enc = torch.randn(3, 14, generator=g).to(KERNEL_DEVICE).requires_grad_(True)
+    mu, logvar = enc.chunk(2, dim=1)  # (3, 7) views with row stride 14, read in place
+    z, kl = _ops.sample_and_kl(mu, logvar, None, 1, True, True, "batchmean")
+    torch.autograd.grad((kl, z), [enc], (torch.tensor(2.0, device=KERNEL_DEVICE), torch.ones_like(z)))
+    assert [n for n, _ in launched] == ["_sample_and_kl_fwd_kernel", "_sample_and_kl_bwd_kernel"]
+    fwd, bwd = (a for _, a in launched)
+    in_memory = not mu.is_cuda  # the CPU generator's key is an int64 tensor; CUDA's host ints
+    for a in (fwd, bwd):
+        assert a["mu_ptr"] is mu and a["lv_ptr"] is logvar
+        assert (a["B"], a["L"], a["N"], a["mu_stride"], a["lv_stride"], a["K"]) == (3, 7, 21, 14, 14, 1)
+        assert (a["div"], a["STRIDED"], a["KEY_IN_MEMORY"], a["BLOCK"]) == (3, True, in_memory, latent_kernels._FLAT_BLOCK)
+        assert isinstance(a["seed"], int) and isinstance(a["offset"], int)
+    assert fwd["z_ptr"] is z and fwd["kl_ptr"] is kl and fwd["partials_ptr"] is kl  # one program
+    assert (fwd["SAMPLE"], fwd["KL"], fwd["FLAT"], fwd["BLOCK_B"], fwd["BLOCK_L"], fwd["P_BLOCK"]) == (True, 2, True, 1, 1, 1)
+    assert fwd["ticket_ptr"].dtype == torch.int32
+    assert bwd["dz_ptr"].shape == (3, 7) and bwd["dkl_ptr"].shape == () and bwd["dkl_stride"] == 0
+    assert bwd["dmu_ptr"].shape == (3, 7) and bwd["dlv_ptr"].shape == (3, 7)
+    assert (bwd["HAS_DZ"], bwd["HAS_DKL"], bwd["DKL_PER_ROW"]) == (True, True, False)
