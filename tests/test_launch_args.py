@@ -47,7 +47,7 @@ def test_recon_launch_arguments(launched):
     fwd, scale, fwd_rows, bwd = (a for _, a in launched)
     assert fwd["r_ptr"] is recon and fwd["x_ptr"] is x and fwd["v_ptr"] is recon
     assert fwd["dr_ptr"].shape == (3, 5) and fwd["dr_ptr"] is not recon
-    assert (fwd["D"], fwd["n_chunks"], fwd["n_programs"]) == (5, 1, 3)
+    assert (fwd["D"], fwd["n_chunks"], fwd["n_rows"]) == (5, 1, 3)
     assert (fwd["r_row_stride"], fwd["x_row_stride"], fwd["v_row_stride"], fwd["dr_row_stride"]) == (5, 9, 0, 5)
     assert (fwd["divisor"], fwd["logvar_value"], fwd["LIKELIHOOD"]) == (3, 0.0, 0)
     assert (fwd["V_MODE"], fwd["DV_MODE"], fwd["WRITE_DR"], fwd["OUT"], fwd["F64"]) == (2, 0, True, 2, False)
