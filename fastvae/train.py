@@ -201,8 +201,12 @@ class TrainConfig:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "TrainConfig":
-        """Rebuild from ``dataclasses.asdict`` / config.json, ignoring unknown keys."""
+        """Rebuild from ``dataclasses.asdict`` / config.json, ignoring unknown keys. A saved
+        config without ``logvar_floor`` predates the floor: it had none, and resuming or
+        evaluating it must not add one (the default "auto" would change its model)."""
         names = {f.name for f in dataclasses.fields(cls)}
+        if "logvar_floor" not in d:
+            d = {**d, "logvar_floor": None}
         return cls(**{k: v for k, v in d.items() if k in names})
 
 

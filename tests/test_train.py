@@ -1,6 +1,7 @@
 """Training: a tiny real-MNIST run writes a complete, consistent run folder; atomic checkpoints."""
 
 import csv
+import dataclasses
 import json
 import math
 import os
@@ -76,6 +77,15 @@ def test_config_json(tiny_run):
     saved = json.loads((run / "config.json").read_text())
     assert TrainConfig.from_dict(saved) == cfg
     assert saved["run"]["device"] == "cpu"
+
+
+def test_a_config_saved_before_the_logvar_floor_keeps_no_floor():
+    """A Gaussian run saved before ``logvar_floor`` existed had none; rebuilding its config (to
+    resume or evaluate it) must not switch the new default floor on."""
+    saved = dataclasses.asdict(TrainConfig(likelihood="gaussian", logvar_floor=None))
+    del saved["logvar_floor"]
+    assert TrainConfig.from_dict(saved).logvar_floor is None
+    assert TrainConfig(likelihood="gaussian").logvar_floor is not None  # new runs: the floor
 
 
 def test_checkpoint_rebuilds_the_model(tiny_run):
