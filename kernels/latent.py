@@ -289,12 +289,11 @@ def _ticket(device: torch.device) -> torch.Tensor:
 
 
 def _flat_readable(mu: torch.Tensor, logvar: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, bool]:
-    """(mu, logvar, both contiguous) as the flat layout reads them: in place (strided rows when
-    L + BLOCK < 2**24, the exact range of the kernel's fp32 row split _row_col), else
-    contiguous copies."""
-    contiguous = mu.is_contiguous() and logvar.is_contiguous()
-    if contiguous or mu.shape[1] + _FLAT_BLOCK < 1 << 24:
-        return mu, logvar, contiguous
+    """(mu, logvar, both contiguous) for the flat layout, given that they are not both
+    contiguous: read in place (strided rows) when L + BLOCK < 2**24, the exact range of the
+    kernel's fp32 row split _row_col, else contiguous copies."""
+    if mu.shape[1] + _FLAT_BLOCK < 1 << 24:
+        return mu, logvar, False
     return mu.contiguous(), logvar.contiguous(), True
 
 
@@ -328,10 +327,9 @@ def sample_and_kl_fwd(
     B, L = mu.shape
     mode = _KL_MODES[kl]
     flat = mode != 1  # per-row KLs need the row tile (which takes any row stride)
-    if flat:
+    contiguous = mu.is_contiguous() and logvar.is_contiguous()
+    if flat and not contiguous:
         mu, logvar, contiguous = _flat_readable(mu, logvar)
-    else:
-        contiguous = mu.is_contiguous() and logvar.is_contiguous()
     z = None
     if sample:  # empty_like: about half the host cost of new_empty(shape)
         z = torch.empty_like(mu, memory_format=torch.contiguous_format) if n_samples == 1 else mu.new_empty((n_samples, B, L))
@@ -408,8 +406,10 @@ def sample_and_kl_bwd(
         return dmu, dlv
     if grad_z is not None and not grad_z.is_contiguous():
         grad_z = grad_z.contiguous()
-    mu, logvar, contiguous = _flat_readable(mu, logvar)
-    programs, _, _, _ = _layout(B, L, True, _FLAT_BLOCK)
+    contiguous = mu.is_contiguous() and logvar.is_contiguous()
+    if not contiguous:
+        mu, logvar, contiguous = _flat_readable(mu, logvar)
+    programs = _layout(B, L, True, _FLAT_BLOCK)[0]
     in_memory = isinstance(key, torch.Tensor)
     seed, offset = (0, 0) if in_memory or key is None else key
     dkl_stride = grad_kl.stride(0) if grad_kl is not None and grad_kl.dim() else 0
