@@ -331,11 +331,13 @@ def sample_and_kl_fwd(
     if flat and not contiguous:
         mu, logvar, contiguous = _flat_readable(mu, logvar)
     z = None
-    if sample:  # empty_like: about half the host cost of new_empty(shape)
-        z = torch.empty_like(mu, memory_format=torch.contiguous_format) if n_samples == 1 else mu.new_empty((n_samples, B, L))
+    # Allocations: empty_like, or new_empty with the size as a keyword: about 0.8 us of host
+    # time each, against 1.2-1.4 us for new_empty with a positional tuple (torch's parser).
+    if sample:
+        z = torch.empty_like(mu, memory_format=torch.contiguous_format) if n_samples == 1 else mu.new_empty(size=(n_samples, B, L))
     kl_out = None
     if mode:
-        kl_out = mu.new_empty((B,) if mode == 1 else (), dtype=loss_dtype(mu.dtype))
+        kl_out = mu.new_empty(size=(B,) if mode == 1 else (), dtype=loss_dtype(mu.dtype))
     if B * L == 0:
         if mode == 2:
             kl_out.zero_()
@@ -343,7 +345,7 @@ def sample_and_kl_fwd(
     programs, block_b, block_l, p_block = _layout(B, L, flat, _FLAT_BLOCK)
     # "total": one partial per program; a single program's partial is the total's own slot
     # (it stores it, reads it back and overwrites it with the total: no workspace allocation).
-    partials = mu if mode != 2 else kl_out if programs == 1 else mu.new_empty((programs,), dtype=kl_out.dtype)
+    partials = mu if mode != 2 else kl_out if programs == 1 else mu.new_empty(size=(programs,), dtype=kl_out.dtype)
     in_memory = isinstance(key, torch.Tensor)
     seed, offset = (0, 0) if in_memory or key is None else key
     with device_guard(mu):
