@@ -240,13 +240,25 @@ def _check_recon(recon, x, likelihood, recon_logvar, full, reduction) -> None:
             )
 
 
+# Autograd node class -> "made by torch.sigmoid". ``Node.name()`` builds a new string at every
+# call; its answer is the same for every node of one class (each generated node, and each custom
+# Function's backward, has its own class), so it is asked once per class.
+_SIGMOID_NODE: dict[type, bool] = {}
+
+
 def _warn_if_probabilities(recon: torch.Tensor) -> None:
     """A sigmoid's output passed as logits (a decoder that kept its ``torch.sigmoid``) trains
     without error to a wrong model; say so. The test reads only the autograd node that made
     ``recon`` (no data, no host sync) and is skipped while torch.compile traces."""
-    if torch.compiler.is_compiling() or recon.grad_fn is None:
+    if torch.compiler.is_compiling():
         return
-    if recon.grad_fn.name() == "SigmoidBackward0":
+    node = recon.grad_fn
+    if node is None:
+        return
+    sigmoid = _SIGMOID_NODE.get(type(node))
+    if sigmoid is None:
+        sigmoid = _SIGMOID_NODE[type(node)] = node.name() == "SigmoidBackward0"
+    if sigmoid:
         warnings.warn(
             "recon was produced by torch.sigmoid, but likelihood='bernoulli' takes logits: pass "
             "the decoder's output before the sigmoid (more accurate), or keep the sigmoid and use "
