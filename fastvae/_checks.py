@@ -16,12 +16,12 @@ def plain_pair(a, b, *, min_ndim: int, same_dtype: bool = True) -> bool:
     """True when ``a`` and ``b`` are plain float tensors that pass :func:`tensor` and
     :func:`same`: one cheap test for the common case (the hot path calls it every step); on
     False the detailed checks run and raise with their messages."""
+    if type(a) is not torch.Tensor or type(b) is not torch.Tensor:
+        return False
+    dtype_a, dtype_b = a.dtype, b.dtype  # dtypes are singletons: ``is`` compares them
     return (
-        type(a) is torch.Tensor
-        and type(b) is torch.Tensor
-        and a.dtype in _FLOAT_SET
-        and b.dtype in _FLOAT_SET
-        and (not same_dtype or a.dtype == b.dtype)
+        dtype_a in _FLOAT_SET
+        and (dtype_b is dtype_a or (not same_dtype and dtype_b in _FLOAT_SET))
         and a.dim() >= min_ndim
         and a.shape == b.shape
         and a.device == b.device

@@ -85,7 +85,8 @@ def resolve_backend(backend: str | None, t: torch.Tensor) -> str:
         return "triton" if t.is_cuda else "torch"
     if name == "torch":
         return name
-    _checks.choice("backend" if backend is not None else "FASTVAE_BACKEND", name, BACKENDS)
+    if name != "triton":
+        _checks.choice("backend" if backend is not None else "FASTVAE_BACKEND", name, BACKENDS)
     check_launchable("input tensors (backend='triton')", t)
     return name
 
@@ -239,13 +240,25 @@ def _check_recon(recon, x, likelihood, recon_logvar, full, reduction) -> None:
             )
 
 
+# Autograd node class -> "made by torch.sigmoid". ``Node.name()`` builds a new string at every
+# call; its answer is the same for every node of one class (each generated node, and each custom
+# Function's backward, has its own class), so it is asked once per class.
+_SIGMOID_NODE: dict[type, bool] = {}
+
+
 def _warn_if_probabilities(recon: torch.Tensor) -> None:
     """A sigmoid's output passed as logits (a decoder that kept its ``torch.sigmoid``) trains
     without error to a wrong model; say so. The test reads only the autograd node that made
     ``recon`` (no data, no host sync) and is skipped while torch.compile traces."""
-    if torch.compiler.is_compiling() or recon.grad_fn is None:
+    if torch.compiler.is_compiling():
         return
-    if recon.grad_fn.name() == "SigmoidBackward0":
+    node = recon.grad_fn
+    if node is None:
+        return
+    sigmoid = _SIGMOID_NODE.get(type(node))
+    if sigmoid is None:
+        sigmoid = _SIGMOID_NODE[type(node)] = node.name() == "SigmoidBackward0"
+    if sigmoid:
         warnings.warn(
             "recon was produced by torch.sigmoid, but likelihood='bernoulli' takes logits: pass "
             "the decoder's output before the sigmoid (more accurate), or keep the sigmoid and use "
@@ -258,14 +271,18 @@ def _triton_recon(recon, x, likelihood, recon_logvar, full, reduction) -> torch.
     """The fused kernel, one launch each way. Mixed float dtypes, strides and a broadcast or
     float log-variance are the operator's own; ``full=False`` subtracts the 0.5 log(2 pi) per
     element from the loss afterwards (a constant: the gradients are unchanged)."""
-    logvar = recon_logvar if isinstance(recon_logvar, torch.Tensor) else None
-    logvar_value = float(recon_logvar) if likelihood == "gaussian" and logvar is None else 0.0
     grad = torch.is_grad_enabled()
+    if likelihood != "gaussian":  # no log-variance (checked): the common case, fewest steps
+        return _ops.reconstruction_loss(
+            recon, x, None, 0.0, likelihood, reduction, grad and recon.requires_grad, False
+        )
+    logvar = recon_logvar if isinstance(recon_logvar, torch.Tensor) else None
+    logvar_value = float(recon_logvar) if logvar is None else 0.0
     loss = _ops.reconstruction_loss(
         recon, x, logvar, logvar_value, likelihood, reduction,
         grad and recon.requires_grad, grad and logvar is not None and logvar.requires_grad,
     )
-    if likelihood == "gaussian" and not full:
+    if not full:
         per = {"sum": recon.numel(), "mean": 1}.get(reduction, math.prod(recon.shape[1:]))
         loss = loss - 0.5 * _LOG_2PI * per
     return loss

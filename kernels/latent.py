@@ -289,12 +289,11 @@ def _ticket(device: torch.device) -> torch.Tensor:
 
 
 def _flat_readable(mu: torch.Tensor, logvar: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, bool]:
-    """(mu, logvar, both contiguous) as the flat layout reads them: in place (strided rows when
-    L + BLOCK < 2**24, the exact range of the kernel's fp32 row split _row_col), else
-    contiguous copies."""
-    contiguous = mu.is_contiguous() and logvar.is_contiguous()
-    if contiguous or mu.shape[1] + _FLAT_BLOCK < 1 << 24:
-        return mu, logvar, contiguous
+    """(mu, logvar, both contiguous) for the flat layout, given that they are not both
+    contiguous: read in place (strided rows) when L + BLOCK < 2**24, the exact range of the
+    kernel's fp32 row split _row_col, else contiguous copies."""
+    if mu.shape[1] + _FLAT_BLOCK < 1 << 24:
+        return mu, logvar, False
     return mu.contiguous(), logvar.contiguous(), True
 
 
@@ -328,16 +327,17 @@ def sample_and_kl_fwd(
     B, L = mu.shape
     mode = _KL_MODES[kl]
     flat = mode != 1  # per-row KLs need the row tile (which takes any row stride)
-    if flat:
+    contiguous = mu.is_contiguous() and logvar.is_contiguous()
+    if flat and not contiguous:
         mu, logvar, contiguous = _flat_readable(mu, logvar)
-    else:
-        contiguous = mu.is_contiguous() and logvar.is_contiguous()
     z = None
-    if sample:  # empty_like: about half the host cost of new_empty(shape)
-        z = torch.empty_like(mu, memory_format=torch.contiguous_format) if n_samples == 1 else mu.new_empty((n_samples, B, L))
+    # Allocations: empty_like, or new_empty with the size as a keyword: about 0.8 us of host
+    # time each, against 1.2-1.4 us for new_empty with a positional tuple (torch's parser).
+    if sample:
+        z = torch.empty_like(mu, memory_format=torch.contiguous_format) if n_samples == 1 else mu.new_empty(size=(n_samples, B, L))
     kl_out = None
     if mode:
-        kl_out = mu.new_empty((B,) if mode == 1 else (), dtype=loss_dtype(mu.dtype))
+        kl_out = mu.new_empty(size=(B,) if mode == 1 else (), dtype=loss_dtype(mu.dtype))
     if B * L == 0:
         if mode == 2:
             kl_out.zero_()
@@ -345,7 +345,7 @@ def sample_and_kl_fwd(
     programs, block_b, block_l, p_block = _layout(B, L, flat, _FLAT_BLOCK)
     # "total": one partial per program; a single program's partial is the total's own slot
     # (it stores it, reads it back and overwrites it with the total: no workspace allocation).
-    partials = mu if mode != 2 else kl_out if programs == 1 else mu.new_empty((programs,), dtype=kl_out.dtype)
+    partials = mu if mode != 2 else kl_out if programs == 1 else mu.new_empty(size=(programs,), dtype=kl_out.dtype)
     in_memory = isinstance(key, torch.Tensor)
     seed, offset = (0, 0) if in_memory or key is None else key
     with device_guard(mu):
@@ -408,8 +408,10 @@ def sample_and_kl_bwd(
         return dmu, dlv
     if grad_z is not None and not grad_z.is_contiguous():
         grad_z = grad_z.contiguous()
-    mu, logvar, contiguous = _flat_readable(mu, logvar)
-    programs, _, _, _ = _layout(B, L, True, _FLAT_BLOCK)
+    contiguous = mu.is_contiguous() and logvar.is_contiguous()
+    if not contiguous:
+        mu, logvar, contiguous = _flat_readable(mu, logvar)
+    programs = _layout(B, L, True, _FLAT_BLOCK)[0]
     in_memory = isinstance(key, torch.Tensor)
     seed, offset = (0, 0) if in_memory or key is None else key
     dkl_stride = grad_kl.stride(0) if grad_kl is not None and grad_kl.dim() else 0

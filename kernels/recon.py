@@ -481,7 +481,9 @@ def _prepare(recon, x, recon_logvar, likelihood):
 def _new_grad(recon: torch.Tensor) -> torch.Tensor:
     """An uninitialized d_recon: recon's dtype and shape, :func:`grad_strides` strides. For a
     contiguous recon of B > 1 rows (row stride D) those are recon's own strides, which
-    ``empty_like`` copies at a third of the host cost of ``new_empty_strided``."""
+    ``empty_like`` copies at a third of the host cost of ``new_empty_strided``. (The same
+    holds for ``new_empty``, which costs about 0.8 us with the size as a keyword but 1.2-1.4
+    us with a positional tuple.)"""
     if recon.shape[0] > 1 and recon.is_contiguous():
         return torch.empty_like(recon)
     return recon.new_empty_strided(recon.shape, _grad_strides_cached(recon.shape, recon.stride()))
@@ -531,7 +533,7 @@ def recon_loss_fwd(
     """
     recon, x, logvar, B, D, f64 = _prepare(recon, x, recon_logvar, likelihood)
     acc = torch.float64 if f64 else loss_dtype(recon.dtype)
-    out = recon.new_empty((B,) if per_row else (), dtype=acc)
+    out = recon.new_empty(size=(B,) if per_row else (), dtype=acc)  # size= : see _new_grad
     if B * D == 0:
         dr, dv = _empty_grads(recon, logvar, grad_recon, grad_logvar)
         return out.zero_(), dr, dv
@@ -544,7 +546,7 @@ def recon_loss_fwd(
     mode = OUT_ROWS_DIRECT.value if per_row and n_chunks == 1 else OUT_ROWS.value if per_row else OUT_TOTAL.value
     direct = mode == OUT_ROWS_DIRECT.value
     # One program's partial may live in the total's own slot (stored, read back, overwritten).
-    partial = out if direct or n_programs == 1 else recon.new_empty((n_programs,), dtype=acc)
+    partial = out if direct or n_programs == 1 else recon.new_empty(size=(n_programs,), dtype=acc)
     with device_guard(recon):
         # Positional arguments, in the kernel's order (named alongside): keywords would cost
         # more host time than the rest of the launcher (Triton repacks them twice per launch).
