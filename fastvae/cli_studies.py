@@ -12,13 +12,7 @@ import shlex
 from pathlib import Path
 
 from fastvae.cli_args import HelpFormatter as DEFAULTS
-from fastvae.cli_args import device, nonnegative_int, optional_int, positive_int
-
-
-def optional_float(text: str) -> float | str | None:
-    """A float, None for "none", or "auto" (the --logvar-floor flag)."""
-    low = text.lower()
-    return None if low == "none" else "auto" if low == "auto" else float(text)
+from fastvae.cli_args import device, logvar_floor, nonnegative_int, optional_int, positive_int
 
 
 def add_train_flags(t, d) -> None:
@@ -33,7 +27,7 @@ def add_train_flags(t, d) -> None:
                    "gradient (torch.optim.Adam); with adamw decoupled decay (torch.optim.AdamW)")
     t.add_argument("--optimizer", choices=OPTIMIZERS, default=d.optimizer,
                    help="adam or adamw (how --weight-decay acts; the same with no decay)")
-    t.add_argument("--logvar-floor", type=optional_float, default="auto",
+    t.add_argument("--logvar-floor", type=logvar_floor, default="auto",
                    help="gaussian decoder: floor f of the per-pixel log-variance "
                    "(f + softplus(raw - f)); auto: 2 log 0.05 (std >= 0.05); none: unbounded")
     t.add_argument("--grayscale", action="store_true",
