@@ -39,8 +39,11 @@ def add_train_flags(t, d) -> None:
 
 def add_commands(sub) -> None:
     """Add ``evaluate``, ``experiment`` and ``train-classifier`` to ``sub`` (argparse subparsers)."""
+    from fastvae.builders import MODELS
     from fastvae.experiments import EXPERIMENTS, sweeps
+    from fastvae.experiments.ae_vs_vae import ARCHS
     from fastvae.fid import FEATURES
+    from fastvae.models import MODEL_LIKELIHOODS
 
     e = sub.add_parser(
         "evaluate", formatter_class=DEFAULTS,
@@ -115,7 +118,8 @@ def add_commands(sub) -> None:
         elif name == "ae-vs-vae":
             p.add_argument("--latent-dim", type=positive_int, default=20,
                            help="latent size of every model")
-            p.add_argument("--archs", nargs="+", choices=("mlp", "conv"), default=["mlp", "conv"],
+            p.add_argument("--archs", nargs="+", choices=tuple(MODELS),
+                           default=list(ARCHS),
                            help="architectures, one VAE and one autoencoder each")
             p.add_argument("--likelihood", choices=("bernoulli", "mse"), default="bernoulli",
                            help="reconstruction loss of every model: Bernoulli cross-entropy or "
@@ -131,10 +135,10 @@ def add_commands(sub) -> None:
             pass
         elif name == "animal-faces":
             _data_flags(p, animal_faces=True)
-            p.add_argument("--model", choices=("mlp", "conv"), default="conv", help="network")
+            p.add_argument("--model", choices=tuple(MODELS), default="conv", help="network")
             p.add_argument("--latent-dim", type=positive_int, default=64, help="latent size")
-            p.add_argument("--likelihood", choices=("bernoulli", "mse", "gaussian"),
-                           default="bernoulli", help="decoder likelihood")
+            p.add_argument("--likelihood", choices=MODEL_LIKELIHOODS, default="bernoulli",
+                           help="decoder likelihood")
             p.add_argument("--batch-size", type=positive_int, default=64,
                            help="training batch size")
         else:
@@ -159,10 +163,10 @@ def _data_flags(p, animal_faces: bool = False) -> None:
         p.add_argument("--dataset", choices=DATASETS, default="mnist",
                        help="data set of the models trained (not with --run)")
     p.add_argument("--data-dir", default=None,
-                   help="animal-faces: the AFHQ folder with train/ and val/ (None: "
+                   help="animal-faces: the AFHQ folder with train/ and val/ (default: "
                    "$FASTVAE_DATA/afhq; the 43-image sample: $FASTVAE_DATA/afhq_sample)")
     p.add_argument("--image-size", type=positive_int, default=64 if animal_faces else None,
-                   help="animal-faces: side of the square images (None: 128)"
+                   help="animal-faces: side of the square images (default: 128)"
                    if not animal_faces else "side of the square images")
     p.add_argument("--grayscale", action="store_true",
                    help="animal-faces: one luminance channel instead of RGB")
