@@ -218,7 +218,7 @@ def _experiment(args: argparse.Namespace, argv: list[str]) -> int:
         out=args.out, epochs=args.epochs, quick=args.quick, seed=args.seed, device=args.device,
         limit_train=args.limit_train, limit_test=args.limit_test, overwrite=args.overwrite,
         command=" ".join(["fastvae"] + [shlex.quote(a) for a in argv]),
-        data=data if data.get("dataset", "mnist") != "mnist" else {},
+        data=data,
     )
     common = {"command", "experiment", "handler", "out", "epochs", "quick", "seed", "device",
               "limit_train", "limit_test", "overwrite", *DATA_KEYS}
