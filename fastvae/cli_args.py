@@ -53,6 +53,17 @@ def optional_int(text: str) -> int | None:
     return value
 
 
+def logvar_floor(text: str) -> float | str | None:
+    """A number, None for "none", or "auto" (the --logvar-floor flag)."""
+    low = text.lower()
+    if low in ("none", "auto"):
+        return None if low == "none" else "auto"
+    try:
+        return float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a number, 'auto' or 'none', got {text!r}") from None
+
+
 def device(text: str) -> str:
     """A device name :func:`fastvae.train.resolve_device` accepts here ("auto", "cpu",
     "cuda", "cuda:1", ...; CUDA only where it is available)."""

@@ -12,13 +12,7 @@ import shlex
 from pathlib import Path
 
 from fastvae.cli_args import HelpFormatter as DEFAULTS
-from fastvae.cli_args import device, nonnegative_int, optional_int, positive_int
-
-
-def optional_float(text: str) -> float | str | None:
-    """A float, None for "none", or "auto" (the --logvar-floor flag)."""
-    low = text.lower()
-    return None if low == "none" else "auto" if low == "auto" else float(text)
+from fastvae.cli_args import device, logvar_floor, nonnegative_int, optional_int, positive_int
 
 
 def add_train_flags(t, d) -> None:
@@ -33,7 +27,7 @@ def add_train_flags(t, d) -> None:
                    "gradient (torch.optim.Adam); with adamw decoupled decay (torch.optim.AdamW)")
     t.add_argument("--optimizer", choices=OPTIMIZERS, default=d.optimizer,
                    help="adam or adamw (how --weight-decay acts; the same with no decay)")
-    t.add_argument("--logvar-floor", type=optional_float, default="auto",
+    t.add_argument("--logvar-floor", type=logvar_floor, default="auto",
                    help="gaussian decoder: floor f of the per-pixel log-variance "
                    "(f + softplus(raw - f)); auto: 2 log 0.05 (std >= 0.05); none: unbounded")
     t.add_argument("--grayscale", action="store_true",
@@ -45,8 +39,11 @@ def add_train_flags(t, d) -> None:
 
 def add_commands(sub) -> None:
     """Add ``evaluate``, ``experiment`` and ``train-classifier`` to ``sub`` (argparse subparsers)."""
+    from fastvae.builders import MODELS
     from fastvae.experiments import EXPERIMENTS, sweeps
+    from fastvae.experiments.ae_vs_vae import ARCHS
     from fastvae.fid import FEATURES
+    from fastvae.models import MODEL_LIKELIHOODS
 
     e = sub.add_parser(
         "evaluate", formatter_class=DEFAULTS,
@@ -121,7 +118,8 @@ def add_commands(sub) -> None:
         elif name == "ae-vs-vae":
             p.add_argument("--latent-dim", type=positive_int, default=20,
                            help="latent size of every model")
-            p.add_argument("--archs", nargs="+", choices=("mlp", "conv"), default=["mlp", "conv"],
+            p.add_argument("--archs", nargs="+", choices=tuple(MODELS),
+                           default=list(ARCHS),
                            help="architectures, one VAE and one autoencoder each")
             p.add_argument("--likelihood", choices=("bernoulli", "mse"), default="bernoulli",
                            help="reconstruction loss of every model: Bernoulli cross-entropy or "
@@ -137,10 +135,10 @@ def add_commands(sub) -> None:
             pass
         elif name == "animal-faces":
             _data_flags(p, animal_faces=True)
-            p.add_argument("--model", choices=("mlp", "conv"), default="conv", help="network")
+            p.add_argument("--model", choices=tuple(MODELS), default="conv", help="network")
             p.add_argument("--latent-dim", type=positive_int, default=64, help="latent size")
-            p.add_argument("--likelihood", choices=("bernoulli", "mse", "gaussian"),
-                           default="bernoulli", help="decoder likelihood")
+            p.add_argument("--likelihood", choices=MODEL_LIKELIHOODS, default="bernoulli",
+                           help="decoder likelihood")
             p.add_argument("--batch-size", type=positive_int, default=64,
                            help="training batch size")
         else:
@@ -165,10 +163,10 @@ def _data_flags(p, animal_faces: bool = False) -> None:
         p.add_argument("--dataset", choices=DATASETS, default="mnist",
                        help="data set of the models trained (not with --run)")
     p.add_argument("--data-dir", default=None,
-                   help="animal-faces: the AFHQ folder with train/ and val/ (None: "
+                   help="animal-faces: the AFHQ folder with train/ and val/ (default: "
                    "$FASTVAE_DATA/afhq; the 43-image sample: $FASTVAE_DATA/afhq_sample)")
     p.add_argument("--image-size", type=positive_int, default=64 if animal_faces else None,
-                   help="animal-faces: side of the square images (None: 128)"
+                   help="animal-faces: side of the square images (default: 128)"
                    if not animal_faces else "side of the square images")
     p.add_argument("--grayscale", action="store_true",
                    help="animal-faces: one luminance channel instead of RGB")
@@ -220,7 +218,7 @@ def _experiment(args: argparse.Namespace, argv: list[str]) -> int:
         out=args.out, epochs=args.epochs, quick=args.quick, seed=args.seed, device=args.device,
         limit_train=args.limit_train, limit_test=args.limit_test, overwrite=args.overwrite,
         command=" ".join(["fastvae"] + [shlex.quote(a) for a in argv]),
-        data=data if data.get("dataset", "mnist") != "mnist" else {},
+        data=data,
     )
     common = {"command", "experiment", "handler", "out", "epochs", "quick", "seed", "device",
               "limit_train", "limit_test", "overwrite", *DATA_KEYS}

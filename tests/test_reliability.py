@@ -260,6 +260,9 @@ def test_reconstructions_sit_below_their_originals(n):
     (["train", "--limit-test", "0"], "argument --limit-test: must be an integer >= 1 or 'all'"),
     (["train", "--epochs", "0"], "argument --epochs: must be an integer >= 1, got 0"),
     (["experiment", "latent-sweep", "--epochs", "x"], "argument --epochs: must be an integer"),
+    (["experiment", "reconstructions", "--grayscale"], "grayscale is for dataset 'animal-faces'"),
+    (["train", "--logvar-floor", "low"],
+     "argument --logvar-floor: must be a number, 'auto' or 'none', got 'low'"),
 ])
 def test_bad_values_name_the_flag(tmp_path, capsys, argv, flag):
     rc, _, err = run_cli(capsys, *argv)

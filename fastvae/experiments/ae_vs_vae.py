@@ -101,22 +101,22 @@ def ae_vs_vae(
     Path(options.out).mkdir(parents=True, exist_ok=True)
     metric = None
     names, recons, samples, means, rows, stats = [], [], [], [], [], {}
-    x_test = x_show = None
+    x_test = x_show = x_train = None
     for arch in archs:
         for kind, title in KINDS:
             cfg = options.train_config(f"{kind}-{arch}", model=arch, latent_dim=latent_dim,
                                        autoencoder=kind == "ae", likelihood=likelihood)
             model, cfg, metrics = train_or_load(cfg, overwrite=options.overwrite)
             device = next(model.parameters()).device
-            if x_test is None:
+            if x_test is None:  # the same data for every model: loaded once
                 x_test, y_test, class_names = first_test_images(cfg, 10_000, device)
                 x_show = x_test[:N_IMAGES]
+                x_train = _train_images(cfg, device)
             name = f"{title} ({arch})"
             names.append(name)
             recons.append(model.reconstruct(x_show).reshape(x_show.shape))
             gen = torch.Generator(device).manual_seed(options.seed)
             samples.append(model.sample(N_IMAGES, generator=gen))
-            x_train = _train_images(cfg, device)
             code_means, code_draws = _codes(model, x_train, options.seed)
             recon, _ = model.decode_params(code_means.mean(0, keepdim=True))
             means.append(model.to_data_space(recon).reshape(1, *x_show.shape[1:]))

@@ -58,6 +58,7 @@ def decoder_sampling(options: Options) -> Path:
     report.md with the table. Returns the report's path."""
     Path(options.out).mkdir(parents=True, exist_ok=True)
     grids, titles, rows = [], [], []
+    x = None
     for arch, name in ARCHS:
         fields = {k: v for k, v in SETTING.items() if arch == "mlp" or k != "hidden_dims"}
         model, cfg, metrics = train_or_load(options.train_config(arch, model=arch, **fields),
@@ -69,8 +70,8 @@ def decoder_sampling(options: Options) -> Path:
             recon, logvar = model.decode_params(z)
             grids += [model.to_data_space(recon), model.draw_data(recon, logvar, generator=gen)]
         titles += [f"{arch}: decoder mean", f"{arch}: x ~ p(x|z)"]
-        x, _, _ = first_test_images(cfg, 1000, device)
-        n_test = x.shape[0]
+        if x is None:  # the same test images for every model
+            x, _, _ = first_test_images(cfg, 1000, device)
         std, at_floor = _decoder_spread(model, x)
         last = metrics[-1]
         if arch == "mlp":
@@ -114,7 +115,7 @@ def decoder_sampling(options: Options) -> Path:
         f"are legitimate for a density on continuous pixels. Test losses in nats per image "
         f"(last epoch of each run's metrics.csv); decoder std and the share of pixels within "
         f"{AT_FLOOR} of the floor are over the reconstructions (decoded posterior means) of the "
-        f"first {n_test} test images.")
+        f"first {x.shape[0]} test images.")
     report.table(("model", "test NELBO", "test recon", "test KL", "recon bound",
                   "mean decoder std", "pixels at floor"), rows)
     mlp, conv = rows[0][1], rows[1][1]
