@@ -73,9 +73,9 @@ def _env_without_interpreter() -> dict:
 def start_static(out: Path) -> subprocess.Popen:
     """The static report in a background process (CPU only: it compiles, runs nothing)."""
     out.mkdir(parents=True, exist_ok=True)
-    log = open(out / "log.txt", "w", encoding="utf-8")
-    return subprocess.Popen([sys.executable, "-m", "benchmarks.static", "--out", str(out), "--check"],
-                            cwd=ROOT, env=_env_without_interpreter(), stdout=log, stderr=subprocess.STDOUT)
+    with open(out / "log.txt", "w", encoding="utf-8") as log:  # the child keeps its own handle
+        return subprocess.Popen([sys.executable, "-m", "benchmarks.static", "--out", str(out), "--check"],
+                                cwd=ROOT, env=_env_without_interpreter(), stdout=log, stderr=subprocess.STDOUT)
 
 
 def finish_static(proc: subprocess.Popen, out: Path, timeout: float) -> dict:

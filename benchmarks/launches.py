@@ -81,6 +81,14 @@ def _accept_any_device(*_args, **_kwargs) -> None:
     return None
 
 
+def _add_run_options(kernel: JITFunction, kwargs: dict) -> dict:
+    """Add to a launch's keywords the two options ``JITFunction.run`` adds before binding
+    (``debug``, ``instrumentation_mode``); returns ``kwargs``, changed in place."""
+    kwargs["debug"] = kwargs.get("debug", kernel.debug) or knobs.runtime.debug
+    kwargs["instrumentation_mode"] = knobs.compilation.instrumentation_mode
+    return kwargs
+
+
 @contextlib.contextmanager
 def recording(keep: bool = True) -> Iterator[Recorder]:
     """Within the context, Triton launches are recorded (not run) and fastvae's launchers
@@ -98,8 +106,7 @@ def recording(keep: bool = True) -> Iterator[Recorder]:
         if keep:
             recorder.launches.append(Launch(kernel, args, dict(kwargs), grid, recorder.current))
         if recorder.bind:  # the start of JITFunction.run, up to the kernel-cache lookup
-            kwargs["debug"] = kwargs.get("debug", kernel.debug) or knobs.runtime.debug
-            kwargs["instrumentation_mode"] = knobs.compilation.instrumentation_mode
+            _add_run_options(kernel, kwargs)
             if kernel not in binders:
                 binders[kernel] = (create_function_from_signature(kernel.signature, kernel.params, make_backend(SM90)), {})
             binder, key_cache = binders[kernel]
@@ -151,9 +158,7 @@ def bind(launch: Launch, target: GPUTarget = SM90):
     computes them before compiling."""
     kernel = launch.kernel
     backend = make_backend(target)
-    kwargs = dict(launch.kwargs)
-    kwargs["debug"] = kwargs.get("debug", kernel.debug) or knobs.runtime.debug
-    kwargs["instrumentation_mode"] = knobs.compilation.instrumentation_mode
+    kwargs = _add_run_options(kernel, dict(launch.kwargs))
     binder = create_function_from_signature(kernel.signature, kernel.params, backend)
     bound_args, specialization, options = binder(*launch.args, **kwargs)
     options, signature, constexprs, attrs = kernel._pack_args(backend, kwargs, bound_args, specialization, options)

@@ -1,9 +1,10 @@
 """What the benchmarks measure, one function per quantity.
 
-Every function works on CUDA and on the CPU. Quantities that only mean something on a GPU
-(GPU kernel launches from the profiler, host syncs from CUDA's sync debug mode, peak device
-memory) return None on the CPU; the dispatch-level counts (:func:`count_dispatched`) work on
-both and are what the CPU tests check.
+Every function works on CUDA and on the CPU, except :func:`count_bytes`, which needs Triton's
+CPU interpreter. Quantities that only mean something on a GPU (GPU kernel launches from the
+profiler, host syncs from CUDA's sync debug mode, peak device memory) return None on the CPU;
+the dispatch-level counts (:func:`count_dispatched`) work on both and are what the CPU tests
+check.
 """
 
 from __future__ import annotations

@@ -112,7 +112,7 @@ class FastTrainer:
         self._static_x = x.clone()
         self.optimizer.zero_grad(set_to_none=True)  # the graph allocates its own gradients
         self._graph = self._record(self._static_x)
-        self.reset(before, clear_sums=False)
+        self.reset(before)
         with torch.no_grad():
             self._sums.copy_(sums)
             self._images.copy_(images)
@@ -156,11 +156,10 @@ class FastTrainer:
         return {"params": params, "state": state}
 
     @torch.no_grad()
-    def reset(self, snapshot: dict[str, list[torch.Tensor]], *, clear_sums: bool = True) -> None:
+    def reset(self, snapshot: dict[str, list[torch.Tensor]]) -> None:
         """Restore :meth:`snapshot` in place (a captured graph keeps its buffers): parameters
         copied back; Adam's state copied back, or zeroed where the snapshot predates it (a
-        zero state with step 0 is exactly a fresh Adam); the running loss sums cleared unless
-        ``clear_sums`` is False."""
+        zero state with step 0 is exactly a fresh Adam); the running loss sums cleared."""
         params = list(self.model.parameters())
         for p, saved, saved_state in zip(params, snapshot["params"], snapshot["state"]):
             p.copy_(saved)
@@ -171,9 +170,8 @@ class FastTrainer:
                     v.copy_(saved_state[k])
                 else:
                     v.zero_()
-        if clear_sums:
-            self._sums.zero_()
-            self._images.zero_()
+        self._sums.zero_()
+        self._images.zero_()
 
     # ------------------------------------------------------------------ epochs
 

@@ -4,8 +4,8 @@ Run as a script in a process WITHOUT ``TRITON_INTERPRET`` (the interpreter repla
 ``@triton.jit`` functions by plain Python ones, which skips everything the GPU compiler checks:
 constexpr globals, dtype rules, lowering of fp64 math). The public functions are called
 forward and backward over a matrix of dtypes, likelihoods, reductions, sample counts and
-shapes (odd and 16-divisible sizes, strided views), plus the recon modes only the op-level
-entry reaches so far (:func:`_recon_mode_calls`), with the Triton launches recorded instead
+shapes (odd and 16-divisible sizes, strided views), plus the recon modes that matrix leaves
+out, through the op-level entry (:func:`_recon_mode_calls`), with the Triton launches recorded instead
 of run; each distinct launch is compiled with the runtime specialization Triton gives its
 arguments (:mod:`benchmarks.launches`, shared with the static report), so what compiles here
 is what a GPU run compiles. Prints one line per compiled variant, then the number of variants.
@@ -50,8 +50,8 @@ def _recon_calls(dtype, B, D, reductions):
 
 
 def _recon_mode_calls():
-    """The recon modes the public API cannot reach yet (issue 10 adds them), through the op-level
-    entry ``fastvae._ops.reconstruction_loss``: probabilities ("bernoulli_probs"), a log-variance
+    """The recon modes the public-API matrix above leaves out, through the op-level entry
+    ``fastvae._ops.reconstruction_loss``: probabilities ("bernoulli_probs"), a log-variance
     broadcast over rows ``(1, D)``, one per row ``(B, 1)`` or a float (no tensor), x in another
     dtype than recon, channels_last images, and rows longer than one program (several
     programs per row: the per-row reduction by the last program)."""

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from benchmarks import sass, static
+from benchmarks import launches, sass, static
 
 ROOT = Path(__file__).resolve().parent.parent
 FIELDS = (
@@ -77,6 +77,25 @@ def test_budgets(rows, family):
 
 
 # ------------------------------------------------------------------ the parts, on made-up input
+
+
+def test_recording_restores_its_patches_when_the_call_raises():
+    """The launch recorder patches Triton's run methods and fastvae's device check; a call that
+    raises inside it must leave all of them as they were."""
+    import fastvae.functional
+    import fastvae.kernels._common as common
+    from triton.runtime.autotuner import Autotuner
+    from triton.runtime.jit import JITFunction
+
+    def patchable():
+        return JITFunction.run, Autotuner.run, common.check_launchable, fastvae.functional.check_launchable
+
+    before = patchable()
+    with pytest.raises(ZeroDivisionError):
+        with launches.recording():
+            assert all(a is not b for a, b in zip(patchable(), before))  # all four patched
+            1 / 0
+    assert all(a is b for a, b in zip(patchable(), before))
 
 
 _SASS = """
