@@ -22,7 +22,6 @@ below float32's rounding of the result), the reference's series is kept for floa
 
 from __future__ import annotations
 
-import functools
 import math
 
 import torch
@@ -41,12 +40,19 @@ _FUSED = {
 }
 
 
-@functools.lru_cache(maxsize=64)
+_SCALARS: dict[tuple[float, torch.dtype], torch.Tensor] = {}
+
+
 def _scalar(value: float, dtype: torch.dtype) -> torch.Tensor:
     """A 0-dim CPU tensor holding ``value``, made once: an operand that costs what a tensor
     operand costs (a Python float is wrapped into a new tensor on every call, several
-    microseconds each on the CPU). Never written to."""
-    return torch.tensor(value, dtype=dtype)
+    microseconds each on the CPU). Never written to. A plain dict, not ``functools.lru_cache``:
+    torch.compile traces through this lookup (and guards on it) instead of warning that it
+    ignores a cache it cannot see."""
+    t = _SCALARS.get((value, dtype))
+    if t is None:
+        t = _SCALARS[value, dtype] = torch.tensor(value, dtype=dtype)
+    return t
 
 
 def _as(t: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
