@@ -44,9 +44,12 @@ _SCALARS: dict[tuple[float, torch.dtype], torch.Tensor] = {}
 def _scalar(value: float, dtype: torch.dtype) -> torch.Tensor:
     """A 0-dim CPU tensor holding ``value``, made once: an operand that costs what a tensor
     operand costs (a Python float is wrapped into a new tensor on every call, several
-    microseconds each on the CPU). Never written to. A plain dict, not ``functools.lru_cache``:
-    torch.compile traces through this lookup (and guards on it) instead of warning that it
-    ignores a cache it cannot see."""
+    microseconds each on the CPU). Never written to. While torch.compile traces, a fresh
+    tensor (a constant of the graph): the cache stays out of the traced code, where a
+    ``functools.lru_cache`` would be ignored with a warning and a dict's update would be a
+    side effect that a traced ``autograd.Function`` refuses."""
+    if torch.compiler.is_compiling():
+        return torch.tensor(value, dtype=dtype)
     t = _SCALARS.get((value, dtype))
     if t is None:
         t = _SCALARS[value, dtype] = torch.tensor(value, dtype=dtype)
