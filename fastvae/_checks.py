@@ -44,8 +44,7 @@ def tensor(name: str, t, *, ndim: int | None = None, min_ndim: int = 1) -> None:
     if t.dim() < min_ndim:
         raise ValueError(
             f"{name} must have at least {min_ndim} dim{'s' if min_ndim > 1 else ''} "
-            f"({_DIMS[min_ndim]}), got shape "
-            f"{tuple(t.shape)}"
+            f"({_DIMS[min_ndim]}), got shape {tuple(t.shape)}"
         )
 
 
