@@ -28,8 +28,8 @@ def plain_pair(a, b, *, min_ndim: int, same_dtype: bool = True) -> bool:
     )
 
 
-def tensor(name: str, t, *, ndim: int | None = None, min_ndim: int = 1) -> None:
-    """``t`` must be a floating-point tensor with ``ndim`` dims (or at least ``min_ndim``)."""
+def tensor(name: str, t, *, min_ndim: int = 1) -> None:
+    """``t`` must be a floating-point tensor with at least ``min_ndim`` dims."""
     if not isinstance(t, torch.Tensor):
         raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
     if t.dtype not in FLOAT_DTYPES:
@@ -37,15 +37,10 @@ def tensor(name: str, t, *, ndim: int | None = None, min_ndim: int = 1) -> None:
             f"{name} must be a floating-point tensor (float16, bfloat16, float32 or float64), "
             f"got dtype {t.dtype}"
         )
-    if ndim is not None and t.dim() != ndim:
-        raise ValueError(
-            f"{name} must have {ndim} dims, got {t.dim()} (shape {tuple(t.shape)})"
-        )
     if t.dim() < min_ndim:
         raise ValueError(
             f"{name} must have at least {min_ndim} dim{'s' if min_ndim > 1 else ''} "
-            f"({_DIMS[min_ndim]}), got shape "
-            f"{tuple(t.shape)}"
+            f"({_DIMS[min_ndim]}), got shape {tuple(t.shape)}"
         )
 
 

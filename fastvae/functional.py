@@ -29,7 +29,6 @@ environment variable ``FASTVAE_BACKEND``, default "auto".
 
 from __future__ import annotations
 
-import math
 import os
 import warnings
 from typing import NamedTuple
@@ -38,10 +37,9 @@ import torch
 
 from fastvae import _checks, _ops, torch_backend
 from fastvae.kernels._common import check_launchable
-from fastvae.reference import LIKELIHOODS, REDUCTIONS
+from fastvae.reference import LIKELIHOODS, LOG_2PI, REDUCTIONS, constant_count
 
 BACKENDS = ("auto", "triton", "torch")
-_LOG_2PI = math.log(2.0 * math.pi)
 
 
 class ELBO(NamedTuple):
@@ -283,8 +281,7 @@ def _triton_recon(recon, x, likelihood, recon_logvar, full, reduction) -> torch.
         grad and recon.requires_grad, grad and logvar is not None and logvar.requires_grad,
     )
     if not full:
-        per = {"sum": recon.numel(), "mean": 1}.get(reduction, math.prod(recon.shape[1:]))
-        loss = loss - 0.5 * _LOG_2PI * per
+        loss = loss - 0.5 * LOG_2PI * constant_count(reduction, recon)
     return loss
 
 

@@ -19,7 +19,7 @@ from torch import nn
 
 from fastvae import _checks
 from fastvae.functional import ELBO, reconstruction_loss, reparameterize, sample_and_kl
-from fastvae.reference import REDUCTIONS
+from fastvae.reference import LOG_2PI, REDUCTIONS
 
 # The decoders' likelihoods: "bernoulli" decoders output logits (the loss applies the sigmoid);
 # "bernoulli_probs" is for models whose decoder ends in a sigmoid, not fastvae's.
@@ -100,7 +100,8 @@ class VAE(nn.Module):
             return 0.0
         if self.logvar_floor is None:
             return -math.inf
-        return self.input_dim * 0.5 * (math.log(2 * math.pi) + self.logvar_floor)
+        return self.input_dim * 0.5 * (LOG_2PI + self.logvar_floor)
+
     @property
     def decoder_channels(self) -> int:
         """Output values per pixel of the decoder's last layer: 2 (mean, log-variance) for the
@@ -342,7 +343,8 @@ class MLPVAE(VAE):
         latent_dim: L, the size of z.
         likelihood: "bernoulli", "mse" or "gaussian".
         backend: passed to the fastvae ops: "auto", "triton", "torch" or None
-            (``$FASTVAE_BACKEND``, default "auto": Triton on CUDA tensors, reference on CPU).
+            (``$FASTVAE_BACKEND``, default "auto": Triton on CUDA tensors, the PyTorch path
+            elsewhere).
         dropout: probability of ``nn.Dropout`` after every hidden layer's ReLU (encoder and
             decoder); 0 adds no module.
         logvar_floor: the "gaussian" decoder's log-variance floor, or None (see :class:`VAE`).

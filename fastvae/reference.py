@@ -29,7 +29,7 @@ REDUCTIONS = ("none", "sum", "mean", "batchmean")
 # phi(v) = exp(v) - 1 - v cancels catastrophically near v = 0; below this |v| a Taylor series is
 # used instead (truncation error about 1e-10 relative at the switch, direct form < 1e-6 in fp32).
 SERIES_CUTOFF = 0.5
-_LOG_2PI = math.log(2.0 * math.pi)
+LOG_2PI = math.log(2.0 * math.pi)
 # F.binary_cross_entropy's constants: each log is clamped below at -100 (so p = 0 or 1 gives a
 # finite loss of at most 100 nats per element), and its gradient (p - x) / (p (1 - p)) divides
 # by at least 1e-12.
@@ -58,6 +58,15 @@ def reduce_rows(per_sample: torch.Tensor, reduction: str, numel: int) -> torch.T
     if reduction == "sum":
         return total
     return total / (numel if reduction == "mean" else per_sample.shape[0])
+
+
+def constant_count(reduction: str, t: torch.Tensor) -> int:
+    """How many times a per-element constant c enters each reduced value of a loss over ``t``
+    ``(B, *shape)``: the reduced loss of c alone is c times this ("sum": B x D; "mean": 1;
+    "batchmean" and each row of "none": D)."""
+    if reduction == "sum":
+        return t.numel()
+    return 1 if reduction == "mean" else math.prod(t.shape[1:])
 
 
 def row_sums(elem: torch.Tensor) -> torch.Tensor:
@@ -198,7 +207,7 @@ def reconstruction_loss(
     else:
         v = recon_logvar.to(acc) if isinstance(recon_logvar, torch.Tensor) else recon_logvar
         inv_var = torch.exp(-v) if isinstance(v, torch.Tensor) else math.exp(-v)
-        elem = 0.5 * ((_LOG_2PI if full else 0.0) + v + (t - r) ** 2 * inv_var)
+        elem = 0.5 * ((LOG_2PI if full else 0.0) + v + (t - r) ** 2 * inv_var)
         elem = elem.expand(r.shape)  # a float v: elem has r's shape already
     return reduce_rows(row_sums(elem), reduction, recon.numel())
 

@@ -22,16 +22,13 @@ below float32's rounding of the result), the reference's series is kept for floa
 
 from __future__ import annotations
 
-import functools
 import math
 
 import torch
 import torch.nn.functional as F
 
-from fastvae.reference import accumulation_dtype, reduce_rows, row_sums
+from fastvae.reference import LOG_2PI, accumulation_dtype, constant_count, reduce_rows, row_sums
 from fastvae.reference import gaussian_kl as gaussian_kl_reference
-
-_LOG_2PI = math.log(2.0 * math.pi)
 
 # likelihood -> torch's elementwise loss with the same value and gradient per element
 _FUSED = {
@@ -41,12 +38,22 @@ _FUSED = {
 }
 
 
-@functools.lru_cache(maxsize=64)
+_SCALARS: dict[tuple[float, torch.dtype], torch.Tensor] = {}
+
+
 def _scalar(value: float, dtype: torch.dtype) -> torch.Tensor:
     """A 0-dim CPU tensor holding ``value``, made once: an operand that costs what a tensor
     operand costs (a Python float is wrapped into a new tensor on every call, several
-    microseconds each on the CPU). Never written to."""
-    return torch.tensor(value, dtype=dtype)
+    microseconds each on the CPU). Never written to. While torch.compile traces, a fresh
+    tensor (a constant of the graph): the cache stays out of the traced code, where a
+    ``functools.lru_cache`` would be ignored with a warning and a dict's update would be a
+    side effect that a traced ``autograd.Function`` refuses."""
+    if torch.compiler.is_compiling():
+        return torch.tensor(value, dtype=dtype)
+    t = _SCALARS.get((value, dtype))
+    if t is None:
+        t = _SCALARS[value, dtype] = torch.tensor(value, dtype=dtype)
+    return t
 
 
 def _as(t: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
@@ -94,13 +101,12 @@ def reconstruction_loss(
     r, t = _as(recon, acc), _as(x, acc)
     if likelihood != "gaussian":
         return _reduced(_FUSED[likelihood], r, t, reduction)
-    const = _LOG_2PI if full else 0.0
+    const = LOG_2PI if full else 0.0
     if not tensor_logvar:
         # 0.5 * sum (v + c + (x - m)^2 e^-v) = 0.5 e^-v * sum (x - m)^2 + 0.5 (v + c) * count
         sq = _reduced(F.mse_loss, r, t, reduction)
         per_element = 0.5 * (recon_logvar + const)
-        count = {"sum": r.numel(), "mean": 1}.get(reduction, math.prod(r.shape[1:]))
-        return 0.5 * math.exp(-recon_logvar) * sq + per_element * count
+        return 0.5 * math.exp(-recon_logvar) * sq + per_element * constant_count(reduction, r)
     v = _as(recon_logvar, acc)
     elem = 0.5 * (const + v + (t - r).square() * torch.exp(-v))
     return reduce_rows(row_sums(elem.expand(r.shape)), reduction, r.numel())
