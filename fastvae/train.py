@@ -90,7 +90,7 @@ class TrainConfig:
     Defaults are the canonical MNIST VAE of pytorch/examples ``vae/main.py``: continuous
     MNIST, Bernoulli decoder, 784-400-20 with ReLU, batch 128, Adam with lr 1e-3, 10 epochs.
     ``device="auto"`` means CUDA if available, else CPU; ``backend`` is passed to the model
-    ("auto": Triton kernels on CUDA, the PyTorch reference on CPU). ``limit_train`` and
+    ("auto": Triton kernels on CUDA, the PyTorch path on CPU). ``limit_train`` and
     ``limit_test`` keep only the first N images of each split (quick runs).
 
     ``batch_size`` is the global batch: images per optimizer step over all processes. Each of
