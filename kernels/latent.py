@@ -261,7 +261,7 @@ def _layout(B: int, L: int, flat: bool, block: int) -> tuple[int, int, int, int]
 
     Flat: one program per ``block`` elements up to ``_MAX_PROGRAMS`` (MNIST's 128 x 20 gets
     2 programs, 16 elements per thread), striding beyond. Rows: BLOCK_L the next power
-    of two >= L (at most 128), BLOCK_B rows to make about 1024 elements."""
+    of two >= L (at most 128), BLOCK_B rows to make _ROW_BLOCK_ELEMS (512) elements."""
     if flat:
         programs = min(max(-(-(B * L) // block), 1), _MAX_PROGRAMS)
         block_b, block_l = 1, 1
