@@ -32,7 +32,7 @@ OP_REDUCTIONS = ("none", "sum", "mean", "batchmean")
 def reduction_divisor(reduction: str, batch: int, numel: int) -> int:
     """The kernels divide each row's loss (and its gradient) by this: B for "batchmean",
     numel (all elements, B x D or B x L) for "mean", 1 for "none" and "sum" (and for an empty
-    input, whose reduced value :func:`_total` sets)."""
+    input, whose mean the ops set to NaN themselves)."""
     if reduction == "batchmean" and batch > 0:
         return batch
     if reduction == "mean" and numel > 0:
@@ -45,15 +45,6 @@ def use_custom_op() -> bool:
     then the path, since the compiler needs their fake implementations. Eager calls take the
     cheaper ``torch.autograd.Function`` path to the same launchers."""
     return torch.compiler.is_compiling()
-
-
-def _total(partials: Tensor, reduction: str, numel: int) -> Tensor:
-    """The "sum"/"mean"/"batchmean" loss from a kernel's partial sums (already divided): the
-    single partial itself (a view, no launch) or their sum (one launch). A mean over nothing
-    is NaN, as torch.mean's."""
-    if reduction in ("mean", "batchmean") and numel == 0:
-        return partials.new_full((), float("nan"))
-    return partials.reshape(()) if partials.numel() == 1 else partials.sum()
 
 
 # The Philox key of a draw. Eager calls outside CUDA-graph capture read it from the CUDA
