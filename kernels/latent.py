@@ -308,7 +308,7 @@ def sample_and_kl_fwd(
 
     Returns:
         ``(z or None, kl or None)``: z in the input dtype; the KL in float32 (float64 for
-        float64 inputs), in nats. An empty input launches nothing (a "total" KL is then 0).
+        float64 inputs), in nats. An empty input launches nothing (its KL, per row or total, is 0).
     """
     check_launchable("mu", mu)
     B, L = mu.shape
@@ -325,8 +325,8 @@ def sample_and_kl_fwd(
     kl_out = None
     if mode:
         kl_out = mu.new_empty(size=(B,) if mode == 1 else (), dtype=loss_dtype(mu.dtype))
-    if B * L == 0:
-        if mode == 2:
+    if B * L == 0:  # every row's KL is an empty sum (B rows of L = 0: B zeros)
+        if mode:
             kl_out.zero_()
         return z, kl_out
     programs, block_b, block_l, p_block = _layout(B, L, flat, _FLAT_BLOCK)
