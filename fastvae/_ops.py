@@ -32,7 +32,7 @@ OP_REDUCTIONS = ("none", "sum", "mean", "batchmean")
 def reduction_divisor(reduction: str, batch: int, numel: int) -> int:
     """The kernels divide each row's loss (and its gradient) by this: B for "batchmean",
     numel (all elements, B x D or B x L) for "mean", 1 for "none" and "sum" (and for an empty
-    input, whose reduced value :func:`_total` sets)."""
+    input, whose mean the ops set to NaN themselves)."""
     if reduction == "batchmean" and batch > 0:
         return batch
     if reduction == "mean" and numel > 0:
@@ -40,20 +40,18 @@ def reduction_divisor(reduction: str, batch: int, numel: int) -> int:
     return 1
 
 
+def _nan_if_empty(loss: Tensor, reduction: str, batch: int, numel: int) -> Tensor:
+    """A mean over nothing is NaN, as torch.mean's: "mean" of no elements, "batchmean" of no rows."""
+    if (reduction == "mean" and numel == 0) or (reduction == "batchmean" and batch == 0):
+        return loss.fill_(float("nan"))
+    return loss
+
+
 def use_custom_op() -> bool:
     """True while torch.compile (Dynamo / AOT autograd) traces: the registered custom ops are
     then the path, since the compiler needs their fake implementations. Eager calls take the
     cheaper ``torch.autograd.Function`` path to the same launchers."""
     return torch.compiler.is_compiling()
-
-
-def _total(partials: Tensor, reduction: str, numel: int) -> Tensor:
-    """The "sum"/"mean"/"batchmean" loss from a kernel's partial sums (already divided): the
-    single partial itself (a view, no launch) or their sum (one launch). A mean over nothing
-    is NaN, as torch.mean's."""
-    if reduction in ("mean", "batchmean") and numel == 0:
-        return partials.new_full((), float("nan"))
-    return partials.reshape(()) if partials.numel() == 1 else partials.sum()
 
 
 # The Philox key of a draw. Eager calls outside CUDA-graph capture read it from the CUDA
@@ -150,8 +148,8 @@ def _sample_and_kl_forward(mu, logvar, key, n_samples, sample, kl, reduction):
         z = z.view(_z_shape(mu, n_samples))
     if not kl:
         kl_out = _empty(mu, loss_dtype(mu.dtype))
-    elif numel == 0 and reduction in ("mean", "batchmean"):
-        kl_out = kl_out.new_full((), float("nan"))  # a mean over nothing, as torch.mean's
+    elif numel == 0:  # (B, 0) latents: "batchmean" is 0 / B = 0, "mean" 0 / 0 = NaN
+        kl_out = _nan_if_empty(kl_out, reduction, B, numel)
     return z, kl_out
 
 
@@ -272,13 +270,6 @@ sample_and_kl_op.register_autograd(_sample_and_kl_backward, setup_context=_sampl
 # _recon_grads): eager calls go through the autograd.Function _ReconLoss (about 7 us of host
 # time per call, against about 20 us for custom-op dispatch); while torch.compile traces
 # (use_custom_op()), the registered ops below are the path, so the graph has no breaks.
-
-
-def _nan_if_empty(loss: Tensor, reduction: str, batch: int, numel: int) -> Tensor:
-    """A mean over nothing is NaN, as torch.mean's: "mean" of no elements, "batchmean" of no rows."""
-    if (reduction == "mean" and numel == 0) or (reduction == "batchmean" and batch == 0):
-        return loss.fill_(float("nan"))
-    return loss
 
 
 def _recon_forward(recon, x, recon_logvar, logvar_value, likelihood, reduction, grad_recon, grad_logvar):

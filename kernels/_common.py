@@ -4,7 +4,6 @@ import contextlib
 import os
 
 import torch
-import triton
 
 # Triton decides at decoration time whether @triton.jit builds GPU kernels or numpy-backed
 # interpreted ones; TRITON_INTERPRET=1 must therefore be set before this package is imported.
@@ -44,9 +43,19 @@ def loss_dtype(dtype: torch.dtype) -> torch.dtype:
     return torch.float64 if dtype == torch.float64 else torch.float32
 
 
-def pow2_at_most(n: int, cap: int) -> int:
-    """Smallest power of two >= n, capped at ``cap`` (block sizes must be powers of two)."""
-    return min(triton.next_power_of_2(max(n, 1)), cap)
+def pow2_at_least(n: int) -> int:
+    """Smallest power of two >= n (1 for n <= 1): block sizes must be powers of two."""
+    return 1 << max(n - 1, 0).bit_length()
+
+
+class TicketCounters(dict):
+    """Per-device int32 ticket counters of a last-program reduction, ``counters[device]``,
+    allocated at first use (zeros). Every launch leaves its counter at 0; launches that
+    share one must not run concurrently on two streams of that device."""
+
+    def __missing__(self, device: torch.device) -> torch.Tensor:
+        counter = self[device] = torch.zeros(1, dtype=torch.int32, device=device)
+        return counter
 
 
 _NO_GUARD = contextlib.nullcontext()  # reusable: entering it does nothing

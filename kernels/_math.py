@@ -197,9 +197,9 @@ def standard_normal4(seed, offset, quad):
 @triton.jit
 def standard_normal(seed, offset, index):
     """N(0, 1) noise of each int64 element index (the value :func:`standard_normal4` gives the
-    same element): for layouts that cannot hand a thread whole quads (strided rows). Each
-    element runs its quad's Philox and the one Box-Muller half it needs; sin is cos a
-    quarter turn earlier."""
+    same element): for layouts that cannot hand a thread whole quads (the per-row KL's row
+    tiles in latent.py). Each element runs its quad's Philox and the one Box-Muller half it
+    needs; sin is cos a quarter turn earlier."""
     w0, w1, w2, w3 = _philox_words(seed, offset, index >> 2)
     j = index & 3
     first = j < 2

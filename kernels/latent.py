@@ -14,7 +14,7 @@ import torch
 import triton
 import triton.language as tl
 
-from ._common import INTERPRETED, check_launchable, device_guard, loss_dtype
+from ._common import INTERPRETED, TicketCounters, check_launchable, device_guard, loss_dtype, pow2_at_least
 from ._math import exp_acc, expm1_and_phi, standard_normal, standard_normal4, to_acc
 
 # KL modes (constexpr): no KL, one value per row, or the total over all rows.
@@ -255,37 +255,24 @@ def _sample_and_kl_bwd_kernel(
 # ------------------------------------------------------------------ host side
 
 
-def _pow2_at_least(n: int) -> int:
-    return 1 << max(n - 1, 0).bit_length()
-
-
 @functools.lru_cache(maxsize=256)
 def _layout(B: int, L: int, flat: bool, block: int) -> tuple[int, int, int, int]:
     """(programs, BLOCK_B, BLOCK_L, P_BLOCK) for a launch, by integer math, cached per shape.
 
     Flat: one program per ``block`` elements up to ``_MAX_PROGRAMS`` (MNIST's 128 x 20 gets
     2 programs, 16 elements per thread), striding beyond. Rows: BLOCK_L the next power
-    of two >= L (at most 128), BLOCK_B rows to make about 1024 elements."""
+    of two >= L (at most 128), BLOCK_B rows to make _ROW_BLOCK_ELEMS (512) elements."""
     if flat:
         programs = min(max(-(-(B * L) // block), 1), _MAX_PROGRAMS)
         block_b, block_l = 1, 1
     else:
-        block_l = min(_pow2_at_least(L), _MAX_BLOCK_L)
+        block_l = min(pow2_at_least(L), _MAX_BLOCK_L)
         block_b = max(_ROW_BLOCK_ELEMS // block_l, 1)
         programs = min(max(-(-B // block_b), 1), _MAX_PROGRAMS)
-    return programs, block_b, block_l, min(_pow2_at_least(programs), 128)
+    return programs, block_b, block_l, min(pow2_at_least(programs), 128)
 
 
-_tickets: dict = {}
-
-
-def _ticket(device: torch.device) -> torch.Tensor:
-    """The int32 ticket counter of ``device`` (zero between launches), allocated once. One
-    per device: launches of this kernel on one device must not run concurrently on two streams."""
-    t = _tickets.get(device)
-    if t is None:
-        t = _tickets[device] = torch.zeros(1, dtype=torch.int32, device=device)
-    return t
+_TICKETS = TicketCounters()  # this kernel's own (recon.py keeps its own)
 
 
 def _flat_readable(mu: torch.Tensor, logvar: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, bool]:
@@ -321,7 +308,7 @@ def sample_and_kl_fwd(
 
     Returns:
         ``(z or None, kl or None)``: z in the input dtype; the KL in float32 (float64 for
-        float64 inputs), in nats. An empty input launches nothing (a "total" KL is then 0).
+        float64 inputs), in nats. An empty input launches nothing (its KL, per row or total, is 0).
     """
     check_launchable("mu", mu)
     B, L = mu.shape
@@ -338,8 +325,8 @@ def sample_and_kl_fwd(
     kl_out = None
     if mode:
         kl_out = mu.new_empty(size=(B,) if mode == 1 else (), dtype=loss_dtype(mu.dtype))
-    if B * L == 0:
-        if mode == 2:
+    if B * L == 0:  # every row's KL is an empty sum (B rows of L = 0: B zeros)
+        if mode:
             kl_out.zero_()
         return z, kl_out
     programs, block_b, block_l, p_block = _layout(B, L, flat, _FLAT_BLOCK)
@@ -358,7 +345,7 @@ def sample_and_kl_fwd(
             z if sample else mu,  # z_ptr
             kl_out if mode else partials,  # kl_ptr
             partials,  # partials_ptr
-            _ticket(mu.device) if mode == 2 else mu,  # ticket_ptr
+            _TICKETS[mu.device] if mode == 2 else mu,  # ticket_ptr
             seed,
             offset,
             B,

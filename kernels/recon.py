@@ -14,7 +14,7 @@ import torch
 import triton
 import triton.language as tl
 
-from ._common import INTERPRETED, check_launchable, device_guard, loss_dtype
+from ._common import INTERPRETED, TicketCounters, check_launchable, device_guard, loss_dtype, pow2_at_least
 from ._math import log1p_unit
 
 LIKELIHOOD_CODES = {"bernoulli": 0, "mse": 1, "gaussian": 2, "bernoulli_probs": 3}
@@ -333,10 +333,6 @@ def _recon_loss_scale_grad_kernel(
 # ------------------------------------------------------------------ host side
 
 
-def _pow2_at_least(n: int) -> int:
-    return 1 << max(n - 1, 0).bit_length()
-
-
 @functools.lru_cache(maxsize=512)
 def _layout(batch: int, features: int) -> tuple[int, int, int, int]:
     """(BLOCK_D, num_warps, n_chunks, RBLOCK) for rows of ``features`` elements.
@@ -344,7 +340,7 @@ def _layout(batch: int, features: int) -> tuple[int, int, int, int]:
     Launch heuristic: 16 elements per thread (128-bit accesses, few registers), as many warps
     as a row needs up to 8 (BLOCK_D <= 4096); a longer row is split over several programs.
     """
-    block_d = min(_pow2_at_least(features), _ELEMS_PER_THREAD * 32 * _MAX_WARPS)
+    block_d = min(pow2_at_least(features), _ELEMS_PER_THREAD * 32 * _MAX_WARPS)
     num_warps = max(1, block_d // (_ELEMS_PER_THREAD * 32))
     n_chunks = -(-features // block_d)
     if batch * n_chunks > _MAX_GRID:
@@ -444,16 +440,7 @@ class _LogVar:
         ).reshape(self.source.shape).to(self.source.dtype)
 
 
-_TICKETS: dict[torch.device, torch.Tensor] = {}
-
-
-def _ticket(device: torch.device) -> torch.Tensor:
-    """The per-device int32 ticket counter (0 between launches; each launch leaves it at 0).
-    Launches that use it must not run concurrently on two streams of one device."""
-    counter = _TICKETS.get(device)
-    if counter is None:
-        counter = _TICKETS[device] = torch.zeros(1, dtype=torch.int32, device=device)
-    return counter
+_TICKETS = TicketCounters()  # this kernel's own (latent.py keeps its own)
 
 
 _NO_LOGVAR = _LogVar(None, None, False)  # shared by every call without a log-variance tensor
@@ -557,7 +544,7 @@ def recon_loss_fwd(
             recon if dr is None else dr,  # dr_ptr
             dv_buf,  # dv_ptr
             partial,  # partial_ptr
-            out if direct else _ticket(recon.device),  # ticket_ptr
+            out if direct else _TICKETS[recon.device],  # ticket_ptr
             out,  # out_ptr
             D,
             n_chunks,

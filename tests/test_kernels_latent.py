@@ -330,7 +330,7 @@ def test_total_kl_over_many_programs_is_deterministic(reduction, device, monkeyp
     want = {"sum": rows.sum(), "mean": rows.sum() / mu.numel(), "batchmean": rows.mean()}[reduction]
     assert torch.equal(got[0], got[1])
     assert_close(got[0], want)
-    assert latent_kernels._ticket(mu.device).item() == 0
+    assert latent_kernels._TICKETS[mu.device].item() == 0
     latent_kernels._layout.cache_clear()
 
 
@@ -451,6 +451,18 @@ def test_empty_batch(device):
     assert z.shape == (0, 4) and kl.shape == (0,)
     assert fastvae.gaussian_kl(mu, mu.clone(), "sum", **TRITON).item() == 0
     assert torch.isnan(fastvae.gaussian_kl(mu, mu.clone(), "mean", **TRITON))
+    assert torch.isnan(fastvae.gaussian_kl(mu, mu.clone(), "batchmean", **TRITON))
+
+
+def test_empty_latent_rows(device):
+    """(B, 0) latents: each row's KL is an empty sum, 0; "batchmean" divides the total 0 by
+    B (0, as the reference), only "mean" divides by no elements (NaN)."""
+    mu = torch.zeros(3, 0, device=device)
+    for reduction in ("none", "sum", "mean", "batchmean"):
+        got = fastvae.gaussian_kl(mu, mu.clone(), reduction, **TRITON)
+        want = reference.gaussian_kl(mu, mu.clone(), reduction)
+        assert got.shape == want.shape and torch.equal(got.isnan(), want.isnan())
+        assert torch.equal(got.nan_to_num(), want.nan_to_num()), reduction
 
 
 @pytest.mark.cuda
