@@ -152,7 +152,8 @@ def gaussian_kl(
             (``F.kl_div(..., reduction="batchmean")``'s meaning); "sum" -> batch total;
             "mean" -> divided by B x L, the mean of
             ``torch.distributions.kl_divergence(q, N(0, 1))`` over all elements; "none" ->
-            ``(B,)``. An empty batch gives 0 for "sum", NaN for the means.
+            ``(B,)``. An empty batch gives 0 for "sum", NaN for the means; latents with no
+            elements per row, ``(B, 0)``, give zeros (0 / B for "batchmean", NaN for "mean").
 
     Returns:
         nats, float32 (float64 for float64 inputs). Gradients: dmu = mu,
