@@ -18,11 +18,9 @@ def _load_checkout_kernels():
     return module
 
 
-try:
+if importlib.util.find_spec("fastvae.kernels") is not None:  # installed (setup.py maps it)
     from fastvae import kernels
-except ModuleNotFoundError as err:
-    if err.name != "fastvae.kernels":
-        raise
+else:  # a source checkout on PYTHONPATH: `from fastvae import kernels` would raise ImportError
     kernels = _load_checkout_kernels()
 
 from fastvae import reference  # noqa: E402
