@@ -9,12 +9,14 @@ copy. The gradient is written with the same feature strides as ``recon`` (row st
 
 import functools
 import math
+from typing import NamedTuple
 
 import torch
 import triton
 import triton.language as tl
 
 from ._common import INTERPRETED, TicketCounters, check_launchable, device_guard, loss_dtype, pow2_at_least
+from ._launch import CachedKernel, launch_key
 from ._math import log1p_unit
 
 LIKELIHOOD_CODES = {"bernoulli": 0, "mse": 1, "gaussian": 2, "bernoulli_probs": 3}
@@ -63,14 +65,14 @@ def _rcp_ftz(a):
 #   bernoulli_probs: loss = (x - 1) max(log(1 - p), -100) - x max(log p, -100)
 #                    dp = (p - x) / max(p (1 - p), 1e-12)      (torch's binary_cross_entropy)
 #   mse:             loss = (r - x)^2                           dr = 2 (r - x)
-#   gaussian:        loss = 0.5 (log 2pi + v + (x - m)^2 exp(-v))
+#   gaussian:        loss = 0.5 (log 2pi + v + (x - m)^2 exp(-v))   (log 2pi only if FULL)
 #                    dm = (m - x) exp(-v)                       dv = 0.5 (1 - (x - m)^2 exp(-v))
 # Bernoulli on logits: with t = exp(-|l|) in (0, 1], sigmoid(l) is 1/(1+t) for l >= 0 and
 # t/(1+t) below: ONE reciprocal serves both branches, nothing overflows for any |l|, and
 # log(1 + t) is a polynomial on (0, 1] (log1p_unit, error budget beside it). Writing
 # max(l, 0) - l x as l (1 - x) or -l x makes a confidently wrong infinite logit give +inf.
 @triton.jit
-def _recon_terms(r, x, v, inv_var, LIKELIHOOD: tl.constexpr, FAST: tl.constexpr):
+def _recon_terms(r, x, v, inv_var, LIKELIHOOD: tl.constexpr, FULL: tl.constexpr, FAST: tl.constexpr):
     if LIKELIHOOD == 0:
         if FAST:
             t = _ex2_ftz(tl.abs(r) * -1.4426950408889634)
@@ -98,7 +100,9 @@ def _recon_terms(r, x, v, inv_var, LIKELIHOOD: tl.constexpr, FAST: tl.constexpr)
     else:
         diff = r - x
         scaled = diff * diff * inv_var
-        loss = _HALF_LOG_2PI + 0.5 * (v + scaled)
+        loss = 0.5 * (v + scaled)
+        if FULL:  # the normalizing constant 0.5 log(2 pi) (F.gaussian_nll_loss's full=True)
+            loss += _HALF_LOG_2PI
         dr = diff * inv_var
         dv = 0.5 - 0.5 * scaled
     return loss, dr, dv
@@ -132,8 +136,8 @@ def _store(ptr, value, mask, EVEN_D: tl.constexpr):
 @triton.jit
 def _chunk_terms(
     r_ptr, x_ptr, v_ptr, D, n_chunks, r_row_stride, x_row_stride, v_row_stride, logvar_value,
-    LIKELIHOOD: tl.constexpr, V_MODE: tl.constexpr, F64: tl.constexpr, BLOCK_D: tl.constexpr,
-    EVEN_D: tl.constexpr,
+    LIKELIHOOD: tl.constexpr, FULL: tl.constexpr, V_MODE: tl.constexpr, F64: tl.constexpr,
+    BLOCK_D: tl.constexpr, EVEN_D: tl.constexpr,
 ):
     """This program's (row, chunk of BLOCK_D features): its loss, gradients and mask (not
     applied when BLOCK_D divides D: no predicates, no zero fill, no select per element)."""
@@ -161,7 +165,7 @@ def _chunk_terms(
             inv_var = _ex2_ftz(v * -1.4426950408889634)
         else:
             inv_var = tl.exp(-v)
-    loss, dr, dv = _recon_terms(r, x, v, inv_var, LIKELIHOOD, FAST)
+    loss, dr, dv = _recon_terms(r, x, v, inv_var, LIKELIHOOD, FULL, FAST)
     return pid, row64, start, cols, mask, loss, dr, dv
 
 
@@ -181,7 +185,21 @@ def _store_grads(
 
 
 @triton.jit
-def _add_partials(partial_ptr, out_ptr, n_chunks, n_rows, OUT: tl.constexpr, RBLOCK: tl.constexpr):
+def _store_losses(out_ptr, elbo_ptr, kl_ptr, at, rec, kl_stride, beta, mask, ADD_KL: tl.constexpr):
+    """Store the reconstruction losses ``rec`` at offsets ``at`` of out (under ``mask``) and,
+    with ADD_KL, the objective rec + beta * kl beside them (kl read at ``at * kl_stride``:
+    one value per row, or stride 0 for one value for all)."""
+    tl.store(out_ptr + at, rec, mask=mask)
+    if ADD_KL:
+        kl = tl.load(kl_ptr + at * kl_stride, mask=mask)
+        tl.store(elbo_ptr + at, rec + tl.cast(beta, rec.dtype) * kl, mask=mask)
+
+
+@triton.jit
+def _add_partials(
+    partial_ptr, out_ptr, elbo_ptr, kl_ptr, n_chunks, n_rows, kl_stride, beta,
+    OUT: tl.constexpr, ADD_KL: tl.constexpr, RBLOCK: tl.constexpr,
+):
     """Run by the last program only: the per-program partials added in a fixed order (so the
     result is deterministic), into one total or one value per row."""
     offs = tl.arange(0, RBLOCK)
@@ -192,7 +210,7 @@ def _add_partials(partial_ptr, out_ptr, n_chunks, n_rows, OUT: tl.constexpr, RBL
         for first in range(0, n_programs, RBLOCK):
             idx = first + offs
             acc += tl.load(partial_ptr + idx, mask=idx < n_programs, other=0.0, cache_modifier=".cg")
-        tl.store(out_ptr, tl.sum(acc, axis=0))
+        _store_losses(out_ptr, elbo_ptr, kl_ptr, 0, tl.sum(acc, axis=0), 0, beta, None, ADD_KL)
     else:
         for first in range(0, n_rows, RBLOCK):
             rows = first + offs
@@ -200,7 +218,7 @@ def _add_partials(partial_ptr, out_ptr, n_chunks, n_rows, OUT: tl.constexpr, RBL
             acc = tl.zeros([RBLOCK], acc_ty)
             for c in range(0, n_chunks):  # chunk-major partials: a dense run of rows per chunk
                 acc += tl.load(partial_ptr + c * n_rows + rows, mask=keep, other=0.0, cache_modifier=".cg")
-            tl.store(out_ptr + rows, acc, mask=keep)
+            _store_losses(out_ptr, elbo_ptr, kl_ptr, rows, acc, kl_stride, beta, keep, ADD_KL)
 
 
 # Forward: one program per (row, chunk of BLOCK_D features). Loss and gradients are multiplied
@@ -228,6 +246,8 @@ def _recon_loss_fwd_kernel(
     partial_ptr,  # (B * n_chunks,) per-program loss sums: by program (OUT_TOTAL), chunk-major (OUT_ROWS)
     ticket_ptr,  # (1,) int32 counter, 0 between launches (OUT_ROWS, OUT_TOTAL)
     out_ptr,  # (B,) per-row losses or () the total, divided by divisor
+    kl_ptr,  # (B,) or () KL values added to the losses (ADD_KL), element stride kl_stride
+    elbo_ptr,  # out's shape: out + beta * kl (ADD_KL)
     D,  # features per row
     n_chunks,  # programs per row
     n_rows,  # B (the grid is B * n_chunks programs)
@@ -236,13 +256,17 @@ def _recon_loss_fwd_kernel(
     v_row_stride,  # 0 when v is shared by all rows
     dr_row_stride,
     dv_row_stride,
+    kl_stride,  # 1 for a KL per row, 0 for one KL for all
     divisor,  # int: losses and gradients are divided by it
     logvar_value,  # fp32 log-variance for V_SCALAR
+    beta,  # fp32 KL weight (ADD_KL)
     LIKELIHOOD: tl.constexpr,
+    FULL: tl.constexpr,  # gaussian: include 0.5 log(2 pi) per element
     V_MODE: tl.constexpr,
     DV_MODE: tl.constexpr,
     WRITE_DR: tl.constexpr,
     OUT: tl.constexpr,
+    ADD_KL: tl.constexpr,  # also write out + beta * kl to elbo_ptr
     F64: tl.constexpr,
     BLOCK_D: tl.constexpr,
     EVEN_D: tl.constexpr,  # BLOCK_D divides D: no masks
@@ -250,7 +274,7 @@ def _recon_loss_fwd_kernel(
 ):
     pid, row64, start, cols, mask, loss, dr, dv = _chunk_terms(
         r_ptr, x_ptr, v_ptr, D, n_chunks, r_row_stride, x_row_stride, v_row_stride,
-        logvar_value, LIKELIHOOD, V_MODE, F64, BLOCK_D, EVEN_D,
+        logvar_value, LIKELIHOOD, FULL, V_MODE, F64, BLOCK_D, EVEN_D,
     )
     scale = 1.0 / _acc(divisor, F64)
     _store_grads(
@@ -261,7 +285,7 @@ def _recon_loss_fwd_kernel(
         loss = tl.where(mask, loss, 0.0)
     total = tl.sum(loss, axis=0) * scale
     if OUT == OUT_ROWS_DIRECT:
-        tl.store(out_ptr + row64, total)
+        _store_losses(out_ptr, elbo_ptr, kl_ptr, row64, total, kl_stride, beta, None, ADD_KL)
     else:
         slot = pid
         if OUT == OUT_ROWS:  # chunk-major (see _add_partials)
@@ -271,7 +295,10 @@ def _recon_loss_fwd_kernel(
         ticket = tl.atomic_add(ticket_ptr, 1, sem="acq_rel")
         if ticket == tl.num_programs(0) - 1:
             tl.store(ticket_ptr, 0)
-            _add_partials(partial_ptr, out_ptr, n_chunks, n_rows, OUT, RBLOCK)
+            _add_partials(
+                partial_ptr, out_ptr, elbo_ptr, kl_ptr, n_chunks, n_rows, kl_stride, beta,
+                OUT, ADD_KL, RBLOCK,
+            )
 
 
 # Backward for reduction "none": grad_output g is per row, so the gradient is recomputed here
@@ -301,9 +328,9 @@ def _recon_loss_bwd_kernel(
     BLOCK_D: tl.constexpr,
     EVEN_D: tl.constexpr,
 ):
-    pid, row64, start, cols, mask, _, dr, dv = _chunk_terms(
+    pid, row64, start, cols, mask, _, dr, dv = _chunk_terms(  # FULL: the loss is unused
         r_ptr, x_ptr, v_ptr, D, n_chunks, r_row_stride, x_row_stride, v_row_stride,
-        logvar_value, LIKELIHOOD, V_MODE, F64, BLOCK_D, EVEN_D,
+        logvar_value, LIKELIHOOD, True, V_MODE, F64, BLOCK_D, EVEN_D,
     )
     g = _acc(tl.load(g_ptr + row64 * g_stride), F64)
     _store_grads(
@@ -487,6 +514,21 @@ def _empty_grads(recon, logvar, grad_recon, grad_logvar):
     return dr, dv
 
 
+class ReconOutputs(NamedTuple):
+    """What :func:`recon_loss_fwd` returns: the loss (float32, float64 for float64 inputs),
+    ``loss + beta * kl`` when a KL was given, and the gradients it was asked to write."""
+
+    loss: torch.Tensor
+    elbo: torch.Tensor | None
+    d_recon: torch.Tensor | None
+    d_logvar: torch.Tensor | None
+
+
+_FWD = CachedKernel(_recon_loss_fwd_kernel)
+_BWD = CachedKernel(_recon_loss_bwd_kernel)
+_SCALE = CachedKernel(_recon_loss_scale_grad_kernel)
+
+
 def recon_loss_fwd(
     recon: torch.Tensor,
     x: torch.Tensor,
@@ -497,7 +539,10 @@ def recon_loss_fwd(
     divisor: int,
     grad_recon: bool,
     grad_logvar: bool,
-) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
+    full: bool = True,
+    kl: torch.Tensor | None = None,
+    beta: float = 1.0,
+) -> ReconOutputs:
     """Per-sample reconstruction loss reduced in the same launch, and optionally its gradient.
 
     Args:
@@ -511,19 +556,25 @@ def recon_loss_fwd(
         divisor: the loss and the written gradients are divided by it (1 for "none"/"sum",
             B for "batchmean", B*D for "mean").
         grad_recon, grad_logvar: which gradients to write (grad_logvar needs recon_logvar).
+        full: "gaussian": include 0.5 log(2 pi) per element.
+        kl: a KL to add, ``()`` or ``(B,)`` (one per row; needs ``per_row``), float32 (float64
+            for float64 inputs); then ``elbo = loss + beta * kl`` is written too, by the same
+            launch.
+        beta: the KL's weight (passed to the kernel as float32).
 
     Returns:
-        ``(loss, d_recon or None, d_logvar or None)``: loss in float32 (float64 when an input
-        is float64), nats; d_recon in recon's dtype and shape with :func:`grad_strides`;
-        d_logvar in recon_logvar's dtype and shape (reduced over broadcast dims).
-        Computed in float32, or float64 when any input is float64.
+        :class:`ReconOutputs`: loss in nats; d_recon in recon's dtype and shape with
+        :func:`grad_strides`; d_logvar in recon_logvar's dtype and shape (reduced over
+        broadcast dims). Computed in float32, or float64 when any input is float64.
     """
     recon, x, logvar, B, D, f64 = _prepare(recon, x, recon_logvar, likelihood)
     acc = torch.float64 if f64 else loss_dtype(recon.dtype)
     out = recon.new_empty(size=(B,) if per_row else (), dtype=acc)  # size= : see _new_grad
+    elbo = None if kl is None else torch.empty_like(out)
     if B * D == 0:
         dr, dv = _empty_grads(recon, logvar, grad_recon, grad_logvar)
-        return out.zero_(), dr, dv
+        out.zero_()
+        return ReconOutputs(out, None if kl is None else torch.add(out, kl, alpha=beta), dr, dv)
     block_d, num_warps, n_chunks, rblock = _layout(B, D)
     n_programs = B * n_chunks
     dr = _new_grad(recon) if grad_recon else None
@@ -534,41 +585,53 @@ def recon_loss_fwd(
     direct = mode == OUT_ROWS_DIRECT.value
     # One program's partial may live in the total's own slot (stored, read back, overwritten).
     partial = out if direct or n_programs == 1 else recon.new_empty(size=(n_programs,), dtype=acc)
+    pointers = (
+        recon,  # r_ptr
+        x,  # x_ptr
+        recon if logvar.tensor is None else logvar.tensor,  # v_ptr
+        recon if dr is None else dr,  # dr_ptr
+        dv_buf,  # dv_ptr
+        partial,  # partial_ptr
+        out if direct else _TICKETS[recon.device],  # ticket_ptr
+        out,  # out_ptr
+        out if kl is None else kl,  # kl_ptr
+        out if elbo is None else elbo,  # elbo_ptr
+    )
+    values = (
+        D,
+        n_chunks,
+        B,  # n_rows
+        recon.stride(0),  # r_row_stride
+        x.stride(0),  # x_row_stride
+        logvar.row_stride,  # v_row_stride
+        D,  # dr_row_stride
+        dv_row_stride,
+        kl.stride(0) if kl is not None and kl.dim() else 0,  # kl_stride
+        divisor,
+    )
+    constexprs = (
+        LIKELIHOOD_CODES[likelihood],  # LIKELIHOOD
+        full,  # FULL
+        logvar.mode,  # V_MODE
+        dv_mode,  # DV_MODE
+        dr is not None,  # WRITE_DR
+        mode,  # OUT
+        kl is not None,  # ADD_KL
+        f64,  # F64
+        block_d,  # BLOCK_D
+        D % block_d == 0,  # EVEN_D
+        rblock,  # RBLOCK
+    )
+    floats = (float(logvar_value), float(beta))  # logvar_value, beta
     with device_guard(recon):
         # Positional arguments, in the kernel's order (named alongside): keywords would cost
-        # more host time than the rest of the launcher (Triton repacks them twice per launch).
-        _recon_loss_fwd_kernel[(n_programs,)](
-            recon,  # r_ptr
-            x,  # x_ptr
-            recon if logvar.tensor is None else logvar.tensor,  # v_ptr
-            recon if dr is None else dr,  # dr_ptr
-            dv_buf,  # dv_ptr
-            partial,  # partial_ptr
-            out if direct else _TICKETS[recon.device],  # ticket_ptr
-            out,  # out_ptr
-            D,
-            n_chunks,
-            B,  # n_rows
-            recon.stride(0),  # r_row_stride
-            x.stride(0),  # x_row_stride
-            logvar.row_stride,  # v_row_stride
-            D,  # dr_row_stride
-            dv_row_stride,
-            divisor,
-            float(logvar_value),
-            LIKELIHOOD_CODES[likelihood],  # LIKELIHOOD
-            logvar.mode,  # V_MODE
-            dv_mode,  # DV_MODE
-            dr is not None,  # WRITE_DR
-            mode,  # OUT
-            f64,  # F64
-            block_d,  # BLOCK_D
-            D % block_d == 0,  # EVEN_D
-            rblock,  # RBLOCK
-            num_warps=num_warps,
+        # more host time than the rest of the launcher (Triton repacks them per launch).
+        _FWD.launch(
+            launch_key(pointers, values + constexprs), n_programs,
+            pointers + values + floats + constexprs, num_warps,
         )
     dv = logvar.reduce_grad(dv_buf, recon, n_chunks) if dv_mode != DV_NONE.value else None
-    return out, dr, dv
+    return ReconOutputs(out, elbo, dr, dv)
 
 
 def recon_loss_bwd(
@@ -596,31 +659,37 @@ def recon_loss_bwd(
     dv_buf, dv_mode, dv_row_stride = (recon, DV_NONE.value, 0)
     if grad_logvar and logvar.source is not None:
         dv_buf, dv_mode, dv_row_stride = logvar.grad_buffer(recon, n_programs)
+    pointers = (
+        recon,  # r_ptr
+        x,  # x_ptr
+        recon if logvar.tensor is None else logvar.tensor,  # v_ptr
+        grad_rows,  # g_ptr
+        recon if dr is None else dr,  # dr_ptr
+        dv_buf,  # dv_ptr
+    )
+    values = (
+        D,
+        n_chunks,
+        recon.stride(0),  # r_row_stride
+        x.stride(0),  # x_row_stride
+        logvar.row_stride,  # v_row_stride
+        D,  # dr_row_stride
+        dv_row_stride,
+        grad_rows.stride(0),  # g_stride
+    )
+    constexprs = (
+        LIKELIHOOD_CODES[likelihood],  # LIKELIHOOD
+        logvar.mode,  # V_MODE
+        dv_mode,  # DV_MODE
+        dr is not None,  # WRITE_DR
+        f64,  # F64
+        block_d,  # BLOCK_D
+        D % block_d == 0,  # EVEN_D
+    )
     with device_guard(recon):
-        _recon_loss_bwd_kernel[(n_programs,)](  # positional, in the kernel's order
-            recon,  # r_ptr
-            x,  # x_ptr
-            recon if logvar.tensor is None else logvar.tensor,  # v_ptr
-            grad_rows,  # g_ptr
-            recon if dr is None else dr,  # dr_ptr
-            dv_buf,  # dv_ptr
-            D,
-            n_chunks,
-            recon.stride(0),  # r_row_stride
-            x.stride(0),  # x_row_stride
-            logvar.row_stride,  # v_row_stride
-            D,  # dr_row_stride
-            dv_row_stride,
-            grad_rows.stride(0),  # g_stride
-            float(logvar_value),
-            LIKELIHOOD_CODES[likelihood],  # LIKELIHOOD
-            logvar.mode,  # V_MODE
-            dv_mode,  # DV_MODE
-            dr is not None,  # WRITE_DR
-            f64,  # F64
-            block_d,  # BLOCK_D
-            D % block_d == 0,  # EVEN_D
-            num_warps=num_warps,
+        _BWD.launch(
+            launch_key(pointers, values + constexprs), n_programs,
+            pointers + values + (float(logvar_value),) + constexprs, num_warps,
         )
     dv = logvar.reduce_grad(dv_buf, recon, n_chunks) if dv_mode != DV_NONE.value else None
     return dr, dv
@@ -637,12 +706,10 @@ def recon_loss_scale_grad(grad: torch.Tensor, grad_output: torch.Tensor) -> torc
     """
     n = grad.numel()
     if n:
+        pointers = (grad_output, grad)  # g_ptr, grad_ptr
         with device_guard(grad):
-            _recon_loss_scale_grad_kernel[(-(-n // _SCALE_BLOCK),)](
-                grad_output,  # g_ptr
-                grad,  # grad_ptr
-                n,
-                _SCALE_BLOCK,  # BLOCK
-                num_warps=_MAX_WARPS,
+            _SCALE.launch(
+                launch_key(pointers, (n,)), -(-n // _SCALE_BLOCK),
+                pointers + (n, _SCALE_BLOCK), _MAX_WARPS,  # n, BLOCK
             )
     return grad

@@ -5,7 +5,8 @@ for each name. Shapes are chosen so that the sizes and strides differ from one a
 import pytest
 import torch
 
-from fastvae import _ops
+from fastvae.ops import latent as latent_op
+from fastvae.ops import recon as recon_op
 from fastvae.kernels import latent as latent_kernels
 from fastvae.kernels import recon as recon_kernels
 from helpers import KERNEL_DEVICE
@@ -38,9 +39,9 @@ def test_recon_launch_arguments(launched):
     g = torch.Generator().manual_seed(0)
     recon = torch.randn(3, 5, generator=g).to(KERNEL_DEVICE).requires_grad_(True)
     x = torch.rand(3, 9, generator=g).to(KERNEL_DEVICE)[:, :5]  # row stride 9, read in place
-    _ops.reconstruction_loss(recon, x, None, 0.0, "bernoulli", "batchmean", True, False).mul(2.0).backward()
+    recon_op.reconstruction_loss(recon, x, None, 0.0, "bernoulli", "batchmean", True, True, False).mul(2.0).backward()
     w = torch.tensor([1.0, 2.0, 3.0], device=KERNEL_DEVICE)  # grad_output per row: stride 1
-    (_ops.reconstruction_loss(recon, x, None, 0.0, "mse", "none", True, False) * w).sum().backward()
+    (recon_op.reconstruction_loss(recon, x, None, 0.0, "mse", "none", True, True, False) * w).sum().backward()
     names = [n for n, _ in launched]
     assert names == ["_recon_loss_fwd_kernel", "_recon_loss_scale_grad_kernel",
                      "_recon_loss_fwd_kernel", "_recon_loss_bwd_kernel"]
@@ -65,7 +66,7 @@ def test_latent_launch_arguments(launched):
     g = torch.Generator().manual_seed(1)
     enc = torch.randn(3, 14, generator=g).to(KERNEL_DEVICE).requires_grad_(True)
     mu, logvar = enc.chunk(2, dim=1)  # (3, 7) views with row stride 14, read in place
-    z, kl = _ops.sample_and_kl(mu, logvar, None, 1, True, True, "batchmean")
+    z, kl = latent_op.sample_and_kl(mu, logvar, None, 1, True, True, "batchmean")
     torch.autograd.grad((kl, z), [enc], (torch.tensor(2.0, device=KERNEL_DEVICE), torch.ones_like(z)))
     assert [n for n, _ in launched] == ["_sample_and_kl_fwd_kernel", "_sample_and_kl_bwd_kernel"]
     fwd, bwd = (a for _, a in launched)
