@@ -113,7 +113,30 @@ def _latent_calls(dtype, B, L, reductions):
         yield sample
 
 
+def _elbo_calls():
+    """The objective's fused addition (the KL added by the recon kernel: a total, rows of one
+    program and rows of several), its unfused forms, and a Gaussian without the constant."""
+    B, L = 3, 5
+
+    def run(D, reduction, kl_reduction, dtype=torch.float32, lik="bernoulli", full=True):
+        r = torch.empty(B, D, dtype=dtype, requires_grad=True)
+        mu, lv = torch.empty(B, 2 * L, dtype=dtype, requires_grad=True).chunk(2, dim=1)
+        v = -0.5 if lik == "gaussian" else None
+        out = fastvae.elbo_loss(r, torch.empty(B, D, dtype=dtype), mu, lv, beta=0.5, likelihood=lik,
+                                recon_logvar=v, full=full, reduction=reduction,
+                                kl_reduction=kl_reduction, backend="triton")
+        torch.autograd.grad(out.loss, [r, mu, lv], torch.ones_like(out.loss))
+
+    for D, reduction, kl_reduction in itertools.product(
+        (785, 4100), ("none", "sum"), ("none", "batchmean")
+    ):
+        yield lambda D=D, red=reduction, kl_red=kl_reduction: run(D, red, kl_red)
+    yield lambda: run(785, "mean", "mean", dtype=torch.float64)
+    yield lambda: run(785, "batchmean", "batchmean", lik="gaussian", full=False)
+
+
 def calls():
+    yield from _elbo_calls()
     for dtype in DTYPES:
         matrix = "full" if dtype == torch.float32 else "lean"
         for B, D in RECON_SHAPES[matrix]:
