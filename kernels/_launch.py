@@ -48,7 +48,7 @@ def launch_key(pointers: tuple, values: tuple) -> tuple | None:
         bits |= p.data_ptr()
     if bits & 15:
         return None
-    return (pointers[0].device, *[p.dtype for p in pointers], *values)
+    return (pointers[0].get_device(), *[p.dtype for p in pointers], *values)
 
 
 class CachedKernel:
