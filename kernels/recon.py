@@ -135,18 +135,18 @@ def _store(ptr, value, mask, EVEN_D: tl.constexpr):
 
 @triton.jit
 def _chunk_terms(
-    r_ptr, x_ptr, v_ptr, D, n_chunks, r_row_stride, x_row_stride, v_row_stride, logvar_value,
-    LIKELIHOOD: tl.constexpr, FULL: tl.constexpr, V_MODE: tl.constexpr, F64: tl.constexpr,
-    BLOCK_D: tl.constexpr, EVEN_D: tl.constexpr,
+    tile, r_ptr, x_ptr, v_ptr, D, n_chunks, r_row_stride, x_row_stride, v_row_stride,
+    logvar_value, LIKELIHOOD: tl.constexpr, FULL: tl.constexpr, V_MODE: tl.constexpr,
+    F64: tl.constexpr, BLOCK_D: tl.constexpr, EVEN_D: tl.constexpr,
 ):
-    """This program's (row, chunk of BLOCK_D features): its loss, gradients and mask (not
-    applied when BLOCK_D divides D: no predicates, no zero fill, no select per element)."""
+    """Tile ``tile`` = (row, chunk of BLOCK_D features), tiles numbered row by row: its loss,
+    gradients and mask (not applied when BLOCK_D divides D: no predicates, no zero fill, no
+    select per element)."""
     FAST: tl.constexpr = not F64 and not INTERPRET
-    pid = tl.program_id(0)
-    row = pid // n_chunks
+    row = tile // n_chunks
     # Row and chunk offsets are int64 scalars (row * stride and a row itself may pass 2**31);
     # per element only the int32 column inside the chunk is added.
-    start = (pid % n_chunks).to(tl.int64) * BLOCK_D
+    start = (tile % n_chunks).to(tl.int64) * BLOCK_D
     cols = tl.arange(0, BLOCK_D)
     mask = cols < tl.minimum(D - start, BLOCK_D).to(tl.int32)  # unused (and dropped) if EVEN_D
     row64 = row.to(tl.int64)
@@ -166,12 +166,12 @@ def _chunk_terms(
         else:
             inv_var = tl.exp(-v)
     loss, dr, dv = _recon_terms(r, x, v, inv_var, LIKELIHOOD, FULL, FAST)
-    return pid, row64, start, cols, mask, loss, dr, dv
+    return row64, start, cols, mask, loss, dr, dv
 
 
 @triton.jit
 def _store_grads(
-    dr_ptr, dv_ptr, pid, row64, start, cols, mask, dr, dv, dr_row_stride, dv_row_stride,
+    dr_ptr, dv_ptr, tile, row64, start, cols, mask, dr, dv, dr_row_stride, dv_row_stride,
     WRITE_DR: tl.constexpr, DV_MODE: tl.constexpr, EVEN_D: tl.constexpr,
 ):
     if WRITE_DR:
@@ -181,7 +181,7 @@ def _store_grads(
     elif DV_MODE == DV_PARTIALS:
         if not EVEN_D:
             dv = tl.where(mask, dv, 0.0)
-        tl.store(dv_ptr + pid, tl.sum(dv, axis=0))
+        tl.store(dv_ptr + tile, tl.sum(dv, axis=0))
 
 
 @triton.jit
@@ -205,7 +205,7 @@ def _add_partials(
     offs = tl.arange(0, RBLOCK)
     acc_ty = partial_ptr.dtype.element_ty
     if OUT == OUT_TOTAL:
-        n_programs = n_rows * n_chunks
+        n_programs = tl.num_programs(0)
         acc = tl.zeros([RBLOCK], acc_ty)
         for first in range(0, n_programs, RBLOCK):
             idx = first + offs
@@ -221,10 +221,11 @@ def _add_partials(
             _store_losses(out_ptr, elbo_ptr, kl_ptr, rows, acc, kl_stride, beta, keep, ADD_KL)
 
 
-# Forward: one program per (row, chunk of BLOCK_D features). Loss and gradients are multiplied
-# by 1/divisor (1 for "sum" and "none", B for "batchmean", B*D for "mean"), so that backward
-# only scales them by grad_output. The divisor is an int (i64 past 2**31, so B*D cannot
-# overflow); its reciprocal is taken once per program.
+# Forward: TILES consecutive tiles (row, chunk of BLOCK_D features) per program; more than
+# one only for a scalar reduction (OUT_TOTAL), where a program's tiles may span rows. Loss and
+# gradients are multiplied by 1/divisor (1 for "sum" and "none", B for "batchmean", B*D for
+# "mean"), so that backward only scales them by grad_output. The divisor is an int (i64 past
+# 2**31, so B*D cannot overflow); its reciprocal is taken once per program.
 #
 # One launch for the reduction too (a last-program ticket): every program stores its partial
 # sum, then takes a ticket with an atomic add on a per-device counter. Memory ordering: the
@@ -242,8 +243,8 @@ def _recon_loss_fwd_kernel(
     x_ptr,  # (B, D) target rows (its own dtype): row stride x_row_stride
     v_ptr,  # log-variance rows (V_ELEMENTS), one value per row (V_ROW) or unused (V_SCALAR)
     dr_ptr,  # (B, D) d loss / d recon in recon's dtype (WRITE_DR): row stride dr_row_stride
-    dv_ptr,  # (B, D) d loss / d v rows (DV_ELEMENTS) or (n_programs,) partial sums (DV_PARTIALS)
-    partial_ptr,  # (B * n_chunks,) per-program loss sums: by program (OUT_TOTAL), chunk-major (OUT_ROWS)
+    dv_ptr,  # (B, D) d loss / d v rows (DV_ELEMENTS) or (B * n_chunks,) per-tile sums (DV_PARTIALS)
+    partial_ptr,  # per-program loss sums: by program (OUT_TOTAL), chunk-major (OUT_ROWS)
     ticket_ptr,  # (1,) int32 counter, 0 between launches (OUT_ROWS, OUT_TOTAL)
     out_ptr,  # (B,) per-row losses or () the total, divided by divisor
     kl_ptr,  # (B,) or () KL values added to the losses (ADD_KL), element stride kl_stride
@@ -271,21 +272,27 @@ def _recon_loss_fwd_kernel(
     BLOCK_D: tl.constexpr,
     EVEN_D: tl.constexpr,  # BLOCK_D divides D: no masks
     RBLOCK: tl.constexpr,
+    TILES: tl.constexpr,  # tiles per program (the grid has B * n_chunks / TILES programs)
 ):
-    pid, row64, start, cols, mask, loss, dr, dv = _chunk_terms(
-        r_ptr, x_ptr, v_ptr, D, n_chunks, r_row_stride, x_row_stride, v_row_stride,
-        logvar_value, LIKELIHOOD, FULL, V_MODE, F64, BLOCK_D, EVEN_D,
-    )
+    pid = tl.program_id(0)
     scale = 1.0 / _acc(divisor, F64)
-    _store_grads(
-        dr_ptr, dv_ptr, pid, row64, start, cols, mask, dr * scale, dv * scale,
-        dr_row_stride, dv_row_stride, WRITE_DR, DV_MODE, EVEN_D,
-    )
-    if not EVEN_D:
-        loss = tl.where(mask, loss, 0.0)
-    total = tl.sum(loss, axis=0) * scale
-    if OUT == OUT_ROWS_DIRECT:
-        _store_losses(out_ptr, elbo_ptr, kl_ptr, row64, total, kl_stride, beta, None, ADD_KL)
+    losses = tl.zeros([BLOCK_D], partial_ptr.dtype.element_ty)
+    for i in range(TILES):  # a program's tiles add into one partial: one ticket per program
+        tile = pid * TILES + i
+        row64, start, cols, mask, loss, dr, dv = _chunk_terms(
+            tile, r_ptr, x_ptr, v_ptr, D, n_chunks, r_row_stride, x_row_stride, v_row_stride,
+            logvar_value, LIKELIHOOD, FULL, V_MODE, F64, BLOCK_D, EVEN_D,
+        )
+        _store_grads(
+            dr_ptr, dv_ptr, tile, row64, start, cols, mask, dr * scale, dv * scale,
+            dr_row_stride, dv_row_stride, WRITE_DR, DV_MODE, EVEN_D,
+        )
+        if not EVEN_D:
+            loss = tl.where(mask, loss, 0.0)
+        losses += loss
+    total = tl.sum(losses, axis=0) * scale
+    if OUT == OUT_ROWS_DIRECT:  # TILES = 1: program pid is row pid
+        _store_losses(out_ptr, elbo_ptr, kl_ptr, pid.to(tl.int64), total, kl_stride, beta, None, ADD_KL)
     else:
         slot = pid
         if OUT == OUT_ROWS:  # chunk-major (see _add_partials)
@@ -310,7 +317,7 @@ def _recon_loss_bwd_kernel(
     v_ptr,  # as in the forward kernel
     g_ptr,  # (B,) grad_output, stride g_stride (0 when expanded)
     dr_ptr,  # (B, D) d recon rows (WRITE_DR): row stride dr_row_stride
-    dv_ptr,  # (B, D) d v rows (DV_ELEMENTS) or (n_programs,) partial sums (DV_PARTIALS)
+    dv_ptr,  # (B, D) d v rows (DV_ELEMENTS) or (B * n_chunks,) per-tile sums (DV_PARTIALS)
     D,
     n_chunks,
     r_row_stride,
@@ -328,13 +335,14 @@ def _recon_loss_bwd_kernel(
     BLOCK_D: tl.constexpr,
     EVEN_D: tl.constexpr,
 ):
-    pid, row64, start, cols, mask, _, dr, dv = _chunk_terms(  # FULL: the loss is unused
-        r_ptr, x_ptr, v_ptr, D, n_chunks, r_row_stride, x_row_stride, v_row_stride,
+    tile = tl.program_id(0)
+    row64, start, cols, mask, _, dr, dv = _chunk_terms(  # FULL: the loss is unused
+        tile, r_ptr, x_ptr, v_ptr, D, n_chunks, r_row_stride, x_row_stride, v_row_stride,
         logvar_value, LIKELIHOOD, True, V_MODE, F64, BLOCK_D, EVEN_D,
     )
     g = _acc(tl.load(g_ptr + row64 * g_stride), F64)
     _store_grads(
-        dr_ptr, dv_ptr, pid, row64, start, cols, mask, g * dr, g * dv,
+        dr_ptr, dv_ptr, tile, row64, start, cols, mask, g * dr, g * dv,
         dr_row_stride, dv_row_stride, WRITE_DR, DV_MODE, EVEN_D,
     )
 
@@ -376,6 +384,27 @@ def _layout(batch: int, features: int) -> tuple[int, int, int, int]:
             f"of {block_d} elements, more than one launch can have ({_MAX_GRID}); split the batch"
         )
     return block_d, num_warps, n_chunks, max(block_d, 32 * num_warps * 4)
+
+
+# Tiles per program of a scalar reduction. Every program of the forward takes one ticket from
+# the same counter, and atomics on one address are served one after another: on an H200 the
+# forward at B x D = 4096 x 49152 (49,152 one-tile programs) ran about 27 us (fp32 MSE) and
+# 30 us (bf16 MSE) longer than torch.compile's two-kernel reduction, about one L2 clock per
+# program (benchmarks/results/h200-2026-12-04/gpu_check_recon_loss_head.log). Up to 8 tiles
+# a program cut the tickets eightfold, as long as at least _MIN_PROGRAMS programs remain to
+# fill every SM (132 on an H100/H200) several times; small batches keep one tile a program.
+_MAX_TILES = 8
+_MIN_PROGRAMS = 2048
+
+
+@functools.lru_cache(maxsize=512)
+def _tiles_per_program(n_tiles: int) -> int:
+    """The largest power of two <= _MAX_TILES dividing ``n_tiles`` that leaves at least
+    _MIN_PROGRAMS programs (so no program has a partial tile or none)."""
+    tiles = 1
+    while tiles < _MAX_TILES and n_tiles % (2 * tiles) == 0 and n_tiles // (2 * tiles) >= _MIN_PROGRAMS:
+        tiles *= 2
+    return tiles
 
 
 def _dense_rows_impl(shape: tuple, strides: tuple) -> bool:
@@ -446,11 +475,11 @@ class _LogVar:
         # anything broadcast is reduced to its own shape (per row in-kernel, else by a sum).
         self.full = tuple(logvar.shape) == tuple(recon.shape)
 
-    def grad_buffer(self, recon, n_programs):
+    def grad_buffer(self, recon, n_tiles):
         """(dv_ptr argument, DV mode, row stride) of a new buffer for d loss / d logvar."""
         acc = loss_dtype(recon.dtype)
         if self.mode == V_ROW.value:
-            return torch.empty(n_programs, dtype=acc, device=recon.device), DV_PARTIALS.value, 0
+            return torch.empty(n_tiles, dtype=acc, device=recon.device), DV_PARTIALS.value, 0
         dtype = self.source.dtype if self.full else acc  # summed later: accumulate in acc
         buf = torch.empty_strided(recon.shape, grad_strides(recon.shape, recon.stride()), dtype=dtype, device=recon.device)
         return buf, DV_ELEMENTS.value, buf.stride(0)
@@ -576,13 +605,14 @@ def recon_loss_fwd(
         out.zero_()
         return ReconOutputs(out, None if kl is None else torch.add(out, kl, alpha=beta), dr, dv)
     block_d, num_warps, n_chunks, rblock = _layout(B, D)
-    n_programs = B * n_chunks
+    mode = OUT_ROWS_DIRECT.value if per_row and n_chunks == 1 else OUT_ROWS.value if per_row else OUT_TOTAL.value
+    direct = mode == OUT_ROWS_DIRECT.value
+    tiles = _tiles_per_program(B * n_chunks) if mode == OUT_TOTAL.value else 1
+    n_programs = B * n_chunks // tiles
     dr = _new_grad(recon) if grad_recon else None
     dv_buf, dv_mode, dv_row_stride = (recon, DV_NONE.value, 0)
     if grad_logvar and logvar.source is not None:
-        dv_buf, dv_mode, dv_row_stride = logvar.grad_buffer(recon, n_programs)
-    mode = OUT_ROWS_DIRECT.value if per_row and n_chunks == 1 else OUT_ROWS.value if per_row else OUT_TOTAL.value
-    direct = mode == OUT_ROWS_DIRECT.value
+        dv_buf, dv_mode, dv_row_stride = logvar.grad_buffer(recon, B * n_chunks)
     # One program's partial may live in the total's own slot (stored, read back, overwritten).
     partial = out if direct or n_programs == 1 else recon.new_empty(size=(n_programs,), dtype=acc)
     pointers = (
@@ -621,6 +651,7 @@ def recon_loss_fwd(
         block_d,  # BLOCK_D
         D % block_d == 0,  # EVEN_D
         rblock,  # RBLOCK
+        tiles,  # TILES
     )
     floats = (float(logvar_value), float(beta))  # logvar_value, beta
     with device_guard(recon):

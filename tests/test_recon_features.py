@@ -290,6 +290,34 @@ def test_ticket_counter_is_reset_and_results_are_deterministic(reduction, device
     assert_close(first, torch_reduce(F.mse_loss(recon, x, reduction="none"), reduction), rtol=1e-5, atol=1e-3)
 
 
+@pytest.mark.parametrize("shape", [(4, 3000), (3, 4100), (6, 5)])  # rows split or not
+@pytest.mark.parametrize("likelihood", ["bernoulli", "gaussian"])
+def test_several_tiles_per_program(likelihood, shape, device, monkeypatch):
+    """A scalar reduction over many tiles puts several tiles in one program (one ticket each):
+    forced here at small sizes. Values and gradients (a per-row log-variance's summed over
+    the row's tiles, which may lie in two programs) match the torch oracle."""
+    monkeypatch.setattr(recon_kernels, "_MIN_PROGRAMS", 1)
+    recon_kernels._tiles_per_program.cache_clear()
+    try:
+        recon, x = inputs(likelihood, shape, seed=13, device=device)
+        recon.requires_grad_(True)
+        lv = None
+        if likelihood == "gaussian":
+            g = torch.Generator().manual_seed(14)
+            lv = (0.3 * torch.randn(shape[0], 1, generator=g, dtype=torch.float64)).to(device).requires_grad_(True)
+        n_tiles = shape[0] * -(-shape[1] // 4096)
+        assert recon_kernels._tiles_per_program(n_tiles) > 1
+        got = loss(recon, x, likelihood, "batchmean", lv)
+        want = oracle_elem(likelihood, recon, x, None if lv is None else lv.exp()).sum() / shape[0]
+        wrt = [t for t in (recon, lv) if t is not None]
+        assert_close(got, want, name="loss")
+        for a, b in zip(torch.autograd.grad(got, wrt), torch.autograd.grad(want, wrt)):
+            assert_close(a, b, name="gradient")
+        assert int(recon_kernels._TICKETS[recon.device].item()) == 0
+    finally:
+        recon_kernels._tiles_per_program.cache_clear()
+
+
 def test_launches_run_under_a_device_guard(device, monkeypatch):
     """Every recon launch enters kernels._common.device_guard for recon's device (Triton
     launches on the current device, whatever device the pointers live on)."""
