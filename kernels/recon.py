@@ -135,18 +135,16 @@ def _store(ptr, value, mask, EVEN_D: tl.constexpr):
 
 @triton.jit
 def _chunk_terms(
-    tile, r_ptr, x_ptr, v_ptr, D, n_chunks, r_row_stride, x_row_stride, v_row_stride,
+    row, chunk, r_ptr, x_ptr, v_ptr, D, r_row_stride, x_row_stride, v_row_stride,
     logvar_value, LIKELIHOOD: tl.constexpr, FULL: tl.constexpr, V_MODE: tl.constexpr,
     F64: tl.constexpr, BLOCK_D: tl.constexpr, EVEN_D: tl.constexpr,
 ):
-    """Tile ``tile`` = (row, chunk of BLOCK_D features), tiles numbered row by row: its loss,
-    gradients and mask (not applied when BLOCK_D divides D: no predicates, no zero fill, no
-    select per element)."""
+    """The tile (row, chunk of BLOCK_D features): its loss, gradients and mask (not applied
+    when BLOCK_D divides D: no predicates, no zero fill, no select per element)."""
     FAST: tl.constexpr = not F64 and not INTERPRET
-    row = tile // n_chunks
     # Row and chunk offsets are int64 scalars (row * stride and a row itself may pass 2**31);
     # per element only the int32 column inside the chunk is added.
-    start = (tile % n_chunks).to(tl.int64) * BLOCK_D
+    start = chunk.to(tl.int64) * BLOCK_D
     cols = tl.arange(0, BLOCK_D)
     mask = cols < tl.minimum(D - start, BLOCK_D).to(tl.int32)  # unused (and dropped) if EVEN_D
     row64 = row.to(tl.int64)
@@ -174,6 +172,8 @@ def _store_grads(
     dr_ptr, dv_ptr, tile, row64, start, cols, mask, dr, dv, dr_row_stride, dv_row_stride,
     WRITE_DR: tl.constexpr, DV_MODE: tl.constexpr, EVEN_D: tl.constexpr,
 ):
+    """Store the tile's gradients; a per-row log-variance's as the tile's sum, at index
+    ``tile`` (row * n_chunks + chunk)."""
     if WRITE_DR:
         _store(dr_ptr + row64 * dr_row_stride + start + cols, dr, mask, EVEN_D)
     if DV_MODE == DV_ELEMENTS:
@@ -276,11 +276,13 @@ def _recon_loss_fwd_kernel(
 ):
     pid = tl.program_id(0)
     scale = 1.0 / _acc(divisor, F64)
+    tile = pid * TILES  # tiles are numbered row by row: tile = row * n_chunks + chunk
+    row = tile // n_chunks
+    chunk = tile - row * n_chunks
     losses = tl.zeros([BLOCK_D], partial_ptr.dtype.element_ty)
-    for i in range(TILES):  # a program's tiles add into one partial: one ticket per program
-        tile = pid * TILES + i
+    for _ in range(TILES):  # a program's tiles add into one partial: one ticket per program
         row64, start, cols, mask, loss, dr, dv = _chunk_terms(
-            tile, r_ptr, x_ptr, v_ptr, D, n_chunks, r_row_stride, x_row_stride, v_row_stride,
+            row, chunk, r_ptr, x_ptr, v_ptr, D, r_row_stride, x_row_stride, v_row_stride,
             logvar_value, LIKELIHOOD, FULL, V_MODE, F64, BLOCK_D, EVEN_D,
         )
         _store_grads(
@@ -290,6 +292,10 @@ def _recon_loss_fwd_kernel(
         if not EVEN_D:
             loss = tl.where(mask, loss, 0.0)
         losses += loss
+        tile += 1  # the next tile, without a division: the next chunk, or the next row's first
+        chunk += 1
+        row = tl.where(chunk == n_chunks, row + 1, row)
+        chunk = tl.where(chunk == n_chunks, 0, chunk)
     total = tl.sum(losses, axis=0) * scale
     if OUT == OUT_ROWS_DIRECT:  # TILES = 1: program pid is row pid
         _store_losses(out_ptr, elbo_ptr, kl_ptr, pid.to(tl.int64), total, kl_stride, beta, None, ADD_KL)
@@ -336,9 +342,10 @@ def _recon_loss_bwd_kernel(
     EVEN_D: tl.constexpr,
 ):
     tile = tl.program_id(0)
+    row = tile // n_chunks
     row64, start, cols, mask, _, dr, dv = _chunk_terms(  # FULL: the loss is unused
-        tile, r_ptr, x_ptr, v_ptr, D, n_chunks, r_row_stride, x_row_stride, v_row_stride,
-        logvar_value, LIKELIHOOD, True, V_MODE, F64, BLOCK_D, EVEN_D,
+        row, tile - row * n_chunks, r_ptr, x_ptr, v_ptr, D, r_row_stride, x_row_stride,
+        v_row_stride, logvar_value, LIKELIHOOD, True, V_MODE, F64, BLOCK_D, EVEN_D,
     )
     g = _acc(tl.load(g_ptr + row64 * g_stride), F64)
     _store_grads(
