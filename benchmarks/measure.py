@@ -22,6 +22,7 @@ from torch._library.custom_ops import OPDEFS
 from torch.utils._python_dispatch import TorchDispatchMode, _disable_current_modes
 
 from fastvae.kernels import INTERPRETED, latent, recon
+from fastvae.kernels._launch import CachedKernel
 
 # aten ops that allocate or re-view memory without launching a kernel.
 _NO_KERNEL = {
@@ -29,11 +30,8 @@ _NO_KERNEL = {
 }
 # aten ops that make the host wait for the device (a device-to-host read of a value).
 _SYNCING = {"_local_scalar_dense", "nonzero", "equal", "is_nonzero", "unique", "masked_select"}
-# The launched kernels (helpers that kernels call are jit functions too, but never launched).
-_KERNELS = tuple(
-    k for mod in (latent, recon) for name, k in vars(mod).items()
-    if name.endswith("_kernel") and isinstance(k, triton.runtime.KernelInterface)
-)
+# The launched kernels: every launch, cached or not, goes through one of these.
+_KERNELS = tuple(k for mod in (latent, recon) for k in vars(mod).values() if isinstance(k, CachedKernel))
 
 
 # ------------------------------------------------------------------ timing
@@ -173,25 +171,26 @@ def _tensor_bytes(tree) -> int:
 def _counting(counter: _Counter):
     """Under ``counter``, with each fastvae kernel launch appended to its ops (and the mode
     off while the launch runs: Triton's CPU interpreter moves data with tensor ops of its own)."""
-    originals = {k: k.run for k in _KERNELS}
 
     def wrap(kernel):
-        def run(*args, **kwargs):
-            counter.ops.append(f"triton:{kernel.__name__}")
+        launch = kernel.launch
+
+        def counted_launch(*args, **kwargs):
+            counter.ops.append(f"triton:{kernel.fn.__name__}")
             counter.bytes.append(0)  # filled in by count_bytes under the interpreter
             with _disable_current_modes():
-                return originals[kernel](*args, **kwargs)
+                return launch(*args, **kwargs)
 
-        return run
+        return counted_launch
 
     for k in _KERNELS:
-        k.run = wrap(k)
+        k.launch = wrap(k)
     try:
         with counter:
             yield counter
     finally:
         for k in _KERNELS:
-            del k.run  # back to the class's method
+            del k.launch  # back to the class's method
 
 
 def count_dispatched(fn: Callable[[], object]) -> Dispatched:

@@ -35,9 +35,12 @@ from typing import NamedTuple
 
 import torch
 
-from fastvae import _checks, _ops, torch_backend
+from fastvae import _checks, torch_backend
+from fastvae.conventions import LIKELIHOODS, REDUCTIONS
 from fastvae.kernels._common import check_launchable
-from fastvae.reference import LIKELIHOODS, LOG_2PI, REDUCTIONS, constant_count
+from fastvae.ops import elbo as elbo_op
+from fastvae.ops import latent as latent_op
+from fastvae.ops import recon as recon_op
 
 BACKENDS = ("auto", "triton", "torch")
 
@@ -57,28 +60,14 @@ class SampleKL(NamedTuple):
     kl: torch.Tensor
 
 
-# os.environ.get raises and catches a KeyError inside when the variable is unset, on every
-# call of every loss; CPython keeps the mapping in a plain dict (``_data``) that answers the
-# same question without an exception. Other Pythons take the public path.
-_ENVIRON = getattr(os.environ, "_data", None)
-_ENV_KEY = os.environ.encodekey("FASTVAE_BACKEND") if _ENVIRON is not None else None
-
-
-def _env_backend() -> str:
-    """``$FASTVAE_BACKEND``, read on every call (it may change at run time), default "auto"."""
-    if _ENVIRON is None:
-        return os.environ.get("FASTVAE_BACKEND", "auto")
-    raw = _ENVIRON.get(_ENV_KEY)
-    return "auto" if raw is None else os.environ.decodevalue(raw)
-
-
 def resolve_backend(backend: str | None, t: torch.Tensor) -> str:
     """"triton" or "torch" for tensor ``t``, from ``backend`` or ``$FASTVAE_BACKEND``.
 
     Raises:
         ValueError: unknown backend name; "triton" asked for a tensor the kernels cannot take.
     """
-    name = backend if backend is not None else _env_backend()
+    # The variable is read on every call (it may change at run time): about 1 us.
+    name = backend if backend is not None else os.environ.get("FASTVAE_BACKEND", "auto")
     if name == "auto":
         return "triton" if t.is_cuda else "torch"
     if name == "torch":
@@ -130,7 +119,7 @@ def reparameterize(
     _checks.generator(generator, mu.device)
     if resolve_backend(backend, mu) == "torch":
         return torch_backend.reparameterize(mu, logvar, n_samples, generator)
-    z, _ = _ops.sample_and_kl(mu, logvar, generator, n_samples, True, False, "none")
+    z, _ = latent_op.sample_and_kl(mu, logvar, generator, n_samples, True, False, "none")
     return z
 
 
@@ -166,7 +155,7 @@ def gaussian_kl(
     _checks.choice("reduction", reduction, REDUCTIONS)
     if resolve_backend(backend, mu) == "torch":
         return torch_backend.gaussian_kl(mu, logvar, reduction)
-    _, kl = _ops.sample_and_kl(mu, logvar, None, 1, False, True, reduction)
+    _, kl = latent_op.sample_and_kl(mu, logvar, None, 1, False, True, reduction)
     return kl
 
 
@@ -197,7 +186,7 @@ def sample_and_kl(
         _checks.generator(generator, mu.device)
     if resolve_backend(backend, mu) == "torch":
         return SampleKL(*torch_backend.sample_and_kl(mu, logvar, reduction, generator))
-    z, kl = _ops.sample_and_kl(mu, logvar, generator, 1, True, True, reduction)
+    z, kl = latent_op.sample_and_kl(mu, logvar, generator, 1, True, True, reduction)
     return SampleKL(z, kl)
 
 
@@ -266,24 +255,19 @@ def _warn_if_probabilities(recon: torch.Tensor) -> None:
         )
 
 
-def _triton_recon(recon, x, likelihood, recon_logvar, full, reduction) -> torch.Tensor:
-    """The fused kernel, one launch each way. Mixed float dtypes, strides and a broadcast or
-    float log-variance are the operator's own; ``full=False`` subtracts the 0.5 log(2 pi) per
-    element from the loss afterwards (a constant: the gradients are unchanged)."""
-    grad = torch.is_grad_enabled()
-    if likelihood != "gaussian":  # no log-variance (checked): the common case, fewest steps
-        return _ops.reconstruction_loss(
-            recon, x, None, 0.0, likelihood, reduction, grad and recon.requires_grad, False
-        )
-    logvar = recon_logvar if isinstance(recon_logvar, torch.Tensor) else None
-    logvar_value = float(recon_logvar) if logvar is None else 0.0
-    loss = _ops.reconstruction_loss(
-        recon, x, logvar, logvar_value, likelihood, reduction,
-        grad and recon.requires_grad, grad and logvar is not None and logvar.requires_grad,
-    )
-    if not full:
-        loss = loss - 0.5 * LOG_2PI * constant_count(reduction, recon)
-    return loss
+def _logvar_args(recon_logvar) -> tuple[torch.Tensor | None, float]:
+    """The operators' (recon_logvar tensor or None, logvar_value float) for the public
+    argument: a tensor, or a Python float for every element (0.0 when there is none)."""
+    if recon_logvar is None or isinstance(recon_logvar, torch.Tensor):
+        return recon_logvar, 0.0
+    return None, float(recon_logvar)
+
+
+def _grads_needed(recon, logvar) -> tuple[bool, bool]:
+    """Which gradients the forward kernel should write: none under ``torch.no_grad()``."""
+    if not torch.is_grad_enabled():
+        return False, False
+    return recon.requires_grad, logvar is not None and logvar.requires_grad
 
 
 def reconstruction_loss(
@@ -344,9 +328,12 @@ def reconstruction_loss(
             ``full=False`` for a likelihood other than "gaussian".
     """
     _check_recon(recon, x, likelihood, recon_logvar, full, reduction)
-    if resolve_backend(backend, recon) == "triton":
-        return _triton_recon(recon, x, likelihood, recon_logvar, full, reduction)
-    return torch_backend.reconstruction_loss(recon, x, likelihood, recon_logvar, full, reduction)
+    if resolve_backend(backend, recon) == "torch":
+        return torch_backend.reconstruction_loss(recon, x, likelihood, recon_logvar, full, reduction)
+    logvar, logvar_value = _logvar_args(recon_logvar)
+    return recon_op.reconstruction_loss(
+        recon, x, logvar, logvar_value, likelihood, reduction, full, *_grads_needed(recon, logvar)
+    )
 
 
 def elbo_loss(
@@ -392,9 +379,14 @@ def elbo_loss(
         raise ValueError(
             f"mu must have the batch size of x: expected {x.shape[0]}, got {mu.shape[0]}"
         )
-    rec = reconstruction_loss(
-        recon, x, likelihood, recon_logvar=recon_logvar, full=full, reduction=reduction,
-        backend=backend,
-    )
-    kl = gaussian_kl(mu, logvar, kl_reduction, backend=backend)
-    return ELBO(rec + beta * kl, rec, kl)
+    if mu.device != x.device:
+        raise ValueError(f"mu must be on the device of x: expected {x.device}, got {mu.device}")
+    if resolve_backend(backend, recon) == "torch":
+        rec = torch_backend.reconstruction_loss(recon, x, likelihood, recon_logvar, full, reduction)
+        kl = torch_backend.gaussian_kl(mu, logvar, kl_reduction)
+        return ELBO(rec + beta * kl, rec, kl)
+    rv, logvar_value = _logvar_args(recon_logvar)
+    return ELBO(*elbo_op.elbo_loss(
+        recon, x, mu, logvar, rv, logvar_value, float(beta), likelihood, reduction, kl_reduction,
+        full, *_grads_needed(recon, rv),
+    ))

@@ -3,10 +3,10 @@
 Every function here is differentiable through autograd (the Bernoulli on probabilities through a
 small ``autograd.Function`` that states ``F.binary_cross_entropy``'s gradient). Inputs are
 computed in float32 (float64 if any input is float64), and losses are returned in that
-accumulation dtype; samples come back in the input dtype. Shapes follow DESIGN.md: ``x`` and
+accumulation dtype; samples come back in the input dtype. Shapes: ``x`` and
 ``recon`` are ``(B, *feature_shape)``, ``mu`` and ``logvar`` ``(B, *latent_shape)``, and each
 row (sample) is summed over all non-batch dims. Reductions carry torch's names and meanings
-(:func:`reduce_rows`). No argument checking happens here: :mod:`fastvae.functional` checks
+(:func:`reduce_rows`; :mod:`fastvae.conventions` states them). No argument checking happens here: :mod:`fastvae.functional` checks
 before dispatching.
 
 This module is the specification and the test oracle; the CPU path of the public API is
@@ -23,8 +23,13 @@ import math
 
 import torch
 
-LIKELIHOODS = ("bernoulli", "bernoulli_probs", "mse", "gaussian")
-REDUCTIONS = ("none", "sum", "mean", "batchmean")
+# The conventions, re-exported: models and studies read them from here too.
+from fastvae.conventions import (  # noqa: F401
+    LIKELIHOODS,
+    REDUCTIONS,
+    accumulation_dtype,
+    constant_count,
+)
 
 # phi(v) = exp(v) - 1 - v cancels catastrophically near v = 0; below this |v| a Taylor series is
 # used instead (truncation error about 1e-10 relative at the switch, direct form < 1e-6 in fp32).
@@ -35,12 +40,6 @@ LOG_2PI = math.log(2.0 * math.pi)
 # by at least 1e-12.
 BCE_LOG_MIN = -100.0
 BCE_GRAD_EPS = 1e-12
-
-
-def accumulation_dtype(*dtypes: torch.dtype) -> torch.dtype:
-    """float64 if any input is float64; every other mix of floating dtypes is computed and
-    reduced in float32 (bf16 decoder output and fp32 targets under autocast, for instance)."""
-    return torch.float64 if torch.float64 in dtypes else torch.float32
 
 
 def reduce_rows(per_sample: torch.Tensor, reduction: str, numel: int) -> torch.Tensor:
@@ -58,15 +57,6 @@ def reduce_rows(per_sample: torch.Tensor, reduction: str, numel: int) -> torch.T
     if reduction == "sum":
         return total
     return total / (numel if reduction == "mean" else per_sample.shape[0])
-
-
-def constant_count(reduction: str, t: torch.Tensor) -> int:
-    """How many times a per-element constant c enters each reduced value of a loss over ``t``
-    ``(B, *shape)``: the reduced loss of c alone is c times this ("sum": B x D; "mean": 1;
-    "batchmean" and each row of "none": D)."""
-    if reduction == "sum":
-        return t.numel()
-    return 1 if reduction == "mean" else math.prod(t.shape[1:])
 
 
 def row_sums(elem: torch.Tensor) -> torch.Tensor:
@@ -180,7 +170,7 @@ def reconstruction_loss(
     - "bernoulli_probs": recon holds probabilities p in [0, 1];
       sum -[x max(log p, -100) + (1 - x) max(log(1 - p), -100)], ``F.binary_cross_entropy``'s
       values and gradients (see :class:`_BernoulliProbsNLL`).
-    - "mse": sum (recon - x)^2 (the L2 loss of the seed reports; not a normalized density).
+    - "mse": sum (recon - x)^2 (the squared L2 error; not a normalized density).
     - "gaussian": recon is the mean m, recon_logvar the log-variance v (a tensor broadcastable
       to recon, or a float); sum 0.5 * (log(2 pi) + v + (x - m)^2 * exp(-v)), without the
       log(2 pi) term when ``full`` is False (``F.gaussian_nll_loss``'s ``full``).

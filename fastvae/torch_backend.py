@@ -27,7 +27,8 @@ import math
 import torch
 import torch.nn.functional as F
 
-from fastvae.reference import LOG_2PI, accumulation_dtype, constant_count, reduce_rows, row_sums
+from fastvae.conventions import accumulation_dtype, constant_count, divisor, nan_if_empty
+from fastvae.reference import LOG_2PI, reduce_rows, row_sums
 from fastvae.reference import gaussian_kl as gaussian_kl_reference
 
 # likelihood -> torch's elementwise loss with the same value and gradient per element
@@ -65,15 +66,8 @@ def _row_weight(g: torch.Tensor, reduction: str, r: torch.Tensor) -> torch.Tenso
     "none", the scalar divided by the reduction's divisor otherwise."""
     if reduction == "none":
         return g.reshape((-1,) + (1,) * (r.dim() - 1))
-    div = _divisor(reduction, r)
+    div = divisor(reduction, r.shape[0], r.numel())
     return g if div == 1 else g / div
-
-
-def _divisor(reduction: str, t: torch.Tensor) -> int:
-    """What a "sum" is divided by: 1, the element count ("mean"), or the batch size."""
-    if reduction == "sum":
-        return 1
-    return t.numel() if reduction == "mean" else t.shape[0]
 
 
 def _reduced(fn, r: torch.Tensor, t: torch.Tensor, reduction: str) -> torch.Tensor:
@@ -139,10 +133,10 @@ def _kl_and_var_minus_one(
     if reduction == "none":
         kl = row_sums(phi).add_(row_sums(m * m)).mul_(_scalar(0.5, torch.float64))
     else:
-        div = _divisor(reduction, m)
+        div = divisor(reduction, m.shape[0], m.numel())
         m_flat = m.reshape(-1)
-        scale = _scalar(0.5 / div if div else math.nan, torch.float64)  # a mean of nothing: NaN
-        kl = phi.sum().add_(torch.dot(m_flat, m_flat)).mul_(scale)
+        kl = phi.sum().add_(torch.dot(m_flat, m_flat)).mul_(_scalar(0.5 / div, torch.float64))
+        kl = nan_if_empty(kl, reduction, m.shape[0], m.numel())
     return kl.to(m.dtype), var_minus_one.to(m.dtype), std
 
 

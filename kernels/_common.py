@@ -63,12 +63,11 @@ _NO_GUARD = contextlib.nullcontext()  # reusable: entering it does nothing
 
 def device_guard(t: torch.Tensor):
     """A context that makes ``t``'s CUDA device current for a launch (Triton launches on the
-    current device, whatever device the pointers live on); a no-op context when it already is
-    current, or for CPU tensors. A CUDA tensor exists, so CUDA is initialized: the current
-    device is read straight from the runtime (``torch.cuda.current_device`` would first run
-    its lazy-init check)."""
-    if t.is_cuda:
+    current device, whatever device the pointers live on): a no-op context for CPU tensors,
+    with a single visible GPU (every CUDA tensor is on the current device), and when ``t``'s
+    device already is current."""
+    if t.is_cuda and torch.cuda.device_count() > 1:
         index = t.get_device()
-        if index != torch._C._cuda_getDevice():
+        if index != torch.cuda.current_device():
             return torch.cuda.device(index)
     return _NO_GUARD

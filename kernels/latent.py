@@ -15,6 +15,7 @@ import triton
 import triton.language as tl
 
 from ._common import INTERPRETED, TicketCounters, check_launchable, device_guard, loss_dtype, pow2_at_least
+from ._launch import CachedKernel, launch_key
 from ._math import exp_acc, expm1_and_phi, standard_normal, standard_normal4, to_acc
 
 # KL modes (constexpr): no KL, one value per row, or the total over all rows.
@@ -191,7 +192,8 @@ def _sample_and_kl_fwd_kernel(
         _finish_total(0.5 * tl.sum(total, axis=0), partials_ptr, ticket_ptr, kl_ptr, div, P_BLOCK)
 
 
-# Backward, given dz (K, B, L) and dkl (B,) (stride 0 when the KL was reduced), g_b = dkl_b / div:
+# Backward, given dz (K, B, L) and dkl (B,) (stride 0 when the KL was reduced), the KL's
+# weight w (beta, when the KL entered a loss as beta * kl) and g_b = w * dkl_b / div:
 #   dmu = sum_k dz_k + g_b * mu
 #   dlv = 0.5 * exp(0.5 * lv) * sum_k dz_k * eps_k + g_b * 0.5 * (exp(lv) - 1)
 # eps is regenerated from the key (never stored).
@@ -207,6 +209,7 @@ def _sample_and_kl_bwd_kernel(
     seed: tl.int64,  # Philox key (host mode)
     offset: tl.int64,  # Philox counter offset (host mode)
     B, L, N, mu_stride, lv_stride, K, dkl_stride, div,  # N = B * L
+    kl_weight,  # fp32 w
     HAS_DZ: tl.constexpr, HAS_DKL: tl.constexpr, DKL_PER_ROW: tl.constexpr,
     STRIDED: tl.constexpr, KEY_IN_MEMORY: tl.constexpr, FAST_EXP: tl.constexpr,
     BLOCK: tl.constexpr,
@@ -216,6 +219,8 @@ def _sample_and_kl_bwd_kernel(
     EIGHT: tl.constexpr = mu_ptr.dtype.element_ty.primitive_bitwidth == 16  # 8 per 128-bit load
     if HAS_DZ:
         seed, offset = _key(key_ptr, seed, offset, KEY_IN_MEMORY)
+    if HAS_DKL:  # in the KL's dtype (fp32, or fp64 for fp64 inputs)
+        g_scale = tl.cast(kl_weight, dkl_ptr.dtype.element_ty) / div
     for start in range(pid * BLOCK, N, n_programs * BLOCK):
         offs = start + tl.arange(0, BLOCK).to(tl.int64)
         mask = offs < N
@@ -227,9 +232,9 @@ def _sample_and_kl_bwd_kernel(
             if DKL_PER_ROW:
                 row0, q, _ = _row_col(start, L, BLOCK)
                 dkl_at = (dkl_ptr + row0 * dkl_stride) + q * dkl_stride
-                g = to_acc(tl.load(dkl_at, mask=mask, other=0.0)) / div
+                g = to_acc(tl.load(dkl_at, mask=mask, other=0.0)) * g_scale
             else:
-                g = to_acc(tl.load(dkl_ptr)) / div
+                g = to_acc(tl.load(dkl_ptr)) * g_scale
             expm1, _ = expm1_and_phi(lv, std * std)
             dmu = g * mu
             dlv = (0.5 * g) * expm1
@@ -273,6 +278,8 @@ def _layout(B: int, L: int, flat: bool, block: int) -> tuple[int, int, int, int]
 
 
 _TICKETS = TicketCounters()  # this kernel's own (recon.py keeps its own)
+_FWD = CachedKernel(_sample_and_kl_fwd_kernel)
+_BWD = CachedKernel(_sample_and_kl_bwd_kernel)
 
 
 def _flat_readable(mu: torch.Tensor, logvar: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, bool]:
@@ -335,37 +342,39 @@ def sample_and_kl_fwd(
     partials = mu if mode != 2 else kl_out if programs == 1 else mu.new_empty(size=(programs,), dtype=kl_out.dtype)
     in_memory = isinstance(key, torch.Tensor)
     seed, offset = (0, 0) if in_memory or key is None else key
+    pointers = (
+        mu,  # mu_ptr
+        logvar,  # lv_ptr
+        key if in_memory else mu,  # key_ptr
+        z if sample else mu,  # z_ptr
+        kl_out if mode else partials,  # kl_ptr
+        partials,  # partials_ptr
+        _TICKETS[mu.device] if mode == 2 else mu,  # ticket_ptr
+    )
+    values = (
+        B,
+        L,
+        B * L,  # N
+        mu.stride(0),  # mu_stride
+        logvar.stride(0),  # lv_stride
+        n_samples,  # K
+        div,
+        sample,  # SAMPLE
+        mode,  # KL
+        flat,  # FLAT
+        not contiguous,  # STRIDED
+        in_memory,  # KEY_IN_MEMORY
+        _FAST_EXP,  # FAST_EXP
+        _FLAT_BLOCK,  # BLOCK
+        block_b,  # BLOCK_B
+        block_l,  # BLOCK_L
+        p_block,  # P_BLOCK
+    )
     with device_guard(mu):
         # Positional arguments, in the kernel's order (named alongside): keywords would cost
-        # more host time than the rest of the launcher (Triton repacks them twice per launch).
-        _sample_and_kl_fwd_kernel[(programs,)](
-            mu,  # mu_ptr
-            logvar,  # lv_ptr
-            key if in_memory else mu,  # key_ptr
-            z if sample else mu,  # z_ptr
-            kl_out if mode else partials,  # kl_ptr
-            partials,  # partials_ptr
-            _TICKETS[mu.device] if mode == 2 else mu,  # ticket_ptr
-            seed,
-            offset,
-            B,
-            L,
-            B * L,  # N
-            mu.stride(0),  # mu_stride
-            logvar.stride(0),  # lv_stride
-            n_samples,  # K
-            div,
-            sample,  # SAMPLE
-            mode,  # KL
-            flat,  # FLAT
-            not contiguous,  # STRIDED
-            in_memory,  # KEY_IN_MEMORY
-            _FAST_EXP,  # FAST_EXP
-            _FLAT_BLOCK,  # BLOCK
-            block_b,  # BLOCK_B
-            block_l,  # BLOCK_L
-            p_block,  # P_BLOCK
-        )
+        # more host time than the rest of the launcher. seed and offset (int64, never
+        # specialized) are not part of the key.
+        _FWD.launch(launch_key(pointers, values), programs, pointers + (seed, offset) + values)
     return z, kl_out
 
 
@@ -377,6 +386,7 @@ def sample_and_kl_bwd(
     grad_z: torch.Tensor | None,
     grad_kl: torch.Tensor | None,
     div: int = 1,
+    kl_weight: float = 1.0,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Launch the fused backward kernel; returns contiguous ``(dmu, dlogvar)`` ``(B, L)`` in
     the input dtype.
@@ -384,8 +394,9 @@ def sample_and_kl_bwd(
     ``grad_z`` holds ``(K, B, L)`` elements in any shape (copied only when not contiguous),
     or is None when z was unused; ``grad_kl`` is ``(B,)`` (any stride: an expanded view of a
     scalar has stride 0), a 0-dim tensor (read once for every row), or None when the KL was
-    unused; it is divided by ``div`` (as in :func:`sample_and_kl_fwd`). eps is regenerated
-    from ``key``.
+    unused; it is multiplied by ``kl_weight`` (passed as float32; the KL's weight beta when
+    the forward added ``beta * kl``) and divided by ``div`` (as in :func:`sample_and_kl_fwd`).
+    eps is regenerated from ``key``.
     """
     check_launchable("mu", mu)
     B, L = mu.shape
@@ -402,31 +413,37 @@ def sample_and_kl_bwd(
     in_memory = isinstance(key, torch.Tensor)
     seed, offset = (0, 0) if in_memory or key is None else key
     dkl_stride = grad_kl.stride(0) if grad_kl is not None and grad_kl.dim() else 0
+    pointers = (
+        mu,  # mu_ptr
+        logvar,  # lv_ptr
+        key if in_memory else mu,  # key_ptr
+        mu if grad_z is None else grad_z,  # dz_ptr
+        mu if grad_kl is None else grad_kl,  # dkl_ptr
+        dmu,  # dmu_ptr
+        dlv,  # dlv_ptr
+    )
+    values = (
+        B,
+        L,
+        B * L,  # N
+        mu.stride(0),  # mu_stride
+        logvar.stride(0),  # lv_stride
+        n_samples,  # K
+        dkl_stride,
+        div,
+    )
+    constexprs = (
+        grad_z is not None,  # HAS_DZ
+        grad_kl is not None,  # HAS_DKL
+        dkl_stride != 0,  # DKL_PER_ROW
+        not contiguous,  # STRIDED
+        in_memory,  # KEY_IN_MEMORY
+        _FAST_EXP,  # FAST_EXP
+        _FLAT_BLOCK,  # BLOCK
+    )
     with device_guard(mu):
-        _sample_and_kl_bwd_kernel[(programs,)](  # positional, in the kernel's order
-            mu,  # mu_ptr
-            logvar,  # lv_ptr
-            key if in_memory else mu,  # key_ptr
-            mu if grad_z is None else grad_z,  # dz_ptr
-            mu if grad_kl is None else grad_kl,  # dkl_ptr
-            dmu,  # dmu_ptr
-            dlv,  # dlv_ptr
-            seed,
-            offset,
-            B,
-            L,
-            B * L,  # N
-            mu.stride(0),  # mu_stride
-            logvar.stride(0),  # lv_stride
-            n_samples,  # K
-            dkl_stride,
-            div,
-            grad_z is not None,  # HAS_DZ
-            grad_kl is not None,  # HAS_DKL
-            dkl_stride != 0,  # DKL_PER_ROW
-            not contiguous,  # STRIDED
-            in_memory,  # KEY_IN_MEMORY
-            _FAST_EXP,  # FAST_EXP
-            _FLAT_BLOCK,  # BLOCK
+        _BWD.launch(
+            launch_key(pointers, values + constexprs), programs,
+            pointers + (seed, offset) + values + (float(kl_weight),) + constexprs,
         )
     return dmu, dlv

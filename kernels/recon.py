@@ -9,12 +9,14 @@ copy. The gradient is written with the same feature strides as ``recon`` (row st
 
 import functools
 import math
+from typing import NamedTuple
 
 import torch
 import triton
 import triton.language as tl
 
 from ._common import INTERPRETED, TicketCounters, check_launchable, device_guard, loss_dtype, pow2_at_least
+from ._launch import CachedKernel, launch_key
 from ._math import log1p_unit
 
 LIKELIHOOD_CODES = {"bernoulli": 0, "mse": 1, "gaussian": 2, "bernoulli_probs": 3}
@@ -63,14 +65,14 @@ def _rcp_ftz(a):
 #   bernoulli_probs: loss = (x - 1) max(log(1 - p), -100) - x max(log p, -100)
 #                    dp = (p - x) / max(p (1 - p), 1e-12)      (torch's binary_cross_entropy)
 #   mse:             loss = (r - x)^2                           dr = 2 (r - x)
-#   gaussian:        loss = 0.5 (log 2pi + v + (x - m)^2 exp(-v))
+#   gaussian:        loss = 0.5 (log 2pi + v + (x - m)^2 exp(-v))   (log 2pi only if FULL)
 #                    dm = (m - x) exp(-v)                       dv = 0.5 (1 - (x - m)^2 exp(-v))
 # Bernoulli on logits: with t = exp(-|l|) in (0, 1], sigmoid(l) is 1/(1+t) for l >= 0 and
 # t/(1+t) below: ONE reciprocal serves both branches, nothing overflows for any |l|, and
 # log(1 + t) is a polynomial on (0, 1] (log1p_unit, error budget beside it). Writing
 # max(l, 0) - l x as l (1 - x) or -l x makes a confidently wrong infinite logit give +inf.
 @triton.jit
-def _recon_terms(r, x, v, inv_var, LIKELIHOOD: tl.constexpr, FAST: tl.constexpr):
+def _recon_terms(r, x, v, inv_var, LIKELIHOOD: tl.constexpr, FULL: tl.constexpr, FAST: tl.constexpr):
     if LIKELIHOOD == 0:
         if FAST:
             t = _ex2_ftz(tl.abs(r) * -1.4426950408889634)
@@ -98,7 +100,9 @@ def _recon_terms(r, x, v, inv_var, LIKELIHOOD: tl.constexpr, FAST: tl.constexpr)
     else:
         diff = r - x
         scaled = diff * diff * inv_var
-        loss = _HALF_LOG_2PI + 0.5 * (v + scaled)
+        loss = 0.5 * (v + scaled)
+        if FULL:  # the normalizing constant 0.5 log(2 pi) (F.gaussian_nll_loss's full=True)
+            loss += _HALF_LOG_2PI
         dr = diff * inv_var
         dv = 0.5 - 0.5 * scaled
     return loss, dr, dv
@@ -131,18 +135,16 @@ def _store(ptr, value, mask, EVEN_D: tl.constexpr):
 
 @triton.jit
 def _chunk_terms(
-    r_ptr, x_ptr, v_ptr, D, n_chunks, r_row_stride, x_row_stride, v_row_stride, logvar_value,
-    LIKELIHOOD: tl.constexpr, V_MODE: tl.constexpr, F64: tl.constexpr, BLOCK_D: tl.constexpr,
-    EVEN_D: tl.constexpr,
+    row, chunk, r_ptr, x_ptr, v_ptr, D, r_row_stride, x_row_stride, v_row_stride,
+    logvar_value, LIKELIHOOD: tl.constexpr, FULL: tl.constexpr, V_MODE: tl.constexpr,
+    F64: tl.constexpr, BLOCK_D: tl.constexpr, EVEN_D: tl.constexpr,
 ):
-    """This program's (row, chunk of BLOCK_D features): its loss, gradients and mask (not
-    applied when BLOCK_D divides D: no predicates, no zero fill, no select per element)."""
+    """The tile (row, chunk of BLOCK_D features): its loss, gradients and mask (not applied
+    when BLOCK_D divides D: no predicates, no zero fill, no select per element)."""
     FAST: tl.constexpr = not F64 and not INTERPRET
-    pid = tl.program_id(0)
-    row = pid // n_chunks
     # Row and chunk offsets are int64 scalars (row * stride and a row itself may pass 2**31);
     # per element only the int32 column inside the chunk is added.
-    start = (pid % n_chunks).to(tl.int64) * BLOCK_D
+    start = chunk.to(tl.int64) * BLOCK_D
     cols = tl.arange(0, BLOCK_D)
     mask = cols < tl.minimum(D - start, BLOCK_D).to(tl.int32)  # unused (and dropped) if EVEN_D
     row64 = row.to(tl.int64)
@@ -161,15 +163,17 @@ def _chunk_terms(
             inv_var = _ex2_ftz(v * -1.4426950408889634)
         else:
             inv_var = tl.exp(-v)
-    loss, dr, dv = _recon_terms(r, x, v, inv_var, LIKELIHOOD, FAST)
-    return pid, row64, start, cols, mask, loss, dr, dv
+    loss, dr, dv = _recon_terms(r, x, v, inv_var, LIKELIHOOD, FULL, FAST)
+    return row64, start, cols, mask, loss, dr, dv
 
 
 @triton.jit
 def _store_grads(
-    dr_ptr, dv_ptr, pid, row64, start, cols, mask, dr, dv, dr_row_stride, dv_row_stride,
+    dr_ptr, dv_ptr, tile, row64, start, cols, mask, dr, dv, dr_row_stride, dv_row_stride,
     WRITE_DR: tl.constexpr, DV_MODE: tl.constexpr, EVEN_D: tl.constexpr,
 ):
+    """Store the tile's gradients; a per-row log-variance's as the tile's sum, at index
+    ``tile`` (row * n_chunks + chunk)."""
     if WRITE_DR:
         _store(dr_ptr + row64 * dr_row_stride + start + cols, dr, mask, EVEN_D)
     if DV_MODE == DV_ELEMENTS:
@@ -177,22 +181,36 @@ def _store_grads(
     elif DV_MODE == DV_PARTIALS:
         if not EVEN_D:
             dv = tl.where(mask, dv, 0.0)
-        tl.store(dv_ptr + pid, tl.sum(dv, axis=0))
+        tl.store(dv_ptr + tile, tl.sum(dv, axis=0))
 
 
 @triton.jit
-def _add_partials(partial_ptr, out_ptr, n_chunks, n_rows, OUT: tl.constexpr, RBLOCK: tl.constexpr):
+def _store_losses(out_ptr, elbo_ptr, kl_ptr, at, rec, kl_stride, beta, mask, ADD_KL: tl.constexpr):
+    """Store the reconstruction losses ``rec`` at offsets ``at`` of out (under ``mask``) and,
+    with ADD_KL, the objective rec + beta * kl beside them (kl read at ``at * kl_stride``:
+    one value per row, or stride 0 for one value for all)."""
+    tl.store(out_ptr + at, rec, mask=mask)
+    if ADD_KL:
+        kl = tl.load(kl_ptr + at * kl_stride, mask=mask)
+        tl.store(elbo_ptr + at, rec + tl.cast(beta, rec.dtype) * kl, mask=mask)
+
+
+@triton.jit
+def _add_partials(
+    partial_ptr, out_ptr, elbo_ptr, kl_ptr, n_chunks, n_rows, kl_stride, beta,
+    OUT: tl.constexpr, ADD_KL: tl.constexpr, RBLOCK: tl.constexpr,
+):
     """Run by the last program only: the per-program partials added in a fixed order (so the
     result is deterministic), into one total or one value per row."""
     offs = tl.arange(0, RBLOCK)
     acc_ty = partial_ptr.dtype.element_ty
     if OUT == OUT_TOTAL:
-        n_programs = n_rows * n_chunks
+        n_programs = tl.num_programs(0)
         acc = tl.zeros([RBLOCK], acc_ty)
         for first in range(0, n_programs, RBLOCK):
             idx = first + offs
             acc += tl.load(partial_ptr + idx, mask=idx < n_programs, other=0.0, cache_modifier=".cg")
-        tl.store(out_ptr, tl.sum(acc, axis=0))
+        _store_losses(out_ptr, elbo_ptr, kl_ptr, 0, tl.sum(acc, axis=0), 0, beta, None, ADD_KL)
     else:
         for first in range(0, n_rows, RBLOCK):
             rows = first + offs
@@ -200,13 +218,14 @@ def _add_partials(partial_ptr, out_ptr, n_chunks, n_rows, OUT: tl.constexpr, RBL
             acc = tl.zeros([RBLOCK], acc_ty)
             for c in range(0, n_chunks):  # chunk-major partials: a dense run of rows per chunk
                 acc += tl.load(partial_ptr + c * n_rows + rows, mask=keep, other=0.0, cache_modifier=".cg")
-            tl.store(out_ptr + rows, acc, mask=keep)
+            _store_losses(out_ptr, elbo_ptr, kl_ptr, rows, acc, kl_stride, beta, keep, ADD_KL)
 
 
-# Forward: one program per (row, chunk of BLOCK_D features). Loss and gradients are multiplied
-# by 1/divisor (1 for "sum" and "none", B for "batchmean", B*D for "mean"), so that backward
-# only scales them by grad_output. The divisor is an int (i64 past 2**31, so B*D cannot
-# overflow); its reciprocal is taken once per program.
+# Forward: TILES consecutive tiles (row, chunk of BLOCK_D features) per program; more than
+# one only for a scalar reduction (OUT_TOTAL), where a program's tiles may span rows. Loss and
+# gradients are multiplied by 1/divisor (1 for "sum" and "none", B for "batchmean", B*D for
+# "mean"), so that backward only scales them by grad_output. The divisor is an int (i64 past
+# 2**31, so B*D cannot overflow); its reciprocal is taken once per program.
 #
 # One launch for the reduction too (a last-program ticket): every program stores its partial
 # sum, then takes a ticket with an atomic add on a per-device counter. Memory ordering: the
@@ -224,10 +243,12 @@ def _recon_loss_fwd_kernel(
     x_ptr,  # (B, D) target rows (its own dtype): row stride x_row_stride
     v_ptr,  # log-variance rows (V_ELEMENTS), one value per row (V_ROW) or unused (V_SCALAR)
     dr_ptr,  # (B, D) d loss / d recon in recon's dtype (WRITE_DR): row stride dr_row_stride
-    dv_ptr,  # (B, D) d loss / d v rows (DV_ELEMENTS) or (n_programs,) partial sums (DV_PARTIALS)
-    partial_ptr,  # (B * n_chunks,) per-program loss sums: by program (OUT_TOTAL), chunk-major (OUT_ROWS)
+    dv_ptr,  # (B, D) d loss / d v rows (DV_ELEMENTS) or (B * n_chunks,) per-tile sums (DV_PARTIALS)
+    partial_ptr,  # per-program loss sums: by program (OUT_TOTAL), chunk-major (OUT_ROWS)
     ticket_ptr,  # (1,) int32 counter, 0 between launches (OUT_ROWS, OUT_TOTAL)
     out_ptr,  # (B,) per-row losses or () the total, divided by divisor
+    kl_ptr,  # (B,) or () KL values added to the losses (ADD_KL), element stride kl_stride
+    elbo_ptr,  # out's shape: out + beta * kl (ADD_KL)
     D,  # features per row
     n_chunks,  # programs per row
     n_rows,  # B (the grid is B * n_chunks programs)
@@ -236,32 +257,48 @@ def _recon_loss_fwd_kernel(
     v_row_stride,  # 0 when v is shared by all rows
     dr_row_stride,
     dv_row_stride,
+    kl_stride,  # 1 for a KL per row, 0 for one KL for all
     divisor,  # int: losses and gradients are divided by it
     logvar_value,  # fp32 log-variance for V_SCALAR
+    beta,  # fp32 KL weight (ADD_KL)
     LIKELIHOOD: tl.constexpr,
+    FULL: tl.constexpr,  # gaussian: include 0.5 log(2 pi) per element
     V_MODE: tl.constexpr,
     DV_MODE: tl.constexpr,
     WRITE_DR: tl.constexpr,
     OUT: tl.constexpr,
+    ADD_KL: tl.constexpr,  # also write out + beta * kl to elbo_ptr
     F64: tl.constexpr,
     BLOCK_D: tl.constexpr,
     EVEN_D: tl.constexpr,  # BLOCK_D divides D: no masks
     RBLOCK: tl.constexpr,
+    TILES: tl.constexpr,  # tiles per program (the grid has B * n_chunks / TILES programs)
 ):
-    pid, row64, start, cols, mask, loss, dr, dv = _chunk_terms(
-        r_ptr, x_ptr, v_ptr, D, n_chunks, r_row_stride, x_row_stride, v_row_stride,
-        logvar_value, LIKELIHOOD, V_MODE, F64, BLOCK_D, EVEN_D,
-    )
+    pid = tl.program_id(0)
     scale = 1.0 / _acc(divisor, F64)
-    _store_grads(
-        dr_ptr, dv_ptr, pid, row64, start, cols, mask, dr * scale, dv * scale,
-        dr_row_stride, dv_row_stride, WRITE_DR, DV_MODE, EVEN_D,
-    )
-    if not EVEN_D:
-        loss = tl.where(mask, loss, 0.0)
-    total = tl.sum(loss, axis=0) * scale
-    if OUT == OUT_ROWS_DIRECT:
-        tl.store(out_ptr + row64, total)
+    tile = pid * TILES  # tiles are numbered row by row: tile = row * n_chunks + chunk
+    row = tile // n_chunks
+    chunk = tile - row * n_chunks
+    losses = tl.zeros([BLOCK_D], partial_ptr.dtype.element_ty)
+    for _ in range(TILES):  # a program's tiles add into one partial: one ticket per program
+        row64, start, cols, mask, loss, dr, dv = _chunk_terms(
+            row, chunk, r_ptr, x_ptr, v_ptr, D, r_row_stride, x_row_stride, v_row_stride,
+            logvar_value, LIKELIHOOD, FULL, V_MODE, F64, BLOCK_D, EVEN_D,
+        )
+        _store_grads(
+            dr_ptr, dv_ptr, tile, row64, start, cols, mask, dr * scale, dv * scale,
+            dr_row_stride, dv_row_stride, WRITE_DR, DV_MODE, EVEN_D,
+        )
+        if not EVEN_D:
+            loss = tl.where(mask, loss, 0.0)
+        losses += loss
+        tile += 1  # the next tile, without a division: the next chunk, or the next row's first
+        chunk += 1
+        row = tl.where(chunk == n_chunks, row + 1, row)
+        chunk = tl.where(chunk == n_chunks, 0, chunk)
+    total = tl.sum(losses, axis=0) * scale
+    if OUT == OUT_ROWS_DIRECT:  # TILES = 1: program pid is row pid
+        _store_losses(out_ptr, elbo_ptr, kl_ptr, pid.to(tl.int64), total, kl_stride, beta, None, ADD_KL)
     else:
         slot = pid
         if OUT == OUT_ROWS:  # chunk-major (see _add_partials)
@@ -271,7 +308,10 @@ def _recon_loss_fwd_kernel(
         ticket = tl.atomic_add(ticket_ptr, 1, sem="acq_rel")
         if ticket == tl.num_programs(0) - 1:
             tl.store(ticket_ptr, 0)
-            _add_partials(partial_ptr, out_ptr, n_chunks, n_rows, OUT, RBLOCK)
+            _add_partials(
+                partial_ptr, out_ptr, elbo_ptr, kl_ptr, n_chunks, n_rows, kl_stride, beta,
+                OUT, ADD_KL, RBLOCK,
+            )
 
 
 # Backward for reduction "none": grad_output g is per row, so the gradient is recomputed here
@@ -283,7 +323,7 @@ def _recon_loss_bwd_kernel(
     v_ptr,  # as in the forward kernel
     g_ptr,  # (B,) grad_output, stride g_stride (0 when expanded)
     dr_ptr,  # (B, D) d recon rows (WRITE_DR): row stride dr_row_stride
-    dv_ptr,  # (B, D) d v rows (DV_ELEMENTS) or (n_programs,) partial sums (DV_PARTIALS)
+    dv_ptr,  # (B, D) d v rows (DV_ELEMENTS) or (B * n_chunks,) per-tile sums (DV_PARTIALS)
     D,
     n_chunks,
     r_row_stride,
@@ -301,13 +341,15 @@ def _recon_loss_bwd_kernel(
     BLOCK_D: tl.constexpr,
     EVEN_D: tl.constexpr,
 ):
-    pid, row64, start, cols, mask, _, dr, dv = _chunk_terms(
-        r_ptr, x_ptr, v_ptr, D, n_chunks, r_row_stride, x_row_stride, v_row_stride,
-        logvar_value, LIKELIHOOD, V_MODE, F64, BLOCK_D, EVEN_D,
+    tile = tl.program_id(0)
+    row = tile // n_chunks
+    row64, start, cols, mask, _, dr, dv = _chunk_terms(  # FULL: the loss is unused
+        row, tile - row * n_chunks, r_ptr, x_ptr, v_ptr, D, r_row_stride, x_row_stride,
+        v_row_stride, logvar_value, LIKELIHOOD, True, V_MODE, F64, BLOCK_D, EVEN_D,
     )
     g = _acc(tl.load(g_ptr + row64 * g_stride), F64)
     _store_grads(
-        dr_ptr, dv_ptr, pid, row64, start, cols, mask, g * dr, g * dv,
+        dr_ptr, dv_ptr, tile, row64, start, cols, mask, g * dr, g * dv,
         dr_row_stride, dv_row_stride, WRITE_DR, DV_MODE, EVEN_D,
     )
 
@@ -349,6 +391,27 @@ def _layout(batch: int, features: int) -> tuple[int, int, int, int]:
             f"of {block_d} elements, more than one launch can have ({_MAX_GRID}); split the batch"
         )
     return block_d, num_warps, n_chunks, max(block_d, 32 * num_warps * 4)
+
+
+# Tiles per program of a scalar reduction. Every program of the forward takes one ticket from
+# the same counter, and atomics on one address are served one after another: on an H200 the
+# forward at B x D = 4096 x 49152 (49,152 one-tile programs) ran about 27 us (fp32 MSE) and
+# 30 us (bf16 MSE) longer than torch.compile's two-kernel reduction, about one L2 clock per
+# program (benchmarks/results/h200-2026-12-04/gpu_check_recon_loss_head.log). Up to 8 tiles
+# a program cut the tickets eightfold, as long as at least _MIN_PROGRAMS programs remain to
+# fill every SM (132 on an H100/H200) several times; small batches keep one tile a program.
+_MAX_TILES = 8
+_MIN_PROGRAMS = 2048
+
+
+@functools.lru_cache(maxsize=512)
+def _tiles_per_program(n_tiles: int) -> int:
+    """The largest power of two <= _MAX_TILES dividing ``n_tiles`` that leaves at least
+    _MIN_PROGRAMS programs (so no program has a partial tile or none)."""
+    tiles = 1
+    while tiles < _MAX_TILES and n_tiles % (2 * tiles) == 0 and n_tiles // (2 * tiles) >= _MIN_PROGRAMS:
+        tiles *= 2
+    return tiles
 
 
 def _dense_rows_impl(shape: tuple, strides: tuple) -> bool:
@@ -419,11 +482,11 @@ class _LogVar:
         # anything broadcast is reduced to its own shape (per row in-kernel, else by a sum).
         self.full = tuple(logvar.shape) == tuple(recon.shape)
 
-    def grad_buffer(self, recon, n_programs):
+    def grad_buffer(self, recon, n_tiles):
         """(dv_ptr argument, DV mode, row stride) of a new buffer for d loss / d logvar."""
         acc = loss_dtype(recon.dtype)
         if self.mode == V_ROW.value:
-            return torch.empty(n_programs, dtype=acc, device=recon.device), DV_PARTIALS.value, 0
+            return torch.empty(n_tiles, dtype=acc, device=recon.device), DV_PARTIALS.value, 0
         dtype = self.source.dtype if self.full else acc  # summed later: accumulate in acc
         buf = torch.empty_strided(recon.shape, grad_strides(recon.shape, recon.stride()), dtype=dtype, device=recon.device)
         return buf, DV_ELEMENTS.value, buf.stride(0)
@@ -487,6 +550,21 @@ def _empty_grads(recon, logvar, grad_recon, grad_logvar):
     return dr, dv
 
 
+class ReconOutputs(NamedTuple):
+    """What :func:`recon_loss_fwd` returns: the loss (float32, float64 for float64 inputs),
+    ``loss + beta * kl`` when a KL was given, and the gradients it was asked to write."""
+
+    loss: torch.Tensor
+    elbo: torch.Tensor | None
+    d_recon: torch.Tensor | None
+    d_logvar: torch.Tensor | None
+
+
+_FWD = CachedKernel(_recon_loss_fwd_kernel)
+_BWD = CachedKernel(_recon_loss_bwd_kernel)
+_SCALE = CachedKernel(_recon_loss_scale_grad_kernel)
+
+
 def recon_loss_fwd(
     recon: torch.Tensor,
     x: torch.Tensor,
@@ -497,7 +575,10 @@ def recon_loss_fwd(
     divisor: int,
     grad_recon: bool,
     grad_logvar: bool,
-) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
+    full: bool = True,
+    kl: torch.Tensor | None = None,
+    beta: float = 1.0,
+) -> ReconOutputs:
     """Per-sample reconstruction loss reduced in the same launch, and optionally its gradient.
 
     Args:
@@ -511,64 +592,84 @@ def recon_loss_fwd(
         divisor: the loss and the written gradients are divided by it (1 for "none"/"sum",
             B for "batchmean", B*D for "mean").
         grad_recon, grad_logvar: which gradients to write (grad_logvar needs recon_logvar).
+        full: "gaussian": include 0.5 log(2 pi) per element.
+        kl: a KL to add, ``()`` or ``(B,)`` (one per row; needs ``per_row``), float32 (float64
+            for float64 inputs); then ``elbo = loss + beta * kl`` is written too, by the same
+            launch.
+        beta: the KL's weight (passed to the kernel as float32).
 
     Returns:
-        ``(loss, d_recon or None, d_logvar or None)``: loss in float32 (float64 when an input
-        is float64), nats; d_recon in recon's dtype and shape with :func:`grad_strides`;
-        d_logvar in recon_logvar's dtype and shape (reduced over broadcast dims).
-        Computed in float32, or float64 when any input is float64.
+        :class:`ReconOutputs`: loss in nats; d_recon in recon's dtype and shape with
+        :func:`grad_strides`; d_logvar in recon_logvar's dtype and shape (reduced over
+        broadcast dims). Computed in float32, or float64 when any input is float64.
     """
     recon, x, logvar, B, D, f64 = _prepare(recon, x, recon_logvar, likelihood)
     acc = torch.float64 if f64 else loss_dtype(recon.dtype)
     out = recon.new_empty(size=(B,) if per_row else (), dtype=acc)  # size= : see _new_grad
+    elbo = None if kl is None else torch.empty_like(out)
     if B * D == 0:
         dr, dv = _empty_grads(recon, logvar, grad_recon, grad_logvar)
-        return out.zero_(), dr, dv
+        out.zero_()
+        return ReconOutputs(out, None if kl is None else torch.add(out, kl, alpha=beta), dr, dv)
     block_d, num_warps, n_chunks, rblock = _layout(B, D)
-    n_programs = B * n_chunks
+    mode = OUT_ROWS_DIRECT.value if per_row and n_chunks == 1 else OUT_ROWS.value if per_row else OUT_TOTAL.value
+    direct = mode == OUT_ROWS_DIRECT.value
+    tiles = _tiles_per_program(B * n_chunks) if mode == OUT_TOTAL.value else 1
+    n_programs = B * n_chunks // tiles
     dr = _new_grad(recon) if grad_recon else None
     dv_buf, dv_mode, dv_row_stride = (recon, DV_NONE.value, 0)
     if grad_logvar and logvar.source is not None:
-        dv_buf, dv_mode, dv_row_stride = logvar.grad_buffer(recon, n_programs)
-    mode = OUT_ROWS_DIRECT.value if per_row and n_chunks == 1 else OUT_ROWS.value if per_row else OUT_TOTAL.value
-    direct = mode == OUT_ROWS_DIRECT.value
+        dv_buf, dv_mode, dv_row_stride = logvar.grad_buffer(recon, B * n_chunks)
     # One program's partial may live in the total's own slot (stored, read back, overwritten).
     partial = out if direct or n_programs == 1 else recon.new_empty(size=(n_programs,), dtype=acc)
+    pointers = (
+        recon,  # r_ptr
+        x,  # x_ptr
+        recon if logvar.tensor is None else logvar.tensor,  # v_ptr
+        recon if dr is None else dr,  # dr_ptr
+        dv_buf,  # dv_ptr
+        partial,  # partial_ptr
+        out if direct else _TICKETS[recon.device],  # ticket_ptr
+        out,  # out_ptr
+        out if kl is None else kl,  # kl_ptr
+        out if elbo is None else elbo,  # elbo_ptr
+    )
+    values = (
+        D,
+        n_chunks,
+        B,  # n_rows
+        recon.stride(0),  # r_row_stride
+        x.stride(0),  # x_row_stride
+        logvar.row_stride,  # v_row_stride
+        D,  # dr_row_stride
+        dv_row_stride,
+        kl.stride(0) if kl is not None and kl.dim() else 0,  # kl_stride
+        divisor,
+    )
+    constexprs = (
+        LIKELIHOOD_CODES[likelihood],  # LIKELIHOOD
+        full,  # FULL
+        logvar.mode,  # V_MODE
+        dv_mode,  # DV_MODE
+        dr is not None,  # WRITE_DR
+        mode,  # OUT
+        kl is not None,  # ADD_KL
+        f64,  # F64
+        block_d,  # BLOCK_D
+        D % block_d == 0,  # EVEN_D
+        rblock,  # RBLOCK
+        tiles,  # TILES
+    )
+    floats = (float(logvar_value), float(beta))  # logvar_value, beta
     with device_guard(recon):
         # Positional arguments, in the kernel's order (named alongside): keywords would cost
-        # more host time than the rest of the launcher (Triton repacks them twice per launch).
-        _recon_loss_fwd_kernel[(n_programs,)](
-            recon,  # r_ptr
-            x,  # x_ptr
-            recon if logvar.tensor is None else logvar.tensor,  # v_ptr
-            recon if dr is None else dr,  # dr_ptr
-            dv_buf,  # dv_ptr
-            partial,  # partial_ptr
-            out if direct else _TICKETS[recon.device],  # ticket_ptr
-            out,  # out_ptr
-            D,
-            n_chunks,
-            B,  # n_rows
-            recon.stride(0),  # r_row_stride
-            x.stride(0),  # x_row_stride
-            logvar.row_stride,  # v_row_stride
-            D,  # dr_row_stride
-            dv_row_stride,
-            divisor,
-            float(logvar_value),
-            LIKELIHOOD_CODES[likelihood],  # LIKELIHOOD
-            logvar.mode,  # V_MODE
-            dv_mode,  # DV_MODE
-            dr is not None,  # WRITE_DR
-            mode,  # OUT
-            f64,  # F64
-            block_d,  # BLOCK_D
-            D % block_d == 0,  # EVEN_D
-            rblock,  # RBLOCK
-            num_warps=num_warps,
+        # more host time than the rest of the launcher (Triton repacks them per launch).
+        _FWD.launch(
+            launch_key(pointers, values + constexprs), n_programs,
+            pointers + values + floats + constexprs, num_warps,
         )
     dv = logvar.reduce_grad(dv_buf, recon, n_chunks) if dv_mode != DV_NONE.value else None
-    return out, dr, dv
+    return ReconOutputs(out, elbo, dr, dv)
 
 
 def recon_loss_bwd(
@@ -596,31 +697,37 @@ def recon_loss_bwd(
     dv_buf, dv_mode, dv_row_stride = (recon, DV_NONE.value, 0)
     if grad_logvar and logvar.source is not None:
         dv_buf, dv_mode, dv_row_stride = logvar.grad_buffer(recon, n_programs)
+    pointers = (
+        recon,  # r_ptr
+        x,  # x_ptr
+        recon if logvar.tensor is None else logvar.tensor,  # v_ptr
+        grad_rows,  # g_ptr
+        recon if dr is None else dr,  # dr_ptr
+        dv_buf,  # dv_ptr
+    )
+    values = (
+        D,
+        n_chunks,
+        recon.stride(0),  # r_row_stride
+        x.stride(0),  # x_row_stride
+        logvar.row_stride,  # v_row_stride
+        D,  # dr_row_stride
+        dv_row_stride,
+        grad_rows.stride(0),  # g_stride
+    )
+    constexprs = (
+        LIKELIHOOD_CODES[likelihood],  # LIKELIHOOD
+        logvar.mode,  # V_MODE
+        dv_mode,  # DV_MODE
+        dr is not None,  # WRITE_DR
+        f64,  # F64
+        block_d,  # BLOCK_D
+        D % block_d == 0,  # EVEN_D
+    )
     with device_guard(recon):
-        _recon_loss_bwd_kernel[(n_programs,)](  # positional, in the kernel's order
-            recon,  # r_ptr
-            x,  # x_ptr
-            recon if logvar.tensor is None else logvar.tensor,  # v_ptr
-            grad_rows,  # g_ptr
-            recon if dr is None else dr,  # dr_ptr
-            dv_buf,  # dv_ptr
-            D,
-            n_chunks,
-            recon.stride(0),  # r_row_stride
-            x.stride(0),  # x_row_stride
-            logvar.row_stride,  # v_row_stride
-            D,  # dr_row_stride
-            dv_row_stride,
-            grad_rows.stride(0),  # g_stride
-            float(logvar_value),
-            LIKELIHOOD_CODES[likelihood],  # LIKELIHOOD
-            logvar.mode,  # V_MODE
-            dv_mode,  # DV_MODE
-            dr is not None,  # WRITE_DR
-            f64,  # F64
-            block_d,  # BLOCK_D
-            D % block_d == 0,  # EVEN_D
-            num_warps=num_warps,
+        _BWD.launch(
+            launch_key(pointers, values + constexprs), n_programs,
+            pointers + values + (float(logvar_value),) + constexprs, num_warps,
         )
     dv = logvar.reduce_grad(dv_buf, recon, n_chunks) if dv_mode != DV_NONE.value else None
     return dr, dv
@@ -637,12 +744,10 @@ def recon_loss_scale_grad(grad: torch.Tensor, grad_output: torch.Tensor) -> torc
     """
     n = grad.numel()
     if n:
+        pointers = (grad_output, grad)  # g_ptr, grad_ptr
         with device_guard(grad):
-            _recon_loss_scale_grad_kernel[(-(-n // _SCALE_BLOCK),)](
-                grad_output,  # g_ptr
-                grad,  # grad_ptr
-                n,
-                _SCALE_BLOCK,  # BLOCK
-                num_warps=_MAX_WARPS,
+            _SCALE.launch(
+                launch_key(pointers, (n,)), -(-n // _SCALE_BLOCK),
+                pointers + (n, _SCALE_BLOCK), _MAX_WARPS,  # n, BLOCK
             )
     return grad

@@ -20,7 +20,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # benchmarks/ from a checkout
 
 import fastvae  # noqa: E402
-from fastvae import _ops  # noqa: E402
+from fastvae.ops import recon as recon_op  # noqa: E402
 from benchmarks import launches  # noqa: E402
 
 DTYPES = (torch.float32, torch.float16, torch.bfloat16, torch.float64)
@@ -51,7 +51,7 @@ def _recon_calls(dtype, B, D, reductions):
 
 def _recon_mode_calls():
     """The recon modes the public-API matrix above leaves out, through the op-level entry
-    ``fastvae._ops.reconstruction_loss``: probabilities ("bernoulli_probs"), a log-variance
+    ``fastvae.ops.recon.reconstruction_loss``: probabilities ("bernoulli_probs"), a log-variance
     broadcast over rows ``(1, D)``, one per row ``(B, 1)`` or a float (no tensor), x in another
     dtype than recon, channels_last images, and rows longer than one program (several
     programs per row: the per-row reduction by the last program)."""
@@ -59,8 +59,8 @@ def _recon_mode_calls():
 
     def run(recon, x, logvar=None, logvar_value=0.0, lik="gaussian", reduction="sum"):
         wrt = [t for t in (recon, logvar) if t is not None and t.requires_grad]
-        loss = _ops.reconstruction_loss(recon, x, logvar, logvar_value, lik, reduction,
-                                        recon.requires_grad, logvar is not None and logvar.requires_grad)
+        loss = recon_op.reconstruction_loss(recon, x, logvar, logvar_value, lik, reduction, True,
+                                            recon.requires_grad, logvar is not None and logvar.requires_grad)
         torch.autograd.grad(loss, wrt, torch.ones_like(loss))
 
     def empty(*shape, dtype=torch.float32, grad=True):
@@ -113,7 +113,30 @@ def _latent_calls(dtype, B, L, reductions):
         yield sample
 
 
+def _elbo_calls():
+    """The objective's fused addition (the KL added by the recon kernel: a total, rows of one
+    program and rows of several), its unfused forms, and a Gaussian without the constant."""
+    B, L = 3, 5
+
+    def run(D, reduction, kl_reduction, dtype=torch.float32, lik="bernoulli", full=True):
+        r = torch.empty(B, D, dtype=dtype, requires_grad=True)
+        mu, lv = torch.empty(B, 2 * L, dtype=dtype, requires_grad=True).chunk(2, dim=1)
+        v = -0.5 if lik == "gaussian" else None
+        out = fastvae.elbo_loss(r, torch.empty(B, D, dtype=dtype), mu, lv, beta=0.5, likelihood=lik,
+                                recon_logvar=v, full=full, reduction=reduction,
+                                kl_reduction=kl_reduction, backend="triton")
+        torch.autograd.grad(out.loss, [r, mu, lv], torch.ones_like(out.loss))
+
+    for D, reduction, kl_reduction in itertools.product(
+        (785, 4100), ("none", "sum"), ("none", "batchmean")
+    ):
+        yield lambda D=D, red=reduction, kl_red=kl_reduction: run(D, red, kl_red)
+    yield lambda: run(785, "mean", "mean", dtype=torch.float64)
+    yield lambda: run(785, "batchmean", "batchmean", lik="gaussian", full=False)
+
+
 def calls():
+    yield from _elbo_calls()
     for dtype in DTYPES:
         matrix = "full" if dtype == torch.float32 else "lean"
         for B, D in RECON_SHAPES[matrix]:

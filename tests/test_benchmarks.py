@@ -99,7 +99,7 @@ def test_loss_head_launches_and_syncs(monkeypatch):
     kernel. 5 launches, 4 of them fastvae's, no host sync.
 
     The Philox key: an eager CUDA call reads (seed, offset) from the CUDA generator on the host
-    (``_ops._host_key``: no launch); under compile, graph capture or with a CPU generator,
+    (``fastvae.ops.latent._host_key``: no launch); under compile, graph capture or with a CPU generator,
     ``torch.randint`` draws it on the device, one more launch. This CPU run first counts the
     CPU path as it is (the ``randint`` draw), then with ``_host_key`` answering as it does for
     an eager CUDA call, which is the CUDA eager launch list. (The CUDA-marked test in
@@ -111,9 +111,9 @@ def test_loss_head_launches_and_syncs(monkeypatch):
     ]
     counted = _count("loss_head", "fastvae", monkeypatch, batch=128, dim=784)  # MNIST: L = 20
     assert counted.ops == ["randint", *kernels_and_add] and counted.syncs == 0
-    from fastvae import _ops
+    from fastvae.ops import latent as latent_op
 
-    monkeypatch.setattr(_ops, "_host_key", lambda generator, device, n_samples: (1234, 0))
+    monkeypatch.setattr(latent_op, "_host_key", lambda generator, t, n_samples: (1234, 0))
     counted = _count("loss_head", "fastvae", monkeypatch, batch=128, dim=784)
     assert counted.ops == kernels_and_add and counted.launches == 5 and counted.syncs == 0
     eager = _count("loss_head", "eager", monkeypatch, batch=128, dim=784)

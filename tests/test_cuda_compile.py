@@ -30,3 +30,8 @@ def test_all_kernel_variants_compile_for_sm90():
     for mode in ("'LIKELIHOOD': 3", "'V_MODE': 0", "'V_MODE': 1", "'V_MODE': 2", "'OUT': 1", "'DV_MODE': 2"):
         assert any(mode in l for l in recon), mode
     assert any("'r_ptr': '*fp16'" in l and "'x_ptr': '*fp64'" in l for l in recon)
+    # the objective's fused addition, into a total, rows of one program and rows of several;
+    # a Gaussian without its constant
+    for out in (0, 1, 2):
+        assert any(f"'OUT': {out}" in l and "'ADD_KL': True" in l for l in recon), out
+    assert any("'FULL': False" in l for l in recon)

@@ -5,7 +5,9 @@ import torch
 from helpers import assert_close
 
 import fastvae
-from fastvae import _ops, reference
+from fastvae import reference
+from fastvae.ops import latent as latent_op
+from fastvae.ops import recon as recon_op
 from fastvae.kernels import _common
 
 
@@ -95,26 +97,30 @@ def test_modules_match_functional(device):
 
 
 def test_operator_registrations(device):
-    """torch.library.opcheck: schema, fake tensors, autograd registration, AOT dispatch."""
+    """torch.library.opcheck: schema, fake tensors, AOT dispatch. The ops are the kernel
+    boundary, not differentiable themselves (autograd is the op modules' Function around
+    them), so they are checked on tensors that do not require grad."""
     g = torch.Generator().manual_seed(0)
     mu = torch.randn(3, 5, generator=g).to(device).requires_grad_(True)
     lv = torch.randn(3, 5, generator=g).to(device).requires_grad_(True)
     seed = torch.tensor([7, 3], device=device)  # the Philox key: (seed, counter offset)
     for reduction in ("none", "mean", "batchmean"):
-        torch.library.opcheck(_ops.sample_and_kl_op, (mu, lv, seed, 2, True, True, reduction))
-    torch.library.opcheck(_ops.sample_and_kl_backward_op, (mu.detach(), lv.detach(), seed, 1, torch.ones(3, 5, device=device), torch.ones((), device=device), "batchmean"))
+        torch.library.opcheck(latent_op.sample_and_kl_op, (mu.detach(), lv.detach(), seed, 2, True, True, reduction))
+    torch.library.opcheck(latent_op.sample_and_kl_backward_op, (mu.detach(), lv.detach(), seed, 1, torch.ones(3, 5, device=device), torch.ones((), device=device), "batchmean", 0.5))
     recon = torch.randn(3, 7, generator=g).to(device).requires_grad_(True)
     x = torch.rand(3, 7, generator=g).to(device)
     for reduction in ("none", "mean", "batchmean"):
-        torch.library.opcheck(_ops.reconstruction_loss_op, (recon, x, lv[:, :1].expand(3, 7).detach(), 0.0, "gaussian", reduction, True, False))
-    torch.library.opcheck(_ops.reconstruction_loss_backward_op, (recon.detach(), x, None, 0.0, "mse", torch.ones(3, device=device), True, False))
+        torch.library.opcheck(recon_op.reconstruction_loss_op, (recon.detach(), x, lv[:, :1].expand(3, 7).detach(), 0.0, "gaussian", reduction, True, True, False, None, 1.0))
+        kl = torch.rand(3 if reduction == "none" else (), device=device)
+        torch.library.opcheck(recon_op.reconstruction_loss_op, (recon.detach(), x, None, -0.5, "gaussian", reduction, False, True, False, kl, 0.25))
+    torch.library.opcheck(recon_op.reconstruction_loss_backward_op, (recon.detach(), x, None, 0.0, "mse", torch.ones(3, device=device), True, False))
 
 
 def test_compiles_without_graph_breaks(device, monkeypatch):
     """A loss head made of fastvae ops traces with torch.compile(fullgraph=True)."""
     # Compiled code draws the Philox key on the device (torch.randint); eager CUDA calls read
     # it from the generator's offset. Pin eager to the device draw: the same noise for both.
-    monkeypatch.setattr(_ops, "_host_key", lambda *args: None)
+    monkeypatch.setattr(latent_op, "_host_key", lambda *args: None)
     mu, lv, recon = (t.requires_grad_(True) for t in small(device, seed=3)[:3])
     x = torch.rand(4, 6, device=device)
 

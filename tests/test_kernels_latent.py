@@ -13,7 +13,7 @@ from helpers import KERNEL_DEVICE, assert_close, kl_oracle
 
 import fastvae
 from fastvae import reference
-from fastvae import _ops
+from fastvae.ops import latent as latent_op
 from fastvae.kernels import latent as latent_kernels
 from fastvae.kernels._math import standard_normal, standard_normal4
 
@@ -325,7 +325,7 @@ def test_total_kl_over_many_programs_is_deterministic(reduction, device, monkeyp
     monkeypatch.setattr(latent_kernels, "_FLAT_BLOCK", 64)
     latent_kernels._layout.cache_clear()
     mu, lv = latent((50, 13), torch.float32, device, seed=12)  # 650 elements: 11 programs
-    got = [_ops.sample_and_kl(mu, lv, None, 1, False, True, reduction)[1] for _ in range(2)]
+    got = [latent_op.sample_and_kl(mu, lv, None, 1, False, True, reduction)[1] for _ in range(2)]
     rows = kl_oracle(mu, lv)
     want = {"sum": rows.sum(), "mean": rows.sum() / mu.numel(), "batchmean": rows.mean()}[reduction]
     assert torch.equal(got[0], got[1])
@@ -348,9 +348,9 @@ def test_any_latent_shape(layout, device):
             mu, lv = mu.to(memory_format=torch.channels_last), lv.to(memory_format=torch.channels_last)
     mu.requires_grad_(True)
     lv.requires_grad_(True)
-    z, kl = _ops.sample_and_kl(mu, lv, gen(device, 1), 1, True, True, "none")
+    z, kl = latent_op.sample_and_kl(mu, lv, gen(device, 1), 1, True, True, "none")
     assert z.shape == mu.shape and kl.shape == (3,)
-    eps = _ops.sample_and_kl(torch.zeros_like(mu), torch.zeros_like(lv), gen(device, 1), 1, True, False, "none")[0]
+    eps = latent_op.sample_and_kl(torch.zeros_like(mu), torch.zeros_like(lv), gen(device, 1), 1, True, False, "none")[0]
     flat = lambda t: t.reshape(3, -1)  # noqa: E731
     assert_close(z, reference.reparameterize(mu, lv, eps=eps), name="z")
     assert_close(kl, kl_oracle(flat(mu.detach()), flat(lv.detach())), name="kl")
@@ -362,8 +362,8 @@ def test_any_latent_shape(layout, device):
     assert_close(got[1], want[1], name="dlogvar")
     key = torch.tensor([5, 6], device=device)
     for reduction in ("none", "sum", "mean"):
-        torch.library.opcheck(_ops.sample_and_kl_op, (mu, lv, key, 2, True, True, reduction))
-    torch.library.opcheck(_ops.sample_and_kl_backward_op, (mu.detach(), lv.detach(), key, 1, torch.ones(mu.shape, device=device), torch.ones((), device=device), "batchmean"))
+        torch.library.opcheck(latent_op.sample_and_kl_op, (mu.detach(), lv.detach(), key, 2, True, True, reduction))
+    torch.library.opcheck(latent_op.sample_and_kl_backward_op, (mu.detach(), lv.detach(), key, 1, torch.ones(mu.shape, device=device), torch.ones((), device=device), "batchmean", 1.0))
 
 
 class _FakePhiloxGenerator:
@@ -382,23 +382,32 @@ class _FakePhiloxGenerator:
         self.offset = offset
 
 
+class _FakeCudaTensor:
+    """What the host key reads of a CUDA tensor."""
+
+    is_cuda = True
+
+    def get_device(self):
+        return 0
+
+
 def test_host_key_follows_the_generator_offset(monkeypatch):
     """Eager CUDA draws take (seed, offset / 4) from the generator and advance its offset by
     4 per sample (torch's reservation protocol): no launch, reproducible after reseeding,
     fresh per call. Under torch.compile the key is a device tensor instead."""
     monkeypatch.setattr(torch.cuda, "is_current_stream_capturing", lambda: False)
-    cuda = torch.device("cuda", 0)
+    cuda = _FakeCudaTensor()
     g = _FakePhiloxGenerator(2**64 - 3, 8)
-    assert _ops.philox_key(g, cuda, 3) == (-3, 2)
+    assert latent_op.philox_key(g, cuda, 3) == (-3, 2)
     assert g.offset == 8 + 12
-    assert _ops.philox_key(g, cuda, 1) == (-3, 5)  # fresh counters
+    assert latent_op.philox_key(g, cuda, 1) == (-3, 5)  # fresh counters
     g.offset = 8  # what manual_seed does: the same draws again
-    assert _ops.philox_key(g, cuda, 3) == (-3, 2)
+    assert latent_op.philox_key(g, cuda, 3) == (-3, 2)
     monkeypatch.setattr(torch.cuda, "is_current_stream_capturing", lambda: True)
-    assert _ops._host_key(g, cuda, 1) is None  # a captured graph needs a device key
+    assert latent_op._host_key(g, cuda, 1) is None  # a captured graph needs a device key
     monkeypatch.setattr(torch.compiler, "is_compiling", lambda: True)
     monkeypatch.setattr(torch.cuda, "is_current_stream_capturing", lambda: False)
-    assert _ops._host_key(g, cuda, 1) is None
+    assert latent_op._host_key(g, cuda, 1) is None
 
 
 @pytest.mark.cuda
@@ -440,9 +449,10 @@ def test_user_generator_in_a_captured_graph():
     first = z.clone()
     graph.replay()
     assert not torch.equal(first, z)
-    with pytest.raises(ValueError, match="register_generator_state"):
+    unregistered = torch.Generator(device="cuda")  # made before the capture: torch refuses
+    with pytest.raises(ValueError, match="register_generator_state"):  # a new one inside it
         with torch.cuda.graph(torch.cuda.CUDAGraph()):
-            fastvae.reparameterize(mu, lv, generator=torch.Generator(device="cuda"), **TRITON)
+            fastvae.reparameterize(mu, lv, generator=unregistered, **TRITON)
 
 
 def test_empty_batch(device):

@@ -11,7 +11,7 @@ from helpers import KERNEL_DEVICE, TOLERANCES, assert_close, recon_oracle, reduc
 
 import fastvae
 from fastvae import reference
-from fastvae._ops import reconstruction_loss_op
+from fastvae.ops.recon import reconstruction_loss_op
 
 TRITON = {"backend": "triton"}
 LIKELIHOODS = ["bernoulli", "mse", "gaussian"]
@@ -142,9 +142,9 @@ def test_forward_only_writes_no_gradient(likelihood, device):
     assert_close(loss, reference.reconstruction_loss(recon.detach(), x, likelihood, recon_logvar=logvar))
     # The op itself: gradient buffers come back empty unless asked for, and as dloss/drecon / B
     # for the op's "batchmean" when asked for.
-    _, d_recon, d_logvar = reconstruction_loss_op(recon.detach(), x, logvar, 0.0, likelihood, "batchmean", False, False)
+    _, _, d_recon, d_logvar = reconstruction_loss_op(recon.detach(), x, logvar, 0.0, likelihood, "batchmean", True, False, False, None, 1.0)
     assert d_recon.numel() == 0 and d_logvar.numel() == 0
-    _, d_recon, _ = reconstruction_loss_op(recon.detach(), x, logvar, 0.0, likelihood, "batchmean", True, False)
+    _, _, d_recon, _ = reconstruction_loss_op(recon.detach(), x, logvar, 0.0, likelihood, "batchmean", True, True, False, None, 1.0)
     r = recon.detach().requires_grad_(True)
     (want,) = torch.autograd.grad(reference.reconstruction_loss(r, x, likelihood, recon_logvar=logvar), r)
     assert_close(d_recon, want)

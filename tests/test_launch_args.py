@@ -5,32 +5,28 @@ for each name. Shapes are chosen so that the sizes and strides differ from one a
 import pytest
 import torch
 
-from fastvae import _ops
+from fastvae.ops import latent as latent_op
+from fastvae.ops import recon as recon_op
 from fastvae.kernels import latent as latent_kernels
 from fastvae.kernels import recon as recon_kernels
 from helpers import KERNEL_DEVICE
 
-KERNELS = (
-    recon_kernels._recon_loss_fwd_kernel,
-    recon_kernels._recon_loss_bwd_kernel,
-    recon_kernels._recon_loss_scale_grad_kernel,
-    latent_kernels._sample_and_kl_fwd_kernel,
-    latent_kernels._sample_and_kl_bwd_kernel,
-)
+KERNELS = (recon_kernels._FWD, recon_kernels._BWD, recon_kernels._SCALE, latent_kernels._FWD,
+           latent_kernels._BWD)
 
 
 @pytest.fixture
 def launched(monkeypatch):
-    """Runs every launch for real and records it as ``(kernel name, {parameter: value})``."""
+    """Runs every launch for real (cached or not) and records it as
+    ``(kernel name, {parameter: value})``."""
     seen = []
     for kernel in KERNELS:
-        def run(*args, _kernel=kernel, _run=kernel.run, **kwargs):
-            named = dict(zip(_kernel.arg_names, args))
-            named.update({k: v for k, v in kwargs.items() if k in _kernel.arg_names})
-            seen.append((_kernel.__name__, named))
-            return _run(*args, **kwargs)
+        def launch(key, n_programs, args, num_warps=4, _kernel=kernel, _launch=kernel.launch):
+            assert len(args) == len(_kernel.fn.arg_names), _kernel.fn.__name__
+            seen.append((_kernel.fn.__name__, dict(zip(_kernel.fn.arg_names, args))))
+            return _launch(key, n_programs, args, num_warps)
 
-        monkeypatch.setattr(kernel, "run", run)
+        monkeypatch.setattr(kernel, "launch", launch)
     return seen
 
 
@@ -38,9 +34,9 @@ def test_recon_launch_arguments(launched):
     g = torch.Generator().manual_seed(0)
     recon = torch.randn(3, 5, generator=g).to(KERNEL_DEVICE).requires_grad_(True)
     x = torch.rand(3, 9, generator=g).to(KERNEL_DEVICE)[:, :5]  # row stride 9, read in place
-    _ops.reconstruction_loss(recon, x, None, 0.0, "bernoulli", "batchmean", True, False).mul(2.0).backward()
+    recon_op.reconstruction_loss(recon, x, None, 0.0, "bernoulli", "batchmean", True, True, False).mul(2.0).backward()
     w = torch.tensor([1.0, 2.0, 3.0], device=KERNEL_DEVICE)  # grad_output per row: stride 1
-    (_ops.reconstruction_loss(recon, x, None, 0.0, "mse", "none", True, False) * w).sum().backward()
+    (recon_op.reconstruction_loss(recon, x, None, 0.0, "mse", "none", True, True, False) * w).sum().backward()
     names = [n for n, _ in launched]
     assert names == ["_recon_loss_fwd_kernel", "_recon_loss_scale_grad_kernel",
                      "_recon_loss_fwd_kernel", "_recon_loss_bwd_kernel"]
@@ -65,7 +61,7 @@ def test_latent_launch_arguments(launched):
     g = torch.Generator().manual_seed(1)
     enc = torch.randn(3, 14, generator=g).to(KERNEL_DEVICE).requires_grad_(True)
     mu, logvar = enc.chunk(2, dim=1)  # (3, 7) views with row stride 14, read in place
-    z, kl = _ops.sample_and_kl(mu, logvar, None, 1, True, True, "batchmean")
+    z, kl = latent_op.sample_and_kl(mu, logvar, None, 1, True, True, "batchmean")
     torch.autograd.grad((kl, z), [enc], (torch.tensor(2.0, device=KERNEL_DEVICE), torch.ones_like(z)))
     assert [n for n, _ in launched] == ["_sample_and_kl_fwd_kernel", "_sample_and_kl_bwd_kernel"]
     fwd, bwd = (a for _, a in launched)
@@ -81,3 +77,26 @@ def test_latent_launch_arguments(launched):
     assert bwd["dz_ptr"].shape == (3, 7) and bwd["dkl_ptr"].shape == () and bwd["dkl_stride"] == 0
     assert bwd["dmu_ptr"].shape == (3, 7) and bwd["dlv_ptr"].shape == (3, 7)
     assert (bwd["HAS_DZ"], bwd["HAS_DKL"], bwd["DKL_PER_ROW"]) == (True, True, False)
+
+
+def test_elbo_launch_arguments(launched):
+    """The fused objective hands the KL and beta to the recon kernel, and beta to the latent
+    backward as the KL's weight."""
+    import fastvae
+
+    g = torch.Generator().manual_seed(2)
+    recon = torch.randn(4, 6, generator=g).to(KERNEL_DEVICE).requires_grad_(True)
+    x = torch.rand(4, 6, generator=g).to(KERNEL_DEVICE)
+    mu, logvar = (torch.randn(4, 3, generator=g).to(KERNEL_DEVICE).requires_grad_(True) for _ in range(2))
+    out = fastvae.elbo_loss(recon, x, mu, logvar, beta=0.25, reduction="none", kl_reduction="sum",
+                            likelihood="gaussian", recon_logvar=-1.5, full=False, backend="triton")
+    out.loss.sum().backward()
+    assert [n for n, _ in launched] == ["_sample_and_kl_fwd_kernel", "_recon_loss_fwd_kernel",
+                                        "_recon_loss_bwd_kernel", "_sample_and_kl_bwd_kernel"]
+    kl_fwd, fwd, bwd, kl_bwd = (a for _, a in launched)
+    assert (kl_fwd["SAMPLE"], kl_fwd["KL"]) == (False, 2) and kl_fwd["kl_ptr"] is out.kl
+    assert fwd["kl_ptr"] is out.kl and fwd["kl_stride"] == 0 and fwd["elbo_ptr"] is out.loss
+    assert fwd["out_ptr"] is out.recon and (fwd["beta"], fwd["ADD_KL"], fwd["OUT"]) == (0.25, True, 0)
+    assert (fwd["FULL"], fwd["V_MODE"], fwd["logvar_value"], fwd["WRITE_DR"]) == (False, 2, -1.5, False)
+    assert bwd["g_ptr"].shape == (4,)
+    assert (kl_bwd["kl_weight"], kl_bwd["HAS_DZ"], kl_bwd["HAS_DKL"], kl_bwd["dkl_stride"]) == (0.25, False, True, 0)

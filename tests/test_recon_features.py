@@ -1,5 +1,5 @@
 """The reconstruction-loss operator's kernel features (issues 9 and 10), at the operator level
-(``fastvae._ops.reconstruction_loss`` and the registered ops), against independent torch
+(``fastvae.ops.recon.reconstruction_loss`` and the registered ops), against independent torch
 oracles: per-element "mean" and "batchmean" divisors, "bernoulli_probs", mixed dtypes, a
 broadcast or scalar log-variance, strided and channels_last inputs without copies, the
 one-launch forward (in-kernel reduction), the device-side grad_output check, fake strides."""
@@ -15,7 +15,8 @@ from helpers import assert_close
 
 import fastvae
 from benchmarks import measure
-from fastvae import _ops, kernels
+from fastvae import kernels
+from fastvae.ops import recon as recon_op
 from fastvae.kernels import recon as recon_kernels
 from fastvae.kernels._math import log1p_unit
 
@@ -24,8 +25,8 @@ OP_REDUCTIONS = ["none", "sum", "mean", "batchmean"]
 
 def loss(recon, x, likelihood, reduction="sum", recon_logvar=None, logvar_value=0.0):
     grad = torch.is_grad_enabled()
-    return _ops.reconstruction_loss(
-        recon, x, recon_logvar, logvar_value, likelihood, reduction,
+    return recon_op.reconstruction_loss(
+        recon, x, recon_logvar, logvar_value, likelihood, reduction, True,
         grad and recon.requires_grad, grad and recon_logvar is not None and recon_logvar.requires_grad,
     )
 
@@ -244,10 +245,10 @@ def test_opcheck_channels_last_fake_strides(device):
     lv = torch.randn(2, 3, 2, 2, generator=g).to(device).to(memory_format=torch.channels_last)
     recon.requires_grad_(True)
     for reduction in ("sum", "mean"):
-        torch.library.opcheck(_ops.reconstruction_loss_op, (recon, x, lv, 0.0, "gaussian", reduction, True, True))
-    torch.library.opcheck(_ops.reconstruction_loss_op, (recon, x, lv[:1, :, :1, :1], 0.0, "gaussian", "sum", True, True))
+        torch.library.opcheck(recon_op.reconstruction_loss_op, (recon.detach(), x, lv, 0.0, "gaussian", reduction, True, True, True, None, 1.0))
+    torch.library.opcheck(recon_op.reconstruction_loss_op, (recon.detach(), x, lv[:1, :, :1, :1], 0.0, "gaussian", "sum", True, True, True, None, 1.0))
     torch.library.opcheck(
-        _ops.reconstruction_loss_backward_op,
+        recon_op.reconstruction_loss_backward_op,
         (recon.detach(), x, lv, 0.0, "gaussian", torch.ones(2, device=device), True, True),
     )
 
@@ -287,6 +288,34 @@ def test_ticket_counter_is_reset_and_results_are_deterministic(reduction, device
     again = loss(recon, x, "mse", reduction)
     assert torch.equal(first, again)
     assert_close(first, torch_reduce(F.mse_loss(recon, x, reduction="none"), reduction), rtol=1e-5, atol=1e-3)
+
+
+@pytest.mark.parametrize("shape", [(4, 3000), (3, 4100), (6, 5)])  # rows split or not
+@pytest.mark.parametrize("likelihood", ["bernoulli", "gaussian"])
+def test_several_tiles_per_program(likelihood, shape, device, monkeypatch):
+    """A scalar reduction over many tiles puts several tiles in one program (one ticket each):
+    forced here at small sizes. Values and gradients (a per-row log-variance's summed over
+    the row's tiles, which may lie in two programs) match the torch oracle."""
+    monkeypatch.setattr(recon_kernels, "_MIN_PROGRAMS", 1)
+    recon_kernels._tiles_per_program.cache_clear()
+    try:
+        recon, x = inputs(likelihood, shape, seed=13, device=device)
+        recon.requires_grad_(True)
+        lv = None
+        if likelihood == "gaussian":
+            g = torch.Generator().manual_seed(14)
+            lv = (0.3 * torch.randn(shape[0], 1, generator=g, dtype=torch.float64)).to(device).requires_grad_(True)
+        n_tiles = shape[0] * -(-shape[1] // 4096)
+        assert recon_kernels._tiles_per_program(n_tiles) > 1
+        got = loss(recon, x, likelihood, "batchmean", lv)
+        want = oracle_elem(likelihood, recon, x, None if lv is None else lv.exp()).sum() / shape[0]
+        wrt = [t for t in (recon, lv) if t is not None]
+        assert_close(got, want, name="loss")
+        for a, b in zip(torch.autograd.grad(got, wrt), torch.autograd.grad(want, wrt)):
+            assert_close(a, b, name="gradient")
+        assert int(recon_kernels._TICKETS[recon.device].item()) == 0
+    finally:
+        recon_kernels._tiles_per_program.cache_clear()
 
 
 def test_launches_run_under_a_device_guard(device, monkeypatch):

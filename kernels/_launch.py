@@ -1,0 +1,75 @@
+"""Launching a ``@triton.jit`` kernel at the cost of its compiled launcher.
+
+``kernel[grid](*args)`` goes through ``JITFunction.run``: it binds every argument, specializes
+each one (pointer dtype and 16-byte alignment; integer width, divisibility by 16 and equality
+to 1), hashes the result into a cache key, asks the driver for the device and stream and only
+then calls the compiled kernel's launcher. On an H200 host that is 19 us for a kernel with no
+arguments and most of the 98 us a fastvae loss call cost (measured in
+``benchmarks/results/h200-2026-12-04/``).
+
+A launcher of this package already knows, from the shapes, strides and dtypes it was handed,
+everything that specialization can depend on. It names those values as a ``key``; the first
+launch for a key takes Triton's own path (compiling if needed) and keeps the compiled
+kernel's runner (``CompiledKernel[grid]``, Triton's launcher bound to that specialization);
+every later launch with the same key calls that runner directly. This is what inductor's
+static launcher does for the kernels it generates.
+
+The key must determine Triton's specialization. The launchers build it from the device, the
+16-byte alignment of every pointer, every pointer's dtype, every integer argument and every
+constexpr: all that Triton specializes on. Left out are only floats (Triton passes them as
+fp32, never specialized) and integers annotated ``tl.int64`` and listed in
+``do_not_specialize`` (the Philox seed and offset). A key of None (some pointer not 16-byte
+aligned, an uncommon view) always takes Triton's path. ``tests/test_launch_cache.py`` holds
+the rule: launches with equal keys get equal specializations from Triton's binder.
+
+Under ``TRITON_INTERPRET=1`` there is no compiled kernel (Triton's path returns None): every
+launch takes Triton's path.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Hashable
+
+from ._common import INTERPRETED
+
+# Distinct keys kept per kernel (shapes a program uses are few; a program that cycles through
+# more only pays Triton's own path again after the cache is cleared).
+_MAX_RUNNERS = 512
+
+
+def launch_key(pointers: tuple, values: tuple) -> tuple | None:
+    """The key of a launch (see above): the device, every pointer's dtype and ``values`` (every
+    integer and constexpr argument), or None when a pointer is not 16-byte aligned (Triton
+    would specialize on that: such launches are not cached) or the kernels are interpreted."""
+    if INTERPRETED:
+        return None
+    bits = 0
+    for p in pointers:
+        bits |= p.data_ptr()
+    if bits & 15:
+        return None
+    return (pointers[0].get_device(), *[p.dtype for p in pointers], *values)
+
+
+class CachedKernel:
+    """A ``@triton.jit`` function launched through per-key compiled runners (see above).
+
+    ``launch(key, n_programs, args, num_warps)`` launches ``n_programs`` programs (a 1-D grid)
+    with the positional ``args`` (every kernel parameter, constexprs included, in order).
+    """
+
+    def __init__(self, fn):
+        self.fn = fn
+        self._runners: dict[Hashable, Any] = {}
+
+    def launch(self, key: Hashable | None, n_programs: int, args: tuple, num_warps: int = 4) -> None:
+        runner = self._runners.get(key) if key is not None else None
+        if runner is not None:
+            runner(*args)
+            return
+        compiled = self.fn[(n_programs,)](*args, num_warps=num_warps)
+        if key is None or compiled is None:  # None: interpreted (or a benchmark's stub)
+            return
+        if len(self._runners) >= _MAX_RUNNERS:
+            self._runners.clear()
+        self._runners[key] = compiled[(n_programs, 1, 1)]
