@@ -4,7 +4,7 @@ import pytest
 import torch
 
 import fastvae
-from fastvae import _ops
+from fastvae.ops import latent as latent_op
 from fastvae.data import ImageBatches
 from fastvae.fastpath import FastTrainer
 from helpers import KERNEL_DEVICE, assert_close
@@ -94,7 +94,7 @@ def test_training_step_compiles_without_graph_breaks(backend, compiler, monkeypa
     aten's so that the reference backend draws the same noise as eager."""
     # Compiled code draws the Philox key on the device (torch.randint); eager CUDA calls read
     # it from the generator's offset. Pin eager to the device draw: the same noise for both.
-    monkeypatch.setattr(_ops, "_host_key", lambda *args: None)
+    monkeypatch.setattr(latent_op, "_host_key", lambda *args: None)
     torch.manual_seed(0)
     model = fastvae.MLPVAE((1, 6, 6), (16,), 3, backend=backend).to(KERNEL_DEVICE)
     x = torch.rand(5, 1, 6, 6, device=KERNEL_DEVICE)
