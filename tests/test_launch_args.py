@@ -34,9 +34,9 @@ def test_recon_launch_arguments(launched):
     g = torch.Generator().manual_seed(0)
     recon = torch.randn(3, 5, generator=g).to(KERNEL_DEVICE).requires_grad_(True)
     x = torch.rand(3, 9, generator=g).to(KERNEL_DEVICE)[:, :5]  # row stride 9, read in place
-    recon_op.reconstruction_loss(recon, x, None, 0.0, "bernoulli", "batchmean", True, True, False).mul(2.0).backward()
+    recon_op.reconstruction_loss(recon, x, None, recon_op.Options(0.0, "bernoulli", "batchmean", True, True, False)).mul(2.0).backward()
     w = torch.tensor([1.0, 2.0, 3.0], device=KERNEL_DEVICE)  # grad_output per row: stride 1
-    (recon_op.reconstruction_loss(recon, x, None, 0.0, "mse", "none", True, True, False) * w).sum().backward()
+    (recon_op.reconstruction_loss(recon, x, None, recon_op.Options(0.0, "mse", "none", True, True, False)) * w).sum().backward()
     names = [n for n, _ in launched]
     assert names == ["_recon_loss_fwd_kernel", "_recon_loss_scale_grad_kernel",
                      "_recon_loss_fwd_kernel", "_recon_loss_bwd_kernel"]

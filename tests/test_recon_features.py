@@ -25,10 +25,11 @@ OP_REDUCTIONS = ["none", "sum", "mean", "batchmean"]
 
 def loss(recon, x, likelihood, reduction="sum", recon_logvar=None, logvar_value=0.0):
     grad = torch.is_grad_enabled()
-    return recon_op.reconstruction_loss(
-        recon, x, recon_logvar, logvar_value, likelihood, reduction, True,
-        grad and recon.requires_grad, grad and recon_logvar is not None and recon_logvar.requires_grad,
+    options = recon_op.Options(
+        logvar_value, likelihood, reduction, True, grad and recon.requires_grad,
+        grad and recon_logvar is not None and recon_logvar.requires_grad,
     )
+    return recon_op.reconstruction_loss(recon, x, recon_logvar, options)
 
 
 def torch_reduce(elem, reduction):
