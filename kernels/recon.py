@@ -197,7 +197,7 @@ def _store_losses(out_ptr, elbo_ptr, kl_ptr, at, rec, kl_stride, beta, mask, ADD
 
 @triton.jit
 def _add_partials(
-    partial_ptr, out_ptr, elbo_ptr, kl_ptr, n_chunks, n_rows, kl_stride, beta,
+    partial_ptr, out_ptr, elbo_ptr, kl_ptr, n_programs, n_chunks, n_rows, kl_stride, beta,
     OUT: tl.constexpr, ADD_KL: tl.constexpr, RBLOCK: tl.constexpr,
 ):
     """Run by the last program only: the per-program partials added in a fixed order (so the
@@ -205,7 +205,6 @@ def _add_partials(
     offs = tl.arange(0, RBLOCK)
     acc_ty = partial_ptr.dtype.element_ty
     if OUT == OUT_TOTAL:
-        n_programs = tl.num_programs(0)
         acc = tl.zeros([RBLOCK], acc_ty)
         for first in range(0, n_programs, RBLOCK):
             idx = first + offs
@@ -250,8 +249,9 @@ def _recon_loss_fwd_kernel(
     kl_ptr,  # (B,) or () KL values added to the losses (ADD_KL), element stride kl_stride
     elbo_ptr,  # out's shape: out + beta * kl (ADD_KL)
     D,  # features per row
-    n_chunks,  # programs per row
-    n_rows,  # B (the grid is B * n_chunks programs)
+    n_chunks,  # tiles per row
+    n_rows,  # B
+    n_programs,  # the grid: B * n_chunks / TILES (an argument: its divisibility is known)
     r_row_stride,
     x_row_stride,
     v_row_stride,  # 0 when v is shared by all rows
@@ -306,11 +306,11 @@ def _recon_loss_fwd_kernel(
         tl.store(partial_ptr + slot, total)
         tl.debug_barrier()
         ticket = tl.atomic_add(ticket_ptr, 1, sem="acq_rel")
-        if ticket == tl.num_programs(0) - 1:
+        if ticket == n_programs - 1:
             tl.store(ticket_ptr, 0)
             _add_partials(
-                partial_ptr, out_ptr, elbo_ptr, kl_ptr, n_chunks, n_rows, kl_stride, beta,
-                OUT, ADD_KL, RBLOCK,
+                partial_ptr, out_ptr, elbo_ptr, kl_ptr, n_programs, n_chunks, n_rows, kl_stride,
+                beta, OUT, ADD_KL, RBLOCK,
             )
 
 
@@ -638,6 +638,7 @@ def recon_loss_fwd(
         D,
         n_chunks,
         B,  # n_rows
+        n_programs,
         recon.stride(0),  # r_row_stride
         x.stride(0),  # x_row_stride
         logvar.row_stride,  # v_row_stride
