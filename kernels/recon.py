@@ -134,54 +134,60 @@ def _store(ptr, value, mask, EVEN_D: tl.constexpr):
 
 
 @triton.jit
-def _chunk_terms(
-    row, chunk, r_ptr, x_ptr, v_ptr, D, r_row_stride, x_row_stride, v_row_stride,
-    logvar_value, LIKELIHOOD: tl.constexpr, FULL: tl.constexpr, V_MODE: tl.constexpr,
-    F64: tl.constexpr, BLOCK_D: tl.constexpr, EVEN_D: tl.constexpr,
+def _terms(
+    r_at, x_at, v_base, offs, mask, logvar_value, LIKELIHOOD: tl.constexpr, FULL: tl.constexpr,
+    V_MODE: tl.constexpr, F64: tl.constexpr, EVEN: tl.constexpr,
 ):
-    """The tile (row, chunk of BLOCK_D features): its loss, gradients and mask (not applied
-    when BLOCK_D divides D: no predicates, no zero fill, no select per element)."""
+    """A tile's loss, gradients d recon and d v, from its element pointers r_at and x_at; the
+    log-variance at v_base + offs (V_ELEMENTS), at v_base (V_ROW) or logvar_value. The mask
+    is not applied when EVEN (no predicates, no zero fill, no select per element)."""
     FAST: tl.constexpr = not F64 and not INTERPRET
-    # Row and chunk offsets are int64 scalars (row * stride and a row itself may pass 2**31);
-    # per element only the int32 column inside the chunk is added.
-    start = chunk.to(tl.int64) * BLOCK_D
-    cols = tl.arange(0, BLOCK_D)
-    mask = cols < tl.minimum(D - start, BLOCK_D).to(tl.int32)  # unused (and dropped) if EVEN_D
-    row64 = row.to(tl.int64)
-    r = _load(r_ptr + row64 * r_row_stride + start + cols, mask, F64, EVEN_D)
-    x = _load(x_ptr + row64 * x_row_stride + start + cols, mask, F64, EVEN_D)
+    r = _load(r_at, mask, F64, EVEN)
+    x = _load(x_at, mask, F64, EVEN)
     v = r
     inv_var = r
     if LIKELIHOOD == 2:
         if V_MODE == V_ELEMENTS:
-            v = _load(v_ptr + row64 * v_row_stride + start + cols, mask, F64, EVEN_D)
+            v = _load(v_base + offs, mask, F64, EVEN)
         elif V_MODE == V_ROW:
-            v = _acc(tl.load(v_ptr + row64 * v_row_stride), F64)
+            v = _acc(tl.load(v_base), F64)
         else:
             v = _acc(logvar_value, F64)
         if FAST:
             inv_var = _ex2_ftz(v * -1.4426950408889634)
         else:
             inv_var = tl.exp(-v)
-    loss, dr, dv = _recon_terms(r, x, v, inv_var, LIKELIHOOD, FULL, FAST)
-    return row64, start, cols, mask, loss, dr, dv
+    return _recon_terms(r, x, v, inv_var, LIKELIHOOD, FULL, FAST)
+
+
+@triton.jit
+def _row_tile(tile, n_chunks, D, BLOCK_D: tl.constexpr):
+    """Tile ``tile`` of the row tiles (tiles numbered row by row, n_chunks a row): its row
+    (int64), first column (int64), the columns and their mask. Row and start are int64 scalars
+    (row * stride and a row itself may pass 2**31); per element only the int32 column inside
+    the chunk is added."""
+    row = tile // n_chunks
+    start = (tile - row * n_chunks).to(tl.int64) * BLOCK_D
+    cols = tl.arange(0, BLOCK_D)
+    mask = cols < tl.minimum(D - start, BLOCK_D).to(tl.int32)  # unused (and dropped) if EVEN_D
+    return row.to(tl.int64), start, cols, mask
 
 
 @triton.jit
 def _store_grads(
-    dr_ptr, dv_ptr, tile, row64, start, cols, mask, dr, dv, dr_row_stride, dv_row_stride,
-    WRITE_DR: tl.constexpr, DV_MODE: tl.constexpr, EVEN_D: tl.constexpr,
+    dr_at, dv_at, dv_sum_at, dr, dv, mask, WRITE_DR: tl.constexpr, DV_MODE: tl.constexpr,
+    EVEN: tl.constexpr,
 ):
-    """Store the tile's gradients; a per-row log-variance's as the tile's sum, at index
-    ``tile`` (row * n_chunks + chunk)."""
+    """Store a tile's gradients at element pointers dr_at, dv_at; a log-variance shared by the
+    tile's elements gets their sum, at dv_sum_at (DV_PARTIALS)."""
     if WRITE_DR:
-        _store(dr_ptr + row64 * dr_row_stride + start + cols, dr, mask, EVEN_D)
+        _store(dr_at, dr, mask, EVEN)
     if DV_MODE == DV_ELEMENTS:
-        _store(dv_ptr + row64 * dv_row_stride + start + cols, dv, mask, EVEN_D)
+        _store(dv_at, dv, mask, EVEN)
     elif DV_MODE == DV_PARTIALS:
-        if not EVEN_D:
+        if not EVEN:
             dv = tl.where(mask, dv, 0.0)
-        tl.store(dv_ptr + tile, tl.sum(dv, axis=0))
+        tl.store(dv_sum_at, tl.sum(dv, axis=0))
 
 
 @triton.jit
@@ -220,11 +226,12 @@ def _add_partials(
             _store_losses(out_ptr, elbo_ptr, kl_ptr, rows, acc, kl_stride, beta, keep, ADD_KL)
 
 
-# Forward: TILES consecutive tiles (row, chunk of BLOCK_D features) per program; more than
-# one only for a scalar reduction (OUT_TOTAL), where a program's tiles may span rows. Loss and
-# gradients are multiplied by 1/divisor (1 for "sum" and "none", B for "batchmean", B*D for
-# "mean"), so that backward only scales them by grad_output. The divisor is an int (i64 past
-# 2**31, so B*D cannot overflow); its reciprocal is taken once per program.
+# Forward: one program per tile (row, chunk of BLOCK_D features); or, for a scalar reduction
+# over inputs laid out alike as one dense block of B * D elements (FLAT: rows do not matter
+# to a total), TILES consecutive BLOCK_D blocks of that block per program. Loss and gradients
+# are multiplied by 1/divisor (1 for "sum" and "none", B for "batchmean", B*D for "mean"), so
+# that backward only scales them by grad_output. The divisor is an int (i64 past 2**31, so
+# B*D cannot overflow); its reciprocal is taken once per program.
 #
 # One launch for the reduction too (a last-program ticket): every program stores its partial
 # sum, then takes a ticket with an atomic add on a per-device counter. Memory ordering: the
@@ -251,7 +258,7 @@ def _recon_loss_fwd_kernel(
     D,  # features per row
     n_chunks,  # tiles per row
     n_rows,  # B
-    n_programs,  # the grid: B * n_chunks / TILES (an argument: its divisibility is known)
+    n_programs,  # the grid (an argument: its divisibility is known)
     r_row_stride,
     x_row_stride,
     v_row_stride,  # 0 when v is shared by all rows
@@ -272,32 +279,44 @@ def _recon_loss_fwd_kernel(
     BLOCK_D: tl.constexpr,
     EVEN_D: tl.constexpr,  # BLOCK_D divides D: no masks
     RBLOCK: tl.constexpr,
-    TILES: tl.constexpr,  # tiles per program (the grid has B * n_chunks / TILES programs)
+    FLAT: tl.constexpr,  # TILES blocks of the dense B * D elements per program (OUT_TOTAL)
+    TILES: tl.constexpr,
 ):
     pid = tl.program_id(0)
     scale = 1.0 / _acc(divisor, F64)
-    tile = pid * TILES  # tiles are numbered row by row: tile = row * n_chunks + chunk
-    row = tile // n_chunks
-    chunk = tile - row * n_chunks
-    losses = tl.zeros([BLOCK_D], partial_ptr.dtype.element_ty)
-    for _ in range(TILES):  # a program's tiles add into one partial: one ticket per program
-        row64, start, cols, mask, loss, dr, dv = _chunk_terms(
-            row, chunk, r_ptr, x_ptr, v_ptr, D, r_row_stride, x_row_stride, v_row_stride,
-            logvar_value, LIKELIHOOD, FULL, V_MODE, F64, BLOCK_D, EVEN_D,
+    if FLAT:  # (EVEN_D: BLOCK_D divides B * D)
+        cols = tl.arange(0, BLOCK_D)
+        start = pid.to(tl.int64) * (TILES * BLOCK_D)
+        n = n_rows.to(tl.int64) * D
+        losses = tl.zeros([BLOCK_D], partial_ptr.dtype.element_ty)
+        for i in range(TILES):  # one partial, one ticket per program
+            at = start + i * BLOCK_D
+            mask = cols < tl.minimum(n - at, BLOCK_D).to(tl.int32)
+            loss, dr, dv = _terms(
+                r_ptr + at + cols, x_ptr + at + cols, v_ptr + at, cols, mask, logvar_value,
+                LIKELIHOOD, FULL, V_MODE, F64, EVEN_D,
+            )
+            _store_grads(dr_ptr + at + cols, dv_ptr + at + cols, dv_ptr, dr * scale, dv * scale,
+                         mask, WRITE_DR, DV_MODE, EVEN_D)
+            if not EVEN_D:
+                loss = tl.where(mask, loss, 0.0)
+            losses += loss
+        total = tl.sum(losses, axis=0) * scale
+    else:
+        row64, start, cols, mask = _row_tile(pid, n_chunks, D, BLOCK_D)
+        loss, dr, dv = _terms(
+            r_ptr + row64 * r_row_stride + start + cols, x_ptr + row64 * x_row_stride + start + cols,
+            v_ptr + row64 * v_row_stride, start + cols, mask, logvar_value, LIKELIHOOD, FULL,
+            V_MODE, F64, EVEN_D,
         )
         _store_grads(
-            dr_ptr, dv_ptr, tile, row64, start, cols, mask, dr * scale, dv * scale,
-            dr_row_stride, dv_row_stride, WRITE_DR, DV_MODE, EVEN_D,
+            dr_ptr + row64 * dr_row_stride + start + cols, dv_ptr + row64 * dv_row_stride + start + cols,
+            dv_ptr + pid, dr * scale, dv * scale, mask, WRITE_DR, DV_MODE, EVEN_D,
         )
         if not EVEN_D:
             loss = tl.where(mask, loss, 0.0)
-        losses += loss
-        tile += 1  # the next tile, without a division: the next chunk, or the next row's first
-        chunk += 1
-        row = tl.where(chunk == n_chunks, row + 1, row)
-        chunk = tl.where(chunk == n_chunks, 0, chunk)
-    total = tl.sum(losses, axis=0) * scale
-    if OUT == OUT_ROWS_DIRECT:  # TILES = 1: program pid is row pid
+        total = tl.sum(loss, axis=0) * scale
+    if OUT == OUT_ROWS_DIRECT:  # one chunk a row: program pid is row pid
         _store_losses(out_ptr, elbo_ptr, kl_ptr, pid.to(tl.int64), total, kl_stride, beta, None, ADD_KL)
     else:
         slot = pid
@@ -341,16 +360,17 @@ def _recon_loss_bwd_kernel(
     BLOCK_D: tl.constexpr,
     EVEN_D: tl.constexpr,
 ):
-    tile = tl.program_id(0)
-    row = tile // n_chunks
-    row64, start, cols, mask, _, dr, dv = _chunk_terms(  # FULL: the loss is unused
-        row, tile - row * n_chunks, r_ptr, x_ptr, v_ptr, D, r_row_stride, x_row_stride,
-        v_row_stride, logvar_value, LIKELIHOOD, True, V_MODE, F64, BLOCK_D, EVEN_D,
+    pid = tl.program_id(0)
+    row64, start, cols, mask = _row_tile(pid, n_chunks, D, BLOCK_D)
+    _, dr, dv = _terms(  # FULL: the loss is unused
+        r_ptr + row64 * r_row_stride + start + cols, x_ptr + row64 * x_row_stride + start + cols,
+        v_ptr + row64 * v_row_stride, start + cols, mask, logvar_value, LIKELIHOOD, True, V_MODE,
+        F64, EVEN_D,
     )
     g = _acc(tl.load(g_ptr + row64 * g_stride), F64)
     _store_grads(
-        dr_ptr, dv_ptr, tile, row64, start, cols, mask, g * dr, g * dv,
-        dr_row_stride, dv_row_stride, WRITE_DR, DV_MODE, EVEN_D,
+        dr_ptr + row64 * dr_row_stride + start + cols, dv_ptr + row64 * dv_row_stride + start + cols,
+        dv_ptr + pid, g * dr, g * dv, mask, WRITE_DR, DV_MODE, EVEN_D,
     )
 
 
@@ -393,7 +413,18 @@ def _layout(batch: int, features: int) -> tuple[int, int, int, int]:
     return block_d, num_warps, n_chunks, max(block_d, 32 * num_warps * 4)
 
 
-# Tiles per program of a scalar reduction. Every program of the forward takes one ticket from
+def _flat(recon, x, logvar: "_LogVar", dv_mode: int, dv_row_stride: int, D: int) -> bool:
+    """Whether a scalar reduction's tensors are each one dense block of B * D elements in the
+    same memory order (rows of D, a row stride of D: the per-element log-variance and its
+    gradient too), so that the forward may read them as flat blocks, whatever the rows."""
+    return (
+        recon.stride(0) == D and x.stride(0) == D and logvar.mode != V_ROW.value
+        and (logvar.mode != V_ELEMENTS.value or logvar.row_stride == D)
+        and dv_mode != DV_PARTIALS.value and (dv_mode != DV_ELEMENTS.value or dv_row_stride == D)
+    )
+
+
+# Tiles per program of a flat scalar reduction. Every program of the forward takes a ticket from
 # the same counter, and atomics on one address are served one after another: on an H200 the
 # forward at B x D = 4096 x 49152 (49,152 one-tile programs) ran about 27 us (fp32 MSE) and
 # 30 us (bf16 MSE) longer than torch.compile's two-kernel reduction, about one L2 clock per
@@ -614,12 +645,13 @@ def recon_loss_fwd(
     block_d, num_warps, n_chunks, rblock = _layout(B, D)
     mode = OUT_ROWS_DIRECT.value if per_row and n_chunks == 1 else OUT_ROWS.value if per_row else OUT_TOTAL.value
     direct = mode == OUT_ROWS_DIRECT.value
-    tiles = _tiles_per_program(B * n_chunks) if mode == OUT_TOTAL.value else 1
-    n_programs = B * n_chunks // tiles
     dr = _new_grad(recon) if grad_recon else None
     dv_buf, dv_mode, dv_row_stride = (recon, DV_NONE.value, 0)
     if grad_logvar and logvar.source is not None:
         dv_buf, dv_mode, dv_row_stride = logvar.grad_buffer(recon, B * n_chunks)
+    flat = mode == OUT_TOTAL.value and _flat(recon, x, logvar, dv_mode, dv_row_stride, D)
+    tiles = _tiles_per_program(-(-B * D // block_d)) if flat else 1
+    n_programs = -(-B * D // (block_d * tiles)) if flat else B * n_chunks
     # One program's partial may live in the total's own slot (stored, read back, overwritten).
     partial = out if direct or n_programs == 1 else recon.new_empty(size=(n_programs,), dtype=acc)
     pointers = (
@@ -657,8 +689,9 @@ def recon_loss_fwd(
         kl is not None,  # ADD_KL
         f64,  # F64
         block_d,  # BLOCK_D
-        D % block_d == 0,  # EVEN_D
+        (B * D if flat else D) % block_d == 0,  # EVEN_D
         rblock,  # RBLOCK
+        flat,  # FLAT
         tiles,  # TILES
     )
     floats = (float(logvar_value), float(beta))  # logvar_value, beta

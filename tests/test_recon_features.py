@@ -291,29 +291,43 @@ def test_ticket_counter_is_reset_and_results_are_deterministic(reduction, device
     assert_close(first, torch_reduce(F.mse_loss(recon, x, reduction="none"), reduction), rtol=1e-5, atol=1e-3)
 
 
-@pytest.mark.parametrize("shape", [(4, 3000), (3, 4100), (6, 5)])  # rows split or not
-@pytest.mark.parametrize("likelihood", ["bernoulli", "gaussian"])
-def test_several_tiles_per_program(likelihood, shape, device, monkeypatch):
-    """A scalar reduction over many tiles puts several tiles in one program (one ticket each):
-    forced here at small sizes. Values and gradients (a per-row log-variance's summed over
-    the row's tiles, which may lie in two programs) match the torch oracle."""
+@pytest.mark.parametrize("shape", [(4, 4000), (3, 4100), (6, 5), (2, 4096)])  # masked or even
+@pytest.mark.parametrize("case", ["bernoulli", "gaussian_elements", "gaussian_row", "strided_x"])
+def test_flat_scalar_reduction_several_tiles_per_program(case, shape, device, monkeypatch):
+    """A scalar reduction over inputs that are each one dense block reads them as flat blocks,
+    several per program (one ticket each; forced here at small sizes), tiles spanning rows;
+    a per-row log-variance or a strided target keeps the row tiles. Values and gradients
+    match the torch oracle either way."""
     monkeypatch.setattr(recon_kernels, "_MIN_PROGRAMS", 1)
     recon_kernels._tiles_per_program.cache_clear()
+    seen = []
+    launch = recon_kernels._FWD.launch
+
+    def recording(key, n_programs, args, num_warps=4):
+        seen.append(dict(zip(recon_kernels._FWD.fn.arg_names, args)))
+        return launch(key, n_programs, args, num_warps)
+
+    monkeypatch.setattr(recon_kernels._FWD, "launch", recording)
     try:
+        likelihood = "bernoulli" if case in ("bernoulli", "strided_x") else "gaussian"
         recon, x = inputs(likelihood, shape, seed=13, device=device)
+        if case == "strided_x":
+            x = torch.cat([x, x], dim=1)[:, : shape[1]]  # row stride 2 D, read in place
         recon.requires_grad_(True)
-        lv = None
-        if likelihood == "gaussian":
-            g = torch.Generator().manual_seed(14)
-            lv = (0.3 * torch.randn(shape[0], 1, generator=g, dtype=torch.float64)).to(device).requires_grad_(True)
-        n_tiles = shape[0] * -(-shape[1] // 4096)
-        assert recon_kernels._tiles_per_program(n_tiles) > 1
+        g = torch.Generator().manual_seed(14)
+        lv = {"gaussian_elements": lambda: 0.3 * torch.randn(shape, generator=g, dtype=torch.float64),
+              "gaussian_row": lambda: 0.3 * torch.randn(shape[0], 1, generator=g, dtype=torch.float64),
+              }.get(case, lambda: None)()
+        if lv is not None:
+            lv = lv.to(device).requires_grad_(True)
         got = loss(recon, x, likelihood, "batchmean", lv)
         want = oracle_elem(likelihood, recon, x, None if lv is None else lv.exp()).sum() / shape[0]
         wrt = [t for t in (recon, lv) if t is not None]
         assert_close(got, want, name="loss")
         for a, b in zip(torch.autograd.grad(got, wrt), torch.autograd.grad(want, wrt)):
             assert_close(a, b, name="gradient")
+        flat = case in ("bernoulli", "gaussian_elements")
+        assert [(a["FLAT"], a["TILES"] > 1) for a in seen] == [(flat, flat)], seen
         assert int(recon_kernels._TICKETS[recon.device].item()) == 0
     finally:
         recon_kernels._tiles_per_program.cache_clear()

@@ -175,7 +175,7 @@ def test_missed_budgets_names_each_miss():
 
 def test_estimate_is_bounded_by_the_byte_model():
     row = {"num_warps": 4, "registers": 32, "grid": [1 << 16], "elements_per_tile": 4096, "sass_instructions": 200,
-           "sass_last_program": 0}
+           "sass_last_program": 0, "tile_passes": 1}
     n = 1 << 28
     gpu = static.GPUS["h100"]
     full = static.estimate_pct(row, gpu, launch_bytes=3 * n * 4, model_bytes=3 * n * 4, n=n)
@@ -188,3 +188,6 @@ def test_estimate_is_bounded_by_the_byte_model():
     # the last program's serial sum (once per launch) costs time, not instructions per element
     summed = {**row, "sass_last_program": 100}
     assert static.estimate_pct(summed, gpu, 3 * n * 4, 3 * n * 4, n) < full
+    # a ticket per program: fewer programs (several tiles each, the loop unrolled) cost less
+    fewer = {**summed, "grid": [1 << 13], "tile_passes": 2}
+    assert static.estimate_pct(fewer, gpu, 3 * n * 4, 3 * n * 4, n) > static.estimate_pct(summed, gpu, 3 * n * 4, 3 * n * 4, n)
