@@ -40,7 +40,7 @@ Per row (``DIR/report.json``; the SASS as ``DIR/<name>.sass``):
   element, so the per-element count leaves it out; it is reported, and its cost is in the
   estimate below (its registers count too: ``registers`` is the whole kernel's).
 - ``tile_passes``: how many passes over a tile that code holds: more than 1 where the
-  compiler unrolled a loop over several tiles (the recon forward's ``TILES``), counted from
+  compiler unrolled a loop over several tiles, counted from
   its 128-bit loads against those one pass over a tile makes.
 - ``sass_per_element`` = (sass_instructions - sass_last_program) / (elements_per_thread x
   tile_passes): the instructions one thread of a program that does not draw the last ticket
@@ -69,8 +69,9 @@ Per row (``DIR/report.json``; the SASS as ``DIR/<name>.sass``):
   buffer as one argument)
   (programs resident per SM from registers: 64K per SM in 256-register warp granules, at most
   64 warps and 32 programs per SM; each program's tile of bytes in flight, times its
-  tile_passes); a ticketed reduction adds ``TICKET_CYCLES`` = 1 clock per program (its
-  tickets are taken one at a time); issue time =
+  tile_passes); a ticketed reduction adds ``TICKET_CYCLES`` = 1 clock per ticket taken on
+  one counter (one counter: a clock per program; the recon forward's ticket groups of GROUP
+  programs: GROUP clocks, then one per group on the top counter); issue time =
   sass_instructions x num_warps x tiles / (active SMs x 4 x clock x ISSUE_IPC), tiles = N /
   elements_per_tile; launch cost 2.5 us.
 
@@ -259,7 +260,10 @@ def estimate_pct(row: dict, gpu: GPU, launch_bytes: int, model_bytes: int, n: in
     if row["sass_last_program"]:
         trips = math.ceil(programs / row["elements_per_tile"])
         t_last = row["sass_last_program"] / (gpu.clock_ghz * 1e9) + trips * gpu.latency_ns * 1e-9
-        t_tickets = programs * TICKET_CYCLES / (gpu.clock_ghz * 1e9)
+        # grouped tickets (the recon forward's GROUP): the groups' counters take their tickets
+        # side by side, then the top counter one per group
+        group = row.get("constexprs", {}).get("GROUP", programs)
+        t_tickets = (min(group, programs) + math.ceil(programs / group)) * TICKET_CYCLES / (gpu.clock_ghz * 1e9)
     t = max(t_mem, t_issue) + t_tickets + t_last + LAUNCH_US * 1e-6
     return 100.0 * model_bytes / (bw * t)
 
@@ -319,7 +323,7 @@ def analyze(compiled: launches.Compiled, name: str, scenario: Scenario) -> dict:
 
 def _tile_passes(hot_128: int, tile_bits: list[int], per_thread: float) -> int:
     """How many passes over a tile the code every program runs holds: 1, or more where the
-    compiler unrolled a loop over several tiles (the recon forward's ``TILES``). Counted from
+    compiler unrolled a loop over several tiles. Counted from
     its 128-bit loads against the 16-byte pieces one pass over a tile loads (at least 1: a
     pass without 128-bit loads counts once)."""
     per_pass = sum(per_thread * bits / 8 for bits in tile_bits) / 16

@@ -202,21 +202,52 @@ def _store_losses(out_ptr, elbo_ptr, kl_ptr, at, rec, kl_stride, beta, mask, ADD
 
 
 @triton.jit
+def _last_program(counters_ptr, partial_ptr, pid, n_programs, GROUP: tl.constexpr, SUM_GROUPS: tl.constexpr):
+    """Two-level last-program ticket: True in exactly one program, which then sees every
+    program's stores. Each program takes a ticket from its group's counter (GROUP programs a
+    group, each counter on its own 32-byte sector); the last of a group adds the group's
+    partials (SUM_GROUPS: into partial_ptr[n_programs + group], in a fixed order) and takes a
+    ticket from the top counter; the last of those is the last program. Every counter is
+    reset by the program that drew its last ticket."""
+    group = pid // GROUP
+    size = tl.minimum(n_programs - group * GROUP, GROUP)
+    tl.debug_barrier()
+    ticket = tl.atomic_add(counters_ptr + (1 + group) * _COUNTER_STRIDE, 1, sem="acq_rel")
+    last = pid < 0
+    if ticket == size - 1:
+        tl.store(counters_ptr + (1 + group) * _COUNTER_STRIDE, 0)
+        if SUM_GROUPS:
+            offs = tl.arange(0, GROUP)
+            parts = tl.load(partial_ptr + group * GROUP + offs, mask=offs < size, other=0.0, cache_modifier=".cg")
+            tl.store(partial_ptr + n_programs + group, tl.sum(parts, axis=0))
+            tl.debug_barrier()
+        ticket = tl.atomic_add(counters_ptr, 1, sem="acq_rel")
+        if ticket == tl.cdiv(n_programs, GROUP) - 1:
+            tl.store(counters_ptr, 0)
+            last = pid >= 0
+    return last
+
+
+@triton.jit
 def _add_partials(
     partial_ptr, out_ptr, elbo_ptr, kl_ptr, n_programs, n_chunks, n_rows, kl_stride, beta,
-    OUT: tl.constexpr, ADD_KL: tl.constexpr, RBLOCK: tl.constexpr,
+    OUT: tl.constexpr, ADD_KL: tl.constexpr, RBLOCK: tl.constexpr, GROUP: tl.constexpr,
+    SBLOCK: tl.constexpr,
 ):
-    """Run by the last program only: the per-program partials added in a fixed order (so the
-    result is deterministic), into one total or one value per row."""
-    offs = tl.arange(0, RBLOCK)
+    """Run by the last program only, in a fixed order (so the result is deterministic): the
+    group sums into the total (OUT_TOTAL), or the per-program partials into one value per
+    row."""
     acc_ty = partial_ptr.dtype.element_ty
     if OUT == OUT_TOTAL:
-        acc = tl.zeros([RBLOCK], acc_ty)
-        for first in range(0, n_programs, RBLOCK):
+        n_groups = tl.cdiv(n_programs, GROUP)
+        offs = tl.arange(0, SBLOCK)
+        acc = tl.zeros([SBLOCK], acc_ty)
+        for first in range(0, n_groups, SBLOCK):
             idx = first + offs
-            acc += tl.load(partial_ptr + idx, mask=idx < n_programs, other=0.0, cache_modifier=".cg")
+            acc += tl.load(partial_ptr + n_programs + idx, mask=idx < n_groups, other=0.0, cache_modifier=".cg")
         _store_losses(out_ptr, elbo_ptr, kl_ptr, 0, tl.sum(acc, axis=0), 0, beta, None, ADD_KL)
     else:
+        offs = tl.arange(0, RBLOCK)
         for first in range(0, n_rows, RBLOCK):
             rows = first + offs
             keep = rows < n_rows
@@ -228,21 +259,26 @@ def _add_partials(
 
 # Forward: one program per tile (row, chunk of BLOCK_D features); or, for a scalar reduction
 # over inputs laid out alike as one dense block of B * D elements (FLAT: rows do not matter
-# to a total), TILES consecutive BLOCK_D blocks of that block per program. Loss and gradients
+# to a total), one per BLOCK_D block of that block (fewer address computations, and no
+# masks where BLOCK_D divides B * D rather than D). Loss and gradients
 # are multiplied by 1/divisor (1 for "sum" and "none", B for "batchmean", B*D for "mean"), so
 # that backward only scales them by grad_output. The divisor is an int (i64 past 2**31, so
 # B*D cannot overflow); its reciprocal is taken once per program.
 #
-# One launch for the reduction too (a last-program ticket): every program stores its partial
-# sum, then takes a ticket with an atomic add on a per-device counter. Memory ordering: the
-# barrier makes all of the program's threads' stores happen before thread 0's atomic, whose
-# release (acq_rel, GPU scope) publishes them; the program that draws the last ticket has,
-# through the same atomic's acquire (and the barrier that broadcasts its result), seen every
-# other program's release, so its loads observe all partials (read with .cg, from L2). It
-# then resets the counter to 0: nobody else touches it in this launch, and the next launch on
-# the stream starts after this one ends, so every launch -- and every CUDA-graph replay,
-# which replays the reset too -- starts from 0. Under the interpreter programs run one after
-# another, so the last ticket is the last program.
+# One launch for the reduction too (a two-level last-program ticket, _last_program): every
+# program stores its partial sum, then takes a ticket with an atomic add on its group's
+# counter, the last of a group on the top counter. Memory ordering: the barrier makes all of
+# the program's threads' stores happen before thread 0's atomic, whose release (acq_rel, GPU
+# scope) publishes them; the program that draws a counter's last ticket has, through the same
+# atomic's acquire (and the barrier that broadcasts its result), seen every earlier release on
+# it, and its own release on the top counter passes them on (the PTX memory model's causality
+# order is transitive), so the last program's loads observe all partials (read with .cg, from
+# L2). Each counter is reset to 0 by the program that drew its last ticket: nobody touches it
+# again in this launch, and the next launch on the stream starts after this one ends, so
+# every launch -- and every CUDA-graph replay, which replays the resets too -- starts from 0.
+# Groups: atomics on one address are served one after another, and on an H200 one counter
+# for 49,152 programs cost about a clock each (see _GROUPS). Under the interpreter programs
+# run one after another, so the last ticket is the last program.
 @triton.jit
 def _recon_loss_fwd_kernel(
     r_ptr,  # (B, D) recon rows: row stride r_row_stride, features unit-stride
@@ -251,7 +287,7 @@ def _recon_loss_fwd_kernel(
     dr_ptr,  # (B, D) d loss / d recon in recon's dtype (WRITE_DR): row stride dr_row_stride
     dv_ptr,  # (B, D) d loss / d v rows (DV_ELEMENTS) or (B * n_chunks,) per-tile sums (DV_PARTIALS)
     partial_ptr,  # per-program loss sums: by program (OUT_TOTAL), chunk-major (OUT_ROWS)
-    ticket_ptr,  # (1,) int32 counter, 0 between launches (OUT_ROWS, OUT_TOTAL)
+    counters_ptr,  # int32 ticket counters (top, then one per group), 0 between launches
     out_ptr,  # (B,) per-row losses or () the total, divided by divisor
     kl_ptr,  # (B,) or () KL values added to the losses (ADD_KL), element stride kl_stride
     elbo_ptr,  # out's shape: out + beta * kl (ADD_KL)
@@ -279,29 +315,22 @@ def _recon_loss_fwd_kernel(
     BLOCK_D: tl.constexpr,
     EVEN_D: tl.constexpr,  # BLOCK_D divides D: no masks
     RBLOCK: tl.constexpr,
-    FLAT: tl.constexpr,  # TILES blocks of the dense B * D elements per program (OUT_TOTAL)
-    TILES: tl.constexpr,
+    FLAT: tl.constexpr,  # one BLOCK_D block of the dense B * D elements per program
+    GROUP: tl.constexpr,  # programs per ticket group
+    SBLOCK: tl.constexpr,  # group sums the last program adds per step
 ):
     pid = tl.program_id(0)
     scale = 1.0 / _acc(divisor, F64)
     if FLAT:  # (EVEN_D: BLOCK_D divides B * D)
         cols = tl.arange(0, BLOCK_D)
-        start = pid.to(tl.int64) * (TILES * BLOCK_D)
-        n = n_rows.to(tl.int64) * D
-        losses = tl.zeros([BLOCK_D], partial_ptr.dtype.element_ty)
-        for i in range(TILES):  # one partial, one ticket per program
-            at = start + i * BLOCK_D
-            mask = cols < tl.minimum(n - at, BLOCK_D).to(tl.int32)
-            loss, dr, dv = _terms(
-                r_ptr + at + cols, x_ptr + at + cols, v_ptr + at, cols, mask, logvar_value,
-                LIKELIHOOD, FULL, V_MODE, F64, EVEN_D,
-            )
-            _store_grads(dr_ptr + at + cols, dv_ptr + at + cols, dv_ptr, dr * scale, dv * scale,
-                         mask, WRITE_DR, DV_MODE, EVEN_D)
-            if not EVEN_D:
-                loss = tl.where(mask, loss, 0.0)
-            losses += loss
-        total = tl.sum(losses, axis=0) * scale
+        at = pid.to(tl.int64) * BLOCK_D
+        mask = cols < tl.minimum(n_rows.to(tl.int64) * D - at, BLOCK_D).to(tl.int32)
+        loss, dr, dv = _terms(
+            r_ptr + at + cols, x_ptr + at + cols, v_ptr + at, cols, mask, logvar_value,
+            LIKELIHOOD, FULL, V_MODE, F64, EVEN_D,
+        )
+        _store_grads(dr_ptr + at + cols, dv_ptr + at + cols, dv_ptr, dr * scale, dv * scale,
+                     mask, WRITE_DR, DV_MODE, EVEN_D)
     else:
         row64, start, cols, mask = _row_tile(pid, n_chunks, D, BLOCK_D)
         loss, dr, dv = _terms(
@@ -313,9 +342,9 @@ def _recon_loss_fwd_kernel(
             dr_ptr + row64 * dr_row_stride + start + cols, dv_ptr + row64 * dv_row_stride + start + cols,
             dv_ptr + pid, dr * scale, dv * scale, mask, WRITE_DR, DV_MODE, EVEN_D,
         )
-        if not EVEN_D:
-            loss = tl.where(mask, loss, 0.0)
-        total = tl.sum(loss, axis=0) * scale
+    if not EVEN_D:
+        loss = tl.where(mask, loss, 0.0)
+    total = tl.sum(loss, axis=0) * scale
     if OUT == OUT_ROWS_DIRECT:  # one chunk a row: program pid is row pid
         _store_losses(out_ptr, elbo_ptr, kl_ptr, pid.to(tl.int64), total, kl_stride, beta, None, ADD_KL)
     else:
@@ -323,13 +352,10 @@ def _recon_loss_fwd_kernel(
         if OUT == OUT_ROWS:  # chunk-major (see _add_partials)
             slot = (pid % n_chunks) * n_rows + pid // n_chunks
         tl.store(partial_ptr + slot, total)
-        tl.debug_barrier()
-        ticket = tl.atomic_add(ticket_ptr, 1, sem="acq_rel")
-        if ticket == n_programs - 1:
-            tl.store(ticket_ptr, 0)
+        if _last_program(counters_ptr, partial_ptr, pid, n_programs, GROUP, OUT == OUT_TOTAL):
             _add_partials(
                 partial_ptr, out_ptr, elbo_ptr, kl_ptr, n_programs, n_chunks, n_rows, kl_stride,
-                beta, OUT, ADD_KL, RBLOCK,
+                beta, OUT, ADD_KL, RBLOCK, GROUP, SBLOCK,
             )
 
 
@@ -424,25 +450,23 @@ def _flat(recon, x, logvar: "_LogVar", dv_mode: int, dv_row_stride: int, D: int)
     )
 
 
-# Tiles per program of a flat scalar reduction. Every program of the forward takes a ticket from
-# the same counter, and atomics on one address are served one after another: on an H200 the
-# forward at B x D = 4096 x 49152 (49,152 one-tile programs) ran about 27 us (fp32 MSE) and
-# 30 us (bf16 MSE) longer than torch.compile's two-kernel reduction, about one L2 clock per
-# program (benchmarks/results/h200-2026-12-04/gpu_check_recon_loss_head.log). Up to 8 tiles
-# a program cut the tickets eightfold, as long as at least _MIN_PROGRAMS programs remain to
-# fill every SM (132 on an H100/H200) several times; small batches keep one tile a program.
-_MAX_TILES = 8
-_MIN_PROGRAMS = 2048
+# Ticket groups (see the forward kernel). Every program of the forward takes a ticket, and
+# atomics on one address are served one after another: on an H200 the forward at B x D =
+# 4096 x 49152 (49,152 programs on one counter) ran about 27 us (fp32 MSE) and 30 us (bf16
+# MSE) longer than torch.compile's two-kernel reduction, about one L2 clock per program
+# (benchmarks/results/h200-2026-12-04/gpu_check_recon_loss_head.log). Groups of at least 64
+# programs, at most _MAX_GROUPS groups, each counter on its own 32-byte sector: the top
+# counter takes one ticket per group.
+_COUNTER_STRIDE = tl.constexpr(8)  # int32 counters 32 bytes apart
+_MAX_GROUPS = 4096
+_MIN_GROUP = 64
 
 
 @functools.lru_cache(maxsize=512)
-def _tiles_per_program(n_tiles: int) -> int:
-    """The largest power of two <= _MAX_TILES dividing ``n_tiles`` that leaves at least
-    _MIN_PROGRAMS programs (so no program has a partial tile or none)."""
-    tiles = 1
-    while tiles < _MAX_TILES and n_tiles % (2 * tiles) == 0 and n_tiles // (2 * tiles) >= _MIN_PROGRAMS:
-        tiles *= 2
-    return tiles
+def _ticket_group(n_programs: int) -> int:
+    """Programs per ticket group: a power of two >= _MIN_GROUP, large enough that at most
+    _MAX_GROUPS groups cover ``n_programs``."""
+    return max(_MIN_GROUP, pow2_at_least(-(-n_programs // _MAX_GROUPS)))
 
 
 def _dense_rows_impl(shape: tuple, strides: tuple) -> bool:
@@ -534,7 +558,7 @@ class _LogVar:
         ).reshape(self.source.shape).to(self.source.dtype)
 
 
-_TICKETS = TicketCounters()  # this kernel's own (latent.py keeps its own)
+_COUNTERS = TicketCounters(1 + _MAX_GROUPS * _COUNTER_STRIDE.value)  # this kernel's own
 
 
 _NO_LOGVAR = _LogVar(None, None, False)  # shared by every call without a log-variance tensor
@@ -650,10 +674,11 @@ def recon_loss_fwd(
     if grad_logvar and logvar.source is not None:
         dv_buf, dv_mode, dv_row_stride = logvar.grad_buffer(recon, B * n_chunks)
     flat = mode == OUT_TOTAL.value and _flat(recon, x, logvar, dv_mode, dv_row_stride, D)
-    tiles = _tiles_per_program(-(-B * D // block_d)) if flat else 1
-    n_programs = -(-B * D // (block_d * tiles)) if flat else B * n_chunks
-    # One program's partial may live in the total's own slot (stored, read back, overwritten).
-    partial = out if direct or n_programs == 1 else recon.new_empty(size=(n_programs,), dtype=acc)
+    n_programs = -(-B * D // block_d) if flat else B * n_chunks
+    group = _ticket_group(n_programs)
+    # A partial per program, then (OUT_TOTAL) a sum per ticket group.
+    n_partials = n_programs + (-(-n_programs // group) if mode == OUT_TOTAL.value else 0)
+    partial = out if direct else recon.new_empty(size=(n_partials,), dtype=acc)
     pointers = (
         recon,  # r_ptr
         x,  # x_ptr
@@ -661,7 +686,7 @@ def recon_loss_fwd(
         recon if dr is None else dr,  # dr_ptr
         dv_buf,  # dv_ptr
         partial,  # partial_ptr
-        out if direct else _TICKETS[recon.device],  # ticket_ptr
+        out if direct else _COUNTERS[recon.device],  # counters_ptr
         out,  # out_ptr
         out if kl is None else kl,  # kl_ptr
         out if elbo is None else elbo,  # elbo_ptr
@@ -692,7 +717,8 @@ def recon_loss_fwd(
         (B * D if flat else D) % block_d == 0,  # EVEN_D
         rblock,  # RBLOCK
         flat,  # FLAT
-        tiles,  # TILES
+        group,  # GROUP
+        4 * 32 * num_warps,  # SBLOCK
     )
     floats = (float(logvar_value), float(beta))  # logvar_value, beta
     with device_guard(recon):

@@ -188,6 +188,6 @@ def test_estimate_is_bounded_by_the_byte_model():
     # the last program's serial sum (once per launch) costs time, not instructions per element
     summed = {**row, "sass_last_program": 100}
     assert static.estimate_pct(summed, gpu, 3 * n * 4, 3 * n * 4, n) < full
-    # a ticket per program: fewer programs (several tiles each, the loop unrolled) cost less
-    fewer = {**summed, "grid": [1 << 13], "tile_passes": 2}
-    assert static.estimate_pct(fewer, gpu, 3 * n * 4, 3 * n * 4, n) > static.estimate_pct(summed, gpu, 3 * n * 4, 3 * n * 4, n)
+    # tickets on one counter are taken one at a time: grouped tickets cost less
+    grouped = {**summed, "constexprs": {"GROUP": 64}}
+    assert static.estimate_pct(grouped, gpu, 3 * n * 4, 3 * n * 4, n) > static.estimate_pct(summed, gpu, 3 * n * 4, 3 * n * 4, n)
