@@ -58,7 +58,8 @@ def test_report_rows_and_sass_files(rows):
             assert r["bytes_vs_model"] >= 0.99, r
         # a reduced loss is summed by the last program: that code is counted apart, once
         if r["phase"] == "fwd_grad" or (r["phase"] == "fwd" and r["family"] == "latent_sample_and_kl"):
-            assert 0 < r["sass_last_program"] < r["sass_instructions"] / 2, r
+            # (the recon forward's: its ticket groups' sums and the total's)
+            assert 0 < r["sass_last_program"] < r["sass_instructions"] * 0.8, r
         # runtime specialization: every pointer of these freshly allocated tensors is 16-byte aligned
         pointers = [k for k, v in r["signature"].items() if v.startswith("*")]
         assert set(pointers) <= set(r["divisible_by_16"]), r
