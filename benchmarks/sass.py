@@ -32,9 +32,11 @@ class Sass:
     runs). ``last_program_only``: those of them that only the program drawing the last ticket
     of a last-program reduction can run -- everything after the first ``EXIT`` that follows
     the ticket's atomic add (``ATOMG``/``ATOM`` ``.ADD``), where every other program leaves --
-    provided no branch before that ``EXIT`` jumps past it; 0 for a kernel without a ticket. ``load_bits`` / ``store_bits``: the widest global load (``LDG``) and store
-    (``STG``), in bits (0 when there is none); ``loads_128`` / ``stores_128``: how many of them
-    are 128 bits wide. ``fp64``: the double-precision instructions.
+    provided no branch before that ``EXIT`` jumps past it; 0 for a kernel without a ticket.
+    ``load_bits`` / ``store_bits``: the widest global load (``LDG``) and store (``STG``), in
+    bits (0 when there is none); ``loads_128`` / ``stores_128``: how many of them are 128 bits
+    wide; ``hot_loads_128``: the 128-bit loads every program runs (those before the last
+    program's part). ``fp64``: the double-precision instructions.
     """
 
     text: str
@@ -45,6 +47,7 @@ class Sass:
     stores_128: int
     fp64: tuple[str, ...]
     last_program_only: int = 0
+    hot_loads_128: int = 0
 
 
 def _width(opcode: str) -> int:
@@ -60,7 +63,7 @@ def _width(opcode: str) -> int:
 
 
 def parse_sass(text: str) -> Sass:
-    count, loads, stores, fp64 = 0, [0], [0], []
+    count, loads, stores, fp64, hot_loads_128 = 0, [0], [0], [], 0
     lines = [m.groups() for m in map(_INSTR.match, text.splitlines()) if m]
     ticket, split, split_count, max_target = False, None, 0, -1
     for addr, instr in lines:
@@ -80,12 +83,14 @@ def parse_sass(text: str) -> Sass:
             split, split_count = int(addr, 16), count
         if op.startswith("LDG"):
             loads.append(_width(op))
+            hot_loads_128 += split is None and loads[-1] == 128
         elif op.startswith("STG"):
             stores.append(_width(op))
         if _FP64.search(op):
             fp64.append(instr)
     last_only = count - split_count if split is not None and max_target <= split else 0
-    return Sass(text, count, max(loads), max(stores), loads.count(128), stores.count(128), tuple(fp64), last_only)
+    return Sass(text, count, max(loads), max(stores), loads.count(128), stores.count(128),
+                tuple(fp64), last_only, hot_loads_128 if last_only else loads.count(128))
 
 
 def disassemble(cubin: bytes) -> str:

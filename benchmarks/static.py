@@ -39,9 +39,12 @@ Per row (``DIR/report.json``; the SASS as ``DIR/<name>.sass``):
   when a branch before that ``EXIT`` jumps past it). It runs once per launch, not once per
   element, so the per-element count leaves it out; it is reported, and its cost is in the
   estimate below (its registers count too: ``registers`` is the whole kernel's).
-- ``sass_per_element`` = (sass_instructions - sass_last_program) / elements_per_thread: the
-  instructions one thread of a program that does not draw the last ticket issues per element
-  it handles, for a pass of the code over one tile. Each instruction is counted once: exact
+- ``tile_passes``: how many passes over a tile that code holds: more than 1 where the
+  compiler unrolled a loop over several tiles, counted from
+  its 128-bit loads against those one pass over a tile makes.
+- ``sass_per_element`` = (sass_instructions - sass_last_program) / (elements_per_thread x
+  tile_passes): the instructions one thread of a program that does not draw the last ticket
+  issues per element it handles, for a pass of the code over one tile. Each instruction is counted once: exact
   for loop-free code, and for loops that run once per tile (as the benchmark sizes make them:
   K = 1 sample, L <= the L block); a loop that runs several times per tile would be
   undercounted, a prologue shared by several tiles overcounted.
@@ -65,7 +68,10 @@ Per row (``DIR/report.json``; the SASS as ``DIR/<name>.sass``):
   (launch bytes: at least the model bytes, since a launch reads and writes an in-place
   buffer as one argument)
   (programs resident per SM from registers: 64K per SM in 256-register warp granules, at most
-  64 warps and 32 programs per SM; each program's tile of bytes in flight); issue time =
+  64 warps and 32 programs per SM; each program's tile of bytes in flight, times its
+  tile_passes); a ticketed reduction adds ``TICKET_CYCLES`` = 1 clock per ticket taken on
+  one counter (one counter: a clock per program; the recon forward's ticket groups of GROUP
+  programs: GROUP clocks, then one per group on the top counter); issue time =
   sass_instructions x num_warps x tiles / (active SMs x 4 x clock x ISSUE_IPC), tiles = N /
   elements_per_tile; launch cost 2.5 us.
 
@@ -120,6 +126,10 @@ GPUS = {
 }
 ISSUE_IPC = 0.7  # warp instructions per cycle per scheduler, sustained (4 schedulers per SM)
 LAUNCH_US = 2.5  # fixed cost of one launch on the device (start, ramp, tail)
+# Atomics on one address are served one at a time: a clock per program's ticket, from the
+# H200 run (the one-tile-per-program forward at 4096 x 49152 took 27-30 us, about one
+# clock per program, longer than torch.compile's reduction; see kernels/recon.py).
+TICKET_CYCLES = 1.0
 REGS_PER_SM, MAX_WARPS_PER_SM, MAX_PROGRAMS_PER_SM = 65536, 64, 32
 
 
@@ -239,18 +249,22 @@ def estimate_pct(row: dict, gpu: GPU, launch_bytes: int, model_bytes: int, n: in
     programs = math.prod(row["grid"])
     tiles = max(1, math.ceil(n / row["elements_per_tile"]))
     bytes_per_tile = launch_bytes / tiles
-    in_flight = min(programs, gpu.sms * per_sm) * bytes_per_tile
+    in_flight = min(programs, gpu.sms * per_sm) * bytes_per_tile * row["tile_passes"]
     bw = gpu.copy_gbps * 1e9
     f = min(1.0, in_flight / (bw * gpu.latency_ns * 1e-9))
     t_mem = max(launch_bytes, model_bytes) / (bw * f)
     active = min(gpu.sms, programs)
-    per_tile = row["sass_instructions"] - row["sass_last_program"]
+    per_tile = (row["sass_instructions"] - row["sass_last_program"]) / row["tile_passes"]
     t_issue = per_tile * warps * tiles / (active * 4 * gpu.clock_ghz * 1e9 * ISSUE_IPC)
-    t_last = 0.0
+    t_last = t_tickets = 0.0
     if row["sass_last_program"]:
         trips = math.ceil(programs / row["elements_per_tile"])
         t_last = row["sass_last_program"] / (gpu.clock_ghz * 1e9) + trips * gpu.latency_ns * 1e-9
-    t = max(t_mem, t_issue) + t_last + LAUNCH_US * 1e-6
+        # grouped tickets (the recon forward's GROUP): the groups' counters take their tickets
+        # side by side, then the top counter one per group
+        group = row.get("constexprs", {}).get("GROUP", programs)
+        t_tickets = (min(group, programs) + math.ceil(programs / group)) * TICKET_CYCLES / (gpu.clock_ghz * 1e9)
+    t = max(t_mem, t_issue) + t_tickets + t_last + LAUNCH_US * 1e-6
     return 100.0 * model_bytes / (bw * t)
 
 
@@ -289,7 +303,9 @@ def analyze(compiled: launches.Compiled, name: str, scenario: Scenario) -> dict:
         "vector_store_share": _vector_share(code.stores_128, tile_stores, per_thread),
         "sass_instructions": code.instructions,
         "sass_last_program": code.last_program_only,
-        "sass_per_element": (code.instructions - code.last_program_only) / per_thread,
+        "tile_passes": _tile_passes(code.hot_loads_128, tile_loads, per_thread),
+        "sass_per_element": (code.instructions - code.last_program_only) / per_thread
+        / _tile_passes(code.hot_loads_128, tile_loads, per_thread),
         "fp64": len(code.fp64),
         "bytes_vs_model": launch_bytes / model,
         "launch_bytes": launch_bytes,
@@ -303,6 +319,15 @@ def analyze(compiled: launches.Compiled, name: str, scenario: Scenario) -> dict:
         row[f"est_pct_copy_bw_{gpu_name}"] = estimate_pct(row, gpu, launch_bytes, model, scenario.n)
     row["_sass"] = text
     return row
+
+
+def _tile_passes(hot_128: int, tile_bits: list[int], per_thread: float) -> int:
+    """How many passes over a tile the code every program runs holds: 1, or more where the
+    compiler unrolled a loop over several tiles. Counted from
+    its 128-bit loads against the 16-byte pieces one pass over a tile loads (at least 1: a
+    pass without 128-bit loads counts once)."""
+    per_pass = sum(per_thread * bits / 8 for bits in tile_bits) / 16
+    return max(1, round(hot_128 / per_pass)) if per_pass else 1
 
 
 def _vector_share(n_128: int, tile_bits: list[int], per_thread: float) -> float | None:

@@ -331,9 +331,10 @@ def reconstruction_loss(
     if resolve_backend(backend, recon) == "torch":
         return torch_backend.reconstruction_loss(recon, x, likelihood, recon_logvar, full, reduction)
     logvar, logvar_value = _logvar_args(recon_logvar)
-    return recon_op.reconstruction_loss(
-        recon, x, logvar, logvar_value, likelihood, reduction, full, *_grads_needed(recon, logvar)
+    options = recon_op.Options(
+        logvar_value, likelihood, reduction, full, *_grads_needed(recon, logvar)
     )
+    return recon_op.reconstruction_loss(recon, x, logvar, options)
 
 
 def elbo_loss(
@@ -386,7 +387,8 @@ def elbo_loss(
         kl = torch_backend.gaussian_kl(mu, logvar, kl_reduction)
         return ELBO(rec + beta * kl, rec, kl)
     rv, logvar_value = _logvar_args(recon_logvar)
-    return ELBO(*elbo_op.elbo_loss(
-        recon, x, mu, logvar, rv, logvar_value, float(beta), likelihood, reduction, kl_reduction,
-        full, *_grads_needed(recon, rv),
-    ))
+    rec_options = recon_op.Options(
+        logvar_value, likelihood, reduction, full, *_grads_needed(recon, rv)
+    )
+    options = elbo_op.Options(rec_options, float(beta), kl_reduction)
+    return ELBO(*elbo_op.elbo_loss(recon, x, mu, logvar, rv, options))

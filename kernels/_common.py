@@ -49,13 +49,18 @@ def pow2_at_least(n: int) -> int:
 
 
 class TicketCounters(dict):
-    """Per-device int32 ticket counters of a last-program reduction, ``counters[device]``,
-    allocated at first use (zeros). Every launch leaves its counter at 0; launches that
-    share one must not run concurrently on two streams of that device."""
+    """Per-device int32 ticket counters of a last-program reduction, ``counters[device]``: a
+    buffer of ``size`` counters allocated at first use (zeros) and kept (a captured CUDA
+    graph holds its address). Every launch leaves its counters at 0; launches that share
+    them must not run concurrently on two streams of that device."""
+
+    def __init__(self, size: int = 1):
+        super().__init__()
+        self.size = size
 
     def __missing__(self, device: torch.device) -> torch.Tensor:
-        counter = self[device] = torch.zeros(1, dtype=torch.int32, device=device)
-        return counter
+        counters = self[device] = torch.zeros(self.size, dtype=torch.int32, device=device)
+        return counters
 
 
 _NO_GUARD = contextlib.nullcontext()  # reusable: entering it does nothing

@@ -134,54 +134,60 @@ def _store(ptr, value, mask, EVEN_D: tl.constexpr):
 
 
 @triton.jit
-def _chunk_terms(
-    row, chunk, r_ptr, x_ptr, v_ptr, D, r_row_stride, x_row_stride, v_row_stride,
-    logvar_value, LIKELIHOOD: tl.constexpr, FULL: tl.constexpr, V_MODE: tl.constexpr,
-    F64: tl.constexpr, BLOCK_D: tl.constexpr, EVEN_D: tl.constexpr,
+def _terms(
+    r_at, x_at, v_base, offs, mask, logvar_value, LIKELIHOOD: tl.constexpr, FULL: tl.constexpr,
+    V_MODE: tl.constexpr, F64: tl.constexpr, EVEN: tl.constexpr,
 ):
-    """The tile (row, chunk of BLOCK_D features): its loss, gradients and mask (not applied
-    when BLOCK_D divides D: no predicates, no zero fill, no select per element)."""
+    """A tile's loss, gradients d recon and d v, from its element pointers r_at and x_at; the
+    log-variance at v_base + offs (V_ELEMENTS), at v_base (V_ROW) or logvar_value. The mask
+    is not applied when EVEN (no predicates, no zero fill, no select per element)."""
     FAST: tl.constexpr = not F64 and not INTERPRET
-    # Row and chunk offsets are int64 scalars (row * stride and a row itself may pass 2**31);
-    # per element only the int32 column inside the chunk is added.
-    start = chunk.to(tl.int64) * BLOCK_D
-    cols = tl.arange(0, BLOCK_D)
-    mask = cols < tl.minimum(D - start, BLOCK_D).to(tl.int32)  # unused (and dropped) if EVEN_D
-    row64 = row.to(tl.int64)
-    r = _load(r_ptr + row64 * r_row_stride + start + cols, mask, F64, EVEN_D)
-    x = _load(x_ptr + row64 * x_row_stride + start + cols, mask, F64, EVEN_D)
+    r = _load(r_at, mask, F64, EVEN)
+    x = _load(x_at, mask, F64, EVEN)
     v = r
     inv_var = r
     if LIKELIHOOD == 2:
         if V_MODE == V_ELEMENTS:
-            v = _load(v_ptr + row64 * v_row_stride + start + cols, mask, F64, EVEN_D)
+            v = _load(v_base + offs, mask, F64, EVEN)
         elif V_MODE == V_ROW:
-            v = _acc(tl.load(v_ptr + row64 * v_row_stride), F64)
+            v = _acc(tl.load(v_base), F64)
         else:
             v = _acc(logvar_value, F64)
         if FAST:
             inv_var = _ex2_ftz(v * -1.4426950408889634)
         else:
             inv_var = tl.exp(-v)
-    loss, dr, dv = _recon_terms(r, x, v, inv_var, LIKELIHOOD, FULL, FAST)
-    return row64, start, cols, mask, loss, dr, dv
+    return _recon_terms(r, x, v, inv_var, LIKELIHOOD, FULL, FAST)
+
+
+@triton.jit
+def _row_tile(tile, n_chunks, D, BLOCK_D: tl.constexpr):
+    """Tile ``tile`` of the row tiles (tiles numbered row by row, n_chunks a row): its row
+    (int64), first column (int64), the columns and their mask. Row and start are int64 scalars
+    (row * stride and a row itself may pass 2**31); per element only the int32 column inside
+    the chunk is added."""
+    row = tile // n_chunks
+    start = (tile - row * n_chunks).to(tl.int64) * BLOCK_D
+    cols = tl.arange(0, BLOCK_D)
+    mask = cols < tl.minimum(D - start, BLOCK_D).to(tl.int32)  # unused (and dropped) if EVEN_D
+    return row.to(tl.int64), start, cols, mask
 
 
 @triton.jit
 def _store_grads(
-    dr_ptr, dv_ptr, tile, row64, start, cols, mask, dr, dv, dr_row_stride, dv_row_stride,
-    WRITE_DR: tl.constexpr, DV_MODE: tl.constexpr, EVEN_D: tl.constexpr,
+    dr_at, dv_at, dv_sum_at, dr, dv, mask, WRITE_DR: tl.constexpr, DV_MODE: tl.constexpr,
+    EVEN: tl.constexpr,
 ):
-    """Store the tile's gradients; a per-row log-variance's as the tile's sum, at index
-    ``tile`` (row * n_chunks + chunk)."""
+    """Store a tile's gradients at element pointers dr_at, dv_at; a log-variance shared by the
+    tile's elements gets their sum, at dv_sum_at (DV_PARTIALS)."""
     if WRITE_DR:
-        _store(dr_ptr + row64 * dr_row_stride + start + cols, dr, mask, EVEN_D)
+        _store(dr_at, dr, mask, EVEN)
     if DV_MODE == DV_ELEMENTS:
-        _store(dv_ptr + row64 * dv_row_stride + start + cols, dv, mask, EVEN_D)
+        _store(dv_at, dv, mask, EVEN)
     elif DV_MODE == DV_PARTIALS:
-        if not EVEN_D:
+        if not EVEN:
             dv = tl.where(mask, dv, 0.0)
-        tl.store(dv_ptr + tile, tl.sum(dv, axis=0))
+        tl.store(dv_sum_at, tl.sum(dv, axis=0))
 
 
 @triton.jit
@@ -196,22 +202,52 @@ def _store_losses(out_ptr, elbo_ptr, kl_ptr, at, rec, kl_stride, beta, mask, ADD
 
 
 @triton.jit
+def _last_program(counters_ptr, partial_ptr, pid, n_programs, GROUP: tl.constexpr, SUM_GROUPS: tl.constexpr):
+    """Two-level last-program ticket: True in exactly one program, which then sees every
+    program's stores. Each program takes a ticket from its group's counter (GROUP programs a
+    group, each counter on its own 32-byte sector); the last of a group adds the group's
+    partials (SUM_GROUPS: into partial_ptr[n_programs + group], in a fixed order) and takes a
+    ticket from the top counter; the last of those is the last program. Every counter is
+    reset by the program that drew its last ticket."""
+    group = pid // GROUP
+    size = tl.minimum(n_programs - group * GROUP, GROUP)
+    tl.debug_barrier()
+    ticket = tl.atomic_add(counters_ptr + (1 + group) * _COUNTER_STRIDE, 1, sem="acq_rel")
+    last = pid < 0
+    if ticket == size - 1:
+        tl.store(counters_ptr + (1 + group) * _COUNTER_STRIDE, 0)
+        if SUM_GROUPS:
+            offs = tl.arange(0, GROUP)
+            parts = tl.load(partial_ptr + group * GROUP + offs, mask=offs < size, other=0.0, cache_modifier=".cg")
+            tl.store(partial_ptr + n_programs + group, tl.sum(parts, axis=0))
+            tl.debug_barrier()
+        ticket = tl.atomic_add(counters_ptr, 1, sem="acq_rel")
+        if ticket == tl.cdiv(n_programs, GROUP) - 1:
+            tl.store(counters_ptr, 0)
+            last = pid >= 0
+    return last
+
+
+@triton.jit
 def _add_partials(
-    partial_ptr, out_ptr, elbo_ptr, kl_ptr, n_chunks, n_rows, kl_stride, beta,
-    OUT: tl.constexpr, ADD_KL: tl.constexpr, RBLOCK: tl.constexpr,
+    partial_ptr, out_ptr, elbo_ptr, kl_ptr, n_programs, n_chunks, n_rows, kl_stride, beta,
+    OUT: tl.constexpr, ADD_KL: tl.constexpr, RBLOCK: tl.constexpr, GROUP: tl.constexpr,
+    SBLOCK: tl.constexpr,
 ):
-    """Run by the last program only: the per-program partials added in a fixed order (so the
-    result is deterministic), into one total or one value per row."""
-    offs = tl.arange(0, RBLOCK)
+    """Run by the last program only, in a fixed order (so the result is deterministic): the
+    group sums into the total (OUT_TOTAL), or the per-program partials into one value per
+    row."""
     acc_ty = partial_ptr.dtype.element_ty
     if OUT == OUT_TOTAL:
-        n_programs = tl.num_programs(0)
-        acc = tl.zeros([RBLOCK], acc_ty)
-        for first in range(0, n_programs, RBLOCK):
+        n_groups = tl.cdiv(n_programs, GROUP)
+        offs = tl.arange(0, SBLOCK)
+        acc = tl.zeros([SBLOCK], acc_ty)
+        for first in range(0, n_groups, SBLOCK):
             idx = first + offs
-            acc += tl.load(partial_ptr + idx, mask=idx < n_programs, other=0.0, cache_modifier=".cg")
+            acc += tl.load(partial_ptr + n_programs + idx, mask=idx < n_groups, other=0.0, cache_modifier=".cg")
         _store_losses(out_ptr, elbo_ptr, kl_ptr, 0, tl.sum(acc, axis=0), 0, beta, None, ADD_KL)
     else:
+        offs = tl.arange(0, RBLOCK)
         for first in range(0, n_rows, RBLOCK):
             rows = first + offs
             keep = rows < n_rows
@@ -221,22 +257,28 @@ def _add_partials(
             _store_losses(out_ptr, elbo_ptr, kl_ptr, rows, acc, kl_stride, beta, keep, ADD_KL)
 
 
-# Forward: TILES consecutive tiles (row, chunk of BLOCK_D features) per program; more than
-# one only for a scalar reduction (OUT_TOTAL), where a program's tiles may span rows. Loss and
-# gradients are multiplied by 1/divisor (1 for "sum" and "none", B for "batchmean", B*D for
-# "mean"), so that backward only scales them by grad_output. The divisor is an int (i64 past
-# 2**31, so B*D cannot overflow); its reciprocal is taken once per program.
+# Forward: one program per tile (row, chunk of BLOCK_D features); or, for a scalar reduction
+# over inputs laid out alike as one dense block of B * D elements (FLAT: rows do not matter
+# to a total), one per BLOCK_D block of that block (fewer address computations, and no
+# masks where BLOCK_D divides B * D rather than D). Loss and gradients
+# are multiplied by 1/divisor (1 for "sum" and "none", B for "batchmean", B*D for "mean"), so
+# that backward only scales them by grad_output. The divisor is an int (i64 past 2**31, so
+# B*D cannot overflow); its reciprocal is taken once per program.
 #
-# One launch for the reduction too (a last-program ticket): every program stores its partial
-# sum, then takes a ticket with an atomic add on a per-device counter. Memory ordering: the
-# barrier makes all of the program's threads' stores happen before thread 0's atomic, whose
-# release (acq_rel, GPU scope) publishes them; the program that draws the last ticket has,
-# through the same atomic's acquire (and the barrier that broadcasts its result), seen every
-# other program's release, so its loads observe all partials (read with .cg, from L2). It
-# then resets the counter to 0: nobody else touches it in this launch, and the next launch on
-# the stream starts after this one ends, so every launch -- and every CUDA-graph replay,
-# which replays the reset too -- starts from 0. Under the interpreter programs run one after
-# another, so the last ticket is the last program.
+# One launch for the reduction too (a two-level last-program ticket, _last_program): every
+# program stores its partial sum, then takes a ticket with an atomic add on its group's
+# counter, the last of a group on the top counter. Memory ordering: the barrier makes all of
+# the program's threads' stores happen before thread 0's atomic, whose release (acq_rel, GPU
+# scope) publishes them; the program that draws a counter's last ticket has, through the same
+# atomic's acquire (and the barrier that broadcasts its result), seen every earlier release on
+# it, and its own release on the top counter passes them on (the PTX memory model's causality
+# order is transitive), so the last program's loads observe all partials (read with .cg, from
+# L2). Each counter is reset to 0 by the program that drew its last ticket: nobody touches it
+# again in this launch, and the next launch on the stream starts after this one ends, so
+# every launch -- and every CUDA-graph replay, which replays the resets too -- starts from 0.
+# Groups: atomics on one address are served one after another, and on an H200 one counter
+# for 49,152 programs cost about a clock each (see _GROUPS). Under the interpreter programs
+# run one after another, so the last ticket is the last program.
 @triton.jit
 def _recon_loss_fwd_kernel(
     r_ptr,  # (B, D) recon rows: row stride r_row_stride, features unit-stride
@@ -245,13 +287,14 @@ def _recon_loss_fwd_kernel(
     dr_ptr,  # (B, D) d loss / d recon in recon's dtype (WRITE_DR): row stride dr_row_stride
     dv_ptr,  # (B, D) d loss / d v rows (DV_ELEMENTS) or (B * n_chunks,) per-tile sums (DV_PARTIALS)
     partial_ptr,  # per-program loss sums: by program (OUT_TOTAL), chunk-major (OUT_ROWS)
-    ticket_ptr,  # (1,) int32 counter, 0 between launches (OUT_ROWS, OUT_TOTAL)
+    counters_ptr,  # int32 ticket counters (top, then one per group), 0 between launches
     out_ptr,  # (B,) per-row losses or () the total, divided by divisor
     kl_ptr,  # (B,) or () KL values added to the losses (ADD_KL), element stride kl_stride
     elbo_ptr,  # out's shape: out + beta * kl (ADD_KL)
     D,  # features per row
-    n_chunks,  # programs per row
-    n_rows,  # B (the grid is B * n_chunks programs)
+    n_chunks,  # tiles per row
+    n_rows,  # B
+    n_programs,  # the grid (an argument: its divisibility is known)
     r_row_stride,
     x_row_stride,
     v_row_stride,  # 0 when v is shared by all rows
@@ -272,45 +315,47 @@ def _recon_loss_fwd_kernel(
     BLOCK_D: tl.constexpr,
     EVEN_D: tl.constexpr,  # BLOCK_D divides D: no masks
     RBLOCK: tl.constexpr,
-    TILES: tl.constexpr,  # tiles per program (the grid has B * n_chunks / TILES programs)
+    FLAT: tl.constexpr,  # one BLOCK_D block of the dense B * D elements per program
+    GROUP: tl.constexpr,  # programs per ticket group
+    SBLOCK: tl.constexpr,  # group sums the last program adds per step
 ):
     pid = tl.program_id(0)
     scale = 1.0 / _acc(divisor, F64)
-    tile = pid * TILES  # tiles are numbered row by row: tile = row * n_chunks + chunk
-    row = tile // n_chunks
-    chunk = tile - row * n_chunks
-    losses = tl.zeros([BLOCK_D], partial_ptr.dtype.element_ty)
-    for _ in range(TILES):  # a program's tiles add into one partial: one ticket per program
-        row64, start, cols, mask, loss, dr, dv = _chunk_terms(
-            row, chunk, r_ptr, x_ptr, v_ptr, D, r_row_stride, x_row_stride, v_row_stride,
-            logvar_value, LIKELIHOOD, FULL, V_MODE, F64, BLOCK_D, EVEN_D,
+    if FLAT:  # (EVEN_D: BLOCK_D divides B * D)
+        cols = tl.arange(0, BLOCK_D)
+        at = pid.to(tl.int64) * BLOCK_D
+        mask = cols < tl.minimum(n_rows.to(tl.int64) * D - at, BLOCK_D).to(tl.int32)
+        loss, dr, dv = _terms(
+            r_ptr + at + cols, x_ptr + at + cols, v_ptr + at, cols, mask, logvar_value,
+            LIKELIHOOD, FULL, V_MODE, F64, EVEN_D,
+        )
+        _store_grads(dr_ptr + at + cols, dv_ptr + at + cols, dv_ptr, dr * scale, dv * scale,
+                     mask, WRITE_DR, DV_MODE, EVEN_D)
+    else:
+        row64, start, cols, mask = _row_tile(pid, n_chunks, D, BLOCK_D)
+        loss, dr, dv = _terms(
+            r_ptr + row64 * r_row_stride + start + cols, x_ptr + row64 * x_row_stride + start + cols,
+            v_ptr + row64 * v_row_stride, start + cols, mask, logvar_value, LIKELIHOOD, FULL,
+            V_MODE, F64, EVEN_D,
         )
         _store_grads(
-            dr_ptr, dv_ptr, tile, row64, start, cols, mask, dr * scale, dv * scale,
-            dr_row_stride, dv_row_stride, WRITE_DR, DV_MODE, EVEN_D,
+            dr_ptr + row64 * dr_row_stride + start + cols, dv_ptr + row64 * dv_row_stride + start + cols,
+            dv_ptr + pid, dr * scale, dv * scale, mask, WRITE_DR, DV_MODE, EVEN_D,
         )
-        if not EVEN_D:
-            loss = tl.where(mask, loss, 0.0)
-        losses += loss
-        tile += 1  # the next tile, without a division: the next chunk, or the next row's first
-        chunk += 1
-        row = tl.where(chunk == n_chunks, row + 1, row)
-        chunk = tl.where(chunk == n_chunks, 0, chunk)
-    total = tl.sum(losses, axis=0) * scale
-    if OUT == OUT_ROWS_DIRECT:  # TILES = 1: program pid is row pid
+    if not EVEN_D:
+        loss = tl.where(mask, loss, 0.0)
+    total = tl.sum(loss, axis=0) * scale
+    if OUT == OUT_ROWS_DIRECT:  # one chunk a row: program pid is row pid
         _store_losses(out_ptr, elbo_ptr, kl_ptr, pid.to(tl.int64), total, kl_stride, beta, None, ADD_KL)
     else:
         slot = pid
         if OUT == OUT_ROWS:  # chunk-major (see _add_partials)
             slot = (pid % n_chunks) * n_rows + pid // n_chunks
         tl.store(partial_ptr + slot, total)
-        tl.debug_barrier()
-        ticket = tl.atomic_add(ticket_ptr, 1, sem="acq_rel")
-        if ticket == tl.num_programs(0) - 1:
-            tl.store(ticket_ptr, 0)
+        if _last_program(counters_ptr, partial_ptr, pid, n_programs, GROUP, OUT == OUT_TOTAL):
             _add_partials(
-                partial_ptr, out_ptr, elbo_ptr, kl_ptr, n_chunks, n_rows, kl_stride, beta,
-                OUT, ADD_KL, RBLOCK,
+                partial_ptr, out_ptr, elbo_ptr, kl_ptr, n_programs, n_chunks, n_rows, kl_stride,
+                beta, OUT, ADD_KL, RBLOCK, GROUP, SBLOCK,
             )
 
 
@@ -341,16 +386,17 @@ def _recon_loss_bwd_kernel(
     BLOCK_D: tl.constexpr,
     EVEN_D: tl.constexpr,
 ):
-    tile = tl.program_id(0)
-    row = tile // n_chunks
-    row64, start, cols, mask, _, dr, dv = _chunk_terms(  # FULL: the loss is unused
-        row, tile - row * n_chunks, r_ptr, x_ptr, v_ptr, D, r_row_stride, x_row_stride,
-        v_row_stride, logvar_value, LIKELIHOOD, True, V_MODE, F64, BLOCK_D, EVEN_D,
+    pid = tl.program_id(0)
+    row64, start, cols, mask = _row_tile(pid, n_chunks, D, BLOCK_D)
+    _, dr, dv = _terms(  # FULL: the loss is unused
+        r_ptr + row64 * r_row_stride + start + cols, x_ptr + row64 * x_row_stride + start + cols,
+        v_ptr + row64 * v_row_stride, start + cols, mask, logvar_value, LIKELIHOOD, True, V_MODE,
+        F64, EVEN_D,
     )
     g = _acc(tl.load(g_ptr + row64 * g_stride), F64)
     _store_grads(
-        dr_ptr, dv_ptr, tile, row64, start, cols, mask, g * dr, g * dv,
-        dr_row_stride, dv_row_stride, WRITE_DR, DV_MODE, EVEN_D,
+        dr_ptr + row64 * dr_row_stride + start + cols, dv_ptr + row64 * dv_row_stride + start + cols,
+        dv_ptr + pid, g * dr, g * dv, mask, WRITE_DR, DV_MODE, EVEN_D,
     )
 
 
@@ -393,25 +439,34 @@ def _layout(batch: int, features: int) -> tuple[int, int, int, int]:
     return block_d, num_warps, n_chunks, max(block_d, 32 * num_warps * 4)
 
 
-# Tiles per program of a scalar reduction. Every program of the forward takes one ticket from
-# the same counter, and atomics on one address are served one after another: on an H200 the
-# forward at B x D = 4096 x 49152 (49,152 one-tile programs) ran about 27 us (fp32 MSE) and
-# 30 us (bf16 MSE) longer than torch.compile's two-kernel reduction, about one L2 clock per
-# program (benchmarks/results/h200-2026-12-04/gpu_check_recon_loss_head.log). Up to 8 tiles
-# a program cut the tickets eightfold, as long as at least _MIN_PROGRAMS programs remain to
-# fill every SM (132 on an H100/H200) several times; small batches keep one tile a program.
-_MAX_TILES = 8
-_MIN_PROGRAMS = 2048
+def _flat(recon, x, logvar: "_LogVar", dv_mode: int, dv_row_stride: int, D: int) -> bool:
+    """Whether a scalar reduction's tensors are each one dense block of B * D elements in the
+    same memory order (rows of D, a row stride of D: the per-element log-variance and its
+    gradient too), so that the forward may read them as flat blocks, whatever the rows."""
+    return (
+        recon.stride(0) == D and x.stride(0) == D and logvar.mode != V_ROW.value
+        and (logvar.mode != V_ELEMENTS.value or logvar.row_stride == D)
+        and dv_mode != DV_PARTIALS.value and (dv_mode != DV_ELEMENTS.value or dv_row_stride == D)
+    )
+
+
+# Ticket groups (see the forward kernel). Every program of the forward takes a ticket, and
+# atomics on one address are served one after another: on an H200 the forward at B x D =
+# 4096 x 49152 (49,152 programs on one counter) ran about 27 us (fp32 MSE) and 30 us (bf16
+# MSE) longer than torch.compile's two-kernel reduction, about one L2 clock per program
+# (benchmarks/results/h200-2026-12-04/gpu_check_recon_loss_head.log). Groups of at least 64
+# programs, at most _MAX_GROUPS groups, each counter on its own 32-byte sector: the top
+# counter takes one ticket per group.
+_COUNTER_STRIDE = tl.constexpr(8)  # int32 counters 32 bytes apart
+_MAX_GROUPS = 4096
+_MIN_GROUP = 64
 
 
 @functools.lru_cache(maxsize=512)
-def _tiles_per_program(n_tiles: int) -> int:
-    """The largest power of two <= _MAX_TILES dividing ``n_tiles`` that leaves at least
-    _MIN_PROGRAMS programs (so no program has a partial tile or none)."""
-    tiles = 1
-    while tiles < _MAX_TILES and n_tiles % (2 * tiles) == 0 and n_tiles // (2 * tiles) >= _MIN_PROGRAMS:
-        tiles *= 2
-    return tiles
+def _ticket_group(n_programs: int) -> int:
+    """Programs per ticket group: a power of two >= _MIN_GROUP, large enough that at most
+    _MAX_GROUPS groups cover ``n_programs``."""
+    return max(_MIN_GROUP, pow2_at_least(-(-n_programs // _MAX_GROUPS)))
 
 
 def _dense_rows_impl(shape: tuple, strides: tuple) -> bool:
@@ -503,7 +558,7 @@ class _LogVar:
         ).reshape(self.source.shape).to(self.source.dtype)
 
 
-_TICKETS = TicketCounters()  # this kernel's own (latent.py keeps its own)
+_COUNTERS = TicketCounters(1 + _MAX_GROUPS * _COUNTER_STRIDE.value)  # this kernel's own
 
 
 _NO_LOGVAR = _LogVar(None, None, False)  # shared by every call without a log-variance tensor
@@ -614,14 +669,16 @@ def recon_loss_fwd(
     block_d, num_warps, n_chunks, rblock = _layout(B, D)
     mode = OUT_ROWS_DIRECT.value if per_row and n_chunks == 1 else OUT_ROWS.value if per_row else OUT_TOTAL.value
     direct = mode == OUT_ROWS_DIRECT.value
-    tiles = _tiles_per_program(B * n_chunks) if mode == OUT_TOTAL.value else 1
-    n_programs = B * n_chunks // tiles
     dr = _new_grad(recon) if grad_recon else None
     dv_buf, dv_mode, dv_row_stride = (recon, DV_NONE.value, 0)
     if grad_logvar and logvar.source is not None:
         dv_buf, dv_mode, dv_row_stride = logvar.grad_buffer(recon, B * n_chunks)
-    # One program's partial may live in the total's own slot (stored, read back, overwritten).
-    partial = out if direct or n_programs == 1 else recon.new_empty(size=(n_programs,), dtype=acc)
+    flat = mode == OUT_TOTAL.value and _flat(recon, x, logvar, dv_mode, dv_row_stride, D)
+    n_programs = -(-B * D // block_d) if flat else B * n_chunks
+    group = _ticket_group(n_programs)
+    # A partial per program, then (OUT_TOTAL) a sum per ticket group.
+    n_partials = n_programs + (-(-n_programs // group) if mode == OUT_TOTAL.value else 0)
+    partial = out if direct else recon.new_empty(size=(n_partials,), dtype=acc)
     pointers = (
         recon,  # r_ptr
         x,  # x_ptr
@@ -629,7 +686,7 @@ def recon_loss_fwd(
         recon if dr is None else dr,  # dr_ptr
         dv_buf,  # dv_ptr
         partial,  # partial_ptr
-        out if direct else _TICKETS[recon.device],  # ticket_ptr
+        out if direct else _COUNTERS[recon.device],  # counters_ptr
         out,  # out_ptr
         out if kl is None else kl,  # kl_ptr
         out if elbo is None else elbo,  # elbo_ptr
@@ -638,6 +695,7 @@ def recon_loss_fwd(
         D,
         n_chunks,
         B,  # n_rows
+        n_programs,
         recon.stride(0),  # r_row_stride
         x.stride(0),  # x_row_stride
         logvar.row_stride,  # v_row_stride
@@ -656,9 +714,11 @@ def recon_loss_fwd(
         kl is not None,  # ADD_KL
         f64,  # F64
         block_d,  # BLOCK_D
-        D % block_d == 0,  # EVEN_D
+        (B * D if flat else D) % block_d == 0,  # EVEN_D
         rblock,  # RBLOCK
-        tiles,  # TILES
+        flat,  # FLAT
+        group,  # GROUP
+        4 * 32 * num_warps,  # SBLOCK
     )
     floats = (float(logvar_value), float(beta))  # logvar_value, beta
     with device_guard(recon):

@@ -59,8 +59,9 @@ def _recon_mode_calls():
 
     def run(recon, x, logvar=None, logvar_value=0.0, lik="gaussian", reduction="sum"):
         wrt = [t for t in (recon, logvar) if t is not None and t.requires_grad]
-        loss = recon_op.reconstruction_loss(recon, x, logvar, logvar_value, lik, reduction, True,
-                                            recon.requires_grad, logvar is not None and logvar.requires_grad)
+        options = recon_op.Options(logvar_value, lik, reduction, True, recon.requires_grad,
+                                   logvar is not None and logvar.requires_grad)
+        loss = recon_op.reconstruction_loss(recon, x, logvar, options)
         torch.autograd.grad(loss, wrt, torch.ones_like(loss))
 
     def empty(*shape, dtype=torch.float32, grad=True):

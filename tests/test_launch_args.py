@@ -34,9 +34,9 @@ def test_recon_launch_arguments(launched):
     g = torch.Generator().manual_seed(0)
     recon = torch.randn(3, 5, generator=g).to(KERNEL_DEVICE).requires_grad_(True)
     x = torch.rand(3, 9, generator=g).to(KERNEL_DEVICE)[:, :5]  # row stride 9, read in place
-    recon_op.reconstruction_loss(recon, x, None, 0.0, "bernoulli", "batchmean", True, True, False).mul(2.0).backward()
+    recon_op.reconstruction_loss(recon, x, None, recon_op.Options(0.0, "bernoulli", "batchmean", True, True, False)).mul(2.0).backward()
     w = torch.tensor([1.0, 2.0, 3.0], device=KERNEL_DEVICE)  # grad_output per row: stride 1
-    (recon_op.reconstruction_loss(recon, x, None, 0.0, "mse", "none", True, True, False) * w).sum().backward()
+    (recon_op.reconstruction_loss(recon, x, None, recon_op.Options(0.0, "mse", "none", True, True, False)) * w).sum().backward()
     names = [n for n, _ in launched]
     assert names == ["_recon_loss_fwd_kernel", "_recon_loss_scale_grad_kernel",
                      "_recon_loss_fwd_kernel", "_recon_loss_bwd_kernel"]
@@ -48,7 +48,10 @@ def test_recon_launch_arguments(launched):
     assert (fwd["divisor"], fwd["logvar_value"], fwd["LIKELIHOOD"]) == (3, 0.0, 0)
     assert (fwd["V_MODE"], fwd["DV_MODE"], fwd["WRITE_DR"], fwd["OUT"], fwd["F64"]) == (2, 0, True, 2, False)
     assert fwd["EVEN_D"] == (5 % fwd["BLOCK_D"] == 0) and fwd["RBLOCK"] >= fwd["BLOCK_D"]
-    assert fwd["partial_ptr"].shape == (3,) and fwd["out_ptr"].shape == ()
+    # x's row stride 9 keeps the row tiles: 3 programs, their partials and one group's sum
+    assert (fwd["FLAT"], fwd["n_programs"], fwd["GROUP"]) == (False, 3, recon_kernels._MIN_GROUP)
+    assert fwd["partial_ptr"].shape == (4,) and fwd["out_ptr"].shape == ()
+    assert fwd["counters_ptr"] is recon_kernels._COUNTERS[recon.device]
     assert scale["grad_ptr"] is fwd["dr_ptr"] and scale["g_ptr"].shape == () and scale["n"] == 15
     assert scale["BLOCK"] == recon_kernels._SCALE_BLOCK
     assert (fwd_rows["LIKELIHOOD"], fwd_rows["OUT"], fwd_rows["WRITE_DR"], fwd_rows["divisor"]) == (1, 0, False, 1)

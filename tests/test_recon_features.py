@@ -25,10 +25,11 @@ OP_REDUCTIONS = ["none", "sum", "mean", "batchmean"]
 
 def loss(recon, x, likelihood, reduction="sum", recon_logvar=None, logvar_value=0.0):
     grad = torch.is_grad_enabled()
-    return recon_op.reconstruction_loss(
-        recon, x, recon_logvar, logvar_value, likelihood, reduction, True,
-        grad and recon.requires_grad, grad and recon_logvar is not None and recon_logvar.requires_grad,
+    options = recon_op.Options(
+        logvar_value, likelihood, reduction, True, grad and recon.requires_grad,
+        grad and recon_logvar is not None and recon_logvar.requires_grad,
     )
+    return recon_op.reconstruction_loss(recon, x, recon_logvar, options)
 
 
 def torch_reduce(elem, reduction):
@@ -284,38 +285,57 @@ def test_scale_grad_kernel(device):
 def test_ticket_counter_is_reset_and_results_are_deterministic(reduction, device):
     recon, x = inputs("mse", (3, 9000), seed=11, dtype=torch.float32, device=device)  # 3 chunks/row
     first = loss(recon, x, "mse", reduction)
-    assert int(recon_kernels._TICKETS[recon.device].item()) == 0
+    assert not recon_kernels._COUNTERS[recon.device].any()
     again = loss(recon, x, "mse", reduction)
     assert torch.equal(first, again)
     assert_close(first, torch_reduce(F.mse_loss(recon, x, reduction="none"), reduction), rtol=1e-5, atol=1e-3)
 
 
-@pytest.mark.parametrize("shape", [(4, 3000), (3, 4100), (6, 5)])  # rows split or not
-@pytest.mark.parametrize("likelihood", ["bernoulli", "gaussian"])
-def test_several_tiles_per_program(likelihood, shape, device, monkeypatch):
-    """A scalar reduction over many tiles puts several tiles in one program (one ticket each):
-    forced here at small sizes. Values and gradients (a per-row log-variance's summed over
-    the row's tiles, which may lie in two programs) match the torch oracle."""
-    monkeypatch.setattr(recon_kernels, "_MIN_PROGRAMS", 1)
-    recon_kernels._tiles_per_program.cache_clear()
+@pytest.mark.parametrize("shape", [(4, 4000), (6, 5), (2, 4096), (16, 300)])  # masked or even
+@pytest.mark.parametrize("case", ["bernoulli", "gaussian_elements", "gaussian_row", "strided_x", "rows"])
+def test_flat_blocks_and_ticket_groups(case, shape, device, monkeypatch):
+    """A scalar reduction over inputs that are each one dense block reads flat blocks that
+    span rows; a per-row log-variance, a strided target or a per-row loss keeps the row tiles.
+    Tickets are taken in groups (two programs a group here, so that small sizes have several
+    groups, a last one of one program). Values and gradients match the torch oracle, and
+    every counter is back at 0."""
+    monkeypatch.setattr(recon_kernels, "_MIN_GROUP", 2)
+    recon_kernels._ticket_group.cache_clear()
+    seen = []
+    launch = recon_kernels._FWD.launch
+
+    def recording(key, n_programs, args, num_warps=4):
+        seen.append(dict(zip(recon_kernels._FWD.fn.arg_names, args)))
+        return launch(key, n_programs, args, num_warps)
+
+    monkeypatch.setattr(recon_kernels._FWD, "launch", recording)
     try:
+        likelihood = "bernoulli" if case in ("bernoulli", "strided_x", "rows") else "gaussian"
         recon, x = inputs(likelihood, shape, seed=13, device=device)
+        if case == "strided_x":
+            x = torch.cat([x, x], dim=1)[:, : shape[1]]  # row stride 2 D, read in place
         recon.requires_grad_(True)
-        lv = None
-        if likelihood == "gaussian":
-            g = torch.Generator().manual_seed(14)
-            lv = (0.3 * torch.randn(shape[0], 1, generator=g, dtype=torch.float64)).to(device).requires_grad_(True)
-        n_tiles = shape[0] * -(-shape[1] // 4096)
-        assert recon_kernels._tiles_per_program(n_tiles) > 1
-        got = loss(recon, x, likelihood, "batchmean", lv)
-        want = oracle_elem(likelihood, recon, x, None if lv is None else lv.exp()).sum() / shape[0]
+        g = torch.Generator().manual_seed(14)
+        lv = {"gaussian_elements": lambda: 0.3 * torch.randn(shape, generator=g, dtype=torch.float64),
+              "gaussian_row": lambda: 0.3 * torch.randn(shape[0], 1, generator=g, dtype=torch.float64),
+              }.get(case, lambda: None)()
+        if lv is not None:
+            lv = lv.to(device).requires_grad_(True)
+        reduction = "none" if case == "rows" else "batchmean"
+        w = torch.linspace(0.5, 2.0, shape[0], dtype=torch.float64, device=device)
+        got = loss(recon, x, likelihood, reduction, lv)
+        rows = oracle_elem(likelihood, recon, x, None if lv is None else lv.exp()).sum(1)
+        want = rows if case == "rows" else rows.sum() / shape[0]
         wrt = [t for t in (recon, lv) if t is not None]
         assert_close(got, want, name="loss")
-        for a, b in zip(torch.autograd.grad(got, wrt), torch.autograd.grad(want, wrt)):
+        weight = w if case == "rows" else 1.0
+        for a, b in zip(torch.autograd.grad((got * weight).sum(), wrt),
+                        torch.autograd.grad((want * weight).sum(), wrt)):
             assert_close(a, b, name="gradient")
-        assert int(recon_kernels._TICKETS[recon.device].item()) == 0
+        assert [a["FLAT"] for a in seen][:1] == [case in ("bernoulli", "gaussian_elements")]
+        assert not recon_kernels._COUNTERS[recon.device].any()
     finally:
-        recon_kernels._tiles_per_program.cache_clear()
+        recon_kernels._ticket_group.cache_clear()
 
 
 def test_launches_run_under_a_device_guard(device, monkeypatch):

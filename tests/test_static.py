@@ -58,7 +58,8 @@ def test_report_rows_and_sass_files(rows):
             assert r["bytes_vs_model"] >= 0.99, r
         # a reduced loss is summed by the last program: that code is counted apart, once
         if r["phase"] == "fwd_grad" or (r["phase"] == "fwd" and r["family"] == "latent_sample_and_kl"):
-            assert 0 < r["sass_last_program"] < r["sass_instructions"] / 2, r
+            # (the recon forward's: its ticket groups' sums and the total's)
+            assert 0 < r["sass_last_program"] < r["sass_instructions"] * 0.8, r
         # runtime specialization: every pointer of these freshly allocated tensors is 16-byte aligned
         pointers = [k for k, v in r["signature"].items() if v.startswith("*")]
         assert set(pointers) <= set(r["divisible_by_16"]), r
@@ -175,7 +176,7 @@ def test_missed_budgets_names_each_miss():
 
 def test_estimate_is_bounded_by_the_byte_model():
     row = {"num_warps": 4, "registers": 32, "grid": [1 << 16], "elements_per_tile": 4096, "sass_instructions": 200,
-           "sass_last_program": 0}
+           "sass_last_program": 0, "tile_passes": 1}
     n = 1 << 28
     gpu = static.GPUS["h100"]
     full = static.estimate_pct(row, gpu, launch_bytes=3 * n * 4, model_bytes=3 * n * 4, n=n)
@@ -188,3 +189,6 @@ def test_estimate_is_bounded_by_the_byte_model():
     # the last program's serial sum (once per launch) costs time, not instructions per element
     summed = {**row, "sass_last_program": 100}
     assert static.estimate_pct(summed, gpu, 3 * n * 4, 3 * n * 4, n) < full
+    # tickets on one counter are taken one at a time: grouped tickets cost less
+    grouped = {**summed, "constexprs": {"GROUP": 64}}
+    assert static.estimate_pct(grouped, gpu, 3 * n * 4, 3 * n * 4, n) > static.estimate_pct(summed, gpu, 3 * n * 4, 3 * n * 4, n)

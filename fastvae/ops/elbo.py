@@ -15,6 +15,8 @@ scalar reconstruction term) the Function adds the two terms with PyTorch operato
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import torch
 
 from fastvae.ops import latent, recon
@@ -34,20 +36,26 @@ def _weight(grad: torch.Tensor | None, extra: torch.Tensor | None, shape) -> tor
     return extra if grad is None else grad + extra
 
 
+class Options(NamedTuple):
+    """The objective's non-tensor arguments, one argument of the Function."""
+
+    recon: recon.Options  # the reconstruction term's
+    beta: float
+    kl_reduction: str
+
+
 class ELBO(torch.autograd.Function):
     """``(loss, recon, kl)``, two launches forward, at most two backward."""
 
     @staticmethod
-    def forward(
-        ctx, recon_, x, mu, logvar, recon_logvar, logvar_value, beta, likelihood, reduction,
-        kl_reduction, full, grad_recon, grad_logvar,
-    ):
+    def forward(ctx, recon_, x, mu, logvar, recon_logvar, options: Options):
+        rec_options, beta, kl_reduction = options
+        logvar_value, likelihood, reduction = rec_options[:3]
         _, kl = latent.forward(mu, logvar, None, 1, False, True, kl_reduction)
         rec_dtype = recon.loss_dtype(recon_, x, recon_logvar)
         fused = _fused_add(reduction, kl_reduction, rec_dtype) and kl.dtype == rec_dtype
         rec, loss, dr, dv = recon.forward(
-            recon_, x, recon_logvar, logvar_value, likelihood, reduction, full, grad_recon,
-            grad_logvar, kl if fused else None, beta,
+            recon_, x, recon_logvar, *rec_options, kl if fused else None, beta
         )
         if not fused:
             loss = rec + beta * kl
@@ -86,16 +94,10 @@ class ELBO(torch.autograd.Function):
             g, kl_weight = g_kl, 1.0
         if g is not None and (ctx.needs_input_grad[2] or ctx.needs_input_grad[3]):
             dmu, dlogvar = latent.backward(mu, logvar, None, 1, None, g, ctx.kl_reduction, kl_weight)
-        return (d_recon, d_x, dmu, dlogvar, d_logvar) + (None,) * 8
+        return d_recon, d_x, dmu, dlogvar, d_logvar, None
 
 
-def elbo_loss(
-    recon_, x, mu, logvar, recon_logvar, logvar_value, beta, likelihood, reduction,
-    kl_reduction, full, grad_recon, grad_logvar,
-):
+def elbo_loss(recon_, x, mu, logvar, recon_logvar, options: Options):
     """``(loss, recon, kl)`` of the fused objective (arguments checked by
     :func:`fastvae.functional.elbo_loss`)."""
-    return ELBO.apply(
-        recon_, x, mu, logvar, recon_logvar, logvar_value, beta, likelihood, reduction,
-        kl_reduction, full, grad_recon, grad_logvar,
-    )
+    return ELBO.apply(recon_, x, mu, logvar, recon_logvar, options)

@@ -18,6 +18,7 @@ int would be baked into the graph and every replay would repeat its noise): ther
 from __future__ import annotations
 
 import math
+from typing import NamedTuple
 
 import torch
 from torch import Tensor
@@ -172,30 +173,40 @@ def backward(mu, logvar, key, n_samples, grad_z, grad_kl, reduction, kl_weight=1
 # ---------------------------------------------------------------- the op
 
 
+class Options(NamedTuple):
+    """The op's non-tensor arguments, one argument of the Function (each argument of
+    ``autograd.Function.apply`` costs host time)."""
+
+    n_samples: int  # K draws per row
+    sample: bool  # compute z
+    kl: bool  # compute the KL
+    reduction: str  # of the KL
+
+
 class SampleAndKL(torch.autograd.Function):
     """``(z, kl)`` from one launch, ``(dmu, dlogvar)`` from one launch back. Saves mu, logvar
     and the Philox key (a device key as a saved tensor, a host key on ctx); never eps."""
 
     @staticmethod
-    def forward(ctx, mu, logvar, key, n_samples, sample, kl, reduction):
-        z, kl_out = forward(mu, logvar, key, n_samples, sample, kl, reduction)
+    def forward(ctx, mu, logvar, key, options: Options):
+        z, kl_out = forward(mu, logvar, key, *options)
         device_key = key if isinstance(key, Tensor) else None
         ctx.save_for_backward(mu, logvar, device_key)
         ctx.host_key = None if device_key is not None else key
-        ctx.n_samples, ctx.reduction = n_samples, reduction
+        ctx.n_samples, ctx.reduction = options.n_samples, options.reduction
         ctx.set_materialize_grads(False)  # an unused output gets None, not a tensor of zeros
         return z, kl_out
 
     @staticmethod
     def backward(ctx, grad_z, grad_kl):
         if grad_z is None and grad_kl is None:
-            return None, None, None, None, None, None, None
+            return None, None, None, None
         mu, logvar, key = ctx.saved_tensors
         dmu, dlogvar = backward(
             mu, logvar, ctx.host_key if key is None else key, ctx.n_samples, grad_z, grad_kl,
             ctx.reduction,
         )
-        return dmu, dlogvar, None, None, None, None, None
+        return dmu, dlogvar, None, None
 
 
 def sample_and_kl(
@@ -206,4 +217,4 @@ def sample_and_kl(
     switched off (None eagerly, an empty tensor while traced). Arguments are checked by
     :mod:`fastvae.functional`."""
     key = philox_key(generator, mu, n_samples) if sample else None
-    return SampleAndKL.apply(mu, logvar, key, n_samples, sample, kl, reduction)
+    return SampleAndKL.apply(mu, logvar, key, Options(n_samples, sample, kl, reduction))

@@ -19,6 +19,7 @@ written when no gradient is needed.
 from __future__ import annotations
 
 import math
+from typing import NamedTuple
 
 import torch
 from torch import Tensor
@@ -261,21 +262,31 @@ def grads_from_inputs(recon, x, recon_logvar, dr, dv, grad_loss, needs, logvar_v
 # ---------------------------------------------------------------- the op
 
 
+class Options(NamedTuple):
+    """The op's non-tensor arguments, one argument of the Functions (each argument of
+    ``autograd.Function.apply`` costs host time)."""
+
+    logvar_value: float  # "gaussian" without a recon_logvar tensor: every element's
+    likelihood: str
+    reduction: str
+    full: bool  # "gaussian": include 0.5 log(2 pi) per element
+    grad_recon: bool  # write d loss / d recon in the forward (scalar reductions)
+    grad_logvar: bool  # write d loss / d recon_logvar in the forward (scalar reductions)
+
+
 class ReconstructionLoss(torch.autograd.Function):
     """The reduced loss from one launch. When the forward wrote every gradient backward needs,
     only those are saved and backward scales them; otherwise the inputs are saved too."""
 
     @staticmethod
-    def forward(ctx, recon, x, recon_logvar, logvar_value, likelihood, reduction, full, grad_recon, grad_logvar):
-        loss, _, dr, dv = forward(
-            recon, x, recon_logvar, logvar_value, likelihood, reduction, full, grad_recon,
-            grad_logvar,
-        )
+    def forward(ctx, recon, x, recon_logvar, options: Options):
+        loss, _, dr, dv = forward(recon, x, recon_logvar, *options)
         needs = ctx.needs_input_grad[:3]
-        ctx.saved_inputs = saves_inputs(reduction, *needs, dr, dv)
+        ctx.saved_inputs = saves_inputs(options.reduction, *needs, dr, dv)
         if ctx.saved_inputs:
             ctx.save_for_backward(recon, x, recon_logvar, dr, dv)
-            ctx.logvar_value, ctx.likelihood, ctx.reduction = logvar_value, likelihood, reduction
+            ctx.logvar_value, ctx.likelihood = options.logvar_value, options.likelihood
+            ctx.reduction = options.reduction
         else:
             ctx.save_for_backward(dr if needs[0] else None, dv if needs[2] else None)
         return loss
@@ -290,12 +301,10 @@ class ReconstructionLoss(torch.autograd.Function):
         else:
             d_x = None
             d_recon, d_logvar = grads_from_saved(*ctx.saved_tensors, grad_loss)
-        return d_recon, d_x, d_logvar, None, None, None, None, None, None
+        return d_recon, d_x, d_logvar, None
 
 
-def reconstruction_loss(recon, x, recon_logvar, logvar_value, likelihood, reduction, full, grad_recon, grad_logvar) -> Tensor:
+def reconstruction_loss(recon, x, recon_logvar, options: Options) -> Tensor:
     """The fused reconstruction loss, differentiable (arguments as
     :func:`reconstruction_loss_op`; checked by :mod:`fastvae.functional`)."""
-    return ReconstructionLoss.apply(
-        recon, x, recon_logvar, logvar_value, likelihood, reduction, full, grad_recon, grad_logvar
-    )
+    return ReconstructionLoss.apply(recon, x, recon_logvar, options)
