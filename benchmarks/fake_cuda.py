@@ -108,7 +108,10 @@ CUresult cuOccupancyMaxActiveClusters(int *n, void *f, const void *config) { *n 
 CUresult cuTensorMapEncodeTiled(void) { return OK; }
 CUresult cuTensorMapEncodeIm2col(void) { return OK; }
 CUresult cuDriverGetVersion(int *version) { *version = 13000; return OK; }
-CUresult cuGetErrorString(CUresult error, const char **str) { *str = "fake CUDA driver"; return OK; }
+CUresult cuGetErrorString(CUresult error, const char **str) {
+  *str = "fake CUDA driver";
+  return OK;
+}
 CUresult cuGetErrorName(CUresult error, const char **str) { *str = "FAKE"; return OK; }
 CUresult cuInit(unsigned flags) { return NO_DEVICE; }
 CUresult cuDeviceGetCount(int *count) { *count = 0; return NO_DEVICE; }

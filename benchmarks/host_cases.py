@@ -133,15 +133,16 @@ def _loss_head_steps(s: Inputs) -> dict[str, Step]:
                   "recon": s.recon.detach().requires_grad_(grad),
                   "x": s.x, "dz": s.dz, "one": s.one}
         for impl in ("fastvae", "eager"):
-            out[f"loss_head_{mode}_{impl}"] = losses.step_fn(case, losses.forward_fn("loss_head", impl), [inputs])
+            forward = losses.forward_fn("loss_head", impl)
+            out[f"loss_head_{mode}_{impl}"] = losses.step_fn(case, forward, [inputs])
     return out
 
 
 # ------------------------------------------------------------------ one row per entry point
 
 
-ENTRY_POINTS = ("reparameterize", "gaussian_kl", "sample_and_kl", "reconstruction_loss", "elbo_loss",
-                "GaussianSampler", "ELBOLoss")
+ENTRY_POINTS = ("reparameterize", "gaussian_kl", "sample_and_kl", "reconstruction_loss",
+                "elbo_loss", "GaussianSampler", "ELBOLoss")
 
 
 def _entry_points(s: Inputs) -> dict[str, tuple[Callable, Callable, tuple]]:

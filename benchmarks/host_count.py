@@ -150,5 +150,6 @@ def count(step: Callable[[], object], driver: fake_cuda.FakeDriver | None = None
         step()
     launched = (driver.launches if driver is not None else 0) - launched
     ops: list[str] = []
-    allocations = sum(_kernel_ops(root, ops)[0] for root in _tree(prof.profiler.kineto_results.events()))
+    roots = _tree(prof.profiler.kineto_results.events())
+    allocations = sum(_kernel_ops(root, ops)[0] for root in roots)
     return Events(allocations, len(ops), backward.calls, launched, tuple(ops))

@@ -68,8 +68,8 @@ VALIDATE = (
     Check("sample_and_kl fwd (us)", ("fastvae_sample_and_kl_fwd",)),
     Check("sample_and_kl fwd / eager sample+KL fwd",
           ("fastvae_sample_and_kl_fwd", "eager_sample_kl_fwd")),
-    Check("loss head fwd+bwd, fused / eager", _HEAD, ("examples_head_fused", "examples_head_original"),
-          do_bench=True),
+    Check("loss head fwd+bwd, fused / eager", _HEAD,
+          ("examples_head_fused", "examples_head_original"), do_bench=True),
 )
 # Shown beside them, not passed or failed: the loss heads' absolute do_bench times, and
 # benchmarks.gpu_check's loss-head rows (the same calls as the head above, another run, whose
@@ -173,7 +173,8 @@ def fit(cpu_us: dict[str, float], events: dict[str, Events], measured: dict[str,
     Raises:
         ValueError: no subset gives a non-negative solution (the model does not fit at all).
     """
-    a = np.array([_row(cpu_us[n], events[n]) for n in names]) / np.array([[measured[n]] for n in names])
+    a = np.array([_row(cpu_us[n], events[n]) for n in names])
+    a /= np.array([[measured[n]] for n in names])
     b = np.ones(len(names))
     best = None
     for r in range(len(KINDS) + 1):

@@ -259,6 +259,7 @@ def test_headline_labels_cover_the_headline_keys():
 
 def test_repository_readme_is_generated_from_committed_results():
     assert readme.update(check=True), "README.md is stale: run python -m benchmarks.readme"
+    assert readme.update_host(check=True), "README.md's host estimate is stale: run python -m benchmarks.readme"
 
 
 # ------------------------------------------------------------------ bytes, host time, the GPU check
@@ -306,7 +307,7 @@ def _run_module(*args, timeout=300):
 
 needs_cc = pytest.mark.skipif(
     fake_cuda.compiler() is None,
-    reason="no C compiler ($CC, gcc or cc): the fake libcuda.so.1 of benchmarks.fake_cuda cannot be built",
+    reason="no C compiler ($CC, gcc or cc) to build benchmarks.fake_cuda's libcuda.so.1 stub",
 )
 
 
@@ -332,7 +333,7 @@ def test_host_estimate_runs_end_to_end(tmp_path):
     from benchmarks import host_cases, host_model
 
     out = tmp_path / "host.json"
-    res = _run_module("benchmarks.host", "--rounds", "1", "--batch", "1", "--out", str(out))
+    res = _run_module("benchmarks.host", "--rounds", "1", "--batch-us", "1", "--out", str(out))
     assert res.returncode == 0, res.stderr[-3000:]
     data = json.loads(out.read_text())
     assert [r["figure"] for r in data["validation"]] == [c.label for c in host_model.VALIDATE]
@@ -346,7 +347,8 @@ def test_host_estimate_runs_end_to_end(tmp_path):
         assert (r["eager_events"]["backwards"] == 1) == (mode == "fwd+bwd"), (name, mode)
     steps = data["steps"]
     # reconstruction_loss with a scalar reduction: one launch forward, one (the scale) backward
-    assert steps["fastvae_recon_fwd"]["launches"] == 1 and steps["fastvae_recon_fwd_bwd"]["launches"] == 2
+    assert steps["fastvae_recon_fwd"]["launches"] == 1
+    assert steps["fastvae_recon_fwd_bwd"]["launches"] == 2
     assert steps["triton_noop_launch"]["launches"] == 1 and steps["torch_add"]["torch_ops"] == 1
     assert "ESTIMATE" in res.stdout
 
@@ -357,7 +359,8 @@ def test_host_model_fit_recovers_the_charges_that_made_the_figures():
     from benchmarks import host, host_model
     from benchmarks.host_count import Events
 
-    truth = host_model.Model(2.0, {"allocations": 0.5, "torch_ops": 7.0, "backwards": 60.0, "launches": 9.0})
+    truth = host_model.Model(
+        2.0, {"allocations": 0.5, "torch_ops": 7.0, "backwards": 60.0, "launches": 9.0})
     events = {
         "torch_empty": Events(1, 0, 0, 0), "torch_add": Events(1, 1, 0, 0),
         "triton_noop_launch": Events(0, 0, 0, 1), "bce_logits_fwd": Events(4, 6, 0, 0),
@@ -383,11 +386,12 @@ def test_host_count_counts_what_cuda_would_launch_and_allocate():
     from benchmarks import host_count
 
     x, logits = torch.rand(4, 8), torch.randn(4, 8, requires_grad=True)
-    events = host_count.count(
-        lambda: torch.nn.functional.binary_cross_entropy_with_logits(logits, x, reduction="sum").backward())
+    bce = torch.nn.functional.binary_cross_entropy_with_logits
+    events = host_count.count(lambda: bce(logits, x, reduction="sum").backward())
     assert events.backwards == 1 and events.launches == 0
     assert {"log_sigmoid_forward", "sum", "sigmoid", "add_"} <= set(events.ops), events.ops
-    assert "binary_cross_entropy_with_logits" not in events.ops and events.torch_ops == len(events.ops)
+    assert "binary_cross_entropy_with_logits" not in events.ops
+    assert events.torch_ops == len(events.ops)
     scaled = host_count.count(lambda: 0.5 * x)
     assert scaled.ops == ("mul",) and scaled.allocations == 1, scaled
 
