@@ -229,11 +229,15 @@ def active() -> Iterator[FakeDriver]:
     docstring). Needs ``TRITON_INTERPRET`` unset (the interpreter launches nothing).
 
     Raises:
-        FakeDriverUnavailable: the stub cannot be built (no C compiler).
+        FakeDriverUnavailable: the stub cannot be built (no C compiler), or a CUDA device is
+            present (the stub would shadow the real driver; time the real launch path there).
         RuntimeError: ``TRITON_INTERPRET=1`` is set.
     """
     if os.environ.get("TRITON_INTERPRET", "0") == "1":
         raise RuntimeError("the fake driver times compiled launches: unset TRITON_INTERPRET")
+    if _DRIVER is None and torch.cuda.is_available():
+        raise FakeDriverUnavailable("a CUDA device is present: time the real launch path "
+                                    "(python -m benchmarks.gpu_check), not a fake one")
     config = triton.runtime.driver
     fake = _driver()
     previous = config._active

@@ -4,18 +4,23 @@
 ``TorchFunctionMode`` and, for Triton launches, the fake driver's launch counter
 (:mod:`benchmarks.fake_cuda`), and returns :class:`Events`:
 
-- ``allocations``: allocator calls of a positive size (the profiler's memory records). On CUDA
-  each is a call into the caching allocator.
-- ``torch_ops``: the aten ops that run a kernel: the leaves of the profiler's op tree (an op
-  that calls no other op), less the ops that launch nothing on CUDA (views, ``empty*``, see
-  :data:`NO_KERNEL`) and the ``fill_`` a CPU reduction runs on its output before reducing (a
-  CUDA reduction writes its output directly). On CUDA each is one kernel launch.
+- ``allocations``: allocator calls of a positive size made inside an op (the profiler's
+  memory records; those outside every op are Python scalars wrapped into CPU tensors, CPU
+  memory on CUDA too). On CUDA each is a call into the caching allocator.
+- ``torch_ops``: the aten ops that run a kernel: an op counts when it may launch one (not a
+  view, not in :data:`NO_KERNEL`) and no op it called counts (``sum`` calling a view counts;
+  ``binary_cross_entropy_with_logits`` calling ``log_sigmoid_forward``, ``sub_``, ... does
+  not, they do). Left out, with what they allocate: CPU-only work inside an op (the cast of a
+  wrapped Python scalar to the common dtype, which a CUDA kernel takes as an argument; the
+  ``fill_`` a CPU reduction runs on its output). On CUDA each is one kernel launch.
 - ``backwards``: backward passes (``Tensor.backward``, ``torch.autograd.backward``,
   ``torch.autograd.grad``). On CUDA each hands the graph to the device's autograd worker
   thread and waits for it; on the CPU the calling thread runs it.
 - ``launches``: Triton launches that reached the driver's ``cuLaunchKernelEx``.
 
-The step runs on CPU tensors, so the op tree is the CPU one: where a CPU kernel is built from
+The allocation records are read from the profiler's Kineto results
+(``profile.profiler.kineto_results``, a torch internal; the benchmark's own use). The step
+runs on CPU tensors, so the op tree is the CPU one: where a CPU kernel is built from
 other ops than the CUDA kernel is, the counts differ (e.g. the CPU ``log_sigmoid_forward``
 allocates a buffer that the CUDA one leaves empty).
 """
