@@ -9,10 +9,12 @@ arguments and most of the 98 us a fastvae loss call cost (measured in
 
 A launcher of this package already knows, from the shapes, strides and dtypes it was handed,
 everything that specialization can depend on. It names those values as a ``key``; the first
-launch for a key takes Triton's own path (compiling if needed) and keeps the compiled
-kernel's runner (``CompiledKernel[grid]``, Triton's launcher bound to that specialization);
-every later launch with the same key calls that runner directly. This is what inductor's
-static launcher does for the kernels it generates.
+launch for a key takes Triton's own path (compiling if needed) and keeps the compiled kernel
+it returns; every later launch with the same key calls that kernel's launcher (Triton's
+``CudaLauncher`` and its C launch function) directly, with the current stream: what
+``JITFunction.run`` ends with. While a launch hook is set (a profiler such as Triton's proton) the compiled
+kernel's own runner (``CompiledKernel[grid]``) is called instead: it computes the launch
+metadata the hook receives.
 
 The key must determine Triton's specialization. The launchers build it from the device, the
 16-byte alignment of every pointer, every pointer's dtype, every integer argument and every
@@ -28,13 +30,16 @@ launch takes Triton's path.
 
 from __future__ import annotations
 
-from typing import Any, Hashable
+from typing import Any, Hashable, NamedTuple
+
+import triton
+from triton.compiler import CompiledKernel
 
 from ._common import INTERPRETED
 
 # Distinct keys kept per kernel (shapes a program uses are few; a program that cycles through
 # more only pays Triton's own path again after the cache is cleared).
-_MAX_RUNNERS = 512
+_MAX_KEYS = 512
 
 
 def launch_key(pointers: tuple, values: tuple) -> tuple | None:
@@ -51,25 +56,55 @@ def launch_key(pointers: tuple, values: tuple) -> tuple | None:
     return (pointers[0].get_device(), *[p.dtype for p in pointers], *values)
 
 
+def _launch_hooks_set() -> bool:
+    """Whether Triton calls a hook around each launch (``knobs.runtime``; on Triton before
+    3.4, the ``CompiledKernel`` class attributes)."""
+    hooks = getattr(triton, "knobs", None)
+    hooks = hooks.runtime if hooks is not None else CompiledKernel
+    return hooks.launch_enter_hook is not None or hooks.launch_exit_hook is not None
+
+
+class _Compiled(NamedTuple):
+    """One specialization's compiled kernel (its runner and its launcher) and where it runs."""
+
+    runner: Any  # CompiledKernel[grid]
+    launcher: Any  # CompiledKernel.run
+    function: int  # CompiledKernel.function, the loaded CUfunction
+    packed_metadata: Any
+    grid: tuple[int, int, int]
+    device: int
+
+
 class CachedKernel:
-    """A ``@triton.jit`` function launched through per-key compiled runners (see above).
+    """A ``@triton.jit`` function launched through per-key compiled kernels (see above).
 
     ``launch(key, n_programs, args, num_warps)`` launches ``n_programs`` programs (a 1-D grid)
-    with the positional ``args`` (every kernel parameter, constexprs included, in order).
+    with the positional ``args`` (every kernel parameter, constexprs included, in order) on
+    the current device, which must be the device of the key's tensors.
     """
 
     def __init__(self, fn):
         self.fn = fn
-        self._runners: dict[Hashable, Any] = {}
+        self._compiled: dict[Hashable, _Compiled] = {}
 
     def launch(self, key: Hashable | None, n_programs: int, args: tuple, num_warps: int = 4) -> None:
-        runner = self._runners.get(key) if key is not None else None
-        if runner is not None:
-            runner(*args)
+        c = self._compiled.get(key) if key is not None else None
+        if c is None:
+            self._first_launch(key, n_programs, args, num_warps)
+        elif _launch_hooks_set():
+            c.runner(*args)
+        else:
+            stream = triton.runtime.driver.active.get_current_stream(c.device)
+            c.launcher(*c.grid, stream, c.function, c.packed_metadata, None, None, None, *args)
+
+    def _first_launch(self, key, n_programs: int, args: tuple, num_warps: int) -> None:
+        kernel = self.fn[(n_programs,)](*args, num_warps=num_warps)
+        if key is None or kernel is None:  # None: interpreted (or a benchmark's stub)
             return
-        compiled = self.fn[(n_programs,)](*args, num_warps=num_warps)
-        if key is None or compiled is None:  # None: interpreted (or a benchmark's stub)
-            return
-        if len(self._runners) >= _MAX_RUNNERS:
-            self._runners.clear()
-        self._runners[key] = compiled[(n_programs, 1, 1)]
+        if len(self._compiled) >= _MAX_KEYS:
+            self._compiled.clear()
+        grid = (n_programs, 1, 1)
+        runner = kernel[grid]  # loads the module and makes the launcher first
+        self._compiled[key] = _Compiled(
+            runner, kernel.run, kernel.function, kernel.packed_metadata, grid, key[0]
+        )
