@@ -57,11 +57,15 @@ def launch_key(pointers: tuple, values: tuple) -> tuple | None:
 
 
 def _launch_hooks_set() -> bool:
-    """Whether Triton calls a hook around each launch (``knobs.runtime``; on Triton before
-    3.4, the ``CompiledKernel`` class attributes)."""
+    """Whether Triton calls a hook around each launch (``knobs.runtime``'s, a chain of hooks
+    since Triton 3.5; before 3.4, the ``CompiledKernel`` class attributes)."""
     hooks = getattr(triton, "knobs", None)
     hooks = hooks.runtime if hooks is not None else CompiledKernel
-    return hooks.launch_enter_hook is not None or hooks.launch_exit_hook is not None
+    return _set(hooks.launch_enter_hook) or _set(hooks.launch_exit_hook)
+
+
+def _set(hook) -> bool:
+    return hook is not None and bool(getattr(hook, "calls", True))  # an empty chain calls nothing
 
 
 class _Compiled(NamedTuple):
