@@ -439,15 +439,71 @@ def _layout(batch: int, features: int) -> tuple[int, int, int, int]:
     return block_d, num_warps, n_chunks, max(block_d, 32 * num_warps * 4)
 
 
-def _flat(recon, x, logvar: "_LogVar", dv_mode: int, dv_row_stride: int, D: int) -> bool:
-    """Whether a scalar reduction's tensors are each one dense block of B * D elements in the
-    same memory order (rows of D, a row stride of D: the per-element log-variance and its
-    gradient too), so that the forward may read them as flat blocks, whatever the rows."""
-    return (
-        recon.stride(0) == D and x.stride(0) == D and logvar.mode != V_ROW.value
-        and (logvar.mode != V_ELEMENTS.value or logvar.row_stride == D)
-        and dv_mode != DV_PARTIALS.value and (dv_mode != DV_ELEMENTS.value or dv_row_stride == D)
+class _FwdPlan(NamedTuple):
+    """What a forward launch's shapes, strides and modes decide (:func:`_fwd_plan`)."""
+
+    n_programs: int
+    num_warps: int
+    n_chunks: int
+    n_partials: int  # 0: no partials (the per-row losses are written directly)
+    values: tuple  # the integer arguments, in the kernel's order
+    constexprs: tuple  # the constexpr arguments, in the kernel's order
+    key_values: tuple  # values + constexprs: with the pointers' dtypes, the launch's key
+
+
+@functools.lru_cache(maxsize=512)
+def _fwd_plan(
+    B: int, D: int, r_row_stride: int, x_row_stride: int, v_mode: int, v_row_stride: int,
+    dv_mode: int, kl_stride: int, divisor: int, likelihood: str, full: bool, write_dr: bool,
+    per_row: bool, add_kl: bool, f64: bool,
+) -> _FwdPlan:
+    """The forward launch for rows of D elements (row strides of recon, x and the
+    log-variance as given, the gradients' D), cached: the layout, the output mode, whether
+    the rows may be read as flat blocks (a scalar reduction over tensors that are each one
+    dense block of B * D elements in the same order), the ticket groups and the partials."""
+    block_d, num_warps, n_chunks, rblock = _layout(B, D)
+    mode = OUT_ROWS_DIRECT.value if per_row and n_chunks == 1 else OUT_ROWS.value if per_row else OUT_TOTAL.value
+    flat = (
+        mode == OUT_TOTAL.value and r_row_stride == D and x_row_stride == D
+        and v_mode != V_ROW.value and (v_mode != V_ELEMENTS.value or v_row_stride == D)
+        and dv_mode != DV_PARTIALS.value
     )
+    n_programs = -(-B * D // block_d) if flat else B * n_chunks
+    group = _ticket_group(n_programs)
+    # A partial per program, then (OUT_TOTAL) a sum per ticket group.
+    n_partials = 0
+    if mode != OUT_ROWS_DIRECT.value:
+        n_partials = n_programs + (-(-n_programs // group) if mode == OUT_TOTAL.value else 0)
+    values = (
+        D,
+        n_chunks,
+        B,  # n_rows
+        n_programs,
+        r_row_stride,
+        x_row_stride,
+        v_row_stride,
+        D,  # dr_row_stride
+        D if dv_mode == DV_ELEMENTS.value else 0,  # dv_row_stride
+        kl_stride,
+        divisor,
+    )
+    constexprs = (
+        LIKELIHOOD_CODES[likelihood],  # LIKELIHOOD
+        full,  # FULL
+        v_mode,  # V_MODE
+        dv_mode,  # DV_MODE
+        write_dr,  # WRITE_DR
+        mode,  # OUT
+        add_kl,  # ADD_KL
+        f64,  # F64
+        block_d,  # BLOCK_D
+        (B * D if flat else D) % block_d == 0,  # EVEN_D
+        rblock,  # RBLOCK
+        flat,  # FLAT
+        group,  # GROUP
+        4 * 32 * num_warps,  # SBLOCK
+    )
+    return _FwdPlan(n_programs, num_warps, n_chunks, n_partials, values, constexprs, values + constexprs)
 
 
 # Ticket groups (see the forward kernel). Every program of the forward takes a ticket, and
@@ -538,13 +594,13 @@ class _LogVar:
         self.full = tuple(logvar.shape) == tuple(recon.shape)
 
     def grad_buffer(self, recon, n_tiles):
-        """(dv_ptr argument, DV mode, row stride) of a new buffer for d loss / d logvar."""
+        """A new buffer for d loss / d logvar: a sum per tile (V_ROW: DV_PARTIALS), else one
+        value per element laid out as recon's gradient (row stride D: DV_ELEMENTS)."""
         acc = loss_dtype(recon.dtype)
         if self.mode == V_ROW.value:
-            return torch.empty(n_tiles, dtype=acc, device=recon.device), DV_PARTIALS.value, 0
+            return torch.empty(n_tiles, dtype=acc, device=recon.device)
         dtype = self.source.dtype if self.full else acc  # summed later: accumulate in acc
-        buf = torch.empty_strided(recon.shape, grad_strides(recon.shape, recon.stride()), dtype=dtype, device=recon.device)
-        return buf, DV_ELEMENTS.value, buf.stride(0)
+        return torch.empty_strided(recon.shape, grad_strides(recon.shape, recon.stride()), dtype=dtype, device=recon.device)
 
     def reduce_grad(self, buf, recon, n_chunks):
         """d loss / d logvar in logvar's shape and dtype from the kernel's buffer."""
@@ -666,19 +722,19 @@ def recon_loss_fwd(
         dr, dv = _empty_grads(recon, logvar, grad_recon, grad_logvar)
         out.zero_()
         return ReconOutputs(out, None if kl is None else torch.add(out, kl, alpha=beta), dr, dv)
-    block_d, num_warps, n_chunks, rblock = _layout(B, D)
-    mode = OUT_ROWS_DIRECT.value if per_row and n_chunks == 1 else OUT_ROWS.value if per_row else OUT_TOTAL.value
-    direct = mode == OUT_ROWS_DIRECT.value
-    dr = _new_grad(recon) if grad_recon else None
-    dv_buf, dv_mode, dv_row_stride = (recon, DV_NONE.value, 0)
+    dv_mode = DV_NONE.value
     if grad_logvar and logvar.source is not None:
-        dv_buf, dv_mode, dv_row_stride = logvar.grad_buffer(recon, B * n_chunks)
-    flat = mode == OUT_TOTAL.value and _flat(recon, x, logvar, dv_mode, dv_row_stride, D)
-    n_programs = -(-B * D // block_d) if flat else B * n_chunks
-    group = _ticket_group(n_programs)
-    # A partial per program, then (OUT_TOTAL) a sum per ticket group.
-    n_partials = n_programs + (-(-n_programs // group) if mode == OUT_TOTAL.value else 0)
-    partial = out if direct else recon.new_empty(size=(n_partials,), dtype=acc)
+        dv_mode = DV_PARTIALS.value if logvar.mode == V_ROW.value else DV_ELEMENTS.value
+    plan = _fwd_plan(
+        B, D, recon.stride(0), x.stride(0), logvar.mode, logvar.row_stride, dv_mode,
+        kl.stride(0) if kl is not None and kl.dim() else 0, divisor, likelihood, full,
+        grad_recon, per_row, kl is not None, f64,
+    )
+    dr = _new_grad(recon) if grad_recon else None
+    dv_buf = recon
+    if dv_mode != DV_NONE.value:
+        dv_buf = logvar.grad_buffer(recon, B * plan.n_chunks)
+    partial = out if not plan.n_partials else recon.new_empty(size=(plan.n_partials,), dtype=acc)
     pointers = (
         recon,  # r_ptr
         x,  # x_ptr
@@ -686,49 +742,20 @@ def recon_loss_fwd(
         recon if dr is None else dr,  # dr_ptr
         dv_buf,  # dv_ptr
         partial,  # partial_ptr
-        out if direct else _COUNTERS[recon.device],  # counters_ptr
+        out if not plan.n_partials else _COUNTERS[recon.device],  # counters_ptr
         out,  # out_ptr
         out if kl is None else kl,  # kl_ptr
         out if elbo is None else elbo,  # elbo_ptr
     )
-    values = (
-        D,
-        n_chunks,
-        B,  # n_rows
-        n_programs,
-        recon.stride(0),  # r_row_stride
-        x.stride(0),  # x_row_stride
-        logvar.row_stride,  # v_row_stride
-        D,  # dr_row_stride
-        dv_row_stride,
-        kl.stride(0) if kl is not None and kl.dim() else 0,  # kl_stride
-        divisor,
-    )
-    constexprs = (
-        LIKELIHOOD_CODES[likelihood],  # LIKELIHOOD
-        full,  # FULL
-        logvar.mode,  # V_MODE
-        dv_mode,  # DV_MODE
-        dr is not None,  # WRITE_DR
-        mode,  # OUT
-        kl is not None,  # ADD_KL
-        f64,  # F64
-        block_d,  # BLOCK_D
-        (B * D if flat else D) % block_d == 0,  # EVEN_D
-        rblock,  # RBLOCK
-        flat,  # FLAT
-        group,  # GROUP
-        4 * 32 * num_warps,  # SBLOCK
-    )
     floats = (float(logvar_value), float(beta))  # logvar_value, beta
     with device_guard(recon):
-        # Positional arguments, in the kernel's order (named alongside): keywords would cost
-        # more host time than the rest of the launcher (Triton repacks them per launch).
+        # Positional arguments, in the kernel's order (named in _fwd_plan): keywords would
+        # cost more host time than the rest of the launcher (Triton repacks them per launch).
         _FWD.launch(
-            launch_key(pointers, values + constexprs), n_programs,
-            pointers + values + floats + constexprs, num_warps,
+            launch_key(pointers, plan.key_values), plan.n_programs,
+            pointers + plan.values + floats + plan.constexprs, plan.num_warps,
         )
-    dv = logvar.reduce_grad(dv_buf, recon, n_chunks) if dv_mode != DV_NONE.value else None
+    dv = logvar.reduce_grad(dv_buf, recon, plan.n_chunks) if dv_mode != DV_NONE.value else None
     return ReconOutputs(out, elbo, dr, dv)
 
 
@@ -756,7 +783,9 @@ def recon_loss_bwd(
     dr = _new_grad(recon) if grad_recon else None
     dv_buf, dv_mode, dv_row_stride = (recon, DV_NONE.value, 0)
     if grad_logvar and logvar.source is not None:
-        dv_buf, dv_mode, dv_row_stride = logvar.grad_buffer(recon, n_programs)
+        dv_buf = logvar.grad_buffer(recon, n_programs)
+        dv_mode = DV_PARTIALS.value if logvar.mode == V_ROW.value else DV_ELEMENTS.value
+        dv_row_stride = 0 if logvar.mode == V_ROW.value else D
     pointers = (
         recon,  # r_ptr
         x,  # x_ptr
