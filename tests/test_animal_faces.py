@@ -9,8 +9,8 @@ import torch
 from PIL import Image
 
 from fastvae import cli
-from fastvae.animal_faces import BadImageError, load_animal_faces
-from fastvae.conv import ConvVAE
+from fastvae.data.animal_faces import BadImageError, load_animal_faces
+from fastvae.models.conv import ConvVAE
 from fastvae.data import DataNotFoundError
 from fastvae.train import load_checkpoint
 

@@ -51,8 +51,8 @@ def test_every_train_config_field_has_a_flag():
 
 def test_flags_reach_the_config(monkeypatch):
     seen = {}
-    monkeypatch.setattr("fastvae.cli.train",
-                        lambda config, overwrite: seen.setdefault("config", config))
+    monkeypatch.setattr("fastvae.train.loop.train",
+                        lambda config, resume, overwrite: seen.setdefault("config", config))
     rc = cli.main([
         "train", "--epochs", "3", "--batch-size", "32", "--lr", "0.01", "--latent-dim", "2",
         "--hidden-dims", "256", "128", "--beta", "4", "--likelihood", "mse", "--binarize",
@@ -75,7 +75,7 @@ def test_bad_flag_values_exit_cleanly(capsys):
     assert info.value.code == 2
     assert cli.main(["train", "--lr", "0"]) == 2
     err = capsys.readouterr().err
-    assert "lr must be > 0, got 0.0" in err and "Traceback" not in err
+    assert "--lr must be a finite number > 0, got 0.0" in err and "Traceback" not in err
 
 
 def test_missing_data_is_one_clear_message(monkeypatch, tmp_path, capsys):
@@ -112,8 +112,13 @@ def test_train_then_sample_in_subprocesses(tmp_path):
     res = run_module("sample", str(out / "checkpoint.pt"), "--n", "16", "--out", str(png),
                      "--seed", "3")
     assert res.returncode == 0, res.stderr
-    with Image.open(png) as im:
-        assert im.format == "PNG" and im.size == (242, 62)  # 8 x 2 grid of 28 px + padding
+    with Image.open(png) as im:  # an 8 x 2 grid of 28 px under a title, at least 400 px wide
+        assert im.format == "PNG" and im.size[0] >= 400 and im.size[1] > 100
+    # Without --out: samples.png in the run folder (titled), replacing the run's own.
+    before = (out / "samples.png").read_bytes()
+    res = run_module("sample", str(out), "--n", "16", "--seed", "5")
+    assert res.returncode == 0 and str(out / "samples.png") in res.stdout, res.stderr
+    assert (out / "samples.png").read_bytes() != before
 
 
 def test_sample_missing_checkpoint(tmp_path, capsys):

@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from fastvae.conv import ConvVAE, default_channels
+from fastvae.models.conv import ConvVAE, default_channels
 from fastvae.models import VAE
 
 from test_models import _oracle_loss

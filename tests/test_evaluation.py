@@ -10,7 +10,7 @@ from torch import nn
 from torch.distributions import MultivariateNormal
 
 from fastvae import cli
-from fastvae.evaluation import importance_weighted_nll, log_importance_weights
+from fastvae.studies.evaluation import importance_weighted_nll, log_importance_weights
 from fastvae.models import VAE
 
 from test_data import HAVE_MNIST, NO_MNIST
@@ -87,7 +87,7 @@ def test_evaluate_command_on_a_tiny_mnist_run(tmp_path, capsys):
         "train", "--epochs", "2", "--limit-train", "1024", "--limit-test", "200",
         "--binarize", "dynamic", "--device", "cpu", "--out", str(run),
     ]) == 0
-    from fastvae.fid import train_mnist_classifier
+    from fastvae.studies.fid import train_mnist_classifier
 
     clf = tmp_path / "clf.pt"
     train_mnist_classifier(1, out=clf, limit_train=512, limit_test=200)
@@ -118,7 +118,7 @@ def test_evaluate_missing_checkpoint(tmp_path, capsys):
 
 
 def test_iwae_loss_is_the_bound_and_trains():
-    from fastvae.iwae import iwae_loss
+    from fastvae.models.iwae import iwae_loss
 
     m, x = LinearGaussian(), data()
     out = iwae_loss(m, x, 4, reduction="none")

@@ -8,8 +8,8 @@ import torch
 from PIL import Image
 
 from fastvae import cli
-from fastvae.experiments import EXPERIMENTS, figures
-from fastvae.experiments.common import read_metrics
+from fastvae.studies.experiments import EXPERIMENTS, figures
+from fastvae.studies.experiments.common import read_metrics
 
 from test_data import HAVE_MNIST, NO_MNIST
 

@@ -6,7 +6,7 @@ import pytest
 import torch
 from torch import nn
 
-from fastvae import fid
+from fastvae.studies import fid
 
 from test_data import HAVE_MNIST, NO_MNIST
 

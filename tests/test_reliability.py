@@ -2,7 +2,7 @@
 error is one line naming what is wrong. One test (or a few) per row of the issue's table.
 
 The CLI runs in-process through ``cli.main(argv)`` on a synthetic data set (random 28x28
-images in place of MNIST, through a patched ``builders.load_split``), so these tests need no
+images in place of MNIST, through a patched ``fastvae.train.build.load_split``), so these tests need no
 data and take seconds; the few that need a fresh interpreter use a subprocess.
 """
 
@@ -17,7 +17,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from fastvae import builders, cli, plots
+from fastvae import cli
+from fastvae.train import build, figures as plots
+from fastvae.train.engine import Engine
 from fastvae import train as ftrain
 from fastvae.data import Split
 from fastvae.train import TrainConfig
@@ -39,7 +41,7 @@ def synthetic_data(monkeypatch):
         split = Split(images.to(device), (torch.arange(n) % 10).to(device))
         return split, (1, 28, 28), tuple(str(d) for d in range(10))
 
-    monkeypatch.setattr(builders, "load_split", load_split)
+    monkeypatch.setattr(build, "load_split", load_split)
 
 
 def run_cli(capsys, *argv):
@@ -92,12 +94,25 @@ def test_a_run_is_never_overwritten(tmp_path, capsys):
     assert len((run / "metrics.csv").read_text().splitlines()) == 2
 
 
-def test_experiments_keep_their_runs_too(tmp_path, capsys):
+def test_experiments_continue_their_runs(tmp_path, capsys):
+    """Running an experiment again loads its finished runs (no training: the checkpoint is
+    not rewritten) and makes its figure again; --epochs above continues them; another
+    configuration is refused with the way on; --overwrite trains again."""
+    x = tmp_path / "x"
     args = ["experiment", "reconstructions", "--quick", "--limit-train", "64", "--limit-test",
-            "16", "--device", "cpu", "--out", str(tmp_path / "x")]
+            "16", "--device", "cpu", "--out", str(x)]
     assert run_cli(capsys, *args)[0] == 0
-    rc, _, err = run_cli(capsys, *args)
-    assert rc == 1 and "already holds a run" in one_line_error(err)
+    ckpt, figure = (x / "run" / "checkpoint.pt").stat(), x / "reconstructions.png"
+    figure.unlink()
+    rc, out, err = run_cli(capsys, *args)
+    assert rc == 0 and "already trained 1 of 1 epochs" in out, err
+    assert (x / "run" / "checkpoint.pt").stat().st_mtime_ns == ckpt.st_mtime_ns
+    assert figure.is_file()
+    rc, out, err = run_cli(capsys, *args, "--epochs", "2")
+    assert rc == 0 and "epoch 2/2" in out, err
+    rc, _, err = run_cli(capsys, *args, "--epochs", "2", "--latent-dim", "3")
+    line = one_line_error(err)
+    assert rc == 2 and "--latent-dim" in line and "--overwrite trains it again" in line
     assert run_cli(capsys, *args, "--overwrite")[0] == 0
 
 
@@ -194,7 +209,7 @@ def texts_inside(fig) -> None:
 
 
 def test_titles_fit(tmp_path, monkeypatch):
-    from fastvae.experiments import figures
+    from fastvae.studies.experiments import figures
 
     figs = []
 
@@ -254,13 +269,18 @@ def test_reconstructions_sit_below_their_originals(n):
 
 # 9: bad flag values are one line naming the flag; --help states each default once.
 @pytest.mark.parametrize("argv, flag", [
-    (["train", "--device", "gpu"], "argument --device: device must be auto, cpu, cuda"),
+    (["train", "--device", "gpu"], "--device must be auto, cpu, cuda"),
     (["sample", "run", "--nrow", "0"], "argument --nrow: must be an integer >= 1, got 0"),
     (["evaluate", "run", "--limit", "0"], "argument --limit: must be an integer >= 1 or 'all'"),
     (["train", "--limit-test", "0"], "argument --limit-test: must be an integer >= 1 or 'all'"),
-    (["train", "--epochs", "0"], "argument --epochs: must be an integer >= 1, got 0"),
+    (["train", "--epochs", "0"], "--epochs must be an integer >= 1, got 0"),
+    (["train", "--batch-size", "10", "--grad-accum", "3"],
+     "--batch-size must be a multiple of --grad-accum: got 10 and 3"),
+    (["train", "--dataset", "animal-faces", "--binarize", "static"],
+     "--binarize is for MNIST; --dataset animal-faces takes none"),
     (["experiment", "latent-sweep", "--epochs", "x"], "argument --epochs: must be an integer"),
-    (["experiment", "reconstructions", "--grayscale"], "grayscale is for dataset 'animal-faces'"),
+    (["experiment", "reconstructions", "--grayscale"],
+     "--grayscale is for --dataset animal-faces"),
     (["train", "--logvar-floor", "low"],
      "argument --logvar-floor: must be a number, 'auto' or 'none', got 'low'"),
 ])
@@ -295,14 +315,14 @@ def test_help_states_each_default_once(capsys):
 
 # 10: Ctrl-C says which checkpoint is kept and how to resume.
 def interrupt_at_epoch(monkeypatch, at):
-    real = ftrain._train_epoch
+    real = Engine.train_epoch
 
-    def epoch(cfg, env, e, *args):
+    def epoch(self, e, *args, **kwargs):
         if e == at:
             raise KeyboardInterrupt
-        return real(cfg, env, e, *args)
+        return real(self, e, *args, **kwargs)
 
-    monkeypatch.setattr(ftrain, "_train_epoch", epoch)
+    monkeypatch.setattr(Engine, "train_epoch", epoch)
 
 
 def test_ctrl_c_names_the_kept_checkpoint(tmp_path, capsys, monkeypatch):
@@ -327,11 +347,11 @@ def test_a_failed_start_leaves_nothing(tmp_path, capsys, monkeypatch):
         [sys.executable, "-m", "fastvae", "train", "--backend", "triton", "--device", "cpu",
          "--out", str(tmp_path / "run")], capture_output=True, text=True, env=env, timeout=120,
     )
-    assert res.returncode == 2 and "backend 'triton' cannot run on device cpu" in res.stderr
+    assert res.returncode == 2 and "--backend triton cannot run on --device cpu" in res.stderr
     one_line_error(res.stderr)
     assert not (tmp_path / "run").exists()
     # A failure inside epoch 1 (a non-finite loss here) removes the new folder too.
-    monkeypatch.setattr(ftrain, "_train_epoch", lambda *a: (_ for _ in ()).throw(
+    monkeypatch.setattr(Engine, "train_epoch", lambda *a, **k: (_ for _ in ()).throw(
         ftrain.NonFiniteLossError("non-finite training loss at epoch 1")))
     rc, _, err = run_cli(capsys, "train", *TINY, "--out", str(tmp_path / "nan" / "run"))
     assert rc == 1 and not (tmp_path / "nan").exists()
@@ -343,7 +363,7 @@ def test_an_experiment_without_data_leaves_nothing(tmp_path, monkeypatch, capsys
     def no_data(cfg, train, device):
         raise DataNotFoundError("MNIST was not found under nowhere")
 
-    monkeypatch.setattr(builders, "load_split", no_data)
+    monkeypatch.setattr(build, "load_split", no_data)
     for name in ("latent-sweep", "reconstructions"):
         rc, _, err = run_cli(capsys, "experiment", name, "--quick", "--device", "cpu",
                              "--out", str(tmp_path / "x" / name))
@@ -370,7 +390,7 @@ def test_missing_mnist_leaves_no_empty_folders(tmp_path, monkeypatch, capsys):
 # 12: non-finite final metrics fail the run.
 def test_nonfinite_final_metrics_fail(tmp_path, capsys, monkeypatch):
     nan = float("nan")
-    monkeypatch.setattr(ftrain, "evaluate",
+    monkeypatch.setattr("fastvae.train.loop.evaluate",
                         lambda *a, **k: {"loss": nan, "recon": nan, "kl": 0.0})
     run = tmp_path / "run"
     rc, _, err = run_cli(capsys, "train", *TINY, "--nonfinite", "skip", "--out", str(run))

@@ -13,9 +13,10 @@ import pytest
 import torch
 
 from fastvae import train as ftrain
+from fastvae.train import build
 from fastvae.functional import ELBO
 from fastvae.models import MLPVAE
-from fastvae.runlock import RunLock, RunLockedError
+from fastvae.train.lock import RunLock, RunLockedError
 from fastvae.train import NonFiniteLossError, TrainConfig, resume_config
 
 from test_data import HAVE_MNIST, NO_MNIST
@@ -172,10 +173,8 @@ class NaNAtStep(MLPVAE):
 
 def nan_model(monkeypatch, bad_calls):
     NaNAtStep.bad_calls = set(bad_calls)
-    monkeypatch.setattr(
-        ftrain, "_build_model",
-        lambda cfg, shape, device: NaNAtStep(shape, cfg.hidden_dims, cfg.latent_dim).to(device),
-    )
+    monkeypatch.setattr(build, "build_model",
+                        lambda cfg, shape: NaNAtStep(shape, cfg.hidden_dims, cfg.latent_dim))
 
 
 def test_nonfinite_loss_stops_and_keeps_the_last_checkpoint(tmp_path, monkeypatch):

@@ -14,14 +14,16 @@ import torch
 from PIL import Image
 from torch import nn
 
-from fastvae import builders, cli
-from fastvae.autoencoder import Autoencoder, ConvAutoencoder, MLPAutoencoder
-from fastvae.conv import ConvVAE
-from fastvae.experiments.ae_vs_vae import prior_mismatch
-from fastvae.experiments.common import read_metrics
+from fastvae import cli
+from fastvae.models import registry as builders
+from fastvae.models.autoencoder import Autoencoder, ConvAutoencoder, MLPAutoencoder
+from fastvae.models.conv import ConvVAE
+from fastvae.studies.experiments.ae_vs_vae import prior_mismatch
+from fastvae.studies.experiments.common import read_metrics
 from fastvae.models import MLPVAE
 from fastvae.reference import reconstruction_loss
-from fastvae.train import GAUSSIAN_LOGVAR_FLOOR, TrainConfig, _build_optimizer, load_checkpoint
+from fastvae.train import GAUSSIAN_LOGVAR_FLOOR, TrainConfig, load_checkpoint
+from fastvae.train.build import build_optimizer as _build_optimizer
 
 from test_data import HAVE_MNIST, NO_MNIST
 
@@ -297,7 +299,7 @@ def test_single_model_experiments_on_an_animal_faces_run(afhq_run, tmp_path, nam
 
 @needs_sample
 def test_fid_sets_the_generated_and_real_counts_on_animal_faces(afhq_run):
-    from fastvae.evaluation import evaluate_checkpoint
+    from fastvae.studies.evaluation import evaluate_checkpoint
 
     class Pixels(nn.Module):  # a stand-in feature network: 4 pooled pixel features
         num_features = 4
@@ -314,7 +316,7 @@ def test_fid_sets_the_generated_and_real_counts_on_animal_faces(afhq_run):
 
 
 def test_evaluate_refuses_an_nll_for_an_autoencoder(tmp_path):
-    from fastvae.evaluation import evaluate_checkpoint
+    from fastvae.studies.evaluation import evaluate_checkpoint
     from fastvae.train import save_checkpoint
 
     ae = MLPAutoencoder(hidden_dims=(8,), latent_dim=2)

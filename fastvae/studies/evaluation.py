@@ -25,7 +25,7 @@ from tqdm.auto import tqdm
 from fastvae import _validate
 from fastvae.data import ImageBatches
 from fastvae.models import VAE, log_importance_weights
-from fastvae.train.build import load_split
+from fastvae.train import build
 from fastvae.train.checkpoint import checkpoint_file, load_checkpoint
 from fastvae.train.config import TrainConfig, resolve_device
 from fastvae.train.testset import evaluate
@@ -134,7 +134,7 @@ def evaluate_checkpoint(
         raise ValueError(f"{path} holds a plain autoencoder, which has no posterior to "
                          f"importance-sample for an NLL; pass --k 0")
     cfg = TrainConfig.from_dict({**ckpt["config"], "limit_test": limit})
-    split, _, _ = load_split(cfg, False, dev)
+    split, _, _ = build.load_split(cfg, False, dev)
 
     def test_batches():
         return ImageBatches(*split, batch_size, shuffle=False, binarize=cfg.binarize, seed=seed)

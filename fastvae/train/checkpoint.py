@@ -227,7 +227,7 @@ def _read_to_resume(run: Path) -> dict[str, Any]:
     except CheckpointError as exc:
         raise CheckpointError(f"{exc}; it cannot be resumed: start the run again with "
                               f"`fastvae train --overwrite --out {run}`") from None
-    missing = [k for k in RESUME_KEYS if k not in ckpt]
+    missing = sorted(set(RESUME_KEYS) - set(ckpt))
     if missing:
         raise CheckpointError(f"cannot resume {run}: its {CHECKPOINT} lacks {', '.join(missing)}"
                               " (written by an older fastvae); it still loads for sampling")

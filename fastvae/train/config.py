@@ -246,6 +246,8 @@ def check_backend(backend: str, device: torch.device) -> None:
 
     try:
         resolve_backend(backend, torch.empty(0, device=device))
-    except ValueError as exc:
-        raise ConfigError(f"{{backend}} {backend} cannot run on {{device}} {device}: "
-                          f"{exc}") from None
+    except ValueError:
+        raise ConfigError(f"{{backend}} {backend} cannot run on {{device}} {device}: the Triton "
+                          "kernels need a CUDA device (or TRITON_INTERPRET=1 set before "
+                          "fastvae is imported); {backend} auto takes the PyTorch path on "
+                          "the CPU") from None

@@ -232,7 +232,8 @@ class _Run:
         print(f"final test {_losses_text(last, 'test', self.model)} after {epochs} "
               f"epoch{'s' if epochs != 1 else ''}; wall time {self.elapsed_before + seconds:.1f} "
               f"s; run folder {out}", flush=True)
-        bad = [k for k in ("test_loss", "test_recon", "test_kl") if not math.isfinite(last[k])]
+        bad = [f"{k} {last[k]}" for k in ("test_loss", "test_recon", "test_kl")
+               if not math.isfinite(last[k])]
         if bad:
             raise NonFiniteLossError(
                 f"the final test metrics are not finite ({', '.join(bad)} after epoch {epochs})"

@@ -30,7 +30,7 @@ from fastvae.data import ImageBatches
 from fastvae.studies.experiments import figures
 from fastvae.studies.experiments.common import Options, Report, first_test_images, train_or_load
 from fastvae.functional import reparameterize
-from fastvae.train.build import load_split
+from fastvae.train import build
 
 ARCHS = ("mlp", "conv")
 KINDS = (("vae", "VAE"), ("ae", "AE"))
@@ -82,7 +82,7 @@ def prior_mismatch(codes: torch.Tensor) -> float:
 
 def _train_images(cfg, device) -> torch.Tensor:
     """All training images of ``cfg`` (its limit applied) as the model saw them."""
-    split, _, _ = load_split(cfg, True, device)
+    split, _, _ = build.load_split(cfg, True, device)
     batches = ImageBatches(*split, split.images.shape[0], shuffle=False,
                            binarize=cfg.binarize, seed=cfg.seed)
     return next(iter(batches))[0]

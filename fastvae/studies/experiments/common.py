@@ -16,7 +16,7 @@ from typing import Sequence
 import torch
 
 from fastvae.data import ImageBatches
-from fastvae.train.build import load_split
+from fastvae.train import build
 from fastvae.train.checkpoint import CHECKPOINT, load_checkpoint, run_folder
 from fastvae.train.config import ConfigError, TrainConfig, resolve_device
 from fastvae.train.loop import train
@@ -100,7 +100,7 @@ def read_metrics(path: str | Path) -> list[dict[str, float]]:
 def first_test_images(config: TrainConfig, n: int, device: torch.device):
     """The first ``n`` test images ``(n, C, H, W)`` and labels of ``config``'s data set, as the
     model saw them (binarized with a fixed seed if the run was binarized)."""
-    split, _, names = load_split(config, False, device)
+    split, _, names = build.load_split(config, False, device)
     batches = ImageBatches(*split, n, shuffle=False, binarize=config.binarize, seed=config.seed)
     x, y = next(iter(batches))
     return x, y, names
