@@ -99,6 +99,6 @@ def test_train_command_end_to_end(tmp_path, capsys):
 
 def test_animal_faces_flags_are_checked(capsys):
     assert cli.main(["train", "--image-size", "64"]) == 2
-    assert "image_size must be 28" in capsys.readouterr().err
+    assert "--image-size must be 28" in capsys.readouterr().err
     assert cli.main(["train", "--dataset", "animal-faces", "--binarize", "dynamic"]) == 2
-    assert "binarize is for MNIST" in capsys.readouterr().err
+    assert "--binarize is for MNIST" in capsys.readouterr().err

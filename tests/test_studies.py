@@ -165,8 +165,8 @@ def test_weight_decay_optimizers_and_config_checks():
     assert TrainConfig().logvar_floor is None
     assert TrainConfig(likelihood="gaussian", logvar_floor=None).logvar_floor is None
     for bad, match in [
-        ({"grayscale": True}, "grayscale is for dataset 'animal-faces'"),
-        ({"logvar_floor": -2.0}, "logvar_floor bounds the 'gaussian'"),
+        ({"grayscale": True}, "grayscale is for dataset animal-faces"),
+        ({"logvar_floor": -2.0}, "logvar_floor bounds the gaussian"),
         ({"autoencoder": True, "iwae_k": 5}, "no posterior"),
         ({"weight_decay": -1.0}, "weight_decay must be"),
         ({"optimizer": "sgd"}, "optimizer must be one of"),

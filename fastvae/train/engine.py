@@ -187,7 +187,7 @@ class Engine:
         self.why = ("training step: replayed from a CUDA graph (one process on a CUDA device, "
                     "grad_accum 1, nonfinite stop)" if self.graphs is not None
                     else f"training step: eager ({blocked or 'cuda_graph=False'})")
-        self._records: Records | None = None
+        self.records: Records | None = None  # made by the first epoch (it knows the steps)
 
     def _default_generator(self) -> torch.Generator:
         if self.device.type == "cuda":
@@ -209,16 +209,17 @@ class Engine:
         if hasattr(batches, "set_epoch"):
             batches.set_epoch(epoch)
         n_steps, W, A = len(batches), self.env.world_size, self.grad_accum
-        if self._records is None or self._records.values.shape[0] < n_steps:
-            self._records = Records(n_steps, self.device)
-        records = self._records
+        if self.records is None or self.records.values.shape[0] < n_steps:
+            self.records = Records(n_steps, self.device)
+            if self.graphs is not None:  # captured with the old buffer
+                self.graphs.graphs.clear()
+        records = self.records
         records.count.zero_()
         seeds = step_seeds(self.seed, epoch, n_steps, W * A)
         sizes, skipped = [], 0
         for step, (x, _) in enumerate(progress(batches)):
             if self.graphs is not None:
-                self.seed_step(seeds[step, 0])
-                self.graphs.step(x)
+                self.graphs.step(x, lambda: self.seed_step(seeds[step, 0]))
             elif not self._eager_step(x, seeds[step], epoch, step, n_steps):
                 skipped += 1
                 continue
@@ -238,7 +239,7 @@ class Engine:
         keep = None
         if self.nonfinite == "skip":
             keep = lambda row: self._all_finite(row, epoch, step, n_steps)  # noqa: E731
-        return train_step(self.objective, self.optimizer, micro, self._records, before=before,
+        return train_step(self.objective, self.optimizer, micro, self.records, before=before,
                           keep=keep)
 
     def _all_finite(self, row: torch.Tensor, epoch: int, step: int, n_steps: int) -> bool:

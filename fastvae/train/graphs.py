@@ -14,7 +14,7 @@ the capture itself.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any, Callable
 
 import torch
 
@@ -29,33 +29,46 @@ class StepGraphs:
 
     def __init__(self, engine: Engine):
         self.engine = engine
-        self.graphs: dict[int, tuple[torch.cuda.CUDAGraph, torch.Tensor]] = {}
+        self.graphs: dict[int, tuple[Any, torch.Tensor]] = {}
         _lr_on_device(engine.optimizer, engine.device)
 
-    def step(self, x: torch.Tensor) -> None:
-        """One training step on ``x``: replay its size's graph (captured on first sight)."""
+    def step(self, x: torch.Tensor, reseed: Callable[[], None]) -> None:
+        """One training step on ``x``: replay its size's graph (captured on first sight),
+        ``reseed()`` right before the replay (the capture's warm-up drew noise too)."""
         entry = self.graphs.get(x.shape[0])
         if entry is None:
             entry = self.graphs[x.shape[0]] = self._capture(x)
         graph, static_x = entry
+        reseed()
         static_x.copy_(x)
         graph.replay()
 
-    def _capture(self, x: torch.Tensor) -> tuple[torch.cuda.CUDAGraph, torch.Tensor]:
+    def _capture(self, x: torch.Tensor) -> tuple[Any, torch.Tensor]:
         engine = self.engine
-        before = snapshot(engine.model, engine.optimizer, engine._records)
+        before = snapshot(engine.model, engine.optimizer, engine.records)
+        self._warm_up(x)
+        static_x = x.clone()
+        graph = self._record(static_x)
+        restore(engine.model, engine.optimizer, engine.records, before)
+        return graph, static_x
+
+    def _warm_up(self, x: torch.Tensor) -> None:
+        """One eager step on a side stream, as CUDA-graph capture requires."""
+        engine = self.engine
         stream = torch.cuda.Stream(engine.device)
         stream.wait_stream(torch.cuda.current_stream(engine.device))
-        with torch.cuda.stream(stream):  # the warm-up: eager, on a side stream
-            train_step(engine.objective, engine.optimizer, [x], engine._records)
+        with torch.cuda.stream(stream):
+            train_step(engine.objective, engine.optimizer, [x], engine.records)
         torch.cuda.current_stream(engine.device).wait_stream(stream)
-        static_x = x.clone()
+
+    def _record(self, static_x: torch.Tensor) -> torch.cuda.CUDAGraph:
+        """A CUDA graph of one step on ``static_x`` (recorded, not run)."""
+        engine = self.engine
         graph = torch.cuda.CUDAGraph()
         graph.register_generator_state(engine.generator)
         with torch.cuda.graph(graph):
-            train_step(engine.objective, engine.optimizer, [static_x], engine._records)
-        restore(engine.model, engine.optimizer, engine._records, before)
-        return graph, static_x
+            train_step(engine.objective, engine.optimizer, [static_x], engine.records)
+        return graph
 
 
 def _lr_on_device(optimizer: torch.optim.Optimizer, device: torch.device) -> None:
@@ -86,7 +99,9 @@ def restore(model, optimizer, records, saved: dict) -> None:
     for p, value, state in zip(model.parameters(), saved["params"], saved["state"]):
         p.copy_(value)
         for k, v in optimizer.state[p].items():
-            if torch.is_tensor(v):
-                v.copy_(state[k]) if k in state else v.zero_()
+            if torch.is_tensor(v) and k in state:
+                v.copy_(state[k])
+            elif torch.is_tensor(v):
+                v.zero_()
     records.values.copy_(saved["records"][0])
     records.count.copy_(saved["records"][1])
