@@ -71,7 +71,8 @@ def baseline_loss(logits, x, mu, logvar):
 
 
 @torch.no_grad()
-def test_nelbo(encode, decode, images: torch.Tensor, seed: int = EVAL_SEED, batch: int = 1000) -> float:
+def test_nelbo(encode, decode, images: torch.Tensor, seed: int = EVAL_SEED,
+               batch: int = 1000) -> float:
     """Single-sample negative ELBO on uint8 ``images`` ``(N, 28, 28)``, nats per image.
 
     Pixels are intensity / 255; z = mu + eps * exp(0.5 * logvar) with eps from a generator

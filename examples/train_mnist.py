@@ -19,7 +19,8 @@ from fastvae.train import Engine, evaluate
 
 parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
 parser.add_argument("--epochs", type=int, default=2)
-parser.add_argument("--out", default="runs/examples/mnist_samples.png", help="PNG grid of 64 samples")
+parser.add_argument("--out", default="runs/examples/mnist_samples.png",
+                    help="PNG grid of 64 samples")
 args = parser.parse_args()
 
 torch.manual_seed(0)

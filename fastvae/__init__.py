@@ -33,8 +33,8 @@ from fastvae.functional import (  # noqa: E402
     reparameterize,
     sample_and_kl,
 )
+from fastvae.models import MLPVAE, VAE, ConvVAE  # noqa: E402
 from fastvae.modules import ELBOLoss, GaussianKL, GaussianSampler, ReconstructionLoss  # noqa: E402
-from fastvae.models import VAE, ConvVAE, MLPVAE  # noqa: E402
 
 __version__ = "0.1.0"
 

@@ -9,9 +9,9 @@ import torch
 from PIL import Image
 
 from fastvae import cli
+from fastvae.data import DataNotFoundError
 from fastvae.data.animal_faces import BadImageError, load_animal_faces
 from fastvae.models.conv import ConvVAE
-from fastvae.data import DataNotFoundError
 from fastvae.train import load_checkpoint
 
 SAMPLE = Path(os.environ.get("FASTVAE_DATA") or "data") / "afhq_sample"

@@ -8,11 +8,10 @@ from pathlib import Path
 
 import pytest
 from PIL import Image
+from test_data import HAVE_MNIST, NO_MNIST
 
 from fastvae import cli
 from fastvae.train import METRIC_COLUMNS, TrainConfig
-
-from test_data import HAVE_MNIST, NO_MNIST
 
 REPO = Path(__file__).resolve().parent.parent
 

@@ -6,6 +6,7 @@ import copy
 import numpy as np
 import pytest
 import torch
+from helpers import KERNEL_DEVICE, assert_close
 
 import fastvae
 from fastvae import _ops
@@ -13,7 +14,6 @@ from fastvae.data import ImageBatches, ShardedImageBatches
 from fastvae.train import TrainConfig, build
 from fastvae.train.engine import Engine, Records, step_seeds, train_step
 from fastvae.train.graphs import StepGraphs, _lr_on_device
-from helpers import KERNEL_DEVICE, assert_close
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 

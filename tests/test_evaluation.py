@@ -6,14 +6,13 @@ import math
 
 import pytest
 import torch
+from test_data import HAVE_MNIST, NO_MNIST
 from torch import nn
 from torch.distributions import MultivariateNormal
 
 from fastvae import cli
-from fastvae.studies.evaluation import importance_weighted_nll, log_importance_weights
 from fastvae.models import VAE
-
-from test_data import HAVE_MNIST, NO_MNIST
+from fastvae.studies.evaluation import importance_weighted_nll, log_importance_weights
 
 
 class LinearGaussian(VAE):

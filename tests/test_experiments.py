@@ -6,12 +6,11 @@ import re
 import pytest
 import torch
 from PIL import Image
+from test_data import HAVE_MNIST, NO_MNIST
 
 from fastvae import cli
 from fastvae.studies.experiments import EXPERIMENTS, figures
 from fastvae.studies.experiments.common import read_metrics
-
-from test_data import HAVE_MNIST, NO_MNIST
 
 pytestmark = pytest.mark.skipif(not HAVE_MNIST, reason=NO_MNIST)
 TINY = ["--quick", "--limit-train", "256", "--limit-test", "100", "--device", "cpu"]

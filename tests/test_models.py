@@ -205,7 +205,8 @@ def test_triton_backend_matches_torch(likelihood):
     out_t.loss.backward()
     out_k.loss.backward()
     for (n, pt), (_, pk) in zip(mt.named_parameters(), mk.named_parameters()):
-        torch.testing.assert_close(pk.grad, pt.grad, rtol=1e-4, atol=1e-5, msg=lambda s: f"{n}: {s}")
+        torch.testing.assert_close(pk.grad, pt.grad, rtol=1e-4, atol=1e-5,
+                                   msg=lambda s: f"{n}: {s}")
 
 
 def test_triton_backend_training_step_runs():

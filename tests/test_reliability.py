@@ -2,7 +2,8 @@
 error is one line naming what is wrong. One test (or a few) per row of the issue's table.
 
 The CLI runs in-process through ``cli.main(argv)`` on a synthetic data set (random 28x28
-images in place of MNIST, through a patched ``fastvae.train.build.load_split``), so these tests need no
+images in place of MNIST, through a patched ``fastvae.train.build.load_split``), so these tests
+need no
 data and take seconds; the few that need a fresh interpreter use a subprocess.
 """
 
@@ -18,11 +19,11 @@ import pytest
 import torch
 
 from fastvae import cli
-from fastvae.train import build, figures as plots
-from fastvae.train.engine import Engine
 from fastvae import train as ftrain
 from fastvae.data import Split
-from fastvae.train import TrainConfig
+from fastvae.train import TrainConfig, build
+from fastvae.train import figures as plots
+from fastvae.train.engine import Engine
 
 REPO = Path(__file__).resolve().parent.parent
 TINY = ["--limit-train", "128", "--limit-test", "10", "--batch-size", "64",
@@ -330,8 +331,9 @@ def test_ctrl_c_names_the_kept_checkpoint(tmp_path, capsys, monkeypatch):
     interrupt_at_epoch(monkeypatch, 2)
     rc, _, err = run_cli(capsys, "train", *TINY, "--epochs", "3", "--out", str(run))
     assert rc == 130
-    assert one_line_error(err) == (f"fastvae: interrupted in epoch 2 of 3; {run / 'checkpoint.pt'} "
-                                   f"(epoch 1) is kept: continue with `fastvae train --resume {run}`")
+    assert one_line_error(err) == (
+        f"fastvae: interrupted in epoch 2 of 3; {run / 'checkpoint.pt'} (epoch 1) is kept: "
+        f"continue with `fastvae train --resume {run}`")
     assert ftrain.read_checkpoint(run)["epoch"] == 1
     interrupt_at_epoch(monkeypatch, 1)
     rc, _, err = run_cli(capsys, "train", *TINY, "--out", str(tmp_path / "new"))

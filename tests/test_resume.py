@@ -11,15 +11,13 @@ from pathlib import Path
 
 import pytest
 import torch
+from test_data import HAVE_MNIST, NO_MNIST
 
 from fastvae import train as ftrain
-from fastvae.train import build
 from fastvae.functional import ELBO
 from fastvae.models import MLPVAE
+from fastvae.train import NonFiniteLossError, TrainConfig, build, resume_config
 from fastvae.train.lock import RunLock, RunLockedError
-from fastvae.train import NonFiniteLossError, TrainConfig, resume_config
-
-from test_data import HAVE_MNIST, NO_MNIST
 
 REPO = Path(__file__).resolve().parent.parent
 pytestmark = pytest.mark.skipif(not HAVE_MNIST, reason=NO_MNIST)

@@ -12,20 +12,19 @@ from pathlib import Path
 import pytest
 import torch
 from PIL import Image
+from test_data import HAVE_MNIST, NO_MNIST
 from torch import nn
 
 from fastvae import cli
+from fastvae.models import MLPVAE
 from fastvae.models import registry as builders
 from fastvae.models.autoencoder import Autoencoder, ConvAutoencoder, MLPAutoencoder
 from fastvae.models.conv import ConvVAE
+from fastvae.reference import reconstruction_loss
 from fastvae.studies.experiments.ae_vs_vae import prior_mismatch
 from fastvae.studies.experiments.common import read_metrics
-from fastvae.models import MLPVAE
-from fastvae.reference import reconstruction_loss
 from fastvae.train import GAUSSIAN_LOGVAR_FLOOR, TrainConfig, load_checkpoint
 from fastvae.train.build import build_optimizer as _build_optimizer
-
-from test_data import HAVE_MNIST, NO_MNIST
 
 needs_mnist = pytest.mark.skipif(not HAVE_MNIST, reason=NO_MNIST)
 SAMPLE = Path(os.environ.get("FASTVAE_DATA") or "data") / "afhq_sample"

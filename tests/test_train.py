@@ -11,13 +11,12 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
+from test_data import HAVE_MNIST, NO_MNIST
 
 from fastvae import train as ftrain
 from fastvae.data import ImageBatches, load_mnist
 from fastvae.models import MLPVAE
 from fastvae.train import METRIC_COLUMNS, TrainConfig, evaluate, load_checkpoint, save_checkpoint
-
-from test_data import HAVE_MNIST, NO_MNIST
 
 RUN_FILES = {
     "config.json", "metrics.csv", "checkpoint.pt", "samples.png", "reconstructions.png",
@@ -63,7 +62,8 @@ def test_metrics_csv(tiny_run):
     for r in rows:
         assert all(math.isfinite(v) for v in r.values()), r
         for split in ("train", "test"):
-            assert r[f"{split}_loss"] == pytest.approx(r[f"{split}_recon"] + r[f"{split}_kl"], abs=1e-4)
+            parts = r[f"{split}_recon"] + r[f"{split}_kl"]
+            assert r[f"{split}_loss"] == pytest.approx(parts, abs=1e-4)
             assert r[f"{split}_kl"] > 0
             # Bernoulli NLL of a 784-pixel image: between a good model (~80) and chance (543).
             assert 60 < r[f"{split}_loss"] < 550, r

@@ -17,7 +17,8 @@ from fastvae.cli.args import device, nonnegative_int, optional_int, positive_int
 
 
 def add_commands(sub) -> None:
-    """Add ``evaluate``, ``experiment`` and ``train-classifier`` to ``sub`` (argparse subparsers)."""
+    """Add ``evaluate``, ``experiment`` and ``train-classifier`` to ``sub`` (argparse
+    subparsers)."""
     from fastvae.models import MODEL_LIKELIHOODS, MODELS
     from fastvae.studies.experiments import EXPERIMENTS, sweeps
     from fastvae.studies.experiments.ae_vs_vae import ARCHS

@@ -1,4 +1,5 @@
-"""Animal Faces (AFHQ) as device-resident uint8 tensors, through ``torchvision.datasets.ImageFolder``.
+"""Animal Faces (AFHQ) as device-resident uint8 tensors, through
+``torchvision.datasets.ImageFolder``.
 
 AFHQ (Choi et al., "StarGAN v2", CVPR 2020) holds 512x512 JPEG faces of cats, dogs and wild
 animals in the layout ``<folder>/{train,val}/{cat,dog,wild}/*.jpg`` (about 15,000 train and

@@ -13,7 +13,13 @@ from fastvae.models.base import MODEL_LIKELIHOODS, VAE, check_dropout
 from fastvae.models.conv import ConvVAE, default_channels
 from fastvae.models.iwae import iwae_loss, log_importance_weights
 from fastvae.models.mlp import MLPVAE
-from fastvae.models.registry import AUTOENCODERS, CHECKPOINT_MODELS, MODELS, model_name, rebuild_model
+from fastvae.models.registry import (
+    AUTOENCODERS,
+    CHECKPOINT_MODELS,
+    MODELS,
+    model_name,
+    rebuild_model,
+)
 
 __all__ = [
     "AUTOENCODERS", "Autoencoder", "CHECKPOINT_MODELS", "ConvAutoencoder", "ConvVAE",

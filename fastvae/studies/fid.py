@@ -92,7 +92,8 @@ class ClassifierFeatures(nn.Module):
 
 
 @torch.no_grad()
-def classifier_accuracy(model: MNISTClassifier, images: torch.Tensor, labels: torch.Tensor) -> float:
+def classifier_accuracy(model: MNISTClassifier, images: torch.Tensor,
+                        labels: torch.Tensor) -> float:
     """Fraction of ``(N, 1, 28, 28)`` float images whose argmax logit equals the label."""
     model.eval()
     hits = sum(

@@ -110,7 +110,8 @@ def paired_rows(x: torch.Tensor, recon: torch.Tensor, nrow: int) -> torch.Tensor
     ``nrow``, then stacked, so image i and its reconstruction sit in the same column, the
     reconstruction ``ceil(N / nrow)`` rows lower, whatever N is."""
     if x.shape != recon.shape:
-        raise ValueError(f"recon must have the shape of x {tuple(x.shape)}, got {tuple(recon.shape)}")
+        raise ValueError(
+            f"recon must have the shape of x {tuple(x.shape)}, got {tuple(recon.shape)}")
     pad = -x.shape[0] % nrow
     blank = x.new_zeros((pad, *x.shape[1:]))
     return torch.cat([x, blank, recon.to(x.dtype), blank])

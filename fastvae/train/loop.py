@@ -24,8 +24,8 @@ from fastvae.train import build, distributed, figures
 from fastvae.train.checkpoint import resume_checkpoint, rng_state, save_checkpoint, set_rng_state
 from fastvae.train.config import ConfigError, TrainConfig, check_backend, resolve_device
 from fastvae.train.engine import Engine, EpochLosses
-from fastvae.train.testset import evaluate
 from fastvae.train.runfolder import RunFolder, refuse_existing_run
+from fastvae.train.testset import evaluate
 
 # Offsets from TrainConfig.seed for the independent streams of a run.
 TEST_DATA_SEED, EVAL_NOISE_SEED, SAMPLE_SEED = 1, 2, 3

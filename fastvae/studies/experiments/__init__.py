@@ -8,7 +8,12 @@ from fastvae.studies.experiments.ae_vs_vae import ae_vs_vae
 from fastvae.studies.experiments.animal_faces import animal_faces
 from fastvae.studies.experiments.common import Options
 from fastvae.studies.experiments.decoder_sampling import decoder_sampling
-from fastvae.studies.experiments.single import interpolation, latent_scatter, loss_curves, reconstructions
+from fastvae.studies.experiments.single import (
+    interpolation,
+    latent_scatter,
+    loss_curves,
+    reconstructions,
+)
 from fastvae.studies.experiments.sweeps import beta_sweep, latent_sweep
 
 # name -> (function, one-line description)

@@ -27,9 +27,9 @@ from typing import Sequence
 import torch
 
 from fastvae.data import ImageBatches
+from fastvae.functional import reparameterize
 from fastvae.studies.experiments import figures
 from fastvae.studies.experiments.common import Options, Report, first_test_images, train_or_load
-from fastvae.functional import reparameterize
 from fastvae.train import build
 
 ARCHS = ("mlp", "conv")
@@ -94,7 +94,8 @@ def ae_vs_vae(
     likelihood: str = "bernoulli",
 ) -> Path:
     """Train a VAE and an autoencoder per architecture with the ``likelihood`` decoder ("mse":
-    the squared error) (run folders ``vae-mlp``, ``ae-mlp``, ``vae-conv``, ``ae-conv``); write ``reconstructions.png``, ``generation.png``,
+    the squared error) (run folders ``vae-mlp``, ``ae-mlp``, ``vae-conv``, ``ae-conv``);
+    write ``reconstructions.png``, ``generation.png``,
     ``mean_codes.png`` and report.md with the table of test reconstruction error, the codes'
     distance to N(0, I), with ``fid`` the FID of ``fid_samples`` prior samples against as many
     test images, and the trade-off in numbers. Returns the report's path."""

@@ -9,10 +9,14 @@ from pathlib import Path
 import torch
 
 from fastvae.studies.experiments import figures
-from fastvae.train.figures import paired_rows
 from fastvae.studies.experiments.common import (
-    Options, Report, first_test_images, loss_row, train_or_load,
+    Options,
+    Report,
+    first_test_images,
+    loss_row,
+    train_or_load,
 )
+from fastvae.train.figures import paired_rows
 
 LOSS_HEADER = ("test NELBO", "test recon", "test KL")
 
