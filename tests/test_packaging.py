@@ -102,3 +102,34 @@ def test_a_plain_checkout_imports_without_an_installer(tmp_path):
     package, kernels = res.stdout.split()
     assert Path(package) == REPO / "fastvae" / "__init__.py"
     assert Path(kernels) == REPO / "kernels" / "__init__.py"
+
+
+# The training house (data, models, training, studies, command line): small files, short
+# functions. Lines of a function count without its docstring.
+HOUSE = ["fastvae/cli", "fastvae/data", "fastvae/models", "fastvae/train", "fastvae/studies",
+         "fastvae/_validate.py", "fastvae/__init__.py"]
+MAX_MODULE_LINES, MAX_FUNCTION_LINES = 400, 60
+
+
+def _function_lengths(path: Path):
+    """(name, lines without the docstring) of every function and method in ``path``."""
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+            body = node.body
+            if body and isinstance(body[0], ast.Expr) and isinstance(
+                    getattr(body[0], "value", None), ast.Constant) and isinstance(
+                    body[0].value.value, str):
+                doc = body[0].end_lineno - body[0].lineno + 1
+            else:
+                doc = 0
+            yield node.name, node.end_lineno - node.lineno + 1 - doc
+
+
+def test_the_training_house_has_small_modules_and_short_functions():
+    files = [p for r in HOUSE for p in ((REPO / r).rglob("*.py") if (REPO / r).is_dir()
+                                        else [REPO / r])]
+    too_long = [f"{p.relative_to(REPO)}: {n} lines" for p in files
+                if (n := len(p.read_text(encoding="utf-8").splitlines())) > MAX_MODULE_LINES]
+    too_long += [f"{p.relative_to(REPO)}: {name}() {n} lines" for p in files
+                 for name, n in _function_lengths(p) if n > MAX_FUNCTION_LINES]
+    assert not too_long, "\n".join(too_long)

@@ -19,9 +19,12 @@ from fastvae.cli.args import device, nonnegative_int, optional_int, positive_int
 def add_commands(sub) -> None:
     """Add ``evaluate``, ``experiment`` and ``train-classifier`` to ``sub`` (argparse
     subparsers)."""
-    from fastvae.models import MODEL_LIKELIHOODS, MODELS
-    from fastvae.studies.experiments import EXPERIMENTS, sweeps
-    from fastvae.studies.experiments.ae_vs_vae import ARCHS
+    _add_evaluate(sub)
+    _add_train_classifier(sub)
+    _add_experiments(sub)
+
+
+def _add_evaluate(sub) -> None:
     from fastvae.studies.fid import FEATURES
 
     e = sub.add_parser(
@@ -55,6 +58,8 @@ def add_commands(sub) -> None:
     e.add_argument("--json", default=None, help="also write the results to this JSON file")
     e.set_defaults(handler=_evaluate)
 
+
+def _add_train_classifier(sub) -> None:
     c = sub.add_parser(
         "train-classifier", formatter_class=DEFAULTS,
         help="train and cache the small MNIST CNN whose features give the MNIST FID",
@@ -66,6 +71,10 @@ def add_commands(sub) -> None:
     c.add_argument("--seed", type=int, default=0, help="seed")
     c.add_argument("--device", type=device, default="auto", help="auto, cpu, cuda, ...")
     c.set_defaults(handler=_train_classifier)
+
+
+def _add_experiments(sub) -> None:
+    from fastvae.studies.experiments import EXPERIMENTS
 
     x = sub.add_parser(
         "experiment", help="the classic VAE experiments, one command each (PNGs + report.md)",
@@ -89,46 +98,54 @@ def add_commands(sub) -> None:
                        help="first N training images (overrides --quick's)")
         p.add_argument("--limit-test", type=optional_int, default=None,
                        help="first N test images (overrides --quick's)")
-        if name == "latent-sweep":
-            p.add_argument("--latent-dims", type=positive_int, nargs="+",
-                           default=list(sweeps.LATENT_DIMS))
-        elif name == "beta-sweep":
-            p.add_argument("--betas", type=float, nargs="+", default=list(sweeps.BETAS))
-        elif name == "ae-vs-vae":
-            p.add_argument("--latent-dim", type=positive_int, default=20,
-                           help="latent size of every model")
-            p.add_argument("--archs", nargs="+", choices=tuple(MODELS),
-                           default=list(ARCHS),
-                           help="architectures, one VAE and one autoencoder each")
-            p.add_argument("--likelihood", choices=("bernoulli", "mse"), default="bernoulli",
-                           help="reconstruction loss of every model: Bernoulli cross-entropy or "
-                           "squared error")
-            p.add_argument("--fid", choices=FEATURES, default=None,
-                           help="also the FID of prior samples with this feature network")
-            p.add_argument("--fid-samples", type=positive_int, default=2000,
-                           help="FID: this many samples and as many test images")
-            p.add_argument("--inception-weights", default=None,
-                           help="--fid inception: local path of torch-fidelity's weights")
-            _data_flags(p)
-        elif name == "decoder-sampling":
-            pass
-        elif name == "animal-faces":
-            _data_flags(p, animal_faces=True)
-            p.add_argument("--model", choices=tuple(MODELS), default="conv", help="network")
-            p.add_argument("--latent-dim", type=positive_int, default=64, help="latent size")
-            p.add_argument("--likelihood", choices=MODEL_LIKELIHOODS, default="bernoulli",
-                           help="decoder likelihood")
-            p.add_argument("--batch-size", type=positive_int, default=64,
-                           help="training batch size")
-        else:
-            p.add_argument("--run", default=None,
-                           help="use this run folder of `fastvae train` (or its checkpoint.pt) "
-                           "instead of training")
-            p.add_argument("--latent-dim", type=positive_int, default=argparse.SUPPRESS,
-                           help="latent size of the model trained when --run is not given "
-                           "(default: 2 for latent-scatter, else 20)")
-            _data_flags(p)
+        _add_experiment_flags(p, name)
         p.set_defaults(handler=_experiment)
+
+
+def _add_experiment_flags(p, name: str) -> None:
+    """The flags of experiment ``name`` beyond the common ones."""
+    from fastvae.models import MODEL_LIKELIHOODS, MODELS
+    from fastvae.studies.experiments import sweeps
+    from fastvae.studies.experiments.ae_vs_vae import ARCHS
+    from fastvae.studies.fid import FEATURES
+
+    if name == "latent-sweep":
+        p.add_argument("--latent-dims", type=positive_int, nargs="+",
+                       default=list(sweeps.LATENT_DIMS))
+    elif name == "beta-sweep":
+        p.add_argument("--betas", type=float, nargs="+", default=list(sweeps.BETAS))
+    elif name == "ae-vs-vae":
+        p.add_argument("--latent-dim", type=positive_int, default=20,
+                       help="latent size of every model")
+        p.add_argument("--archs", nargs="+", choices=tuple(MODELS),
+                       default=list(ARCHS),
+                       help="architectures, one VAE and one autoencoder each")
+        p.add_argument("--likelihood", choices=("bernoulli", "mse"), default="bernoulli",
+                       help="reconstruction loss of every model: Bernoulli cross-entropy or "
+                       "squared error")
+        p.add_argument("--fid", choices=FEATURES, default=None,
+                       help="also the FID of prior samples with this feature network")
+        p.add_argument("--fid-samples", type=positive_int, default=2000,
+                       help="FID: this many samples and as many test images")
+        p.add_argument("--inception-weights", default=None,
+                       help="--fid inception: local path of torch-fidelity's weights")
+        _data_flags(p)
+    elif name == "animal-faces":
+        _data_flags(p, animal_faces=True)
+        p.add_argument("--model", choices=tuple(MODELS), default="conv", help="network")
+        p.add_argument("--latent-dim", type=positive_int, default=64, help="latent size")
+        p.add_argument("--likelihood", choices=MODEL_LIKELIHOODS, default="bernoulli",
+                       help="decoder likelihood")
+        p.add_argument("--batch-size", type=positive_int, default=64,
+                       help="training batch size")
+    elif name != "decoder-sampling":
+        p.add_argument("--run", default=None,
+                       help="use this run folder of `fastvae train` (or its checkpoint.pt) "
+                       "instead of training")
+        p.add_argument("--latent-dim", type=positive_int, default=argparse.SUPPRESS,
+                       help="latent size of the model trained when --run is not given "
+                       "(default: 2 for latent-scatter, else 20)")
+        _data_flags(p)
 
 
 DATA_KEYS = ("dataset", "data_dir", "image_size", "grayscale")

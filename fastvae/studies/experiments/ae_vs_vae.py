@@ -88,6 +88,61 @@ def _train_images(cfg, device) -> torch.Tensor:
     return next(iter(batches))[0]
 
 
+class _Results:
+    """What the study collects per model: reconstructions, prior samples, decoded mean code,
+    the table row and the numbers the trade-off sentences quote."""
+
+    def __init__(self):
+        self.names, self.recons, self.samples, self.means, self.rows = [], [], [], [], []
+        self.stats, self.metric = {}, None
+        self.x_test = self.x_show = self.x_train = None
+
+    def add(self, model, cfg, metrics, name, key, seed, *, fid, fid_samples, inception_weights):
+        device = next(model.parameters()).device
+        if self.x_test is None:  # the same data for every model: loaded once
+            self.x_test, _, _ = first_test_images(cfg, 10_000, device)
+            self.x_show = self.x_test[:N_IMAGES]
+            self.x_train = _train_images(cfg, device)
+        x_show = self.x_show
+        self.names.append(name)
+        self.recons.append(model.reconstruct(x_show).reshape(x_show.shape))
+        self.samples.append(model.sample(N_IMAGES, generator=torch.Generator(device)
+                                         .manual_seed(seed)))
+        code_means, code_draws = _codes(model, self.x_train, seed)
+        recon, _ = model.decode_params(code_means.mean(0, keepdim=True))
+        self.means.append(model.to_data_space(recon).reshape(1, *x_show.shape[1:]))
+        last = metrics[-1]
+        st = {"recon": last["test_recon"], "sq": _squared_error(model, self.x_test),
+              "mismatch": prior_mismatch(code_draws)}
+        if fid is not None:
+            if self.metric is None:
+                from fastvae.studies.fid import fid_metric
+
+                self.metric = fid_metric(fid, inception_weights=inception_weights,
+                                         device=device)
+            st["fid"] = _fid(model, self.x_test, min(fid_samples, self.x_test.shape[0]),
+                             self.metric, seed)
+        self.stats[key] = st
+        vae = key[1] == "vae"
+        self.rows.append((name, last["test_recon"], last["test_kl"] if vae else "0 (none)",
+                          last["test_loss"] if vae else "n/a", st["sq"], st["mismatch"],
+                          *([st["fid"]] if fid is not None else [])))
+
+
+def _tradeoff(arch: str, ae: dict, vae: dict, fid: str | None) -> str:
+    """The trade-off of one architecture in a sentence, from the two models' numbers."""
+    text = (f"**{arch}:** the AE reconstructs {'better' if ae['sq'] < vae['sq'] else 'worse'} "
+            f"than the VAE (squared error {ae['sq']:.2f} vs {vae['sq']:.2f}; test recon "
+            f"{ae['recon']:.2f} vs {vae['recon']:.2f} nats). Its codes lie "
+            f"{'further from' if ae['mismatch'] > vae['mismatch'] else 'closer to'} N(0, I) "
+            f"(code KL {ae['mismatch']:.2f} vs {vae['mismatch']:.2f} nats)")
+    if fid is not None:
+        text += (f", and its samples from N(0, I) are "
+                 f"{'worse' if ae['fid'] > vae['fid'] else 'better'} (FID {ae['fid']:.1f} "
+                 f"vs {vae['fid']:.1f})")
+    return text + "."
+
+
 def ae_vs_vae(
     options: Options, latent_dim: int = 20, archs: Sequence[str] = ARCHS,
     fid: str | None = None, fid_samples: int = 2000, inception_weights: str | None = None,
@@ -100,41 +155,17 @@ def ae_vs_vae(
     distance to N(0, I), with ``fid`` the FID of ``fid_samples`` prior samples against as many
     test images, and the trade-off in numbers. Returns the report's path."""
     Path(options.out).mkdir(parents=True, exist_ok=True)
-    metric = None
-    names, recons, samples, means, rows, stats = [], [], [], [], [], {}
-    x_test = x_show = x_train = None
+    r = _Results()
     for arch in archs:
         for kind, title in KINDS:
             cfg = options.train_config(f"{kind}-{arch}", model=arch, latent_dim=latent_dim,
                                        autoencoder=kind == "ae", likelihood=likelihood)
             model, cfg, metrics = train_or_load(cfg, overwrite=options.overwrite)
-            device = next(model.parameters()).device
-            if x_test is None:  # the same data for every model: loaded once
-                x_test, y_test, class_names = first_test_images(cfg, 10_000, device)
-                x_show = x_test[:N_IMAGES]
-                x_train = _train_images(cfg, device)
-            name = f"{title} ({arch})"
-            names.append(name)
-            recons.append(model.reconstruct(x_show).reshape(x_show.shape))
-            gen = torch.Generator(device).manual_seed(options.seed)
-            samples.append(model.sample(N_IMAGES, generator=gen))
-            code_means, code_draws = _codes(model, x_train, options.seed)
-            recon, _ = model.decode_params(code_means.mean(0, keepdim=True))
-            means.append(model.to_data_space(recon).reshape(1, *x_show.shape[1:]))
-            last = metrics[-1]
-            st = {"recon": last["test_recon"], "sq": _squared_error(model, x_test),
-                  "mismatch": prior_mismatch(code_draws)}
-            if fid is not None:
-                if metric is None:
-                    from fastvae.studies.fid import fid_metric
-
-                    metric = fid_metric(fid, inception_weights=inception_weights, device=device)
-                st["fid"] = _fid(model, x_test, min(fid_samples, x_test.shape[0]), metric,
-                                 options.seed)
-            stats[(arch, kind)] = st
-            rows.append((name, last["test_recon"], last["test_kl"] if kind == "vae" else "0 (none)",
-                         last["test_loss"] if kind == "vae" else "n/a", st["sq"], st["mismatch"],
-                         *([st["fid"]] if fid is not None else [])))
+            r.add(model, cfg, metrics, f"{title} ({arch})", (arch, kind), options.seed,
+                  fid=fid, fid_samples=fid_samples, inception_weights=inception_weights)
+    x_test, x_show, x_train = r.x_test, r.x_show, r.x_train
+    names, recons, samples, means, rows, stats = r.names, r.recons, r.samples, r.means, \
+        r.rows, r.stats
     epochs, dataset = int(metrics[-1]["epoch"]), cfg.dataset
     nrow = 4
     out = Path(options.out)
@@ -172,15 +203,5 @@ def ae_vs_vae(
     report.table(("model", "test recon", "test KL", "test NELBO", "test squared error",
                   "code KL to N(0, I)", *([f"FID ({fid})"] if fid is not None else [])), rows)
     for arch in archs:
-        ae, vae = stats[(arch, "ae")], stats[(arch, "vae")]
-        text = (f"**{arch}:** the AE reconstructs {'better' if ae['sq'] < vae['sq'] else 'worse'} "
-                f"than the VAE (squared error {ae['sq']:.2f} vs {vae['sq']:.2f}; test recon "
-                f"{ae['recon']:.2f} vs {vae['recon']:.2f} nats). Its codes lie "
-                f"{'further from' if ae['mismatch'] > vae['mismatch'] else 'closer to'} N(0, I) "
-                f"(code KL {ae['mismatch']:.2f} vs {vae['mismatch']:.2f} nats)")
-        if fid is not None:
-            text += (f", and its samples from N(0, I) are "
-                     f"{'worse' if ae['fid'] > vae['fid'] else 'better'} (FID {ae['fid']:.1f} "
-                     f"vs {vae['fid']:.1f})")
-        report.text(text + ".")
+        report.text(_tradeoff(arch, stats[(arch, "ae")], stats[(arch, "vae")], fid))
     return report.write()

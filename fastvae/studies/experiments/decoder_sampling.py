@@ -46,6 +46,17 @@ def _decoder_spread(model, x: torch.Tensor) -> tuple[float, float]:
     return float(torch.exp(0.5 * logvar).double().mean()), at_floor
 
 
+@torch.no_grad()
+def _mean_and_draw(model, seed: int) -> list[torch.Tensor]:
+    """``N_SAMPLES`` codes z ~ N(0, I) decoded to the decoder's mean, and one draw
+    x ~ p(x | z) from the same codes."""
+    device = next(model.parameters()).device
+    gen = torch.Generator(device).manual_seed(seed)
+    z = torch.randn(N_SAMPLES, model.latent_dim, generator=gen, device=device)
+    recon, logvar = model.decode_params(z)
+    return [model.to_data_space(recon), model.draw_data(recon, logvar, generator=gen)]
+
+
 def _trend(metrics, split: str) -> str:
     """The ``split`` ("train" or "test") negative ELBO of every epoch, comma-separated."""
     return ", ".join(f"{r[f'{split}_loss']:.1f}" for r in metrics)
@@ -64,11 +75,7 @@ def decoder_sampling(options: Options) -> Path:
         model, cfg, metrics = train_or_load(options.train_config(arch, model=arch, **fields),
                                             overwrite=options.overwrite)
         device = next(model.parameters()).device
-        gen = torch.Generator(device).manual_seed(options.seed)
-        z = torch.randn(N_SAMPLES, model.latent_dim, generator=gen, device=device)
-        with torch.no_grad():
-            recon, logvar = model.decode_params(z)
-            grids += [model.to_data_space(recon), model.draw_data(recon, logvar, generator=gen)]
+        grids += _mean_and_draw(model, options.seed)
         titles += [f"{arch}: decoder mean", f"{arch}: x ~ p(x|z)"]
         if x is None:  # the same test images for every model
             x, _, _ = first_test_images(cfg, 1000, device)
@@ -88,6 +95,13 @@ def decoder_sampling(options: Options) -> Path:
     fig = figures.image_panels(
         grids, titles, Path(options.out) / "samples.png",
         suptitle=f"Gaussian decoder, latent size 4, {epochs} epochs: mean vs sample, same z")
+    return _report(options, fig, rows, floor, epochs, model.input_dim, x.shape[0],
+                   (_trend(free_metrics, "train"), _trend(free_metrics, "test"),
+                    _trend(mlp_metrics, "train"), _trend(mlp_metrics, "test")))
+
+
+def _report(options, fig, rows, floor, epochs, pixels, n_test, trends) -> Path:
+    """report.md of the study: the setting, the figure, why the floor, the table."""
     report = Report(
         "Gaussian decoder: generation with and without sampling from the decoder", options,
         f"MNIST (continuous), {epochs} epochs per model, batch 100, Adam 1e-3 with weight decay "
@@ -104,18 +118,17 @@ def decoder_sampling(options: Options) -> Path:
         "objective stops them from shrinking; a test pixel that then deviates even slightly "
         "from the mean costs a large (x - mean)^2 / variance. The last row is the same MLP "
         "trained without the floor. Train / test NELBO per epoch without the floor: "
-        f"{_trend(free_metrics, 'train')} / {_trend(free_metrics, 'test')}; with it: "
-        f"{_trend(mlp_metrics, 'train')} / {_trend(mlp_metrics, 'test')}. "
+        f"{trends[0]} / {trends[1]}; with it: {trends[2]} / {trends[3]}. "
         f"With the floor each pixel's -log p(x|z) is at "
         f"least 0.5 (log 2 pi + f) = {0.5 * (math.log(2 * math.pi) + floor):.4f} nats, so the "
-        f"reconstruction term is bounded below by the 'recon bound' column ({model.input_dim} "
+        f"reconstruction term is bounded below by the 'recon bound' column ({pixels} "
         f"pixels); the measured test values are "
         f"{'finite' if all(math.isfinite(r[2]) for r in rows[:2]) else 'NOT all finite'} and "
         f"{'above' if all(r[2] > r[4] for r in rows[:2]) else 'NOT all above'} it. Negative values "
         f"are legitimate for a density on continuous pixels. Test losses in nats per image "
         f"(last epoch of each run's metrics.csv); decoder std and the share of pixels within "
         f"{AT_FLOOR} of the floor are over the reconstructions (decoded posterior means) of the "
-        f"first {x.shape[0]} test images.")
+        f"first {n_test} test images.")
     report.table(("model", "test NELBO", "test recon", "test KL", "recon bound",
                   "mean decoder std", "pixels at floor"), rows)
     mlp, conv = rows[0][1], rows[1][1]
