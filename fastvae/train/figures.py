@@ -175,5 +175,5 @@ def save_run_figures(model, x_test: torch.Tensor, metrics: Sequence[Mapping[str,
         model, x_test, out / "reconstructions.png", nrow=8,
         title=f"{label}, epoch {epoch}: {x_test.shape[0]} test images (top) and their "
         "reconstructions (bottom)")
-    panels = LOSS_PANELS if getattr(model, "has_posterior", True) else RECON_PANEL
+    panels = LOSS_PANELS if model.has_posterior else RECON_PANEL
     plot_loss_curves(metrics, out / "loss_curve.png", title=label, panels=panels)

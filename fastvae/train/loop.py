@@ -9,6 +9,7 @@ checkpoints (:mod:`~fastvae.train.checkpoint`), the processes of a torchrun job
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import random
 import time
@@ -102,8 +103,9 @@ def _train(cfg: TrainConfig, env: distributed.Distributed, ckpt: dict | None, ov
     env.raise_if_main_failed(_attempt(folder.open, overwrite))
     saved = run.start_epoch - 1
     try:
-        folder.start(cfg, {"device": str(env.device), "world_size": env.world_size,
-                           **({"resumed_after_epoch": saved} if saved else {})}, run.metrics)
+        process = {"device": str(env.device), "world_size": env.world_size,
+                   **({"resumed_after_epoch": saved} if saved else {})}
+        folder.start(dataclasses.asdict(cfg), process, run.metrics)
         if env.is_main:
             print(f"training on {env.device}; CPU threads: {torch.get_num_threads()} (set "
                   f"OMP_NUM_THREADS=N to change; see the README)\n{run.engine.why}", flush=True)
@@ -116,7 +118,8 @@ def _train(cfg: TrainConfig, env: distributed.Distributed, ckpt: dict | None, ov
     except KeyboardInterrupt as exc:
         if isinstance(exc, TrainingInterrupted):
             raise
-        raise TrainingInterrupted(_interrupted(cfg, run.epoch_now, saved)) from None
+        raise TrainingInterrupted(_interrupted(folder.out, run.epoch_now, cfg.epochs, saved)
+                                  ) from None
     finally:
         folder.close(saved_any=saved > 0)
     return folder.out
@@ -131,12 +134,12 @@ def _attempt(fn, *args) -> BaseException | None:
     return None
 
 
-def _interrupted(cfg: TrainConfig, epoch: int, saved: int) -> str:
-    out, ckpt = cfg.out, Path(cfg.out) / "checkpoint.pt"
+def _interrupted(out: Path, epoch: int, epochs: int, saved: int) -> str:
+    ckpt = out / "checkpoint.pt"
     if saved == 0:
-        return (f"interrupted in epoch {epoch} of {cfg.epochs}, before the first checkpoint: "
+        return (f"interrupted in epoch {epoch} of {epochs}, before the first checkpoint: "
                 f"nothing was kept (the files of this run in {out} are removed)")
-    where = f"in epoch {epoch} of {cfg.epochs}" if saved < cfg.epochs else "writing the figures"
+    where = f"in epoch {epoch} of {epochs}" if saved < epochs else "writing the figures"
     return (f"interrupted {where}; {ckpt} (epoch {saved}) is kept: continue with "
             f"`fastvae train --resume {out}`")
 
@@ -207,11 +210,9 @@ class _Run:
         self.metrics.append(row)
         folder.add_row(row)
         save_checkpoint(self._checkpoint(epoch, rng_states), folder.checkpoint)
-        tqdm.write(_epoch_line(row, cfg, self.model))
+        tqdm.write(_epoch_line(row, cfg.epochs, self.model))
 
     def _checkpoint(self, epoch: int, rng_states: list) -> dict:
-        import dataclasses
-
         return {
             "epoch": epoch, "model": self.model.state_dict(),
             "optimizer": self.optimizer.state_dict(),
@@ -226,8 +227,8 @@ class _Run:
         cfg, last = self.cfg, self.metrics[-1]
         self.test_batches.generator.manual_seed(cfg.seed + TEST_DATA_SEED)
         x_test = next(iter(self.test_batches))[0][:32]
-        figures.save_run_figures(self.model, x_test, self.metrics, out, _label(cfg, self.model),
-                                 seed=cfg.seed + SAMPLE_SEED)
+        figures.save_run_figures(self.model, x_test, self.metrics, out,
+                                 _label(self.model, cfg.beta), seed=cfg.seed + SAMPLE_SEED)
         epochs = int(last["epoch"])
         print(f"final test {_losses_text(last, 'test', self.model)} after {epochs} "
               f"epoch{'s' if epochs != 1 else ''}; wall time {self.elapsed_before + seconds:.1f} "
@@ -266,20 +267,19 @@ def _check_epoch(losses: EpochLosses, epoch: int, ckpt: Path, nonfinite: str) ->
                    "(non-finite loss)")
 
 
-def _label(cfg: TrainConfig, model) -> str:
-    kind = "" if getattr(model, "has_posterior", True) else ", no KL"
-    return (f"{type(model).__name__} {cfg.likelihood}, latent {cfg.latent_dim}, "
-            f"beta {cfg.beta:g}{kind}")
+def _label(model, beta: float) -> str:
+    kind = f"beta {beta:g}" if model.has_posterior else "no KL"
+    return f"{type(model).__name__} {model.likelihood}, latent {model.latent_dim}, {kind}"
 
 
 def _losses_text(row: dict, split: str, model) -> str:
     """"NELBO 105.30 (recon 80.1, KL 25.2)" -- for an autoencoder "recon 80.1" alone."""
-    if not getattr(model, "has_posterior", True):
+    if not model.has_posterior:
         return f"recon {row[f'{split}_recon']:.2f} nats/image"
     return (f"NELBO {row[f'{split}_loss']:.2f} nats/image (recon {row[f'{split}_recon']:.2f}, "
             f"KL {row[f'{split}_kl']:.2f})")
 
 
-def _epoch_line(row: dict, cfg: TrainConfig, model) -> str:
-    return (f"epoch {row['epoch']}/{cfg.epochs}: train {_losses_text(row, 'train', model)} | "
+def _epoch_line(row: dict, epochs: int, model) -> str:
+    return (f"epoch {row['epoch']}/{epochs}: train {_losses_text(row, 'train', model)} | "
             f"test {_losses_text(row, 'test', model)} | {row['epoch_seconds']:.1f} s")

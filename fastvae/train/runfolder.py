@@ -3,8 +3,8 @@ the files written as the run goes.
 
 A run folder (``TrainConfig.out``) holds:
 
-- ``config.json``: the :class:`TrainConfig` fields, plus a ``"run"`` entry (device, versions,
-  start time) that :meth:`TrainConfig.from_dict` ignores;
+- ``config.json``: the :class:`fastvae.train.TrainConfig` fields, plus a ``"run"`` entry
+  (device, versions, start time) that ``TrainConfig.from_dict`` ignores;
 - ``metrics.csv``: one row per epoch (:data:`METRIC_COLUMNS`), all losses in nats per image:
   ``train_loss``, ``train_recon``, ``train_kl`` (averages over the epoch's batches of the
   values seen while training, weighted by batch size), ``test_loss``, ``test_recon``,
@@ -26,14 +26,12 @@ lock is held). A new run that stops before its first checkpoint removes what it 
 from __future__ import annotations
 
 import csv
-import dataclasses
 import datetime
 from pathlib import Path
 
 import torch
 
 from fastvae.train.checkpoint import CHECKPOINT, CheckpointError, read_checkpoint, write_json
-from fastvae.train.config import TrainConfig
 from fastvae.train.lock import LOCK_NAME, RunLock
 
 METRIC_COLUMNS = (
@@ -98,8 +96,9 @@ class RunFolder:
     def checkpoint(self) -> Path:
         return self.out / CHECKPOINT
 
-    def start(self, cfg: TrainConfig, run: dict, metrics: list[dict]) -> None:
-        """config.json (the config and ``run``, what describes this process), and metrics.csv
+    def start(self, config: dict, run: dict, metrics: list[dict]) -> None:
+        """config.json (the TrainConfig's fields ``config`` and ``run``, what describes this
+        process), and metrics.csv
         with the header and the rows of a resumed run; removes temp files of a killed write."""
         if not self.is_main:
             return
@@ -110,7 +109,7 @@ class RunFolder:
         started = datetime.datetime.now().astimezone().isoformat(timespec="seconds")
         run = {**run, "torch": torch.__version__, "fastvae": fastvae.__version__,
                "started": started}
-        write_json({**dataclasses.asdict(cfg), "run": run}, self.out / "config.json")
+        write_json({**config, "run": run}, self.out / "config.json")
         with open(self.out / "metrics.csv", "w", newline="", encoding="utf-8") as f:
             csv.writer(f).writerow(METRIC_COLUMNS)
         for row in metrics:
