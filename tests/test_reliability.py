@@ -161,6 +161,64 @@ def test_a_bad_checkpoint_is_one_line(tmp_path, capsys, damage, problem):
         assert rc == 2 and f"cannot use checkpoint {ckpt}: " in line and problem in line, argv
 
 
+def test_a_truncated_checkpoint_gets_advice_that_works(tmp_path, capsys):
+    """A folder whose checkpoint was cut short: a new run there is refused with --overwrite
+    as the way on (not --resume, which cannot read it); --resume says so too; following the
+    advice trains the run again."""
+    run = tmp_path / "run"
+    train_tiny(capsys, run, epochs=1)
+    ckpt = run / "checkpoint.pt"
+    ckpt.write_bytes(ckpt.read_bytes()[:1000])
+    rc, _, err = run_cli(capsys, "train", *TINY, "--epochs", "1", "--out", str(run))
+    line = one_line_error(err)
+    assert rc == 1 and "checkpoint.pt is unreadable" in line and "--overwrite" in line
+    assert "--resume" not in line
+    rc, _, err = run_cli(capsys, "train", "--resume", str(run))
+    line = one_line_error(err)
+    assert rc == 2 and f"fastvae train --overwrite --out {run}" in line
+    train_tiny(capsys, run, "--overwrite", epochs=1)
+    assert ftrain.read_checkpoint(run)["epoch"] == 1
+
+
+def test_the_lines_a_run_prints(tmp_path, capsys):
+    """"after 1 epoch" (not "epochs"); an autoencoder's lines give its reconstruction loss
+    and no KL (it has none)."""
+    out = train_tiny(capsys, tmp_path / "vae", epochs=1)
+    assert "after 1 epoch;" in out and "KL" in out
+    out = train_tiny(capsys, tmp_path / "ae", "--autoencoder", epochs=2)
+    final = [line for line in out.splitlines() if line.startswith("final test")][0]
+    assert final.startswith("final test recon ") and "after 2 epochs;" in final
+    assert "KL" not in out and "NELBO" not in out
+
+
+def test_evaluate_shows_a_progress_bar_on_every_loop(tmp_path, capsys, monkeypatch):
+    """Every long loop of `fastvae evaluate` (the NELBO, the IWAE draws, FID's two sets) runs
+    under a tqdm bar."""
+    import tqdm.auto
+
+    from fastvae.studies import evaluation
+
+    bars = []
+    real = tqdm.auto.tqdm
+
+    def record(*args, **kwargs):
+        bars.append(kwargs.get("desc"))
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(evaluation, "tqdm", record)
+    run = tmp_path / "run"
+    train_tiny(capsys, run, epochs=1)
+
+    class Pixels(torch.nn.Module):  # a stand-in feature network: 4 pooled pixel features
+        num_features = 4
+
+        def forward(self, x):
+            return torch.nn.functional.adaptive_avg_pool2d(x.float(), 2).flatten(1).double()
+
+    evaluation.evaluate_checkpoint(run, k=3, fid=Pixels(), fid_samples=8, batch_size=4)
+    assert bars == ["test NELBO", "IWAE NLL (k=3)", "FID: model samples", "FID: test images"]
+
+
 # 4, 5: resume semantics.
 def test_resume_refuses_fewer_epochs_and_does_nothing_for_a_finished_run(tmp_path, capsys):
     run = tmp_path / "run"
