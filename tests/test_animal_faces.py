@@ -77,6 +77,7 @@ def test_missing_folder_and_unknown_class(tmp_path):
 
 
 @needs_sample
+@pytest.mark.slow
 def test_train_command_end_to_end(tmp_path, capsys):
     out = tmp_path / "run"
     rc = cli.main([

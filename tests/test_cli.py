@@ -26,6 +26,7 @@ def run_module(*args, timeout=300):
     )
 
 
+@pytest.mark.slow
 def test_help():
     top = run_module("--help")
     assert top.returncode == 0, top.stderr
@@ -95,6 +96,7 @@ def test_missing_data_is_one_clear_message(monkeypatch, tmp_path, capsys):
 
 
 @pytest.mark.skipif(not HAVE_MNIST, reason=NO_MNIST)
+@pytest.mark.slow
 def test_train_then_sample_in_subprocesses(tmp_path):
     out = tmp_path / "run"
     res = run_module(

@@ -14,6 +14,8 @@ from test_data import HAVE_MNIST, NO_MNIST
 
 from fastvae.data import ShardedImageBatches
 
+pytestmark = pytest.mark.slow  # every test here trains or starts processes
+
 REPO = Path(__file__).resolve().parent.parent
 
 

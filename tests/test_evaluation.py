@@ -80,6 +80,7 @@ def test_bad_k():
 
 
 @pytest.mark.skipif(not HAVE_MNIST, reason=NO_MNIST)
+@pytest.mark.slow
 def test_evaluate_command_on_a_tiny_mnist_run(tmp_path, capsys):
     run = tmp_path / "run"
     assert cli.main([
@@ -142,6 +143,7 @@ def test_iwae_loss_is_the_bound_and_trains():
 
 
 @pytest.mark.skipif(not HAVE_MNIST, reason=NO_MNIST)
+@pytest.mark.slow
 def test_train_with_the_iwae_objective(tmp_path, capsys):
     assert cli.main(["train", "--iwae-k", "5", "--epochs", "1", "--limit-train", "256",
                      "--limit-test", "100", "--device", "cpu", "--out", str(tmp_path)]) == 0

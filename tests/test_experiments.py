@@ -12,7 +12,8 @@ from fastvae import cli
 from fastvae.studies.experiments import EXPERIMENTS, figures
 from fastvae.studies.experiments.common import read_metrics
 
-pytestmark = pytest.mark.skipif(not HAVE_MNIST, reason=NO_MNIST)
+# every test here trains or starts processes
+pytestmark = [pytest.mark.skipif(not HAVE_MNIST, reason=NO_MNIST), pytest.mark.slow]
 TINY = ["--quick", "--limit-train", "256", "--limit-test", "100", "--device", "cpu"]
 
 

@@ -65,6 +65,7 @@ def test_missing_classifier_is_explained(tmp_path):
 
 
 @pytest.mark.skipif(not HAVE_MNIST, reason=NO_MNIST)
+@pytest.mark.slow
 def test_tiny_classifier_trains_caches_and_separates_digits(tmp_path, monkeypatch):
     monkeypatch.setenv("FASTVAE_CACHE", str(tmp_path))
     model, acc = fid.train_mnist_classifier(1, limit_train=4096, limit_test=500)

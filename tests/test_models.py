@@ -167,6 +167,7 @@ def test_config_rebuilds_the_model():
     torch.testing.assert_close(m2.reconstruct(x), m.reconstruct(x), rtol=0, atol=0)
 
 
+@pytest.mark.slow
 def test_training_steps_reduce_the_loss():
     m = small_model()
     # Four binary prototypes, eight copies each: learnable (random pixels would not be).

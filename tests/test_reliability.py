@@ -74,6 +74,7 @@ def snapshot(run: Path) -> dict[str, bytes]:
 
 
 # 1: a run is never overwritten without --overwrite; the default run folder is per data set.
+@pytest.mark.slow
 def test_a_run_is_never_overwritten(tmp_path, capsys):
     run = tmp_path / "run"
     train_tiny(capsys, run)
@@ -95,6 +96,7 @@ def test_a_run_is_never_overwritten(tmp_path, capsys):
     assert len((run / "metrics.csv").read_text().splitlines()) == 2
 
 
+@pytest.mark.slow
 def test_experiments_continue_their_runs(tmp_path, capsys):
     """Running an experiment again loads its finished runs (no training: the checkpoint is
     not rewritten) and makes its figure again; --epochs above continues them; another
@@ -146,6 +148,7 @@ def unsafe_pickle(path):
     (unsafe_pickle, "objects other than tensors"),
     (lambda p: torch.save({"epoch": 1}, p), "not written by fastvae train"),
 ])
+@pytest.mark.slow
 def test_a_bad_checkpoint_is_one_line(tmp_path, capsys, damage, problem):
     run = tmp_path / "run"
     train_tiny(capsys, run, epochs=1)
@@ -161,6 +164,7 @@ def test_a_bad_checkpoint_is_one_line(tmp_path, capsys, damage, problem):
         assert rc == 2 and f"cannot use checkpoint {ckpt}: " in line and problem in line, argv
 
 
+@pytest.mark.slow
 def test_a_truncated_checkpoint_gets_advice_that_works(tmp_path, capsys):
     """A folder whose checkpoint was cut short: a new run there is refused with --overwrite
     as the way on (not --resume, which cannot read it); --resume says so too; following the
@@ -180,6 +184,7 @@ def test_a_truncated_checkpoint_gets_advice_that_works(tmp_path, capsys):
     assert ftrain.read_checkpoint(run)["epoch"] == 1
 
 
+@pytest.mark.slow
 def test_the_lines_a_run_prints(tmp_path, capsys):
     """"after 1 epoch" (not "epochs"); an autoencoder's lines give its reconstruction loss
     and no KL (it has none)."""
@@ -191,6 +196,7 @@ def test_the_lines_a_run_prints(tmp_path, capsys):
     assert "KL" not in out and "NELBO" not in out
 
 
+@pytest.mark.slow
 def test_evaluate_shows_a_progress_bar_on_every_loop(tmp_path, capsys, monkeypatch):
     """Every long loop of `fastvae evaluate` (the NELBO, the IWAE draws, FID's two sets) runs
     under a tqdm bar."""
@@ -220,6 +226,7 @@ def test_evaluate_shows_a_progress_bar_on_every_loop(tmp_path, capsys, monkeypat
 
 
 # 4, 5: resume semantics.
+@pytest.mark.slow
 def test_resume_refuses_fewer_epochs_and_does_nothing_for_a_finished_run(tmp_path, capsys):
     run = tmp_path / "run"
     train_tiny(capsys, run, epochs=3)
@@ -238,6 +245,7 @@ def test_resume_refuses_fewer_epochs_and_does_nothing_for_a_finished_run(tmp_pat
 
 
 # 6: every command that takes a checkpoint takes its run folder.
+@pytest.mark.slow
 def test_commands_take_the_run_folder(tmp_path, capsys):
     run = tmp_path / "run"
     train_tiny(capsys, run, epochs=1)
@@ -296,6 +304,7 @@ def test_titles_fit(tmp_path, monkeypatch):
     assert "\n" not in text and points < 12
 
 
+@pytest.mark.slow
 def test_run_grids_say_what_and_which_epoch(tmp_path, capsys, monkeypatch):
     titles = {}
     real = plots.save_grid
@@ -384,6 +393,7 @@ def interrupt_at_epoch(monkeypatch, at):
     monkeypatch.setattr(Engine, "train_epoch", epoch)
 
 
+@pytest.mark.slow
 def test_ctrl_c_names_the_kept_checkpoint(tmp_path, capsys, monkeypatch):
     run = tmp_path / "run"
     interrupt_at_epoch(monkeypatch, 2)
@@ -400,6 +410,7 @@ def test_ctrl_c_names_the_kept_checkpoint(tmp_path, capsys, monkeypatch):
 
 
 # 11: nothing is created before the arguments and the data are checked.
+@pytest.mark.slow
 def test_a_failed_start_leaves_nothing(tmp_path, capsys, monkeypatch):
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")]))
@@ -448,6 +459,7 @@ def test_missing_mnist_leaves_no_empty_folders(tmp_path, monkeypatch, capsys):
 
 
 # 12: non-finite final metrics fail the run.
+@pytest.mark.slow
 def test_nonfinite_final_metrics_fail(tmp_path, capsys, monkeypatch):
     nan = float("nan")
     monkeypatch.setattr("fastvae.train.loop.evaluate",
@@ -460,6 +472,7 @@ def test_nonfinite_final_metrics_fail(tmp_path, capsys, monkeypatch):
 
 
 # 13: training prints its thread count once.
+@pytest.mark.slow
 def test_training_prints_its_thread_count_once(tmp_path, capsys):
     out = train_tiny(capsys, tmp_path / "run", epochs=2)
     lines = [line for line in out.splitlines() if "CPU threads" in line]

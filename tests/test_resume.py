@@ -20,7 +20,8 @@ from fastvae.train import NonFiniteLossError, TrainConfig, build, resume_config
 from fastvae.train.lock import RunLock, RunLockedError
 
 REPO = Path(__file__).resolve().parent.parent
-pytestmark = pytest.mark.skipif(not HAVE_MNIST, reason=NO_MNIST)
+# every test here trains or starts processes
+pytestmark = [pytest.mark.skipif(not HAVE_MNIST, reason=NO_MNIST), pytest.mark.slow]
 
 # 4096 images in batches of 32: 128 steps per epoch, about a second on one CPU thread; the kill
 # comes a third of an epoch after the first checkpoint, inside epoch 2. Dynamic binarization and the
@@ -101,6 +102,7 @@ def test_sigkill_mid_epoch_then_resume_is_bitwise_identical(tmp_path):
 KILL_DURING_WRITE = r"""
 import sys, time, torch
 from fastvae.train import save_checkpoint
+
 path = sys.argv[1]
 save_checkpoint({"epoch": 1, "w": torch.ones(1000)}, path)
 def slow_save(obj, f, *args, **kwargs):

@@ -179,6 +179,7 @@ def test_weight_decay_optimizers_and_config_checks():
 
 
 @needs_mnist
+@pytest.mark.slow
 def test_train_regularized_gaussian_then_sample_from_the_decoder(tmp_path):
     out = tmp_path / "run"
     run("train", "--likelihood", "gaussian", "--dropout", "0.3", "--weight-decay", "1e-5",
@@ -197,6 +198,7 @@ def test_train_regularized_gaussian_then_sample_from_the_decoder(tmp_path):
 
 
 @needs_mnist
+@pytest.mark.slow
 def test_ae_vs_vae_on_mnist(tmp_path):
     run("experiment", "ae-vs-vae", *TINY, "--out", str(tmp_path))
     text, rows = report_rows(tmp_path)
@@ -222,6 +224,7 @@ def test_prior_mismatch_is_the_diagonal_gaussian_kl():
 
 
 @needs_mnist
+@pytest.mark.slow
 def test_decoder_sampling_experiment(tmp_path):
     run("experiment", "decoder-sampling", *TINY, "--out", str(tmp_path))
     text, rows = report_rows(tmp_path)
@@ -241,6 +244,7 @@ def test_decoder_sampling_experiment(tmp_path):
 
 
 @needs_sample
+@pytest.mark.slow
 def test_ae_vs_vae_on_the_animal_faces_sample(tmp_path):
     run("experiment", "ae-vs-vae", *AFHQ, "--dataset", "animal-faces", "--epochs", "1",
         "--archs", "conv", "--latent-dim", "4", "--likelihood", "mse", "--out", str(tmp_path))
@@ -254,6 +258,7 @@ def test_ae_vs_vae_on_the_animal_faces_sample(tmp_path):
 
 
 @needs_sample
+@pytest.mark.slow
 def test_animal_faces_per_class_grayscale(tmp_path):
     run("experiment", "animal-faces", *AFHQ, "--grayscale", "--epochs", "2", "--batch-size",
         "8", "--latent-dim", "4", "--out", str(tmp_path))
@@ -297,6 +302,7 @@ def test_single_model_experiments_on_an_animal_faces_run(afhq_run, tmp_path, nam
 
 
 @needs_sample
+@pytest.mark.slow
 def test_fid_sets_the_generated_and_real_counts_on_animal_faces(afhq_run):
     from fastvae.studies.evaluation import evaluate_checkpoint
 
