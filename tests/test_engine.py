@@ -186,6 +186,20 @@ def test_graph_path_trains_exactly_like_the_eager_path(monkeypatch):
         assert torch.equal(a, b)
 
 
+def test_a_schedule_reaches_the_captured_learning_rate():
+    """The graph path keeps each group's learning rate in one device tensor that the
+    scheduler fills in place, so a captured update reads the rate of the current epoch."""
+    model, optimizer, batches, engine = _setup()
+    _lr_on_device(optimizer, torch.device("cpu"))
+    lr = optimizer.param_groups[0]["lr"]
+    scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=4)
+    scheduler.step()
+    assert optimizer.param_groups[0]["lr"] is lr
+    assert lr.item() == pytest.approx(1e-3 * (1 + np.cos(np.pi / 4)) / 2)
+    build.load_optimizer_state(optimizer, optimizer.state_dict())  # a checkpoint: a float again
+    assert isinstance(optimizer.param_groups[0]["lr"], float)
+
+
 def test_cuda_graph_refused_with_the_reason():
     with pytest.raises(ValueError, match="the device is cpu; CUDA graphs need a CUDA device"):
         _setup(cuda_graph=True)
@@ -292,11 +306,12 @@ def test_cuda_engine_takes_the_graph_path_and_matches_the_eager_step():
 
 @pytest.mark.cuda
 def test_cuda_graph_replays_draw_fresh_noise_per_step_and_repeat_per_seed():
-    """lr 0 (the weights stay): every step of an epoch records a different loss (fresh noise
-    per replay), and the epoch run again records the same losses (the noise is a function of
-    (seed, epoch, step))."""
+    """One image repeated (every batch the same) and a learning rate too small to move the
+    weights: every step of an epoch records a different loss (fresh noise per replay), and
+    the epoch run again records the same losses (the noise is a function of (seed, epoch,
+    step))."""
     torch.manual_seed(0)
-    images = _images(64, device="cuda")
+    images = _images(1, device="cuda").expand(64, -1, -1).contiguous()
     batches = ImageBatches(images, torch.zeros(64, device="cuda"), 16, shuffle=False)
     model = fastvae.MLPVAE((1, 8, 8), (32,), 4).cuda()
     optimizer = build.build_optimizer(TrainConfig(lr=1e-12), model)
