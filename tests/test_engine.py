@@ -193,6 +193,7 @@ def test_a_schedule_reaches_the_captured_learning_rate():
     _lr_on_device(optimizer, torch.device("cpu"))
     lr = optimizer.param_groups[0]["lr"]
     scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=4)
+    engine.fit(batches, 1)
     scheduler.step()
     assert optimizer.param_groups[0]["lr"] is lr
     assert lr.item() == pytest.approx(1e-3 * (1 + np.cos(np.pi / 4)) / 2)
