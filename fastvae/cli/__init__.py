@@ -22,7 +22,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from fastvae.cli.args import HelpFormatter, Parser, device, positive_int
+from fastvae.cli.args import Parser, add, device, positive_int
 from fastvae.cli.studies import add_commands as add_study_commands
 from fastvae.cli.train import add_train_flags, config_from_args, flag
 
@@ -37,30 +37,30 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     t = sub.add_parser(
-        "train", formatter_class=HelpFormatter,
+        "train",
         help="train a VAE (MLP or conv; MNIST or Animal Faces) and write a run folder",
         description="Train a VAE (MLP or conv) on MNIST or Animal Faces. Writes config.json, "
         "metrics.csv (nats per image), checkpoint.pt (after every epoch), samples.png, "
         "reconstructions.png and loss_curve.png into --out; --resume RUN continues a run. A "
         "folder holding a run is never written over without --overwrite.",
     )
-    t.add_argument("--resume", metavar="RUN", default=None,
+    add(t, "--resume", metavar="RUN", default=None,
                    help="continue the run in folder RUN (or of its checkpoint.pt) with its "
                    "saved configuration (only --epochs, --device and --backend may be given "
                    "too; --epochs below the epochs trained is refused)")
-    t.add_argument("--overwrite", action="store_true",
+    add(t, "--overwrite", action="store_true",
                    help="replace the run that --out holds (its files are deleted)")
     add_train_flags(t)
-    s = sub.add_parser("sample", formatter_class=HelpFormatter,
+    s = sub.add_parser("sample",
                        help="decode samples z ~ N(0, I) of a checkpoint into a titled PNG grid")
-    s.add_argument("checkpoint", metavar="RUN",
+    add(s, "checkpoint", metavar="RUN",
                    help="a run folder of `fastvae train`, or its checkpoint.pt")
-    s.add_argument("--n", type=positive_int, default=64, help="number of samples")
-    s.add_argument("--nrow", type=positive_int, default=8, help="images per grid row")
-    s.add_argument("--out", default=None, help="PNG file to write (default: RUN/samples.png)")
-    s.add_argument("--seed", type=int, default=0, help="seed of the latent draw")
-    s.add_argument("--device", type=device, default="cpu", help="device to decode on")
-    s.add_argument("--decoder-sample", action="store_true",
+    add(s, "--n", type=positive_int, default=64, help="number of samples")
+    add(s, "--nrow", type=positive_int, default=8, help="images per grid row")
+    add(s, "--out", default=None, help="PNG file to write (default: RUN/samples.png)")
+    add(s, "--seed", type=int, default=0, help="seed of the latent draw")
+    add(s, "--device", type=device, default="cpu", help="device to decode on")
+    add(s, "--decoder-sample", action="store_true",
                    help="draw x ~ p(x|z) (Bernoulli pixels, or mean + std * noise for a "
                    "Gaussian decoder) instead of decoding the mean")
     sub.add_parser("bench", add_help=False,

@@ -1,6 +1,6 @@
 """What every ``fastvae`` command shares in parsing its arguments: a parser whose errors are one
-line, a help formatter that states each default once, and argument types that check values and
-name the flag in their error (argparse prefixes ``argument --FLAG:``)."""
+line, flags whose help states each default once (:func:`add`), and argument types that check
+values and name the flag in their error (argparse prefixes ``argument --FLAG:``)."""
 
 from __future__ import annotations
 
@@ -16,15 +16,18 @@ class Parser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: error: {message} (see `{self.prog} --help`)\n")
 
 
-class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
-    """``(default: X)`` after a flag's help, once: not when the help already says its default,
-    and not for a default of None or False (a flag that is off, or a value that is absent)."""
-
-    def _get_help_string(self, action):
-        help_text = action.help or ""
-        if "default" in help_text.lower() or action.default is None or action.default is False:
-            return help_text
-        return super()._get_help_string(action)
+def add(parser: argparse.ArgumentParser, *flags: str, shown=None, **kwargs) -> None:
+    """``parser.add_argument(*flags, **kwargs)`` with `` (default: X)`` after the help text,
+    X the default (``shown`` when given: the value a flag left out stands for), once: not when
+    the help already says its default, and not for None, False or ``argparse.SUPPRESS`` (a
+    flag that is off, or a value that is absent)."""
+    default = shown if shown is not None else kwargs.get("default")
+    text = kwargs.get("help") or ""
+    absent = default is None or default is False or default is argparse.SUPPRESS
+    if text and "default" not in text.lower() and not absent:
+        shown = " ".join(map(str, default)) if isinstance(default, (list, tuple)) else default
+        kwargs["help"] = f"{text} (default: {shown})"
+    parser.add_argument(*flags, **kwargs)
 
 
 def integer(text: str) -> int:

@@ -12,8 +12,7 @@ import json
 import shlex
 from pathlib import Path
 
-from fastvae.cli.args import HelpFormatter as DEFAULTS
-from fastvae.cli.args import device, nonnegative_int, optional_int, positive_int
+from fastvae.cli.args import add, device, nonnegative_int, optional_int, positive_int
 
 
 def add_commands(sub) -> None:
@@ -28,48 +27,48 @@ def _add_evaluate(sub) -> None:
     from fastvae.studies.fid import FEATURES
 
     e = sub.add_parser(
-        "evaluate", formatter_class=DEFAULTS,
+        "evaluate",
         help="test negative ELBO, importance-weighted NLL and FID of a checkpoint",
         description="Evaluate a checkpoint of `fastvae train` on its data set's test split: the "
         "negative ELBO (reconstruction + KL), the importance-weighted NLL estimate with k samples "
         "(Burda et al. 2015, eq. 8) and, with --fid, the Frechet distance of model samples to the "
         "test images. All losses in nats per image.",
     )
-    e.add_argument("checkpoint", metavar="RUN",
+    add(e, "checkpoint", metavar="RUN",
                    help="a run folder of `fastvae train`, or its checkpoint.pt")
-    e.add_argument("--k", type=nonnegative_int, default=5000,
+    add(e, "--k", type=nonnegative_int, default=5000,
                    help="importance samples per image (0: skip)")
-    e.add_argument("--k-chunk", type=positive_int, default=None,
+    add(e, "--k-chunk", type=positive_int, default=None,
                    help="samples per forward pass (default: bounded memory)")
-    e.add_argument("--batch-size", type=positive_int, default=100, help="test images per batch")
-    e.add_argument("--limit", type=optional_int, default=None,
+    add(e, "--batch-size", type=positive_int, default=100, help="test images per batch")
+    add(e, "--limit", type=optional_int, default=None,
                    help="evaluate only the first N test images (default: all)")
-    e.add_argument("--fid", choices=FEATURES, default=None,
+    add(e, "--fid", choices=FEATURES, default=None,
                    help="also compute FID with this feature network")
-    e.add_argument("--fid-samples", type=positive_int, default=10000,
+    add(e, "--fid-samples", type=positive_int, default=10000,
                    help="FID: this many model samples against as many real test images (the "
                    "first N of the split; all of them if it holds fewer)")
-    e.add_argument("--inception-weights", default=None,
+    add(e, "--inception-weights", default=None,
                    help="local path of torch-fidelity's Inception-v3 weights (--fid inception)")
-    e.add_argument("--classifier", default=None,
+    add(e, "--classifier", default=None,
                    help="MNIST feature classifier (default: the cached one, trained if absent)")
-    e.add_argument("--seed", type=int, default=0, help="seed of every random draw")
-    e.add_argument("--device", type=device, default="auto", help="auto, cpu, cuda, ...")
-    e.add_argument("--json", default=None, help="also write the results to this JSON file")
+    add(e, "--seed", type=int, default=0, help="seed of every random draw")
+    add(e, "--device", type=device, default="auto", help="auto, cpu, cuda, ...")
+    add(e, "--json", default=None, help="also write the results to this JSON file")
     e.set_defaults(handler=_evaluate)
 
 
 def _add_train_classifier(sub) -> None:
     c = sub.add_parser(
-        "train-classifier", formatter_class=DEFAULTS,
+        "train-classifier",
         help="train and cache the small MNIST CNN whose features give the MNIST FID",
     )
-    c.add_argument("--epochs", type=positive_int, default=3, help="training epochs")
-    c.add_argument("--out", default=None, help="where to save it (default: the cache path)")
-    c.add_argument("--limit-train", type=optional_int, default=None,
+    add(c, "--epochs", type=positive_int, default=3, help="training epochs")
+    add(c, "--out", default=None, help="where to save it (default: the cache path)")
+    add(c, "--limit-train", type=optional_int, default=None,
                    help="first N training images only")
-    c.add_argument("--seed", type=int, default=0, help="seed")
-    c.add_argument("--device", type=device, default="auto", help="auto, cpu, cuda, ...")
+    add(c, "--seed", type=int, default=0, help="seed")
+    add(c, "--device", type=device, default="auto", help="auto, cpu, cuda, ...")
     c.set_defaults(handler=_train_classifier)
 
 
@@ -84,19 +83,19 @@ def _add_experiments(sub) -> None:
     )
     names = x.add_subparsers(dest="experiment", required=True, metavar="NAME")
     for name, (_, about) in EXPERIMENTS.items():
-        p = names.add_parser(name, help=about, description=about, formatter_class=DEFAULTS)
-        p.add_argument("--out", default=f"runs/experiments/{name}", help="experiment folder")
-        p.add_argument("--epochs", type=positive_int, default=None,
+        p = names.add_parser(name, help=about, description=about)
+        add(p, "--out", default=f"runs/experiments/{name}", help="experiment folder")
+        add(p, "--epochs", type=positive_int, default=None,
                        help="epochs per model (default: 10; 1 with --quick)")
-        p.add_argument("--quick", action="store_true",
+        add(p, "--quick", action="store_true",
                        help="a try: 1 epoch on 5,000 training and 1,000 test images")
-        p.add_argument("--seed", type=int, default=0, help="seed of every run")
-        p.add_argument("--device", type=device, default="auto", help="auto, cpu, cuda, ...")
-        p.add_argument("--overwrite", action="store_true",
+        add(p, "--seed", type=int, default=0, help="seed of every run")
+        add(p, "--device", type=device, default="auto", help="auto, cpu, cuda, ...")
+        add(p, "--overwrite", action="store_true",
                        help="replace the runs this experiment trained before in --out")
-        p.add_argument("--limit-train", type=optional_int, default=None,
+        add(p, "--limit-train", type=optional_int, default=None,
                        help="first N training images (overrides --quick's)")
-        p.add_argument("--limit-test", type=optional_int, default=None,
+        add(p, "--limit-test", type=optional_int, default=None,
                        help="first N test images (overrides --quick's)")
         _add_experiment_flags(p, name)
         p.set_defaults(handler=_experiment)
@@ -110,39 +109,39 @@ def _add_experiment_flags(p, name: str) -> None:
     from fastvae.studies.fid import FEATURES
 
     if name == "latent-sweep":
-        p.add_argument("--latent-dims", type=positive_int, nargs="+",
+        add(p, "--latent-dims", type=positive_int, nargs="+",
                        default=list(sweeps.LATENT_DIMS))
     elif name == "beta-sweep":
-        p.add_argument("--betas", type=float, nargs="+", default=list(sweeps.BETAS))
+        add(p, "--betas", type=float, nargs="+", default=list(sweeps.BETAS))
     elif name == "ae-vs-vae":
-        p.add_argument("--latent-dim", type=positive_int, default=20,
+        add(p, "--latent-dim", type=positive_int, default=20,
                        help="latent size of every model")
-        p.add_argument("--archs", nargs="+", choices=tuple(MODELS),
+        add(p, "--archs", nargs="+", choices=tuple(MODELS),
                        default=list(ARCHS),
                        help="architectures, one VAE and one autoencoder each")
-        p.add_argument("--likelihood", choices=("bernoulli", "mse"), default="bernoulli",
+        add(p, "--likelihood", choices=("bernoulli", "mse"), default="bernoulli",
                        help="reconstruction loss of every model: Bernoulli cross-entropy or "
                        "squared error")
-        p.add_argument("--fid", choices=FEATURES, default=None,
+        add(p, "--fid", choices=FEATURES, default=None,
                        help="also the FID of prior samples with this feature network")
-        p.add_argument("--fid-samples", type=positive_int, default=2000,
+        add(p, "--fid-samples", type=positive_int, default=2000,
                        help="FID: this many samples and as many test images")
-        p.add_argument("--inception-weights", default=None,
+        add(p, "--inception-weights", default=None,
                        help="--fid inception: local path of torch-fidelity's weights")
         _data_flags(p)
     elif name == "animal-faces":
         _data_flags(p, animal_faces=True)
-        p.add_argument("--model", choices=tuple(MODELS), default="conv", help="network")
-        p.add_argument("--latent-dim", type=positive_int, default=64, help="latent size")
-        p.add_argument("--likelihood", choices=MODEL_LIKELIHOODS, default="bernoulli",
+        add(p, "--model", choices=tuple(MODELS), default="conv", help="network")
+        add(p, "--latent-dim", type=positive_int, default=64, help="latent size")
+        add(p, "--likelihood", choices=MODEL_LIKELIHOODS, default="bernoulli",
                        help="decoder likelihood")
-        p.add_argument("--batch-size", type=positive_int, default=64,
+        add(p, "--batch-size", type=positive_int, default=64,
                        help="training batch size")
     elif name != "decoder-sampling":
-        p.add_argument("--run", default=None,
+        add(p, "--run", default=None,
                        help="use this run folder of `fastvae train` (or its checkpoint.pt) "
                        "instead of training")
-        p.add_argument("--latent-dim", type=positive_int, default=argparse.SUPPRESS,
+        add(p, "--latent-dim", type=positive_int, default=argparse.SUPPRESS,
                        help="latent size of the model trained when --run is not given "
                        "(default: 2 for latent-scatter, else 20)")
         _data_flags(p)
@@ -156,15 +155,15 @@ def _data_flags(p, animal_faces: bool = False) -> None:
     from fastvae.train.config import DATASETS
 
     if not animal_faces:
-        p.add_argument("--dataset", choices=DATASETS, default="mnist",
+        add(p, "--dataset", choices=DATASETS, default="mnist",
                        help="data set of the models trained (not with --run)")
-    p.add_argument("--data-dir", default=None,
+    add(p, "--data-dir", default=None,
                    help="animal-faces: the AFHQ folder with train/ and val/ (default: "
                    "$FASTVAE_DATA/afhq; the 43-image sample: $FASTVAE_DATA/afhq_sample)")
-    p.add_argument("--image-size", type=positive_int, default=64 if animal_faces else None,
+    add(p, "--image-size", type=positive_int, default=64 if animal_faces else None,
                    help="animal-faces: side of the square images (default: 128)"
                    if not animal_faces else "side of the square images")
-    p.add_argument("--grayscale", action="store_true",
+    add(p, "--grayscale", action="store_true",
                    help="animal-faces: one luminance channel instead of RGB")
 
 

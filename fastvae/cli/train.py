@@ -14,7 +14,7 @@ import argparse
 import dataclasses
 import typing
 
-from fastvae.cli.args import integer, logvar_floor, number, optional_int
+from fastvae.cli.args import add, integer, logvar_floor, number, optional_int
 from fastvae.train.config import RESUME_OVERRIDES, TrainConfig
 
 # How the text of a flag becomes a value, by the field's type annotation.
@@ -27,25 +27,16 @@ def flag(field: str) -> str:
     return "--" + field.replace("_", "-")
 
 
-def _default_text(value) -> str:
-    if value is None or value is False:
-        return ""
-    if isinstance(value, tuple):
-        value = " ".join(map(str, value))
-    return f" (default: {value})"
-
-
 def add_train_flags(parser: argparse.ArgumentParser) -> None:
     """One flag per TrainConfig field on ``parser``; a flag not given is absent from the
     parsed namespace (``argparse.SUPPRESS``), so the explicit flags are known after one parse."""
     hints = typing.get_type_hints(TrainConfig)
     for field in dataclasses.fields(TrainConfig):
-        kind, help_text = hints[field.name], field.metadata["help"]
-        if "(default" not in help_text:
-            help_text += _default_text(field.default)
-        kwargs = {"default": argparse.SUPPRESS, "help": help_text}
+        kind = hints[field.name]
+        kwargs = {"default": argparse.SUPPRESS, "help": field.metadata["help"],
+                  "shown": field.default}
         if kind is bool:
-            parser.add_argument(flag(field.name), action="store_true", **kwargs)
+            add(parser, flag(field.name), action="store_true", **kwargs)
             continue
         seq = next((a for a in (kind, *typing.get_args(kind)) if typing.get_origin(a) is tuple),
                    None)
@@ -55,7 +46,7 @@ def add_train_flags(parser: argparse.ArgumentParser) -> None:
             kwargs["type"] = _CONVERT[kind]
         if "choices" in field.metadata:
             kwargs["choices"] = field.metadata["choices"]
-        parser.add_argument(flag(field.name), **kwargs)
+        add(parser, flag(field.name), **kwargs)
 
 
 def config_from_args(args: argparse.Namespace) -> TrainConfig:
