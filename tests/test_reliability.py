@@ -1,5 +1,5 @@
-"""What a newcomer meets on the command line (issue 12): run folders are never lost, and every
-error is one line naming what is wrong. One test (or a few) per row of the issue's table.
+"""What a newcomer meets on the command line: run folders are never lost, and every error is
+one line naming what is wrong (the rules of the README's "Resuming and reliability").
 
 The CLI runs in-process through ``cli.main(argv)`` on a synthetic data set (random 28x28
 images in place of MNIST, through a patched ``fastvae.train.build.load_split``), so these tests

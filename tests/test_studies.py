@@ -1,4 +1,4 @@
-"""The studies of issue 11: the plain autoencoder, dropout and weight decay, the Gaussian
+"""The studies: the plain autoencoder, dropout and weight decay, the Gaussian
 decoder's log-variance floor, decoder sampling, grayscale and per-class Animal Faces, and
 their `fastvae experiment` commands on real MNIST (--quick, tiny slices) and the real
 43-image AFHQ sample."""

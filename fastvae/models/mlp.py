@@ -24,7 +24,7 @@ class MLPVAE(VAE):
     Decoder outputs by likelihood (all of shape ``(B, *input_shape)``, the parameters' dtype):
 
     - ``"bernoulli"``: logits of p(x | z) (data-space image: their sigmoid);
-    - ``"mse"``: the mean itself (the L2 loss of the seed reports);
+    - ``"mse"``: the mean itself (the squared error, an L2 loss);
     - ``"gaussian"``: a mean and a log-variance per pixel (the last layer has ``2 * D``
       outputs); :meth:`decode` returns them as a tuple ``(mean, logvar)``.
 

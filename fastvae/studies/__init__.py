@@ -1,3 +1,3 @@
 """Studies of trained models: evaluation (test NELBO, importance-weighted NLL), FID, and the
-experiments of the classic VAE reports (:mod:`fastvae.studies.experiments`). Checkpoints are
+VAE experiments of :mod:`fastvae.studies.experiments`. Checkpoints are
 read through :mod:`fastvae.train.checkpoint`."""

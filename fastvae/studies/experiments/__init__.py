@@ -1,4 +1,5 @@
-"""The experiments of the classic VAE reports, one command each (``fastvae experiment NAME``).
+"""The classic VAE experiments (Kingma & Welling 2014; Higgins et al. 2017), one command each
+(``fastvae experiment NAME``).
 
 Each writes PNG figures and a ``report.md`` embedding them with the numbers into its folder
 (default ``runs/experiments/NAME``). See :data:`EXPERIMENTS`.

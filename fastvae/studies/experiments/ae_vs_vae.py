@@ -1,5 +1,5 @@
 """Autoencoder against VAE (``fastvae experiment ae-vs-vae``): the same networks trained as a
-plain deterministic autoencoder (:mod:`fastvae.autoencoder`: no sampling, no KL) and as a VAE,
+plain deterministic autoencoder (:mod:`fastvae.models.autoencoder`: no sampling, no KL) and as a VAE,
 MLP and convolutional, on MNIST (or Animal Faces with ``--dataset animal-faces``).
 
 What it shows: the autoencoder reconstructs better (nothing pulls its codes together and no
@@ -16,7 +16,7 @@ generates from the prior. The numbers (report.md):
   posterior), m and s^2 their mean and variance per dimension, in nats. Near 0 means
   z ~ N(0, I) lands where the decoder was trained;
 - with ``fid``: the FID of prior samples against as many test images
-  (:mod:`fastvae.fid`; "mnist-classifier" features on MNIST), lower is better.
+  (:mod:`fastvae.studies.fid`; "mnist-classifier" features on MNIST), lower is better.
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Animal Faces per class (``fastvae experiment animal-faces``): the runs of the classic slides,
+"""Animal Faces per class (``fastvae experiment animal-faces``): per-class runs:
 one model on the cats only, one on the wild animals only, one on all three classes.
 
 Each run is a ``fastvae train`` run (run folders ``cat``, ``wild`` and ``all``) on AFHQ (its

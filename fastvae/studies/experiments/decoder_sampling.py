@@ -1,7 +1,7 @@
 """Regularized MLP with a Gaussian decoder, and generation with and without sampling from the
 decoder (``fastvae experiment decoder-sampling``).
 
-The setting of one of the classic reports, on MNIST: an MLP VAE with 3 hidden layers of 200,
+A regularized setting on MNIST: an MLP VAE with 3 hidden layers of 200,
 latent size 4, batch 100, dropout 0.3 after every hidden layer, weight decay 1e-5 (Adam's L2
 term), and a Gaussian decoder with a learned per-pixel log-variance, floored at
 :data:`fastvae.train.GAUSSIAN_LOGVAR_FLOOR` (a standard deviation of at least 0.05) so that the

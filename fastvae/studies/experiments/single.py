@@ -36,7 +36,7 @@ def reconstructions(
 ) -> Path:
     """``reconstructions.png``: ``n`` test images (top half) above their reconstructions (the
     decoded posterior means, bottom half), 8 per row, each in its original's column
-    (:func:`fastvae.plots.paired_rows`); report.md with the test losses."""
+    (:func:`fastvae.train.figures.paired_rows`); report.md with the test losses."""
     model, cfg, metrics, device, label = _model(options, run, latent_dim)
     x, _, _ = first_test_images(cfg, n, device)
     recon = model.reconstruct(x).reshape(x.shape)

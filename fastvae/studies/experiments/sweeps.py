@@ -1,4 +1,4 @@
-"""The two sweeps of the classic VAE reports, on MNIST with the canonical MLP VAE.
+"""The two sweeps of the classic VAE papers, on MNIST with the canonical MLP VAE.
 
 - :func:`latent_sweep`: latent sizes 2, 10, 25, 50 at beta 1 (Kingma & Welling 2014, Figure 5:
   samples for several latent sizes); random-sample grids side by side, a table of test losses.
