@@ -1,6 +1,6 @@
 """Autoencoder against VAE (``fastvae experiment ae-vs-vae``): the same networks trained as a
-plain deterministic autoencoder (:mod:`fastvae.models.autoencoder`: no sampling, no KL) and as a VAE,
-MLP and convolutional, on MNIST (or Animal Faces with ``--dataset animal-faces``).
+plain deterministic autoencoder (:mod:`fastvae.models.autoencoder`: no sampling, no KL) and as
+a VAE, MLP and convolutional, on MNIST (or Animal Faces with ``--dataset animal-faces``).
 
 What it shows: the autoencoder reconstructs better (nothing pulls its codes together and no
 noise is added to them), but its codes are not distributed like N(0, I), so decoding
