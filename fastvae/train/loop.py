@@ -155,7 +155,11 @@ class _Run:
     """The state of one training: data, model, optimizer, schedule, engine, metrics."""
 
     def __init__(self, cfg: TrainConfig, env: distributed.Distributed, ckpt: dict | None):
-        self.cfg, self.env, device = cfg, env, env.device
+        self.env, device = env, env.device
+        # What the epochs need of the config, taken once: the methods below never see it.
+        self.config = dataclasses.asdict(cfg)
+        self.epochs, self.seed, self.beta, self.nonfinite = (cfg.epochs, cfg.seed, cfg.beta,
+                                                             cfg.nonfinite)
         seed_everything(cfg.seed + env.rank)
         data = build.load_splits(cfg, device)
         self.train_batches = ShardedImageBatches(
@@ -188,20 +192,20 @@ class _Run:
 
     def epoch(self, epoch: int, folder: RunFolder) -> None:
         """Train one epoch; on rank 0 evaluate it, add its row, save the checkpoint, print."""
-        self.epoch_now, t0, cfg = epoch, time.perf_counter(), self.cfg
-        bar = tqdm(desc=f"epoch {epoch}/{cfg.epochs}", total=len(self.train_batches),
+        self.epoch_now, t0 = epoch, time.perf_counter()
+        bar = tqdm(desc=f"epoch {epoch}/{self.epochs}", total=len(self.train_batches),
                    unit="batch", leave=False, disable=None if self.env.is_main else True)
         losses = self.engine.train_epoch(epoch, self.train_batches,
                                          progress=lambda batches: _counted(batches, bar))
         bar.close()
-        _check_epoch(losses, epoch, folder.checkpoint, cfg.nonfinite)
+        _check_epoch(losses, epoch, folder.checkpoint, self.nonfinite)
         if self.scheduler is not None:
             self.scheduler.step()
         rng_states = self.env.all_gather_object(rng_state(self.env.device))
         if not self.env.is_main:
             return
-        self.test_batches.generator.manual_seed(cfg.seed + TEST_DATA_SEED)
-        test = evaluate(self.model, self.test_batches, seed=cfg.seed + EVAL_NOISE_SEED)
+        self.test_batches.generator.manual_seed(self.seed + TEST_DATA_SEED)
+        test = evaluate(self.model, self.test_batches, seed=self.seed + EVAL_NOISE_SEED)
         now = time.perf_counter()
         row = {"epoch": epoch, "train_loss": losses.loss, "train_recon": losses.recon,
                "train_kl": losses.kl, "test_loss": test["loss"], "test_recon": test["recon"],
@@ -210,25 +214,25 @@ class _Run:
         self.metrics.append(row)
         folder.add_row(row)
         save_checkpoint(self._checkpoint(epoch, rng_states), folder.checkpoint)
-        tqdm.write(_epoch_line(row, cfg.epochs, self.model))
+        tqdm.write(_epoch_line(row, self.epochs, self.model))
 
     def _checkpoint(self, epoch: int, rng_states: list) -> dict:
         return {
             "epoch": epoch, "model": self.model.state_dict(),
             "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict() if self.scheduler is not None else None,
-            "config": dataclasses.asdict(self.cfg), "model_name": model_name(self.model),
+            "config": self.config, "model_name": model_name(self.model),
             "model_config": self.model.config, "rng_states": rng_states,
             "world_size": self.env.world_size, "metrics": self.metrics,
         }
 
     def finish(self, out: Path, seconds: float) -> None:
         """The figures, the final line; an error if the final test metrics are not finite."""
-        cfg, last = self.cfg, self.metrics[-1]
-        self.test_batches.generator.manual_seed(cfg.seed + TEST_DATA_SEED)
+        last = self.metrics[-1]
+        self.test_batches.generator.manual_seed(self.seed + TEST_DATA_SEED)
         x_test = next(iter(self.test_batches))[0][:32]
         figures.save_run_figures(self.model, x_test, self.metrics, out,
-                                 _label(self.model, cfg.beta), seed=cfg.seed + SAMPLE_SEED)
+                                 _label(self.model, self.beta), seed=self.seed + SAMPLE_SEED)
         epochs = int(last["epoch"])
         print(f"final test {_losses_text(last, 'test', self.model)} after {epochs} "
               f"epoch{'s' if epochs != 1 else ''}; wall time {self.elapsed_before + seconds:.1f} "
@@ -240,7 +244,7 @@ class _Run:
                 f"the final test metrics are not finite ({', '.join(bad)} after epoch {epochs})"
                 f": the model diverged"
                 + (" although --nonfinite skip dropped the non-finite steps"
-                   if cfg.nonfinite == "skip" else "")
+                   if self.nonfinite == "skip" else "")
                 + f"; {out / 'checkpoint.pt'} holds these weights. Lower --lr or check the data")
 
 
