@@ -478,3 +478,30 @@ def test_training_prints_its_thread_count_once(tmp_path, capsys):
     lines = [line for line in out.splitlines() if "CPU threads" in line]
     assert lines == [f"training on cpu; CPU threads: {torch.get_num_threads()} (set "
                      "OMP_NUM_THREADS=N to change; see the README)"]
+
+
+@pytest.mark.parametrize("n, c, nrow", [(1, 1, 8), (7, 1, 8), (8, 3, 8), (10, 1, 4), (32, 3, 8)])
+def test_tile_lays_images_out_as_torchvision_make_grid(n, c, nrow):
+    from torchvision.utils import make_grid
+
+    images = torch.rand(n, c, 5, 6)
+    assert torch.equal(plots.tile(images, nrow=nrow), make_grid(images, nrow=nrow, padding=2))
+
+
+@pytest.mark.slow
+def test_training_on_mnist_does_not_import_torchvision(tmp_path):
+    """MNIST is read from its checked IDX files and the run's grids are tiled without
+    torchvision (whose import is 2 s of a CPU run); torchvision stays for downloads, AFHQ."""
+    from test_data import HAVE_MNIST, NO_MNIST
+
+    if not HAVE_MNIST:
+        pytest.skip(NO_MNIST)
+    code = ("import sys; from fastvae.cli import main; "
+            f"main(['train', *{TINY!r}, '--epochs', '1', '--out', {str(tmp_path / 'run')!r}]); "
+            "print('torchvision' in sys.modules)")
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(
+        filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))}
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env,
+                         timeout=300)
+    assert res.returncode == 0, res.stderr
+    assert res.stdout.strip().splitlines()[-1] == "False"

@@ -12,6 +12,7 @@ import os
 from pathlib import Path
 from typing import NamedTuple
 
+import numpy as np
 import torch
 
 from fastvae import _validate
@@ -73,8 +74,10 @@ def load_mnist(
 ) -> Split:
     """MNIST's train (60,000) or test (10,000) split as tensors on ``device``.
 
-    Reads through ``torchvision.datasets.MNIST(root, train=train, download=False)``; if the
-    files are missing, tries ``download=True`` once.
+    The files in torchvision's layout (``<root>/MNIST/raw``) are checked (:func:`_check_idx`)
+    and read as they are (uint8 IDX: a header, then the bytes); when one is missing,
+    ``torchvision.datasets.MNIST(root, download=True)`` fetches them once (torchvision is only
+    imported then).
 
     Args:
         train: the training split if True, else the test split.
@@ -93,40 +96,48 @@ def load_mnist(
             (truncated, extra bytes, gzip-compressed, wrong header, labels that do not match
             the images); the message names the file and what is wrong.
     """
-    from torchvision.datasets import MNIST
-
-    root = Path(root) if root is not None else data_root()
-    if all((root / "MNIST" / "raw" / f).is_file() for f in MNIST_FILES):
-        # Present: check the split's two files ourselves before torchvision parses them (its
-        # parser asserts or reshapes without naming the file).
-        prefix = "train" if train else "t10k"
-        raw = root / "MNIST" / "raw"
-        n_images = _check_idx(raw / f"{prefix}-images-idx3-ubyte", (None, 28, 28))
-        _check_idx(raw / f"{prefix}-labels-idx1-ubyte", (n_images,))
-    try:
-        ds = MNIST(str(root), train=train, download=False)
-    except RuntimeError:
-        # The download makes <root>/MNIST/raw first; a failed one must not leave it behind.
-        raw = root / "MNIST" / "raw"
-        new_dirs = [d for d in (raw, raw.parent, root) if not d.exists()]
-        try:
-            ds = MNIST(str(root), train=train, download=True)
-        except Exception as exc:  # network errors, checksum errors, read-only folders...
-            for d in new_dirs:  # deepest first; only the ones still empty
-                if d.is_dir() and not any(d.iterdir()):
-                    d.rmdir()
-            reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-            raise _missing_mnist_error(root, f"download failed: {reason}") from None
-    images, labels = ds.data, ds.targets
-    if labels.numel() and not (0 <= int(labels.min()) and int(labels.max()) <= 9):
-        raise DataCorruptError(
-            f"MNIST labels in {ds.raw_folder}/{'train' if train else 't10k'}-labels-idx1-ubyte "
-            f"must be digits 0..9, got values from {int(labels.min())} to {int(labels.max())}"
-        )
     if limit is not None:
         _validate.positive_int("limit", limit)
+    root = Path(root) if root is not None else data_root()
+    raw = root / "MNIST" / "raw"
+    if not all((raw / f).is_file() for f in MNIST_FILES):
+        _download(root)
+    prefix = "train" if train else "t10k"
+    images = _read_idx(raw / f"{prefix}-images-idx3-ubyte", (None, 28, 28))
+    labels = _read_idx(raw / f"{prefix}-labels-idx1-ubyte", (images.shape[0],)).long()
+    if labels.numel() and not (0 <= int(labels.min()) and int(labels.max()) <= 9):
+        raise DataCorruptError(
+            f"MNIST labels in {raw / f'{prefix}-labels-idx1-ubyte'} must be digits 0..9, got "
+            f"values from {int(labels.min())} to {int(labels.max())}")
+    if limit is not None:
         images, labels = images[:limit], labels[:limit]
-    return Split(images.to(device).contiguous(), labels.to(device=device, dtype=torch.int64))
+    return Split(images.to(device).contiguous(), labels.to(device))
+
+
+def _download(root: Path) -> None:
+    """Fetch MNIST into ``<root>/MNIST/raw`` with torchvision; on failure remove the folders
+    the attempt made and raise DataNotFoundError."""
+    from torchvision.datasets import MNIST
+
+    raw = root / "MNIST" / "raw"
+    new_dirs = [d for d in (raw, raw.parent, root) if not d.exists()]
+    try:
+        for train in (True, False):
+            MNIST(str(root), train=train, download=True)
+    except Exception as exc:  # network errors, checksum errors, read-only folders...
+        for d in new_dirs:  # deepest first; only the ones still empty
+            if d.is_dir() and not any(d.iterdir()):
+                d.rmdir()
+        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise _missing_mnist_error(root, f"download failed: {reason}") from None
+
+
+def _read_idx(path: Path, dims: tuple[int | None, ...]) -> torch.Tensor:
+    """The uint8 data of the IDX file ``path`` (checked by :func:`_check_idx`) as a tensor."""
+    n = _check_idx(path, dims)
+    shape = (n, *dims[1:])
+    data = np.fromfile(path, dtype=np.uint8, offset=4 + 4 * len(dims))
+    return torch.from_numpy(data.reshape(shape))
 
 
 def _check_idx(path: Path, dims: tuple[int | None, ...]) -> int:

@@ -1,6 +1,7 @@
 """Figures of the experiments (PNG files): image panels, decoded latent grids, interpolations,
-latent scatter plots, loss curves. Image grids are ``torchvision.utils.make_grid``; plots use
-matplotlib's Agg canvas (no pyplot state)."""
+latent scatter plots, loss curves. Image grids are :func:`fastvae.train.figures.tile`
+(``torchvision.utils.make_grid``'s layout); plots use matplotlib's Agg canvas (no pyplot
+state)."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ from typing import Mapping, Sequence
 
 import torch
 
-from fastvae.train.figures import DPI, figure, fit_title, save_figure
+from fastvae.train.figures import DPI, figure, fit_title, save_figure, tile
 
 
 def image_panels(
@@ -19,9 +20,7 @@ def image_panels(
     """One panel per image set, side by side: ``grids[i]`` is ``(N, C, H, W)`` in [0, 1],
     drawn as a ``make_grid`` of ``nrow`` columns under ``titles[i]``, about one figure pixel
     per image pixel (at least 2.5 inches a panel)."""
-    from torchvision.utils import make_grid
-
-    grids = [make_grid(g.detach().float().clamp(0, 1).cpu(), nrow=nrow, padding=2) for g in grids]
+    grids = [tile(g.detach().float().clamp(0, 1).cpu(), nrow=nrow) for g in grids]
     width = max(2.5, max(g.shape[2] for g in grids) / DPI * 1.1)
     height = max(2.5, max(g.shape[1] for g in grids) / DPI * 1.1)
     fig = figure(width * len(grids), height)
