@@ -63,7 +63,7 @@ class TrainConfig:
     epochs: int = _field(10, "training epochs")
     batch_size: int = _field(
         128, "images per optimizer step over all processes (the global batch; a multiple of "
-        "processes x grad_accum)")
+        "processes x --grad-accum)")
     lr: float = _field(1e-3, "Adam learning rate")
     latent_dim: int = _field(20, "size of z")
     hidden_dims: tuple[int, ...] = _field(
