@@ -131,6 +131,7 @@ def test_resume_takes_only_epochs_device_backend(tmp_path, capsys):
     rc = cli.main(["train", "--resume", str(tmp_path), "--lr", "0.1", "--seed", "1"])
     err = capsys.readouterr().err
     assert rc == 2 and "Traceback" not in err
-    assert ("only --epochs, --device, --backend may be given with it, got --lr, --seed") in err
+    assert ("a resumed run keeps its configuration; only --epochs, --device, --backend may "
+            "change, got --lr, --seed") in err
     assert cli.main(["train", "--resume", str(tmp_path / "none"), "--epochs", "3"]) == 2
     assert f"cannot resume {tmp_path / 'none'}: no checkpoint.pt there" in capsys.readouterr().err

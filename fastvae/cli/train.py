@@ -5,7 +5,8 @@ fields (the flag ``--batch-size`` for the field ``batch_size``, its help text th
 A flag's value is converted here (an integer, a number, a list); whether it is allowed is
 :class:`TrainConfig`'s to say, and its :class:`~fastvae.train.config.ConfigError` names the
 flag when the command line prints it (:func:`flag`). Flags left out keep the field's default;
-``--resume RUN`` accepts only the flags of ``RESUME_OVERRIDES`` besides.
+``--resume RUN`` accepts only the flags of ``RESUME_OVERRIDES`` besides
+(:func:`fastvae.train.checkpoint.resume_config` says so).
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ import dataclasses
 import typing
 
 from fastvae.cli.args import add, integer, logvar_floor, number, optional_int
-from fastvae.train.config import RESUME_OVERRIDES, TrainConfig
+from fastvae.train.config import TrainConfig
 
 # How the text of a flag becomes a value, by the field's type annotation.
 _CONVERT = {int: integer, float: number, str: str, int | None: optional_int,
@@ -57,16 +58,9 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
         fastvae.train.config.ConfigError: a bad value, or a flag ``--resume`` does not take.
     """
     from fastvae.train.checkpoint import resume_config
-    from fastvae.train.config import ConfigError
 
     fields = {f.name for f in dataclasses.fields(TrainConfig)}
     given = {k: v for k, v in vars(args).items() if k in fields}
     if args.resume is None:
         return TrainConfig(**given)
-    refused = sorted(set(given) - set(RESUME_OVERRIDES))
-    if refused:
-        raise ConfigError(
-            "--resume continues a run with its saved configuration; only "
-            f"{', '.join('{' + f + '}' for f in RESUME_OVERRIDES)} may be given with it, got "
-            f"{', '.join('{' + f + '}' for f in refused)}")
     return resume_config(args.resume, **given)
