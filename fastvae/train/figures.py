@@ -11,6 +11,7 @@ when a single word is wider than the figure.
 from __future__ import annotations
 
 import os
+import threading
 from pathlib import Path
 from typing import Mapping, Sequence
 
@@ -18,6 +19,20 @@ import torch
 
 DPI = 100
 MIN_FONT_POINTS = 6.0
+
+
+def preload() -> threading.Thread:
+    """Import matplotlib's figure, Agg canvas and font manager in a background thread (about
+    1 s of one-time work on a CPU, mostly Python), so that a run's figures at its end need
+    not wait for it: the training runs in torch's kernels meanwhile. Returns the thread."""
+    def load():
+        import matplotlib.backends.backend_agg  # noqa: F401
+        import matplotlib.figure  # noqa: F401
+        import matplotlib.font_manager  # noqa: F401
+
+    thread = threading.Thread(target=load, name="fastvae-figures-preload", daemon=True)
+    thread.start()
+    return thread
 
 
 def figure(width: float, height: float):

@@ -107,6 +107,7 @@ def _train(cfg: TrainConfig, env: distributed.Distributed, ckpt: dict | None, ov
                    **({"resumed_after_epoch": saved} if saved else {})}
         folder.start(dataclasses.asdict(cfg), process, run.metrics)
         if env.is_main:
+            figures.preload()  # the figures' imports, beside the training
             print(f"training on {env.device}; CPU threads: {torch.get_num_threads()} (set "
                   f"OMP_NUM_THREADS=N to change; see the README)\n{run.engine.why}", flush=True)
         for epoch in range(run.start_epoch, cfg.epochs + 1):
