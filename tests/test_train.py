@@ -18,7 +18,6 @@ from fastvae.data import ImageBatches, load_mnist
 from fastvae.models import MLPVAE
 from fastvae.train import METRIC_COLUMNS, TrainConfig, evaluate, load_checkpoint, save_checkpoint
 
-
 RUN_FILES = {
     "config.json", "metrics.csv", "checkpoint.pt", "samples.png", "reconstructions.png",
     "loss_curve.png", ".lock",
