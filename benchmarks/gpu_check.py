@@ -22,7 +22,7 @@ subprocess, and a part that fails is recorded and the run goes on:
 4. ``loss_head`` (budget 30 s, with ``recon``'s run): sample + KL + Bernoulli recon at MNIST
    size (B = 128, L = 20, D = 784), forward and forward + backward.
 5. ``mnist`` (budget 90 s): 10 epochs of the 784-400-20 MNIST VAE, the plain PyTorch loop
-   against fastvae's fast path (:mod:`benchmarks.mnist`).
+   against the engine ``fastvae train`` runs (:mod:`benchmarks.mnist`).
 
 Writes ``benchmarks/results/<device>.json`` (the format of :mod:`benchmarks.report`, which
 ``python -m benchmarks.readme`` turns into the README's tables, plus ``gpu_check`` with the

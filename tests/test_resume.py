@@ -11,17 +11,17 @@ from pathlib import Path
 
 import pytest
 import torch
+from test_data import HAVE_MNIST, NO_MNIST
 
 from fastvae import train as ftrain
 from fastvae.functional import ELBO
 from fastvae.models import MLPVAE
-from fastvae.runlock import RunLock, RunLockedError
-from fastvae.train import NonFiniteLossError, TrainConfig, resume_config
-
-from test_data import HAVE_MNIST, NO_MNIST
+from fastvae.train import NonFiniteLossError, TrainConfig, build, resume_config
+from fastvae.train.lock import RunLock, RunLockedError
 
 REPO = Path(__file__).resolve().parent.parent
-pytestmark = pytest.mark.skipif(not HAVE_MNIST, reason=NO_MNIST)
+# every test here trains or starts processes
+pytestmark = [pytest.mark.skipif(not HAVE_MNIST, reason=NO_MNIST), pytest.mark.slow]
 
 # 4096 images in batches of 32: 128 steps per epoch, about a second on one CPU thread; the kill
 # comes a third of an epoch after the first checkpoint, inside epoch 2. Dynamic binarization and the
@@ -102,6 +102,7 @@ def test_sigkill_mid_epoch_then_resume_is_bitwise_identical(tmp_path):
 KILL_DURING_WRITE = r"""
 import sys, time, torch
 from fastvae.train import save_checkpoint
+
 path = sys.argv[1]
 save_checkpoint({"epoch": 1, "w": torch.ones(1000)}, path)
 def slow_save(obj, f, *args, **kwargs):
@@ -172,10 +173,8 @@ class NaNAtStep(MLPVAE):
 
 def nan_model(monkeypatch, bad_calls):
     NaNAtStep.bad_calls = set(bad_calls)
-    monkeypatch.setattr(
-        ftrain, "_build_model",
-        lambda cfg, shape, device: NaNAtStep(shape, cfg.hidden_dims, cfg.latent_dim).to(device),
-    )
+    monkeypatch.setattr(build, "build_model",
+                        lambda cfg, shape: NaNAtStep(shape, cfg.hidden_dims, cfg.latent_dim))
 
 
 def test_nonfinite_loss_stops_and_keeps_the_last_checkpoint(tmp_path, monkeypatch):
