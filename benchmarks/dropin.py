@@ -13,7 +13,7 @@ What is measured, per code, size and variant:
 
 - ``head``: the loss head forward + backward: z and the loss from given latents and decoder
   outputs, ``torch.autograd.grad`` of (loss, z) with a given dz (the rest of the model cut
-  out); the original also under ``torch.compile`` (default mode), the issue's comparison;
+  out); the original also under ``torch.compile`` (default mode);
 - ``step``: the whole training step (zero_grad, model forward, loss, backward, Adam step;
   data already on the device), eager; under ``torch.compile(mode="reduce-overhead")`` of the
   forward + loss (backward through AOT autograd, the optimizer eager); and under bf16
@@ -21,8 +21,8 @@ What is measured, per code, size and variant:
 
 On CUDA: ``triton.testing.do_bench`` medians (:func:`benchmarks.measure.bench`), GPU
 activities per call from the profiler, speedups against the original, and for each compiled
-step the fresh-noise check of :func:`benchmarks.dropin_checks.fresh_noise` (replays of one
-input give different losses). Every variant is also checked against its original
+step the fresh-noise check of :func:`benchmarks.dropin_checks.replays_differ` (CUDA-graph
+replays of one batch give different losses). Every variant is also checked against its original
 (:mod:`benchmarks.dropin_checks`: loss and gradients from the same inputs and noise).
 
 On a CPU there is no GPU timing: the checks run on the PyTorch path ("torch") and, in a
@@ -89,6 +89,8 @@ SMOKE_SIZES = (Size(4, 1, 4, 3),)
 
 
 def build(code: str, variant: str, size: Size, device, *, twin=False, backend=None):
+    """The ``variant`` of ``code``'s model for ``size``'s images and latents, on ``device``
+    (``twin``: every width shrunk, the layers kept); ``backend`` is fastvae's."""
     return CODES[code].build(variant, size.channels, size.side, size.latent, twin=twin,
                              backend=backend).to(device)
 
@@ -115,13 +117,12 @@ def head_inputs(code: str, size: Size, device, gen: torch.Generator) -> dict:
     image = (size.channels, size.side, size.side)
     shape = (b, size.channels * size.side ** 2) if code == "pytorch_examples" else (b, *image)
     out = _randn(gen, *shape, scale=2.0, device=device)
-    s = {"mu": _randn(gen, b, l_, device=device).requires_grad_(),
-         "logvar": _randn(gen, b, l_, scale=0.5, device=device).requires_grad_(),
-         "out": (out if code == "pytorch_examples" else torch.tanh(out / 2)).requires_grad_(),
-         "x": torch.rand(*shape, generator=gen).to(device),
-         "dz": _randn(gen, b, l_, device=device),
-         "one": torch.ones((), device=device)}
-    return s
+    return {"mu": _randn(gen, b, l_, device=device).requires_grad_(),
+            "logvar": _randn(gen, b, l_, scale=0.5, device=device).requires_grad_(),
+            "out": (out if code == "pytorch_examples" else torch.tanh(out / 2)).requires_grad_(),
+            "x": torch.rand(*shape, generator=gen).to(device),
+            "dz": _randn(gen, b, l_, device=device),
+            "one": torch.ones((), device=device)}
 
 
 # ------------------------------------------------------------------ the callables
@@ -212,7 +213,6 @@ def variants(size: Size, device="cpu", *, backend=None, twin=False) -> dict[str,
     return out
 
 
-
 # ------------------------------------------------------------------ the command
 
 
@@ -236,14 +236,21 @@ def main(argv: list[str] | None = None) -> int:
                    help="CUDA: every cell (default), or gpu_check's budgeted subset")
     p.add_argument("--budget", type=float, default=None,
                    help="seconds; timed cells left after it are skipped, said so (default: none)")
-    p.add_argument("--device", default=None, help="cuda (default when present) or cpu")
+    p.add_argument("--device", choices=("cuda", "cpu"), default=None,
+                   help="cuda (default when present) or cpu")
     p.add_argument("--reps", type=int, default=200, help="CPU: rounds of the stubbed host timing")
     p.add_argument("--checks", choices=("auto", "torch", "triton"), default=None,
                    help="only the correctness checks, with this fastvae backend: JSON on stdout")
     p.add_argument("--out", default=None, help="results JSON (default benchmarks/results/dropin/"
                    "<device>.json; smoke runs under runs/dropin-smoke/)")
     args = p.parse_args(argv)
+    if args.reps < 1:
+        p.error(f"--reps must be at least 1, got {args.reps}")
+    if args.budget is not None and not args.budget > 0:
+        p.error(f"--budget must be a positive number of seconds, got {args.budget}")
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    if device.type == "cuda" and not torch.cuda.is_available():
+        p.error(f"--device {args.device}: no CUDA device (torch.cuda.is_available() is False)")
     if args.checks:
         from benchmarks import dropin_checks
 

@@ -132,15 +132,18 @@ def check_step(code: str, variant: str, size: dropin.Size, device, backend=None,
 
 def run_checks(device, backend=None, sizes=None) -> list[dict]:
     """Every variant other than the original, head and step, at each of ``sizes`` (default:
-    the smoke size and the twin of the 3x64x64 size: both AntixK layer stacks)."""
+    the smoke size and the twin of the 3x64x64 size: both AntixK layer stacks). cuDNN runs
+    deterministic and without TF32 meanwhile (TF32 rounds a convolution's inputs to 10
+    mantissa bits: two nearly equal inputs would differ by far more than fp32 rounding)."""
     sizes = sizes or (dropin.SMOKE_SIZES[0], dropin.SIZES[1].twin())
     rows = []
-    for size in sizes:
-        for code, mod in dropin.CODES.items():
-            for variant in mod.VARIANTS:
-                if variant != "original":
-                    rows.append(check_head(code, variant, size, device, backend))
-                    rows.append(check_step(code, variant, size, device, backend))
+    with torch.backends.cudnn.flags(enabled=True, deterministic=True, allow_tf32=False):
+        for size in sizes:
+            for code, mod in dropin.CODES.items():
+                for variant in mod.VARIANTS:
+                    if variant != "original":
+                        rows.append(check_head(code, variant, size, device, backend))
+                        rows.append(check_step(code, variant, size, device, backend))
     return rows
 
 
