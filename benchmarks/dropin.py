@@ -29,7 +29,7 @@ On a CPU there is no GPU timing: the checks run on the PyTorch path ("torch") an
 child process with ``TRITON_INTERPRET=1``, on the Triton kernels; the host time of each head
 and eager step is taken with fastvae's launches stubbed out (:func:`benchmarks.launches.
 recording`, ``keep=False``), interleaved, on each size's *twin* (the same layers and ops with
-tiny tensors, :meth:`Size.twin`, so CPU compute does not swamp the host path). That figure
+tiny tensors, :func:`twin_size`, so CPU compute does not swamp the host path). That figure
 is "stubbed host time, not an estimate" of GPU time: it leaves out Triton's launch path and
 the driver, and charges eager's kernels as CPU kernels.
 
@@ -77,11 +77,13 @@ class Size:
     def name(self) -> str:
         return f"B={self.batch} {self.channels}x{self.side}x{self.side} L={self.latent}"
 
-    def twin(self) -> Size:
-        """B=2, L=4 and the smallest side that keeps the model's layers (4 for the 28 x 28
-        models, 32 for the five-conv VanillaVAE); :func:`build` with ``twin=True`` also
-        shrinks the widths."""
-        return Size(2, self.channels, 4 if self.side % 32 else 32, 4)
+
+def twin_size(size: Size, code: str) -> Size:
+    """``size``'s twin for ``code``'s model: B=2, L=4 and the smallest image that keeps the
+    model's layers (the code's ``twin_image``); :func:`build` with ``twin=True`` also shrinks
+    the widths. The twin runs the ops the model runs at ``size``, on tiny tensors."""
+    channels, side = CODES[code].twin_image(size.channels, size.side)
+    return Size(2, channels, side, 4)
 
 
 SIZES = (Size(128, 1, 28, 20), Size(64, 3, 64, 128), Size(256, 3, 128, 128))
@@ -134,7 +136,7 @@ def head_step(code: str, variant: str, size: Size, device, *, backend=None, twin
     ``size``'s twin if ``twin``); returns the gradients of (mu, logvar, out).
     ``compile_options``: the head's forward under ``torch.compile(**compile_options)``."""
     gen = torch.Generator().manual_seed(seed)
-    at = size.twin() if twin else size
+    at = twin_size(size, code) if twin else size
     sets = itertools.cycle([head_inputs(code, at, device, gen) for _ in range(n_sets)])
     head = CODES[code].VARIANTS[variant].head
     if compile_options is not None:
@@ -161,7 +163,7 @@ def train_step(code: str, variant: str, size: Size, device, *, backend=None, mod
     launches). ``twin``: at ``size``'s twin. The step function carries ``model``,
     ``loss_of`` (the forward + loss of a batch, compiled or not) and ``batch`` (the first)."""
     torch.manual_seed(seed)
-    at = size.twin() if twin else size
+    at = twin_size(size, code) if twin else size
     model = build(code, variant, at, device, twin=twin, backend=backend)
     data = batches(at, device, torch.Generator().manual_seed(seed), n_batches)
     cycle = itertools.cycle(data)

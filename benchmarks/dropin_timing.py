@@ -31,6 +31,7 @@ from benchmarks.dropin import (
     Size,
     head_step,
     train_step,
+    twin_size,
 )
 from benchmarks.report import device_name, slug
 
@@ -183,29 +184,28 @@ def host_times(sizes=SIZES, reps: int = 200, warmup: int = 5, log=print) -> list
     if INTERPRETED:
         raise RuntimeError("host_times needs a process without TRITON_INTERPRET=1: the launches "
                            "are stubbed, not interpreted")
-    twins: dict[Size, list[str]] = {}
-    for size in sizes:
-        twins.setdefault(size.twin(), []).append(size.name)
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     rows = []
     try:
-        for size, names in twins.items():
-            fns = {(code, what, v): make(code, v, size, "cpu", backend="triton", twin=True)
-                   for code, mod in CODES.items() for what, make in (("head", head_step),
-                                                                     ("step", train_step))
-                   for v in mod.VARIANTS}
-            with launches.recording(keep=False):
-                med = _interleaved(fns, reps, warmup)
-                counted = {key: measure.count_dispatched(fn).launches for key, fn in fns.items()}
-            for (code, what, variant), us in med.items():
-                base = med[(code, what, "original")]
-                rows.append({"code": code, "size": size.name, "twin_of": names, "what": what,
-                             "variant": variant, "mode": "eager", "host_us": us,
-                             "host_ratio_vs_original": us / base,
-                             "dispatched_launches": counted[(code, what, variant)],
-                             "timing": CPU_NOTE, "error": None})
-                log(format_row(rows[-1]))
+        for code, mod in CODES.items():
+            twins: dict[Size, list[str]] = {}
+            for size in sizes:
+                twins.setdefault(twin_size(size, code), []).append(size.name)
+            for at, names in twins.items():
+                fns = {(what, v): make(code, v, at, "cpu", backend="triton", twin=True)
+                       for what, make in (("head", head_step), ("step", train_step))
+                       for v in mod.VARIANTS}
+                with launches.recording(keep=False):
+                    med = _interleaved(fns, reps, warmup)
+                    counted = {k: measure.count_dispatched(fn).launches for k, fn in fns.items()}
+                for (what, variant), us in med.items():
+                    rows.append({"code": code, "size": at.name, "twin_of": names, "what": what,
+                                 "variant": variant, "mode": "eager", "host_us": us,
+                                 "host_ratio_vs_original": us / med[(what, "original")],
+                                 "dispatched_launches": counted[(what, variant)],
+                                 "timing": CPU_NOTE, "error": None})
+                    log(format_row(rows[-1]))
     finally:
         torch.set_num_threads(threads)
     return rows
@@ -283,7 +283,8 @@ def run(*, smoke=False, kind="full", device=None, budget_s=None, reps=200, log=p
         deadline = start + budget_s if budget_s else None
         result["rows"] = time_cells(plan("smoke" if smoke else kind), dev, quick=smoke,
                                     deadline=deadline, compile_options=copts, log=log)
-    checks = dropin_checks.run_checks(dev, sizes=SMOKE_SIZES if smoke else None)
+    checks = dropin_checks.run_checks(dev, "triton" if gpu else "torch",
+                                      sizes=SMOKE_SIZES if smoke else None)
     if not gpu and not smoke:
         checks += interpreter_checks()
     result["checks"] = checks

@@ -8,6 +8,7 @@ Each module holds one code base and exposes the same few names:
   for ``(channels, side, side)`` images and ``latent`` latent dims; ``twin`` shrinks every
   width to a few units while keeping the layers, so the model runs the same sequence of ops
   on tiny tensors (a CPU host-time figure, where a full-size model would time CPU compute);
+- ``twin_image(channels, side)``: the ``(channels, side)`` of a twin's images;
 - ``LR``: the learning rate its training script gives Adam;
 - ``LATENT_LAYERS``: the names of the layers that output mu and logvar and of the layer that
   takes z (for replaying one variant's noise into another, :func:`benchmarks.dropin.check_step`).

@@ -234,6 +234,12 @@ def hidden_dims(side, twin=False):
     return [2] * len(dims) if twin else dims
 
 
+def twin_image(channels, side):
+    """A twin's image: one channel, the smallest side its conv stack takes (4 for two
+    stride-2 convs, 32 for five)."""
+    return 1, 4 if side % 32 else 32
+
+
 def build(variant, channels, side, latent, *, twin=False, backend=None):
     """The variant's VanillaVAE for ``channels x side x side`` images (``twin``: 2 channels
     per conv layer, ``side`` must then be ``2 ** len(hidden_dims)`` or a multiple)."""

@@ -202,6 +202,11 @@ VARIANTS = {
 }
 
 
+def twin_image(channels, side):
+    """A twin's image: 1 x 2 x 2 (an MLP runs the same ops for any input size)."""
+    return 1, 2
+
+
 def build(variant, channels, side, latent, *, twin=False, backend=None):
     """The variant's MLP VAE for flattened ``channels x side x side`` images (hidden width 400;
     8 for a twin)."""
