@@ -96,14 +96,12 @@ def test_fresh_noise_check_sees_frozen_noise():
 
 
 @pytest.mark.cuda
-@pytest.mark.parametrize("code,variant", [("pytorch_examples", "original"),
-                                          ("pytorch_examples", "elbo_loss"),
-                                          ("pytorch_examples", "fused"),
-                                          ("antixk", "elbo_loss")])
-def test_reduce_overhead_replays_draw_fresh_noise(code, variant):
+@pytest.mark.parametrize("variant", ["elbo_loss", "fused"])
+def test_reduce_overhead_replays_draw_fresh_noise(variant):
     """Under ``torch.compile(mode="reduce-overhead")`` the third and later calls replay a CUDA
-    graph: each replay must draw new noise."""
-    res = dropin_checks.fresh_noise(code, variant, SMOKE, torch.device("cuda"))
+    graph: each replay must draw new noise, from ``fastvae.reparameterize`` and from the
+    fused sampler. (gpu_check's drop-in part checks both codes at their own sizes.)"""
+    res = dropin_checks.fresh_noise("pytorch_examples", variant, SMOKE, torch.device("cuda"))
     assert res["fresh"], res
 
 
