@@ -13,8 +13,9 @@ subprocess, and a part that fails is recorded and the run goes on:
 1. ``static`` (budget 150 s, CPU only, run in a background subprocess while the GPU parts
    run): ``python -m benchmarks.static --check`` into ``runs/gpu-check/static/``; its row
    count and missed budgets go into the results file.
-2. ``tests`` (budget 90 s; 57 s on an H200 before the drop-in's two compile tests): ``pytest -m cuda`` (the CUDA-marked tests: bf16
-   kernels, CUDA graphs, int64 indexing, inductor), pass/fail counts into the results file.
+2. ``tests`` (budget 90 s; 57 s on an H200 before the drop-in's two compile tests):
+   ``pytest -m cuda`` (the CUDA-marked tests: bf16 kernels, CUDA graphs, int64 indexing,
+   inductor), pass/fail counts into the results file.
 3. ``recon`` (budget 150 s): Bernoulli and MSE reconstruction losses, fp32 and bf16, forward
    and forward + backward at B = 4096 x D = 49152, fastvae against eager and
    ``torch.compile`` (:func:`benchmarks.report.run`: do_bench medians, % of the copy
@@ -26,11 +27,11 @@ subprocess, and a part that fails is recorded and the run goes on:
 6. ``mnist`` (budget 90 s): 10 epochs of the 784-400-20 MNIST VAE, the plain PyTorch loop
    against fastvae's fast path (:mod:`benchmarks.mnist`).
 7. ``dropin`` (budget 75 s, a subprocess, after the others): :mod:`benchmarks.dropin`'s
-   "check" plan: the loss heads and training steps of pytorch/examples' VAE and AntixK's VanillaVAE, original
-   against fastvae's swaps, eager at the three sizes, compiled (``reduce-overhead``, with the
-   fresh-noise check) and bf16 at each code's own size, and every variant checked against
-   its original; its cells left when its budget is spent are skipped and said so. Its
-   results go under ``dropin`` in the results file.
+   "check" plan: the loss heads and training steps of pytorch/examples' VAE and AntixK's
+   VanillaVAE, original against fastvae's swaps, eager at the three sizes, compiled
+   (``reduce-overhead``, with the fresh-noise check) and bf16 at each code's own size, and
+   every variant checked against its original; its cells left when its budget is spent are
+   skipped and said so. Its results go under ``dropin`` in the results file.
 
 Writes ``benchmarks/results/<device>.json`` (the format of :mod:`benchmarks.report`, which
 ``python -m benchmarks.readme`` turns into the README's tables, plus ``gpu_check`` with the
