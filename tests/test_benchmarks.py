@@ -402,6 +402,7 @@ def test_gpu_check_dry_run_and_refusal_without_cuda():
 
     res = _run_module("benchmarks.gpu_check", "--dry-run", timeout=120)
     assert res.returncode == 0 and "total budget 480 s" in res.stdout, res.stdout + res.stderr
+    assert set(gpu_check.BUDGET_S) == set(gpu_check.PARTS) and "dropin" in res.stdout
     serial = sum(v for k, v in gpu_check.BUDGET_S.items() if k != "static")
     assert serial <= gpu_check.TOTAL_BUDGET_S and gpu_check.BUDGET_S["static"] <= gpu_check.TOTAL_BUDGET_S
     if torch.cuda.is_available():
@@ -412,15 +413,31 @@ def test_gpu_check_dry_run_and_refusal_without_cuda():
 
 def test_gpu_check_smoke_flow(tmp_path):
     """The GPU parts' flow at smoke sizes on this machine's device: results in the report's
-    format, marked smoke, with the check's outcome."""
+    format, marked smoke, with the check's outcome; the drop-in part's results (its smoke
+    plan, every variant checked against its original) under "dropin"."""
+    from benchmarks import dropin_timing
+
     out = tmp_path / "check.json"
-    res = _run_module("benchmarks.gpu_check", "--smoke", "--parts", "recon", "loss_head", "--out", str(out))
+    parts = ["recon", "loss_head", "latent", "dropin"]
+    res = _run_module("benchmarks.gpu_check", "--smoke", "--parts", *parts, "--out", str(out))
     assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
     data = json.loads(out.read_text())
     assert data["smoke"] is True and tuple(data["headline"]) == report.HEADLINE_KEYS
-    assert {r["op"] for r in data["rows"]} == {"recon_bernoulli", "recon_mse", "loss_head"}
+    assert {r["op"] for r in data["rows"]} == {"recon_bernoulli", "recon_mse", "loss_head", "latent"}
+    assert {(r["B"], r["dim"]) for r in data["rows"] if r["op"] == "latent"} == {report.SMOKE["latent"][0]}
     assert all(r["error"] is None for r in data["rows"])
-    assert data["gpu_check"]["parts"] == ["recon", "loss_head"] and data["gpu_check"]["outcome"]["benchmarks"]["ok"]
+    check = data["gpu_check"]
+    assert check["parts"] == parts and check["outcome"]["benchmarks"]["ok"] and check["outcome"]["dropin"]["ok"]
+    drop = data["dropin"]
+    assert drop["smoke"] is True and drop["checks_ok"] and len(drop["checks"]) == 2 * (3 + 2)
+    assert len(drop["rows"]) == len(dropin_timing.plan("smoke"))
+    for r in drop["rows"]:
+        if (r["code"], r["variant"], r["mode"], drop["device_type"]) == ("pytorch_examples", "original", "bf16", "cuda"):
+            assert "unsafe to autocast" in r["error"]  # F.binary_cross_entropy under CUDA autocast
+        else:
+            assert r["error"] is None and r["time_ms"] > 0, r
+    compiled = [r for r in drop["rows"] if r["mode"] == "compile" and r["what"] == "step"]
+    assert compiled and all(r["fresh_noise"]["fresh"] for r in compiled)
 
 
 def test_cpu_head_benchmark_runs(tmp_path):
