@@ -2,8 +2,9 @@
 replace, from the whole launch path timed on this CPU and charges fitted on H200 figures.
 
     python -m benchmarks.host                      # the tables (ESTIMATES), about 25 s
-    python -m benchmarks.host --check              # exit 1 if a held-out H200 figure misses 15%
     python -m benchmarks.host --out benchmarks/results/host-estimate/host.json
+    python -m benchmarks.host --code 56c978a --check \
+        --out benchmarks/results/host-estimate/code-56c978a.json   # the model's check
 
 At the sizes VAEs run (B = 128 x 784) the GPU waits for the host, so host time per call is
 what a user sees. Timed here, on CPU tensors, with ``time.perf_counter``: every step in each
@@ -21,16 +22,19 @@ the lower quartile over rounds (and the median, reported):
 What a CPU tensor cannot show is charged per event, counted with the profiler, a
 ``TorchFunctionMode`` and the fake driver's launch counter (:mod:`benchmarks.host_count`), at
 prices fitted together with the two hosts' speed ratio on H200 primitives and eager figures
-only (:mod:`benchmarks.host_model`). fastvae's H200 figures are held out: each run prints
-them against the model and ``--check`` fails if one misses by more than 15%. Validation
-(``benchmarks/results/host-estimate/host.json``, and runs like it on this shared 2-core
-machine): the forward figures (recon with and without grad, sample_and_kl, and
-sample_and_kl against the eager sample + KL) within about 5%; recon forward + backward
-13-18% low, because its backward runs Python (``autograd.Function.backward`` and a Triton
+only (:mod:`benchmarks.host_model`). fastvae's H200 figures are held out, and they are
+figures of fastvae as it was at commit 56c978a: ``--code 56c978a`` runs the same estimate on
+that code (``git archive`` of its ``fastvae/`` and ``kernels/``, imported in a child process)
+and prints them against the model; ``--check`` then fails if one misses by more than 15%.
+Validation (``benchmarks/results/host-estimate/code-56c978a.json``, and runs like it on this
+shared 2-core machine): the forward figures (recon with and without grad, sample_and_kl, and
+sample_and_kl against the eager sample + KL) within about 5-10%; recon forward + backward
+13-22% low, because its backward runs Python (``autograd.Function.backward`` and a Triton
 launch) on CUDA's autograd device thread, at a cost no calibration figure holds; the loss
 heads timed with ``do_bench`` (fused / eager 1.25x) about 30% low: the two H200 runs of those
 calls disagree with each other (1.25x, 0.67x) and with the same calls timed one by one, so
-no per-call model reproduces both. ``--check`` therefore exits 1 today.
+no per-call model reproduces both. ``--check`` therefore exits 1 today. Without ``--code``,
+the working tree's fastvae is estimated and nothing is checked.
 
 :func:`estimate` times any steps (callables of CPU tensors) this way, calibrated in the same
 run, for other benchmarks (the drop-in heads of third-party VAEs).
@@ -38,13 +42,13 @@ run, for other benchmarks (the drop-in heads of third-party VAEs).
 Assumptions: the H200 host runs the same Python and torch code at one speed ratio to this
 CPU (its torch 2.11 and Triton 3.6 against 2.14 and 3.8 here: version differences land in
 the fitted numbers); each CUDA allocation, CUDA op, backward pass and Triton launch costs the
-same there whatever it does (a launch's pointer arguments, each a driver query, included);
-fastvae's CPU path draws the Philox key with ``torch.randint`` (one op and one allocation
-here) where the CUDA path reads the CUDA generator on the host.
+same there whatever it does (a launch's pointer arguments, each a driver query, included).
 
-This module and its helpers patch Triton (the active driver) and fastvae's
-``check_launchable`` (:func:`benchmarks.launches.launchable_on_cpu`) for the benchmark only;
-run it in a process of its own, without ``TRITON_INTERPRET=1``.
+This module and its helpers patch Triton (the active driver), fastvae's ``check_launchable``
+(:func:`benchmarks.launches.launchable_on_cpu`) and its Philox key function (to read the key
+from a generator's offset on the host, as on CUDA, not draw it with ``torch.randint`` as on
+CPU tensors) for the benchmark only; run it in a process of its own, without
+``TRITON_INTERPRET=1``.
 """
 
 from __future__ import annotations
@@ -52,10 +56,14 @@ from __future__ import annotations
 import argparse
 import contextlib
 import datetime
+import io
 import json
 import os
 import platform
+import subprocess
 import sys
+import tarfile
+import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -75,6 +83,36 @@ Step = Callable[[], object]
 
 
 @contextlib.contextmanager
+def _cuda_philox_key() -> Iterator[None]:
+    """fastvae's host key function (``_host_key``, in ``fastvae.ops.latent``, or in
+    ``fastvae._ops`` in the code the H200 measured) answering as on CUDA outside graph
+    capture: a generator's offset read and advanced on the host, where on CPU tensors
+    fastvae would draw the key with ``torch.randint`` (an op and an allocation). Left out:
+    its two checks that the call is not being compiled or captured (about a microsecond)."""
+    import importlib
+
+    offset = [0]
+
+    def host_key(generator, t, n_samples):
+        first = offset[0]
+        offset[0] = first + 4 * n_samples
+        return 1234, first // 4
+
+    for name in ("fastvae.ops.latent", "fastvae._ops"):
+        try:
+            module = importlib.import_module(name)
+        except ImportError:
+            continue
+        real, module._host_key = module._host_key, host_key
+        try:
+            yield
+        finally:
+            module._host_key = real
+        return
+    yield
+
+
+@contextlib.contextmanager
 def measuring() -> Iterator[fake_cuda.FakeDriver]:
     """The fake CUDA driver active, fastvae's launchers taking CPU tensors, its calls taking
     the Triton path (``$FASTVAE_BACKEND=triton``), torch's CPU ops on one thread (a CUDA op
@@ -86,7 +124,7 @@ def measuring() -> Iterator[fake_cuda.FakeDriver]:
     torch.set_num_threads(1)
     torch.set_flush_denormal(True)
     try:
-        with fake_cuda.active() as driver, launches.launchable_on_cpu():
+        with fake_cuda.active() as driver, launches.launchable_on_cpu(), _cuda_philox_key():
             yield driver
     finally:
         torch.set_flush_denormal(False)
@@ -226,11 +264,13 @@ def entry_point_rows(estimates: Mapping[str, Estimate]) -> list[dict]:
     return rows
 
 
-def run(rounds: int, batch_us: float) -> dict:
-    """The whole report: the model, its fit, the held-out checks, one row per entry point."""
+def run(rounds: int, batch_us: float, code: str) -> dict:
+    """The whole report: the model, its fit, one row per entry point, and the held-out checks
+    when the code is the code the H200 measured (``code``: the revision, or "working tree")."""
     steps = host_cases.entry_point_steps(host_cases.Inputs.make(*TIMED_SHAPE))
     model, estimates = measure({"/".join(k): v for k, v in steps.items()}, rounds, batch_us)
     figures = host_model.h200_figures()
+    measured = code == host_model.MEASURED_CODE
     return {
         "what": "ESTIMATES of H200 host microseconds per call (no GPU ran): "
                 "python -m benchmarks.host",
@@ -238,6 +278,7 @@ def run(rounds: int, batch_us: float) -> dict:
         "cpu": cpu_name(),
         "torch": torch.__version__,
         "triton": triton.__version__,
+        "code": code,
         "shape_estimated": dict(zip("BDL", MNIST_SHAPE)),
         "shape_timed": dict(zip("BDL", TIMED_SHAPE)),
         "rounds": rounds,
@@ -246,8 +287,8 @@ def run(rounds: int, batch_us: float) -> dict:
         "do_bench_offset_us": host_model.do_bench_offset_us(),
         "tolerance": host_model.TOLERANCE,
         "fit": fit_rows(estimates, figures),
-        "validation": check_rows(host_model.VALIDATE, estimates, figures),
-        "shown": check_rows(host_model.SHOWN, estimates, figures),
+        "validation": check_rows(host_model.VALIDATE, estimates, figures) if measured else [],
+        "shown": check_rows(host_model.SHOWN, estimates, figures) if measured else [],
         "entry_points": entry_point_rows(estimates),
         "steps": {n: e.as_dict() for n, e in estimates.items()},
     }
@@ -274,21 +315,42 @@ def report(result: dict) -> str:
 
     entries = [f"{r['entry_point']:<21}{r['mode']:<9}{r['fastvae_us']:10.1f}{r['eager_us']:10.1f}"
                f"{r['ratio']:8.2f}" for r in result["entry_points"]]
+    validation = [f"\nvalidation: run with --code {host_model.MEASURED_CODE}, the code the H200 "
+                  "figures are of\n"]
+    if result["validation"]:
+        validation = [
+            _table(f"validation, held out (within {result['tolerance']:.0%} to pass)",
+                   f"{'figure':<46}{'predicted':>10}{'measured':>10}{'error':>9}",
+                   checks(result["validation"])),
+            _table("shown, not passed or failed (do_bench figures of the loss heads)",
+                   f"{'figure':<46}{'predicted':>10}{'measured':>10}{'error':>9}",
+                   checks(result["shown"], verdict=False))]
     return "\n".join([
+        f"code: {result['code']}",
         f"model: H200 host = {m['scale']:.2f} x this CPU + charges per event ({charges})",
         _table("\nfit (H200 primitives and eager figures)",
                f"{'figure':<28}{'cpu us':>9}{'model':>10}{'H200':>10}{'error':>9}   events",
                fit),
-        _table(f"validation, held out (within {result['tolerance']:.0%} to pass)",
-               f"{'figure':<46}{'predicted':>10}{'measured':>10}{'error':>9}",
-               checks(result["validation"])),
-        _table("shown, not passed or failed (do_bench figures of the loss heads)",
-               f"{'figure':<46}{'predicted':>10}{'measured':>10}{'error':>9}",
-               checks(result["shown"], verdict=False)),
+        *validation,
         _table(f"ESTIMATE: H200 host us per call, B={MNIST_SHAPE[0]}, D={MNIST_SHAPE[1]}, "
                f"L={MNIST_SHAPE[2]}, fp32, reduction 'sum'",
                f"{'entry point':<21}{'mode':<9}{'fastvae':>10}{'eager':>10}{'ratio':>8}", entries),
     ])
+
+
+def _run_on_code(rev: str, argv: list[str]) -> int:
+    """This command again, in a process that imports fastvae (and its kernels) as they were
+    at git revision ``rev`` (``git archive`` into a temporary folder, first on the path);
+    the benchmark's own modules stay this checkout's."""
+    root = Path(__file__).resolve().parent.parent
+    with tempfile.TemporaryDirectory() as tmp:
+        archive = subprocess.run(["git", "-C", str(root), "archive", rev, "fastvae", "kernels"],
+                                 capture_output=True, check=True).stdout
+        with tarfile.open(fileobj=io.BytesIO(archive)) as tar:
+            tar.extractall(tmp, **({"filter": "data"} if hasattr(tarfile, "data_filter") else {}))
+        env = {**os.environ, "PYTHONPATH": os.pathsep.join([tmp, str(root)])}
+        return subprocess.run([sys.executable, "-m", "benchmarks.host", *argv,
+                               "--code-label", rev], env=env, cwd=root).returncode
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -301,11 +363,20 @@ def main(argv: list[str] | None = None) -> int:
                    help="write the result as JSON here (the committed one: benchmarks/results/"
                    "host-estimate/host.json)")
     p.add_argument("--check", action="store_true",
-                   help="exit 1 if a held-out H200 figure misses by more than "
+                   help="with --code: exit 1 if a held-out H200 figure misses by more than "
                    f"{100 * host_model.TOLERANCE:.0f}%%")
+    p.add_argument("--code", metavar="REV",
+                   help="estimate fastvae as it was at git revision REV instead of the working "
+                   f"tree; {host_model.MEASURED_CODE}, the code the H200 figures are of, adds "
+                   "the held-out checks of the model")
+    p.add_argument("--code-label", help=argparse.SUPPRESS)  # set by --code's child process
     args = p.parse_args(argv)
+    if args.code:
+        rest = [a for a in (argv if argv is not None else sys.argv[1:])
+                if a not in ("--code", args.code) and not a.startswith("--code=")]
+        return _run_on_code(args.code, rest)
     try:
-        result = run(args.rounds, args.batch_us)
+        result = run(args.rounds, args.batch_us, args.code_label or "working tree")
     except fake_cuda.FakeDriverUnavailable as e:
         print(f"python -m benchmarks.host needs the fake CUDA driver: {e}", file=sys.stderr)
         return 2

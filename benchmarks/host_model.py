@@ -33,6 +33,7 @@ import numpy as np
 from benchmarks.host_count import Events
 
 H200_DIR = Path(__file__).resolve().parent / "results" / "h200-2026-12-04"
+MEASURED_CODE = "56c978a"  # the commit whose fastvae the H200 figures are of (H200_DIR/README.md)
 KINDS = ("allocations", "torch_ops", "backwards", "launches")
 FIT = ("torch_empty", "torch_add", "triton_noop_launch", "bce_logits_fwd", "bce_logits_fwd_bwd",
        "eager_sample_kl_fwd")

@@ -160,54 +160,66 @@ def update(readme: Path = README, results_dir: Path = RESULTS_DIR, *, check: boo
 
 
 _HOST_FILE = "benchmarks/results/host-estimate/host.json"
+_MEASURED_FILE = "benchmarks/results/host-estimate/code-56c978a.json"
+HOST_MEASURED = RESULTS_DIR / "host-estimate" / "code-56c978a.json"
 _EVENT_NAMES = {"allocations": "CUDA allocation", "torch_ops": "torch op launching a CUDA kernel",
                 "backwards": "backward pass", "launches": "Triton launch"}
 
 
-def render_host(result: dict) -> str:
-    """The host-estimate section: one row per entry point, the held-out checks."""
+def _model(result: dict) -> str:
     m = result["model"]
     charges = ", ".join(f"{v:.1f} us per {_EVENT_NAMES[k]}" for k, v in m["charges_us"].items())
-    shape = result["shape_estimated"]
+    return f"H200 host time = {m['scale']:.2f} x the time here + {charges}"
+
+
+def render_host(current: dict, measured: dict) -> str:
+    """The host-estimate section: per entry point, the code the H200 measured (``measured``,
+    56c978a) and the working tree's (``current``), each against the eager code; then the
+    model against the H200 figures held out of its fit (``measured``'s checks)."""
+    shape = current["shape_estimated"]
     out = [
         f"**Estimates, not measurements** (no GPU ran): H200 host microseconds per call at "
         f"B={shape['B']}, D={shape['D']}, L={shape['L']}, fp32, reduction `\"sum\"`, from "
-        f"`python -m benchmarks.host` on {result['cpu']} ({result['date']}, torch "
-        f"{result['torch']}, Triton {result['triton']}; "
-        f"[`{_HOST_FILE}`]({_HOST_FILE})). "
-        f"Model: H200 host time = {m['scale']:.2f} x the time here + {charges}.",
+        f"`python -m benchmarks.host` on {current['cpu']} ({current['date']}, torch "
+        f"{current['torch']}, Triton {current['triton']}): the code the H200 measured "
+        f"({measured['code']}, [`{_MEASURED_FILE}`]({_MEASURED_FILE}); model: "
+        f"{_model(measured)}) and today's ([`{_HOST_FILE}`]({_HOST_FILE}); model: "
+        f"{_model(current)}), each against the eager code it replaces, estimated in the same run.",
         "",
-        "| entry point | fwd: fastvae | eager | fastvae / eager | fwd+bwd: fastvae | eager "
-        "| fastvae / eager |",
-        "| --- | ---: | ---: | ---: | ---: | ---: | ---: |",
+        f"| entry point | mode | eager | fastvae {measured['code']} | / eager | fastvae now "
+        "| / eager |",
+        "| --- | --- | ---: | ---: | ---: | ---: | ---: |",
     ]
-    rows = {(r["entry_point"], r["mode"]): r for r in result["entry_points"]}
-    for name in dict.fromkeys(r["entry_point"] for r in result["entry_points"]):
-        cells = [f"{rows[name, mode]['fastvae_us']:.0f} | {rows[name, mode]['eager_us']:.0f} | "
-                 f"{rows[name, mode]['ratio']:.2f}x" for mode in ("fwd", "fwd+bwd")]
-        out.append(f"| `{name}` | {cells[0]} | {cells[1]} |")
-    out += ["", f"The model against the H200 figures held out of its fit (pass within "
-            f"{result['tolerance']:.0%}), and figures shown beside them; a `do_bench` figure is "
-            f"estimated as `do_bench` shows it, the host time less the "
-            f"{result['do_bench_offset_us']:.0f} us the GPU spends clearing its L2-flush "
+    before = {(r["entry_point"], r["mode"]): r for r in measured["entry_points"]}
+    for r in current["entry_points"]:
+        b = before[r["entry_point"], r["mode"]]
+        out.append(f"| `{r['entry_point']}` | {r['mode']} | {r['eager_us']:.0f} | "
+                   f"{b['fastvae_us']:.0f} | {b['ratio']:.2f}x | {r['fastvae_us']:.0f} | "
+                   f"**{r['ratio']:.2f}x** |")
+    out += ["", f"The model against fastvae's H200 figures, held out of its fit (estimated on "
+            f"the code they are of, {measured['code']}; pass within "
+            f"{measured['tolerance']:.0%}), and figures shown beside them; a `do_bench` "
+            f"figure is estimated as `do_bench` shows it, the host time less the "
+            f"{measured['do_bench_offset_us']:.0f} us the GPU spends clearing its L2-flush "
             "buffer:", "",
             "| figure | estimate | H200 | error | |", "| --- | ---: | ---: | ---: | --- |"]
-    for r in result["validation"] + result["shown"]:
-        verdict = ("pass" if r["passed"] else "**miss**") if r in result["validation"] else "shown"
+    for r in measured["validation"] + measured["shown"]:
+        verdict = ("pass" if r["passed"] else "**miss**") if r in measured["validation"] else "shown"
         out.append(f"| {r['figure']} | {r['predicted']:.2f} | {r['measured']:.2f} | "
                    f"{r['error']:+.0%} | {verdict} |")
     return "\n".join(out)
 
 
-def update_host(readme: Path = README, result: Path = HOST_RESULT, *, check: bool = False) -> bool:
-    """Rewrite (or with ``check``, only compare) the host-estimate section from ``result``;
-    returns True if it was current.
+def update_host(readme: Path = README, result: Path = HOST_RESULT,
+                measured: Path = HOST_MEASURED, *, check: bool = False) -> bool:
+    """Rewrite (or with ``check``, only compare) the host-estimate section from ``result``
+    and ``measured``; returns True if it was current.
 
     Raises:
         ValueError: the README lacks the markers.
     """
     text = readme.read_text(encoding="utf-8")
-    body = render_host(json.loads(result.read_text(encoding="utf-8")))
+    body = render_host(*(json.loads(p.read_text(encoding="utf-8")) for p in (result, measured)))
     new = _replace(text, HOST_BEGIN, HOST_END, body)
     return _write_if_changed(readme, text, new, check)
 
@@ -219,8 +231,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--results", type=Path, default=RESULTS_DIR)
     args = p.parse_args(argv)
     current = update(args.readme, args.results, check=args.check)
-    host = args.results / "host-estimate" / "host.json"
-    current = update_host(args.readme, host, check=args.check) and current
+    host = args.results / "host-estimate"
+    current = update_host(args.readme, host / "host.json", host / "code-56c978a.json",
+                          check=args.check) and current
     if args.check and not current:
         print(f"{args.readme} is out of date: run python -m benchmarks.readme", file=sys.stderr)
         return 1

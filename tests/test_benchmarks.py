@@ -329,15 +329,25 @@ def test_fake_driver_times_the_launch_path_itself():
 
 @needs_cc
 def test_host_estimate_runs_end_to_end(tmp_path):
-    """A one-round run: every step timed and counted through the fake driver, the model
-    fitted, every held-out check and entry point reported."""
+    """A one-round run on the working tree: every step timed and counted through the fake
+    driver, the model fitted, every entry point reported, nothing checked (the H200 figures
+    are of other code); then on the code they are of (``--code``): the held-out checks."""
     from benchmarks import host_cases, host_model
 
     out = tmp_path / "host.json"
     res = _run_module("benchmarks.host", "--rounds", "1", "--batch-us", "1", "--out", str(out))
     assert res.returncode == 0, res.stderr[-3000:]
     data = json.loads(out.read_text())
-    assert [r["figure"] for r in data["validation"]] == [c.label for c in host_model.VALIDATE]
+    assert data["code"] == "working tree" and data["validation"] == []
+    if subprocess.run(["git", "-C", str(ROOT), "cat-file", "-e", host_model.MEASURED_CODE],
+                      capture_output=True).returncode == 0:  # not in a shallow clone
+        old = tmp_path / "old.json"
+        res_old = _run_module("benchmarks.host", "--rounds", "1", "--batch-us", "1", "--code",
+                              host_model.MEASURED_CODE, "--out", str(old))
+        assert res_old.returncode == 0, res_old.stderr[-3000:]
+        checked = json.loads(old.read_text())
+        assert checked["code"] == host_model.MEASURED_CODE
+        assert [r["figure"] for r in checked["validation"]] == [c.label for c in host_model.VALIDATE]
     assert [r["figure"] for r in data["fit"]] == list(host_model.FIT)
     assert data["model"]["scale"] > 0 and min(data["model"]["charges_us"].values()) >= 0
     rows = {(r["entry_point"], r["mode"]): r for r in data["entry_points"]}
