@@ -9,7 +9,6 @@ import datetime
 import json
 import os
 import platform
-import statistics
 import subprocess
 import sys
 import time
@@ -159,71 +158,47 @@ def format_row(r: dict) -> str:
     if r.get("error"):
         return f"{head} {r['error']}"
     if "host_us" in r:
-        return f"{head} {r['host_us']:9.1f} us stubbed host  dispatched {r['dispatched_launches']}"
+        return (f"{head} {r['host_us']:9.1f} us ESTIMATED H200 host  launches {r['launches']}"
+                f" + torch ops {r['torch_ops']}")
     noise = r.get("fresh_noise")
     fresh = "" if noise is None else f"  fresh noise {noise['fresh']}"
     launches = "-" if r["launches"] is None else r["launches"]
     return f"{head} {r['time_ms']:9.4f} ms  launches {launches}{fresh}"
 
 
-# ------------------------------------------------------------------ the CPU's stubbed host time
+# ------------------------------------------------------------------ the CPU's host estimate
 
 
-def host_times(sizes=SIZES, reps: int = 200, warmup: int = 5, log=print) -> list[dict]:
-    """Host time of every head and eager step on the CPU, fastvae's calls on the Triton path
-    with its launches stubbed out (:func:`benchmarks.launches.recording`, ``keep=False``),
-    at each size's twin (sizes with one twin are timed once), one thread, all callables
-    interleaved (the order rotating every round), ``time.perf_counter`` per call; medians in
-    microseconds, and the ops each call dispatches (:func:`benchmarks.measure.count_dispatched`).
-    This is "stubbed host time, not an estimate" of any GPU time (:data:`benchmarks.dropin.
-    CPU_NOTE`). Needs a process without ``TRITON_INTERPRET=1``."""
-    from benchmarks import launches
+def host_times(sizes=SIZES, rounds: int = 200, log=print) -> list[dict]:
+    """ESTIMATED H200 host time of every head and eager step (:func:`benchmarks.host.measure`:
+    fastvae's calls on the Triton path through Triton's whole launch path and a fake CUDA
+    driver, the eager code's CPU ops run, what a CPU tensor cannot show charged per event at
+    prices fitted on H200 figures in the same run), at each size's twin (sizes with one twin
+    are estimated once): microseconds, the ratio to the original, and the events counted
+    (Triton launches, torch ops launching a kernel). Needs a process without
+    ``TRITON_INTERPRET=1`` and a C compiler (the fake driver)."""
+    from benchmarks import host
 
-    if os.environ.get("TRITON_INTERPRET", "0") == "1":
-        raise RuntimeError("host_times needs a process without TRITON_INTERPRET=1: the launches "
-                           "are stubbed, not interpreted")
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
     rows = []
-    try:
-        for code, mod in CODES.items():
-            twins: dict[Size, list[str]] = {}
-            for size in sizes:
-                twins.setdefault(twin_size(size, code), []).append(size.name)
-            for at, names in twins.items():
-                fns = {(what, v): make(code, v, at, "cpu", backend="triton", twin=True)
-                       for what, make in (("head", head_step), ("step", train_step))
-                       for v in mod.VARIANTS}
-                with launches.recording(keep=False):
-                    med = _interleaved(fns, reps, warmup)
-                    counted = {k: measure.count_dispatched(fn).launches for k, fn in fns.items()}
-                for (what, variant), us in med.items():
-                    rows.append({"code": code, "size": at.name, "twin_of": names, "what": what,
-                                 "variant": variant, "mode": "eager", "host_us": us,
-                                 "host_ratio_vs_original": us / med[(what, "original")],
-                                 "dispatched_launches": counted[(what, variant)],
-                                 "timing": CPU_NOTE, "error": None})
-                    log(format_row(rows[-1]))
-    finally:
-        torch.set_num_threads(threads)
+    for code, mod in CODES.items():
+        twins: dict[Size, list[str]] = {}
+        for size in sizes:
+            twins.setdefault(twin_size(size, code), []).append(size.name)
+        for at, names in twins.items():
+            steps = {f"{what}/{v}": make(code, v, at, "cpu", backend="triton", twin=True)
+                     for what, make in (("head", head_step), ("step", train_step))
+                     for v in mod.VARIANTS}
+            _, estimates = host.measure(steps, rounds, batch_us=300.0)
+            for name in steps:
+                what, variant = name.split("/")
+                est, original = estimates[name], estimates[f"{what}/original"]
+                rows.append({"code": code, "size": at.name, "twin_of": names, "what": what,
+                             "variant": variant, "mode": "eager", "host_us": est.h200_us,
+                             "host_ratio_vs_original": est.h200_us / original.h200_us,
+                             "launches": est.events.launches, "torch_ops": est.events.torch_ops,
+                             "timing": CPU_NOTE, "error": None})
+                log(format_row(rows[-1]))
     return rows
-
-
-def _interleaved(fns: dict, reps: int, warmup: int) -> dict:
-    """Median microseconds per call of each callable, all called once per round, the order
-    rotated every round (a callable that follows another pays for the cache state it left)."""
-    keys = list(fns)
-    times = {k: [] for k in keys}
-    for r in range(warmup + reps):
-        for k in keys[r % len(keys):] + keys[:r % len(keys)]:
-            t0 = time.perf_counter()
-            fns[k]()
-            if r >= warmup:
-                times[k].append((time.perf_counter() - t0) * 1e6)
-    return {k: statistics.median(v) for k, v in times.items()}
-
-
-# ------------------------------------------------------------------ a run
 
 
 def cpu_name() -> str:
@@ -253,7 +228,7 @@ def interpreter_checks(timeout: float = 600) -> list[dict]:
 def run(*, smoke=False, kind="full", device=None, budget_s=None, reps=200, log=print) -> dict:
     """One run (see :mod:`benchmarks.dropin`): on CUDA (or with ``smoke``, on any device) the
     cells of :func:`plan` timed, the cells left when ``budget_s`` seconds have passed
-    skipped; on a CPU the stubbed host times. Then the checks of every variant against its
+    skipped; on a CPU the estimated H200 host times. Then the checks of every variant against its
     original (CUDA: the kernels; CPU: the PyTorch path, and the Triton interpreter unless a
     smoke run). Returns the results dict."""
     from benchmarks import dropin_checks
@@ -270,8 +245,8 @@ def run(*, smoke=False, kind="full", device=None, budget_s=None, reps=200, log=p
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "smoke": smoke, "plan": "smoke" if smoke else kind if gpu else "host", "budget_s": budget_s,
         "gpu_timing": gpu and not smoke,
-        "timer": ("triton.testing.do_bench median" if gpu else "time.perf_counter median")
-                 + ("" if gpu or smoke else ", launches stubbed"),
+        "timer": "triton.testing.do_bench median" if gpu or smoke
+                 else "benchmarks.host estimate (H200 host time)",
     }
     if not gpu and not smoke:
         result["timing_note"] = CPU_NOTE
