@@ -340,17 +340,23 @@ def report(result: dict) -> str:
 
 def _run_on_code(rev: str, argv: list[str]) -> int:
     """This command again, in a process that imports fastvae (and its kernels) as they were
-    at git revision ``rev`` (``git archive`` into a temporary folder, first on the path);
-    the benchmark's own modules stay this checkout's."""
+    at git revision ``rev``: ``git archive`` into a temporary folder laid out as installed
+    (``kernels/`` as ``fastvae/kernels/``), first on the path; the benchmark's own modules
+    stay this checkout's."""
     root = Path(__file__).resolve().parent.parent
     with tempfile.TemporaryDirectory() as tmp:
         archive = subprocess.run(["git", "-C", str(root), "archive", rev, "fastvae", "kernels"],
                                  capture_output=True, check=True).stdout
         with tarfile.open(fileobj=io.BytesIO(archive)) as tar:
-            tar.extractall(tmp, **({"filter": "data"} if hasattr(tarfile, "data_filter") else {}))
+            members = tar.getmembers()
+            for m in members:
+                if m.name.startswith("kernels"):
+                    m.name = "fastvae/" + m.name
+            tar.extractall(tmp, members, **({"filter": "data"} if hasattr(tarfile, "data_filter") else {}))
         env = {**os.environ, "PYTHONPATH": os.pathsep.join([tmp, str(root)])}
+        # cwd: python -m puts it first on the path, ahead of PYTHONPATH
         return subprocess.run([sys.executable, "-m", "benchmarks.host", *argv,
-                               "--code-label", rev], env=env, cwd=root).returncode
+                               "--code-label", rev], env=env, cwd=tmp).returncode
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -372,8 +378,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--code-label", help=argparse.SUPPRESS)  # set by --code's child process
     args = p.parse_args(argv)
     if args.code:
-        rest = [a for a in (argv if argv is not None else sys.argv[1:])
-                if a not in ("--code", args.code) and not a.startswith("--code=")]
+        rest = ["--rounds", str(args.rounds), "--batch-us", str(args.batch_us)]
+        rest += ["--check"] * args.check + (["--out", str(args.out.resolve())] if args.out else [])
         return _run_on_code(args.code, rest)
     try:
         result = run(args.rounds, args.batch_us, args.code_label or "working tree")
