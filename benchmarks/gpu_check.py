@@ -13,23 +13,33 @@ subprocess, and a part that fails is recorded and the run goes on:
 1. ``static`` (budget 150 s, CPU only, run in a background subprocess while the GPU parts
    run): ``python -m benchmarks.static --check`` into ``runs/gpu-check/static/``; its row
    count and missed budgets go into the results file.
-2. ``tests`` (budget 150 s): ``pytest -m cuda`` (the CUDA-marked tests: bf16 kernels, CUDA
-   graphs, int64 indexing, inductor), pass/fail counts into the results file.
+2. ``tests`` (budget 90 s; 57 s on an H200 before the drop-in's two compile tests):
+   ``pytest -m cuda`` (the CUDA-marked tests: bf16 kernels, CUDA graphs, int64 indexing,
+   inductor), pass/fail counts into the results file.
 3. ``recon`` (budget 150 s): Bernoulli and MSE reconstruction losses, fp32 and bf16, forward
    and forward + backward at B = 4096 x D = 49152, fastvae against eager and
    ``torch.compile`` (:func:`benchmarks.report.run`: do_bench medians, % of the copy
    bandwidth measured in the same run, speedups, launches, syncs).
 4. ``loss_head`` (budget 30 s, with ``recon``'s run): sample + KL + Bernoulli recon at MNIST
    size (B = 128, L = 20, D = 784), forward and forward + backward.
-5. ``mnist`` (budget 90 s): 10 epochs of the 784-400-20 MNIST VAE, the plain PyTorch loop
-   against fastvae's fast path (:mod:`benchmarks.mnist`).
+5. ``latent`` (budget 40 s, with ``recon``'s run): ``sample_and_kl`` at B = 65536 x L = 128,
+   fp32 and bf16, forward and forward + backward, against eager and ``torch.compile``.
+6. ``mnist`` (budget 90 s): 10 epochs of the 784-400-20 MNIST VAE, the plain PyTorch loop
+   against the engine ``fastvae train`` runs (:mod:`benchmarks.mnist`).
+7. ``dropin`` (budget 75 s, a subprocess, after the others): :mod:`benchmarks.dropin`'s
+   "check" plan: the loss heads and training steps of pytorch/examples' VAE and AntixK's
+   VanillaVAE, original against fastvae's swaps, eager at the three sizes, compiled
+   (``reduce-overhead``, with the fresh-noise check) and bf16 at each code's own size, and
+   every variant checked against its original; its cells left when its budget is spent are
+   skipped and said so. Its results go under ``dropin`` in the results file.
 
 Writes ``benchmarks/results/<device>.json`` (the format of :mod:`benchmarks.report`, which
 ``python -m benchmarks.readme`` turns into the README's tables, plus ``gpu_check`` with the
 parts' outcomes and times) and prints the headline. Without a CUDA device it refuses the GPU
 parts with a clear message (exit status 2), unless ``--smoke``: then the same flow runs at
 :mod:`benchmarks.report`'s smoke sizes on whatever device there is (1 MNIST epoch on 512
-images), marked ``"smoke": true`` and written under ``runs/`` (a harness check, not results).
+images), marked ``"smoke": true`` and written under ``runs/`` (a harness check, not results),
+one size per op (:func:`smoke_sizes`) and the drop-in's smoke plan.
 """
 
 from __future__ import annotations
@@ -46,17 +56,29 @@ from pathlib import Path
 import torch
 
 ROOT = Path(__file__).resolve().parent.parent
-PARTS = ("static", "tests", "recon", "loss_head", "mnist")
-GPU_PARTS = ("tests", "recon", "loss_head", "mnist")
-BUDGET_S = {"static": 150, "tests": 150, "recon": 150, "loss_head": 30, "mnist": 90}
+PARTS = ("static", "tests", "recon", "loss_head", "latent", "mnist", "dropin")
+GPU_PARTS = ("tests", "recon", "loss_head", "latent", "mnist", "dropin")
+BUDGET_S = {"static": 150, "tests": 90, "recon": 150, "loss_head": 30, "latent": 40,
+            "dropin": 75, "mnist": 90}
 TOTAL_BUDGET_S = 480
 STATIC_OUT = ROOT / "runs" / "gpu-check" / "static"
+DROPIN_OUT = ROOT / "runs" / "gpu-check" / "dropin.json"
+REPORT_OPS = (("recon_bernoulli", "recon"), ("recon_mse", "recon"), ("loss_head", "loss_head"),
+              ("latent", "latent"))  # benchmarks.report's ops, with the part measuring each
 SIZES = {  # benchmarks.report's size keys, cut to what the check measures
-    "latent": [],
+    "latent": [(65536, 128)],
     "recon": [(4096, 49152)],
     "loss_head": [(128, 784)],
     "headline_recon": (4096, 49152),
 }
+
+
+def smoke_sizes() -> dict:
+    """One size per op of :mod:`benchmarks.report`'s smoke sizes (a harness check)."""
+    from benchmarks.report import SMOKE
+
+    return {"latent": SMOKE["latent"][:1], "recon": SMOKE["recon"][:1],
+            "loss_head": SMOKE["loss_head"], "headline_recon": SMOKE["recon"][0]}
 
 
 def plan(parts: tuple[str, ...]) -> str:
@@ -107,6 +129,26 @@ def run_cuda_tests(timeout: float) -> dict:
             "output_tail": res.stdout[-3000:] if res.returncode else ""}
 
 
+def run_dropin(smoke: bool, budget: float, out: Path) -> dict:
+    """:mod:`benchmarks.dropin` in a subprocess (its "check" plan, or its smoke plan), its own
+    budget a little under ``budget`` (for the process's start and its checks), a hard
+    timeout of ``budget`` + 60 s; returns the outcome and, under "result", its results."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.unlink(missing_ok=True)  # a file left by an earlier run must not pass for this one's
+    cmd = [sys.executable, "-m", "benchmarks.dropin", "--out", str(out),
+           *(["--smoke"] if smoke else ["--plan", "check", "--budget", str(budget - 15)])]
+    try:
+        res = subprocess.run(cmd, cwd=ROOT, env=_env_without_interpreter(), capture_output=True,
+                             text=True, timeout=budget + 60)
+    except subprocess.TimeoutExpired:
+        return {"ok": False, "error": f"timed out after {budget + 60:.0f} s"}
+    outcome = {"ok": res.returncode == 0, "exit_status": res.returncode,
+               "output_tail": (res.stdout[-2000:] + res.stderr[-2000:]) if res.returncode else ""}
+    if out.exists():
+        outcome["result"] = json.loads(out.read_text(encoding="utf-8"))
+    return outcome
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m benchmarks.gpu_check", description=__doc__.split("\n\n")[0])
     p.add_argument("--parts", nargs="+", choices=PARTS, default=list(PARTS))
@@ -133,15 +175,22 @@ def main(argv: list[str] | None = None) -> int:
         outcome["tests"]["seconds"] = time.perf_counter() - t0
         print(f"cuda tests: {outcome['tests'].get('summary') or outcome['tests'].get('error')}")
     result = None
-    ops = [o for o, part in (("recon_bernoulli", "recon"), ("recon_mse", "recon"), ("loss_head", "loss_head"))
-           if part in parts]
-    if ops or "mnist" in parts:
+    ops = [o for o, part in REPORT_OPS if part in parts]
+    if ops or "mnist" in parts or "dropin" in parts:  # dropin alone: the report's header
         from benchmarks import report
 
         t0 = time.perf_counter()
-        result = report.run(smoke=args.smoke, ops=ops, dtypes=("fp32", "bf16"), sizes=None if args.smoke else SIZES,
+        result = report.run(smoke=args.smoke, ops=ops, dtypes=("fp32", "bf16"),
+                            sizes=smoke_sizes() if args.smoke else SIZES,
                             mnist_epochs=(1 if args.smoke else 10) if "mnist" in parts else 0)
         outcome["benchmarks"] = {"ok": True, "seconds": time.perf_counter() - t0}
+    if "dropin" in parts:
+        t0 = time.perf_counter()
+        dropin = run_dropin(args.smoke, BUDGET_S["dropin"], DROPIN_OUT)
+        result["dropin"] = dropin.pop("result", None)
+        outcome["dropin"] = {**dropin, "seconds": time.perf_counter() - t0}
+        print(f"dropin: {'ok' if dropin['ok'] else dropin.get('error') or 'failed'} "
+              f"({outcome['dropin']['seconds']:.0f} s)")
     if static_proc is not None:
         t0 = time.perf_counter()
         outcome["static"] = finish_static(static_proc, STATIC_OUT, BUDGET_S["static"] + 60 - (t0 - start))

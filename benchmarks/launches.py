@@ -34,7 +34,7 @@ from triton import knobs
 from triton.backends.compiler import GPUTarget
 from triton.compiler import ASTSource, make_backend
 from triton.runtime.autotuner import Autotuner
-from triton.runtime.jit import JITFunction, compute_cache_key, create_function_from_signature
+from triton.runtime.jit import JITFunction, create_function_from_signature
 
 SM90 = GPUTarget("cuda", 90, 32)
 
@@ -57,15 +57,10 @@ class Launch:
 
 @dataclass
 class Recorder:
-    """``bind``: while True, each stubbed launch also runs Triton's own per-launch host work
-    that needs no GPU: the JITFunction's argument binder (specialization of every argument)
-    and its kernel-cache key, exactly as ``JITFunction.run`` computes them for sm_90. Left
-    out still: the driver queries (current device and stream), ``launch_metadata`` and the C
-    launcher."""
+    """The launches recorded so far and the current phase label."""
 
     launches: list[Launch] = field(default_factory=list)
     current: str = ""
-    bind: bool = False
 
     @contextlib.contextmanager
     def phase(self, label: str) -> Iterator[None]:
@@ -90,28 +85,31 @@ def _add_run_options(kernel: JITFunction, kwargs: dict) -> dict:
 
 
 @contextlib.contextmanager
-def recording(keep: bool = True) -> Iterator[Recorder]:
-    """Within the context, Triton launches are recorded (not run) and fastvae's launchers
-    accept CPU tensors; both are restored on exit. ``keep=False`` drops the launches instead
-    of recording them (a stub that costs only the call, for timing the host path)."""
+def launchable_on_cpu() -> Iterator[None]:
+    """Within the context, fastvae's launchers accept CPU tensors: ``check_launchable`` is
+    replaced by a no-op in every ``fastvae`` module that imported it (restored on exit)."""
     import fastvae.kernels._common as common
 
-    recorder = Recorder()
-    binders: dict = {}  # kernel -> (Triton's binder for sm_90, its kernel-cache-key cache)
-    original_check = common.check_launchable
+    original = common.check_launchable
     patched = [m for name, m in list(sys.modules.items())
-               if name.startswith("fastvae") and getattr(m, "check_launchable", None) is original_check]
+               if name.startswith("fastvae") and getattr(m, "check_launchable", None) is original]
+    for m in patched:
+        m.check_launchable = _accept_any_device
+    try:
+        yield
+    finally:
+        for m in patched:
+            m.check_launchable = original
+
+
+@contextlib.contextmanager
+def recording() -> Iterator[Recorder]:
+    """Within the context, Triton launches are recorded (not run) and fastvae's launchers
+    accept CPU tensors; both are restored on exit."""
+    recorder = Recorder()
 
     def run(kernel, *args, grid, warmup, **kwargs):
-        if keep:
-            recorder.launches.append(Launch(kernel, args, dict(kwargs), grid, recorder.current))
-        if recorder.bind:  # the start of JITFunction.run, up to the kernel-cache lookup
-            _add_run_options(kernel, kwargs)
-            if kernel not in binders:
-                binders[kernel] = (create_function_from_signature(kernel.signature, kernel.params, make_backend(SM90)), {})
-            binder, key_cache = binders[kernel]
-            _, specialization, options = binder(*args, **kwargs)
-            compute_cache_key(key_cache, specialization, options)
+        recorder.launches.append(Launch(kernel, args, dict(kwargs), grid, recorder.current))
 
     def refuse(tuner, *args, **kwargs):
         raise NotImplementedError(
@@ -121,14 +119,11 @@ def recording(keep: bool = True) -> Iterator[Recorder]:
 
     saved_run, saved_tuner = JITFunction.run, Autotuner.run
     JITFunction.run, Autotuner.run = run, refuse
-    for m in patched:
-        m.check_launchable = _accept_any_device
     try:
-        yield recorder
+        with launchable_on_cpu():
+            yield recorder
     finally:
         JITFunction.run, Autotuner.run = saved_run, saved_tuner
-        for m in patched:
-            m.check_launchable = original_check
 
 
 @dataclass

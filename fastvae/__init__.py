@@ -6,7 +6,7 @@ from pathlib import Path
 
 
 def _load_checkout_kernels():
-    """setup.py installs the repository's kernels/ folder as fastvae.kernels; in a source
+    """pyproject.toml installs the repository's kernels/ folder as fastvae.kernels; in a source
     checkout used without installing (PYTHONPATH=.), load it from beside this package."""
     init = Path(__file__).resolve().parent.parent / "kernels" / "__init__.py"
     spec = importlib.util.spec_from_file_location(
@@ -18,7 +18,7 @@ def _load_checkout_kernels():
     return module
 
 
-if importlib.util.find_spec("fastvae.kernels") is not None:  # installed (setup.py maps it)
+if importlib.util.find_spec("fastvae.kernels") is not None:  # installed (pyproject.toml maps it)
     from fastvae import kernels
 else:  # a source checkout on PYTHONPATH: `from fastvae import kernels` would raise ImportError
     kernels = _load_checkout_kernels()
@@ -33,9 +33,8 @@ from fastvae.functional import (  # noqa: E402
     reparameterize,
     sample_and_kl,
 )
+from fastvae.models import MLPVAE, VAE, ConvVAE  # noqa: E402
 from fastvae.modules import ELBOLoss, GaussianKL, GaussianSampler, ReconstructionLoss  # noqa: E402
-from fastvae.models import MLPVAE, VAE  # noqa: E402
-from fastvae.conv import ConvVAE  # noqa: E402
 
 __version__ = "0.1.0"
 

@@ -400,6 +400,8 @@ def sample_and_kl_bwd(
     """
     check_launchable("mu", mu)
     B, L = mu.shape
+    if grad_kl is not None and grad_kl.dim() and grad_kl.shape[0] != B:  # it would be read past
+        raise ValueError(f"grad_kl must be a scalar or have B = {B} rows, got shape {tuple(grad_kl.shape)}")
     dmu = torch.empty_like(mu, memory_format=torch.contiguous_format)
     dlv = torch.empty_like(logvar, memory_format=torch.contiguous_format)
     if B * L == 0:

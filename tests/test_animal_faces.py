@@ -9,9 +9,9 @@ import torch
 from PIL import Image
 
 from fastvae import cli
-from fastvae.animal_faces import BadImageError, load_animal_faces
-from fastvae.conv import ConvVAE
 from fastvae.data import DataNotFoundError
+from fastvae.data.animal_faces import BadImageError, load_animal_faces
+from fastvae.models.conv import ConvVAE
 from fastvae.train import load_checkpoint
 
 SAMPLE = Path(os.environ.get("FASTVAE_DATA") or "data") / "afhq_sample"
@@ -77,6 +77,7 @@ def test_missing_folder_and_unknown_class(tmp_path):
 
 
 @needs_sample
+@pytest.mark.slow
 def test_train_command_end_to_end(tmp_path, capsys):
     out = tmp_path / "run"
     rc = cli.main([
@@ -99,6 +100,6 @@ def test_train_command_end_to_end(tmp_path, capsys):
 
 def test_animal_faces_flags_are_checked(capsys):
     assert cli.main(["train", "--image-size", "64"]) == 2
-    assert "image_size must be 28" in capsys.readouterr().err
+    assert "--image-size must be 28" in capsys.readouterr().err
     assert cli.main(["train", "--dataset", "animal-faces", "--binarize", "dynamic"]) == 2
-    assert "binarize is for MNIST" in capsys.readouterr().err
+    assert "--binarize is for MNIST" in capsys.readouterr().err

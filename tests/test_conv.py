@@ -2,11 +2,10 @@
 
 import pytest
 import torch
-
-from fastvae.conv import ConvVAE, default_channels
-from fastvae.models import VAE
-
 from test_models import _oracle_loss
+
+from fastvae.models import VAE
+from fastvae.models.conv import ConvVAE, default_channels
 
 LIKELIHOODS = ("bernoulli", "mse", "gaussian")
 
@@ -106,5 +105,6 @@ def test_load_checkpoint_rebuilds_the_recorded_class(tmp_path):
     assert type(loaded) is ConvVAE and loaded.config == conv.config
     # Checkpoints written before model_name existed hold an MLPVAE.
     mlp = MLPVAE()
-    save_checkpoint({**base, "model": mlp.state_dict(), "model_config": mlp.config}, tmp_path / "m.pt")
+    save_checkpoint({**base, "model": mlp.state_dict(), "model_config": mlp.config},
+                    tmp_path / "m.pt")
     assert type(load_checkpoint(tmp_path / "m.pt")[0]) is MLPVAE

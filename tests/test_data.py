@@ -222,14 +222,20 @@ def _label_12(p):
 CORRUPT = [
     ("truncated images", "train-images-idx3-ubyte", _truncate,
      r"is truncated \(4620 bytes; its header, shape 6 x 28 x 28, needs 4720\)"),
-    ("extra bytes", "train-images-idx3-ubyte", _extend, r"is longer than its header says \(4721 bytes"),
+    ("extra bytes", "train-images-idx3-ubyte", _extend,
+     r"is longer than its header says \(4721 bytes"),
     ("gzip left compressed", "train-labels-idx1-ubyte", _gzip, r"gzip-compressed; decompress it"),
-    ("header cut", "train-images-idx3-ubyte", _header_only, r"truncated \(6 bytes, shorter than its header\)"),
-    ("float data", "train-images-idx3-ubyte", _float_type, r"header starts with 00000d03, expected 00000803"),
-    ("an HTML page", "train-labels-idx1-ubyte", _text, r"header starts with 3c68746d, expected 00000801"),
-    ("32x32 images", "train-images-idx3-ubyte", _wrong_size, r"header gives shape 6 x 32 x 32, expected N x 28 x 28"),
+    ("header cut", "train-images-idx3-ubyte", _header_only,
+     r"truncated \(6 bytes, shorter than its header\)"),
+    ("float data", "train-images-idx3-ubyte", _float_type,
+     r"header starts with 00000d03, expected 00000803"),
+    ("an HTML page", "train-labels-idx1-ubyte", _text,
+     r"header starts with 3c68746d, expected 00000801"),
+    ("32x32 images", "train-images-idx3-ubyte", _wrong_size,
+     r"header gives shape 6 x 32 x 32, expected N x 28 x 28"),
     ("fewer labels", "train-labels-idx1-ubyte", _fewer_labels, r"header gives shape 5, expected 6"),
-    ("label 12", "train-labels-idx1-ubyte", _label_12, r"must be digits 0..9, got values from 12 to 12"),
+    ("label 12", "train-labels-idx1-ubyte", _label_12,
+     r"must be digits 0..9, got values from 12 to 12"),
 ]
 
 

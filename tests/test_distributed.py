@@ -10,10 +10,11 @@ from pathlib import Path
 import pytest
 import torch
 import torch.distributed as dist
+from test_data import HAVE_MNIST, NO_MNIST
 
 from fastvae.data import ShardedImageBatches
 
-from test_data import HAVE_MNIST, NO_MNIST
+pytestmark = pytest.mark.slow  # every test here trains or starts processes
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -70,7 +71,8 @@ def test_two_gloo_processes_match_one_process(tmp_path):
         "train", "--limit-train", "1024", "--limit-test", "200", "--batch-size", "64",
         "--hidden-dims", "64", "--latent-dim", "8", "--device", "cpu",
     ]
-    torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
+    torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone",
+                "--nproc_per_node", "2"]
     two = subprocess.run(
         [*torchrun, "-m", "fastvae", *args, "--epochs", "2", "--out", str(tmp_path / "two")],
         capture_output=True, text=True, env=env, timeout=300,

@@ -6,14 +6,13 @@ import math
 
 import pytest
 import torch
+from test_data import HAVE_MNIST, NO_MNIST
 from torch import nn
 from torch.distributions import MultivariateNormal
 
 from fastvae import cli
-from fastvae.evaluation import importance_weighted_nll, log_importance_weights
 from fastvae.models import VAE
-
-from test_data import HAVE_MNIST, NO_MNIST
+from fastvae.studies.evaluation import importance_weighted_nll, log_importance_weights
 
 
 class LinearGaussian(VAE):
@@ -81,13 +80,14 @@ def test_bad_k():
 
 
 @pytest.mark.skipif(not HAVE_MNIST, reason=NO_MNIST)
+@pytest.mark.slow
 def test_evaluate_command_on_a_tiny_mnist_run(tmp_path, capsys):
     run = tmp_path / "run"
     assert cli.main([
         "train", "--epochs", "2", "--limit-train", "1024", "--limit-test", "200",
         "--binarize", "dynamic", "--device", "cpu", "--out", str(run),
     ]) == 0
-    from fastvae.fid import train_mnist_classifier
+    from fastvae.studies.fid import train_mnist_classifier
 
     clf = tmp_path / "clf.pt"
     train_mnist_classifier(1, out=clf, limit_train=512, limit_test=200)
@@ -118,7 +118,7 @@ def test_evaluate_missing_checkpoint(tmp_path, capsys):
 
 
 def test_iwae_loss_is_the_bound_and_trains():
-    from fastvae.iwae import iwae_loss
+    from fastvae.models.iwae import iwae_loss
 
     m, x = LinearGaussian(), data()
     out = iwae_loss(m, x, 4, reduction="none")
@@ -143,6 +143,7 @@ def test_iwae_loss_is_the_bound_and_trains():
 
 
 @pytest.mark.skipif(not HAVE_MNIST, reason=NO_MNIST)
+@pytest.mark.slow
 def test_train_with_the_iwae_objective(tmp_path, capsys):
     assert cli.main(["train", "--iwae-k", "5", "--epochs", "1", "--limit-train", "256",
                      "--limit-test", "100", "--device", "cpu", "--out", str(tmp_path)]) == 0

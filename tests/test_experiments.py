@@ -6,14 +6,14 @@ import re
 import pytest
 import torch
 from PIL import Image
-
-from fastvae import cli
-from fastvae.experiments import EXPERIMENTS, figures
-from fastvae.experiments.common import read_metrics
-
 from test_data import HAVE_MNIST, NO_MNIST
 
-pytestmark = pytest.mark.skipif(not HAVE_MNIST, reason=NO_MNIST)
+from fastvae import cli
+from fastvae.studies.experiments import EXPERIMENTS, figures
+from fastvae.studies.experiments.common import read_metrics
+
+# every test here trains or starts processes
+pytestmark = [pytest.mark.skipif(not HAVE_MNIST, reason=NO_MNIST), pytest.mark.slow]
 TINY = ["--quick", "--limit-train", "256", "--limit-test", "100", "--device", "cpu"]
 
 

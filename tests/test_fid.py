@@ -4,11 +4,10 @@ import math
 
 import pytest
 import torch
+from test_data import HAVE_MNIST, NO_MNIST
 from torch import nn
 
-from fastvae import fid
-
-from test_data import HAVE_MNIST, NO_MNIST
+from fastvae.studies import fid
 
 
 class Identity(nn.Module):
@@ -35,7 +34,8 @@ def test_fid_matches_the_closed_form_for_two_gaussians():
     # 2x2 covariances that do not commute: Tr sqrt(S1 S2) = sqrt(tr(S1 S2) + 2 sqrt(det S1 det S2))
     # (for a 2x2 matrix with positive eigenvalues a, b: Tr sqrt = sqrt(a) + sqrt(b), whose square
     # is a + b + 2 sqrt(ab)).
-    mu1, mu2 = torch.tensor([0.1, 0.2], dtype=torch.float64), torch.tensor([0.4, -0.2], dtype=torch.float64)
+    mu1 = torch.tensor([0.1, 0.2], dtype=torch.float64)
+    mu2 = torch.tensor([0.4, -0.2], dtype=torch.float64)
     s1 = torch.tensor([[0.02, 0.01], [0.01, 0.03]], dtype=torch.float64)
     s2 = torch.tensor([[0.05, -0.02], [-0.02, 0.01]], dtype=torch.float64)
     tr_sqrt = math.sqrt(float(torch.trace(s1 @ s2)) + 2 * math.sqrt(float(s1.det() * s2.det())))
@@ -65,6 +65,7 @@ def test_missing_classifier_is_explained(tmp_path):
 
 
 @pytest.mark.skipif(not HAVE_MNIST, reason=NO_MNIST)
+@pytest.mark.slow
 def test_tiny_classifier_trains_caches_and_separates_digits(tmp_path, monkeypatch):
     monkeypatch.setenv("FASTVAE_CACHE", str(tmp_path))
     model, acc = fid.train_mnist_classifier(1, limit_train=4096, limit_test=500)

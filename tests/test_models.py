@@ -167,6 +167,7 @@ def test_config_rebuilds_the_model():
     torch.testing.assert_close(m2.reconstruct(x), m.reconstruct(x), rtol=0, atol=0)
 
 
+@pytest.mark.slow
 def test_training_steps_reduce_the_loss():
     m = small_model()
     # Four binary prototypes, eight copies each: learnable (random pixels would not be).
@@ -205,7 +206,8 @@ def test_triton_backend_matches_torch(likelihood):
     out_t.loss.backward()
     out_k.loss.backward()
     for (n, pt), (_, pk) in zip(mt.named_parameters(), mk.named_parameters()):
-        torch.testing.assert_close(pk.grad, pt.grad, rtol=1e-4, atol=1e-5, msg=lambda s: f"{n}: {s}")
+        torch.testing.assert_close(pk.grad, pt.grad, rtol=1e-4, atol=1e-5,
+                                   msg=lambda s: f"{n}: {s}")
 
 
 def test_triton_backend_training_step_runs():

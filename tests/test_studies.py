@@ -1,4 +1,4 @@
-"""The studies of issue 11: the plain autoencoder, dropout and weight decay, the Gaussian
+"""The studies: the plain autoencoder, dropout and weight decay, the Gaussian
 decoder's log-variance floor, decoder sampling, grayscale and per-class Animal Faces, and
 their `fastvae experiment` commands on real MNIST (--quick, tiny slices) and the real
 43-image AFHQ sample."""
@@ -12,18 +12,19 @@ from pathlib import Path
 import pytest
 import torch
 from PIL import Image
+from test_data import HAVE_MNIST, NO_MNIST
 from torch import nn
 
-from fastvae import builders, cli
-from fastvae.autoencoder import Autoencoder, ConvAutoencoder, MLPAutoencoder
-from fastvae.conv import ConvVAE
-from fastvae.experiments.ae_vs_vae import prior_mismatch
-from fastvae.experiments.common import read_metrics
+from fastvae import cli
 from fastvae.models import MLPVAE
+from fastvae.models import registry as builders
+from fastvae.models.autoencoder import Autoencoder, ConvAutoencoder, MLPAutoencoder
+from fastvae.models.conv import ConvVAE
 from fastvae.reference import reconstruction_loss
-from fastvae.train import GAUSSIAN_LOGVAR_FLOOR, TrainConfig, _build_optimizer, load_checkpoint
-
-from test_data import HAVE_MNIST, NO_MNIST
+from fastvae.studies.experiments.ae_vs_vae import prior_mismatch
+from fastvae.studies.experiments.common import read_metrics
+from fastvae.train import GAUSSIAN_LOGVAR_FLOOR, TrainConfig, load_checkpoint
+from fastvae.train.build import build_optimizer as _build_optimizer
 
 needs_mnist = pytest.mark.skipif(not HAVE_MNIST, reason=NO_MNIST)
 SAMPLE = Path(os.environ.get("FASTVAE_DATA") or "data") / "afhq_sample"
@@ -163,8 +164,8 @@ def test_weight_decay_optimizers_and_config_checks():
     assert TrainConfig().logvar_floor is None
     assert TrainConfig(likelihood="gaussian", logvar_floor=None).logvar_floor is None
     for bad, match in [
-        ({"grayscale": True}, "grayscale is for dataset 'animal-faces'"),
-        ({"logvar_floor": -2.0}, "logvar_floor bounds the 'gaussian'"),
+        ({"grayscale": True}, "grayscale is for dataset animal-faces"),
+        ({"logvar_floor": -2.0}, "logvar_floor bounds the gaussian"),
         ({"autoencoder": True, "iwae_k": 5}, "no posterior"),
         ({"weight_decay": -1.0}, "weight_decay must be"),
         ({"optimizer": "sgd"}, "optimizer must be one of"),
@@ -178,6 +179,7 @@ def test_weight_decay_optimizers_and_config_checks():
 
 
 @needs_mnist
+@pytest.mark.slow
 def test_train_regularized_gaussian_then_sample_from_the_decoder(tmp_path):
     out = tmp_path / "run"
     run("train", "--likelihood", "gaussian", "--dropout", "0.3", "--weight-decay", "1e-5",
@@ -196,6 +198,7 @@ def test_train_regularized_gaussian_then_sample_from_the_decoder(tmp_path):
 
 
 @needs_mnist
+@pytest.mark.slow
 def test_ae_vs_vae_on_mnist(tmp_path):
     run("experiment", "ae-vs-vae", *TINY, "--out", str(tmp_path))
     text, rows = report_rows(tmp_path)
@@ -221,6 +224,7 @@ def test_prior_mismatch_is_the_diagonal_gaussian_kl():
 
 
 @needs_mnist
+@pytest.mark.slow
 def test_decoder_sampling_experiment(tmp_path):
     run("experiment", "decoder-sampling", *TINY, "--out", str(tmp_path))
     text, rows = report_rows(tmp_path)
@@ -240,6 +244,7 @@ def test_decoder_sampling_experiment(tmp_path):
 
 
 @needs_sample
+@pytest.mark.slow
 def test_ae_vs_vae_on_the_animal_faces_sample(tmp_path):
     run("experiment", "ae-vs-vae", *AFHQ, "--dataset", "animal-faces", "--epochs", "1",
         "--archs", "conv", "--latent-dim", "4", "--likelihood", "mse", "--out", str(tmp_path))
@@ -253,6 +258,7 @@ def test_ae_vs_vae_on_the_animal_faces_sample(tmp_path):
 
 
 @needs_sample
+@pytest.mark.slow
 def test_animal_faces_per_class_grayscale(tmp_path):
     run("experiment", "animal-faces", *AFHQ, "--grayscale", "--epochs", "2", "--batch-size",
         "8", "--latent-dim", "4", "--out", str(tmp_path))
@@ -296,8 +302,9 @@ def test_single_model_experiments_on_an_animal_faces_run(afhq_run, tmp_path, nam
 
 
 @needs_sample
+@pytest.mark.slow
 def test_fid_sets_the_generated_and_real_counts_on_animal_faces(afhq_run):
-    from fastvae.evaluation import evaluate_checkpoint
+    from fastvae.studies.evaluation import evaluate_checkpoint
 
     class Pixels(nn.Module):  # a stand-in feature network: 4 pooled pixel features
         num_features = 4
@@ -314,7 +321,7 @@ def test_fid_sets_the_generated_and_real_counts_on_animal_faces(afhq_run):
 
 
 def test_evaluate_refuses_an_nll_for_an_autoencoder(tmp_path):
-    from fastvae.evaluation import evaluate_checkpoint
+    from fastvae.studies.evaluation import evaluate_checkpoint
     from fastvae.train import save_checkpoint
 
     ae = MLPAutoencoder(hidden_dims=(8,), latent_dim=2)

@@ -11,13 +11,12 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
+from test_data import HAVE_MNIST, NO_MNIST
 
 from fastvae import train as ftrain
 from fastvae.data import ImageBatches, load_mnist
 from fastvae.models import MLPVAE
 from fastvae.train import METRIC_COLUMNS, TrainConfig, evaluate, load_checkpoint, save_checkpoint
-
-from test_data import HAVE_MNIST, NO_MNIST
 
 RUN_FILES = {
     "config.json", "metrics.csv", "checkpoint.pt", "samples.png", "reconstructions.png",
@@ -48,6 +47,7 @@ def tiny_run(tmp_path_factory):
     return cfg, run
 
 
+@pytest.mark.slow
 def test_run_folder_is_complete(tiny_run, capsys):
     cfg, run = tiny_run
     assert run == Path(cfg.out)
@@ -55,6 +55,7 @@ def test_run_folder_is_complete(tiny_run, capsys):
     assert {p.name for p in run.iterdir()} == RUN_FILES
 
 
+@pytest.mark.slow
 def test_metrics_csv(tiny_run):
     cfg, run = tiny_run
     columns, rows = read_metrics(run)
@@ -63,7 +64,8 @@ def test_metrics_csv(tiny_run):
     for r in rows:
         assert all(math.isfinite(v) for v in r.values()), r
         for split in ("train", "test"):
-            assert r[f"{split}_loss"] == pytest.approx(r[f"{split}_recon"] + r[f"{split}_kl"], abs=1e-4)
+            parts = r[f"{split}_recon"] + r[f"{split}_kl"]
+            assert r[f"{split}_loss"] == pytest.approx(parts, abs=1e-4)
             assert r[f"{split}_kl"] > 0
             # Bernoulli NLL of a 784-pixel image: between a good model (~80) and chance (543).
             assert 60 < r[f"{split}_loss"] < 550, r
@@ -72,6 +74,7 @@ def test_metrics_csv(tiny_run):
     assert rows[1]["test_loss"] < rows[0]["test_loss"], "the test NELBO should drop"
 
 
+@pytest.mark.slow
 def test_config_json(tiny_run):
     cfg, run = tiny_run
     saved = json.loads((run / "config.json").read_text())
@@ -88,6 +91,7 @@ def test_a_config_saved_before_the_logvar_floor_keeps_no_floor():
     assert TrainConfig(likelihood="gaussian").logvar_floor is not None  # new runs: the floor
 
 
+@pytest.mark.slow
 def test_checkpoint_rebuilds_the_model(tiny_run):
     cfg, run = tiny_run
     model, ckpt = load_checkpoint(run / "checkpoint.pt")
@@ -108,6 +112,7 @@ def test_checkpoint_rebuilds_the_model(tiny_run):
     assert got["kl"] == pytest.approx(rows[-1]["test_kl"], abs=1e-5)
 
 
+@pytest.mark.slow
 def test_figures(tiny_run):
     _, run = tiny_run
     sizes = {}
@@ -128,6 +133,7 @@ def test_figures(tiny_run):
     assert top.mean() > 10 and bottom.mean() > 10, "originals and reconstructions drawn"
 
 
+@pytest.mark.slow
 def test_runs_are_reproducible(tmp_path):
     if not HAVE_MNIST:
         pytest.skip(NO_MNIST)

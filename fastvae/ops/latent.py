@@ -193,18 +193,22 @@ class SampleAndKL(torch.autograd.Function):
         device_key = key if isinstance(key, Tensor) else None
         ctx.save_for_backward(mu, logvar, device_key)
         ctx.host_key = None if device_key is not None else key
-        ctx.n_samples, ctx.reduction = options.n_samples, options.reduction
+        ctx.options = options
         ctx.set_materialize_grads(False)  # an unused output gets None, not a tensor of zeros
         return z, kl_out
 
     @staticmethod
     def backward(ctx, grad_z, grad_kl):
+        # An output switched off has no gradient, whatever arrives for it (AOT autograd hands
+        # the empty placeholder a gradient of zeros, of shape (0,), materialized).
+        n_samples, sample, kl, reduction = ctx.options
+        grad_z, grad_kl = (grad_z if sample else None), (grad_kl if kl else None)
         if grad_z is None and grad_kl is None:
             return None, None, None, None
         mu, logvar, key = ctx.saved_tensors
         dmu, dlogvar = backward(
-            mu, logvar, ctx.host_key if key is None else key, ctx.n_samples, grad_z, grad_kl,
-            ctx.reduction,
+            mu, logvar, ctx.host_key if key is None else key, n_samples, grad_z, grad_kl,
+            reduction,
         )
         return dmu, dlogvar, None, None
 
