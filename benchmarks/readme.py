@@ -18,6 +18,7 @@ import json
 import sys
 from pathlib import Path
 
+from benchmarks import readme_static
 from benchmarks.report import HEADLINE_KEYS, RESULTS_DIR
 
 README = Path(__file__).resolve().parent.parent / "README.md"
@@ -224,6 +225,18 @@ def update_host(readme: Path = README, result: Path = HOST_RESULT,
     return _write_if_changed(readme, text, new, check)
 
 
+def update_static(readme: Path = README, static_dir: Path = readme_static.STATIC_DIR, *,
+                  check: bool = False) -> bool:
+    """Rewrite (or with ``check``, only compare) the static-report section
+    (:mod:`benchmarks.readme_static`); returns True if it was current."""
+    text = readme.read_text(encoding="utf-8")
+    before, after = (json.loads((static_dir / f).read_text(encoding="utf-8"))
+                     for f in ("before.json", "after.json"))
+    body = readme_static.render(before, after, readme_static.h200_measured())
+    new = _replace(text, readme_static.BEGIN, readme_static.END, body)
+    return _write_if_changed(readme, text, new, check)
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m benchmarks.readme", description=__doc__.split("\n\n")[0])
     p.add_argument("--check", action="store_true", help="only check; exit 1 if README.md is out of date")
@@ -234,6 +247,8 @@ def main(argv: list[str] | None = None) -> int:
     host = args.results / "host-estimate"
     current = update_host(args.readme, host / "host.json", host / "code-56c978a.json",
                           check=args.check) and current
+    current = update_static(args.readme, args.results / "static-sm90",
+                            check=args.check) and current
     if args.check and not current:
         print(f"{args.readme} is out of date: run python -m benchmarks.readme", file=sys.stderr)
         return 1

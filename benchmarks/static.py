@@ -92,7 +92,7 @@ from typing import Callable, Iterator
 import torch
 
 import fastvae
-from benchmarks import launches, sass
+from benchmarks import at_revision, launches, sass
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
 LIKELIHOODS = ("bernoulli", "mse", "gaussian")
@@ -101,7 +101,7 @@ LATENT_SIZES = ((128, 20), (128, 128), (65536, 20), (65536, 128))
 QUICK_RECON_SIZES = ((128, 784),)
 QUICK_LATENT_SIZES = ((128, 20),)
 
-# The issue's budgets (issue 9, item 8), sm_90 with the runtime specialization.
+# The kernels' budgets (docs/design.md, "Kernels"), sm_90 with the runtime specialization.
 BUDGETS = {
     "sass_per_element": {"recon_bernoulli": 36, "recon_mse": 14, "recon_gaussian": 28, "latent": 70},
     "registers": {"recon": 64, "latent": 96},
@@ -419,7 +419,14 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--quick", action="store_true", help="only the MNIST-size variants (B=128)")
     p.add_argument("--dtypes", nargs="+", choices=tuple(DTYPES), default=list(DTYPES))
     p.add_argument("--only", default=None, help="only scenarios whose family contains this (e.g. latent)")
+    p.add_argument("--code", metavar="REV", help="the kernels as they were at git revision REV "
+                   "(e.g. 56c978a, the code the H200 measured), with this checkout's model")
     args = p.parse_args(argv)
+    if args.code:
+        rest = ["--out", str(Path(args.out).resolve()), *(["--check"] * args.check),
+                *(["--quick"] * args.quick), "--dtypes", *args.dtypes,
+                *(["--only", args.only] if args.only else [])]
+        return at_revision.run_module(args.code, "benchmarks.static", rest)
     rows = report(quick=args.quick, dtypes=tuple(args.dtypes), only=args.only)
     write(rows, Path(args.out))
     print(f"wrote {Path(args.out) / 'report.json'} ({len(rows)} variants)")
