@@ -185,7 +185,8 @@ def render_host(current: dict, measured: dict) -> str:
         f"{current['torch']}, Triton {current['triton']}): the code the H200 measured "
         f"({measured['code']}, [`{_MEASURED_FILE}`]({_MEASURED_FILE}); model: "
         f"{_model(measured)}) and today's ([`{_HOST_FILE}`]({_HOST_FILE}); model: "
-        f"{_model(current)}), each against the eager code it replaces, estimated in the same run.",
+        f"{_model(current)}); each ratio is against the eager code estimated in the same run "
+        "(the eager column is today's run).",
         "",
         f"| entry point | mode | eager | fastvae {measured['code']} | / eager | fastvae now "
         "| / eager |",
