@@ -352,7 +352,8 @@ def _run_on_code(rev: str, argv: list[str]) -> int:
             for m in members:
                 if m.name.startswith("kernels"):
                     m.name = "fastvae/" + m.name
-            tar.extractall(tmp, members, **({"filter": "data"} if hasattr(tarfile, "data_filter") else {}))
+            tar.extractall(tmp, members,
+                           **({"filter": "data"} if hasattr(tarfile, "data_filter") else {}))
         env = {**os.environ, "PYTHONPATH": os.pathsep.join([tmp, str(root)])}
         # cwd: python -m puts it first on the path, ahead of PYTHONPATH
         return subprocess.run([sys.executable, "-m", "benchmarks.host", *argv,
