@@ -157,7 +157,7 @@ def run_dropin(smoke: bool, budget: float, out: Path) -> dict:
     return outcome
 
 
-def main(argv: list[str] | None = None) -> int:
+def _parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m benchmarks.gpu_check",
                                 description=__doc__.split("\n\n")[0])
     p.add_argument("--parts", nargs="+", choices=PARTS, default=list(PARTS))
@@ -166,7 +166,11 @@ def main(argv: list[str] | None = None) -> int:
                    help="tiny sizes on any device (a harness check)")
     p.add_argument("--out", default=None,
                    help="results JSON (default benchmarks/results/<device>.json)")
-    args = p.parse_args(argv)
+    return p.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parse_args(argv)
     parts = tuple(x for x in PARTS if x in args.parts)
     print(plan(parts))
     if args.dry_run:
@@ -174,9 +178,8 @@ def main(argv: list[str] | None = None) -> int:
     gpu = [x for x in parts if x in GPU_PARTS]
     if gpu and not torch.cuda.is_available() and not args.smoke:
         print(f"no CUDA device: the parts {', '.join(gpu)} need one (torch.cuda.is_available() is "
-              "False). On a CPU run only the static part: "
-              "python -m benchmarks.gpu_check --parts static",
-              file=sys.stderr)
+              "False). On a CPU run only the static part: python -m benchmarks.gpu_check "
+              "--parts static", file=sys.stderr)
         return 2
     start = time.perf_counter()
     outcome: dict[str, dict] = {}
