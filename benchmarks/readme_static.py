@@ -27,7 +27,8 @@ VARIANTS = (  # the rows shown: the benchmark sizes, forward alone and with its 
     "recon_gaussian_fwd_grad_fp32_B4096_D49152", "recon_bernoulli_fwd_grad_fp32_B128_D784",
     "latent_sample_and_kl_fwd_fp32_B65536_L128", "latent_sample_and_kl_bwd_fp32_B65536_L128",
 )
-# "recon_bernoulli  B=4096   dim=49152  fp32 fwd+bwd fastvae     0.6233 ms   3875.8 GB/s  91.8% copy"
+# a row of the log: "recon_bernoulli  B=4096   dim=49152  fp32 fwd+bwd fastvae     0.6233 ms
+#   3875.8 GB/s  91.8% copy ..." (one line there)
 _LOG_ROW = re.compile(r"^(recon_\w+)\s+B=(\d+)\s+dim=(\d+)\s+(\w+)\s+(fwd\+bwd|fwd)\s+fastvae\s+"
                       r"[\d.]+ ms\s+[\d.]+ GB/s\s+([\d.]+)% copy")
 
