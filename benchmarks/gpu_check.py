@@ -82,10 +82,12 @@ def smoke_sizes() -> dict:
 
 
 def plan(parts: tuple[str, ...]) -> str:
-    lines = [f"  {p:<10} budget {BUDGET_S[p]:>4} s{' (background, CPU)' if p == 'static' else ''}" for p in parts]
+    lines = [f"  {p:<10} budget {BUDGET_S[p]:>4} s{' (background, CPU)' if p == 'static' else ''}"
+             for p in parts]
     serial = sum(BUDGET_S[p] for p in parts if p != "static")
     return "\n".join(["gpu_check plan:", *lines,
-                      f"  total budget {TOTAL_BUDGET_S} s (GPU parts in series: {serial} s; static overlaps them)"])
+                      f"  total budget {TOTAL_BUDGET_S} s (GPU parts in series: {serial} s; "
+                      "static overlaps them)"])
 
 
 def _env_without_interpreter() -> dict:
@@ -96,8 +98,10 @@ def start_static(out: Path) -> subprocess.Popen:
     """The static report in a background process (CPU only: it compiles, runs nothing)."""
     out.mkdir(parents=True, exist_ok=True)
     with open(out / "log.txt", "w", encoding="utf-8") as log:  # the child keeps its own handle
-        return subprocess.Popen([sys.executable, "-m", "benchmarks.static", "--out", str(out), "--check"],
-                                cwd=ROOT, env=_env_without_interpreter(), stdout=log, stderr=subprocess.STDOUT)
+        return subprocess.Popen(
+            [sys.executable, "-m", "benchmarks.static", "--out", str(out), "--check"],
+            cwd=ROOT, env=_env_without_interpreter(), stdout=log, stderr=subprocess.STDOUT,
+        )
 
 
 def finish_static(proc: subprocess.Popen, out: Path, timeout: float) -> dict:
@@ -106,7 +110,8 @@ def finish_static(proc: subprocess.Popen, out: Path, timeout: float) -> dict:
     except subprocess.TimeoutExpired:
         proc.kill()
         proc.wait()
-        return {"ok": False, "error": f"timed out after {timeout:.0f} s", "log": str(out / "log.txt")}
+        return {"ok": False, "error": f"timed out after {timeout:.0f} s",
+                "log": str(out / "log.txt")}
     report = out / "report.json"
     if not report.exists():
         return {"ok": False, "error": f"exit status {proc.returncode}", "log": str(out / "log.txt")}
@@ -119,12 +124,15 @@ def finish_static(proc: subprocess.Popen, out: Path, timeout: float) -> dict:
 
 def run_cuda_tests(timeout: float) -> dict:
     try:
-        res = subprocess.run([sys.executable, "-m", "pytest", "-q", "-m", "cuda", "-p", "no:cacheprovider"],
-                             cwd=ROOT, capture_output=True, text=True, timeout=timeout)
+        res = subprocess.run(
+            [sys.executable, "-m", "pytest", "-q", "-m", "cuda", "-p", "no:cacheprovider"],
+            cwd=ROOT, capture_output=True, text=True, timeout=timeout,
+        )
     except subprocess.TimeoutExpired:
         return {"ok": False, "error": f"timed out after {timeout:.0f} s"}
     tail = res.stdout.strip().splitlines()[-1] if res.stdout.strip() else ""
-    counts = {k: int(n) for n, k in re.findall(r"(\d+) (passed|failed|skipped|errors?|xfailed|xpassed)", tail)}
+    counts = {k: int(n) for n, k in
+              re.findall(r"(\d+) (passed|failed|skipped|errors?|xfailed|xpassed)", tail)}
     return {"ok": res.returncode == 0, "exit_status": res.returncode, "summary": tail, **counts,
             "output_tail": res.stdout[-3000:] if res.returncode else ""}
 
@@ -149,13 +157,20 @@ def run_dropin(smoke: bool, budget: float, out: Path) -> dict:
     return outcome
 
 
-def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m benchmarks.gpu_check", description=__doc__.split("\n\n")[0])
+def _parse_args(argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="python -m benchmarks.gpu_check",
+                                description=__doc__.split("\n\n")[0])
     p.add_argument("--parts", nargs="+", choices=PARTS, default=list(PARTS))
     p.add_argument("--dry-run", action="store_true", help="print the plan and exit")
-    p.add_argument("--smoke", action="store_true", help="tiny sizes on any device (a harness check)")
-    p.add_argument("--out", default=None, help="results JSON (default benchmarks/results/<device>.json)")
-    args = p.parse_args(argv)
+    p.add_argument("--smoke", action="store_true",
+                   help="tiny sizes on any device (a harness check)")
+    p.add_argument("--out", default=None,
+                   help="results JSON (default benchmarks/results/<device>.json)")
+    return p.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parse_args(argv)
     parts = tuple(x for x in PARTS if x in args.parts)
     print(plan(parts))
     if args.dry_run:
@@ -163,8 +178,8 @@ def main(argv: list[str] | None = None) -> int:
     gpu = [x for x in parts if x in GPU_PARTS]
     if gpu and not torch.cuda.is_available() and not args.smoke:
         print(f"no CUDA device: the parts {', '.join(gpu)} need one (torch.cuda.is_available() is "
-              "False). On a CPU run only the static part: python -m benchmarks.gpu_check --parts static",
-              file=sys.stderr)
+              "False). On a CPU run only the static part: python -m benchmarks.gpu_check "
+              "--parts static", file=sys.stderr)
         return 2
     start = time.perf_counter()
     outcome: dict[str, dict] = {}
@@ -193,7 +208,8 @@ def main(argv: list[str] | None = None) -> int:
               f"({outcome['dropin']['seconds']:.0f} s)")
     if static_proc is not None:
         t0 = time.perf_counter()
-        outcome["static"] = finish_static(static_proc, STATIC_OUT, BUDGET_S["static"] + 60 - (t0 - start))
+        outcome["static"] = finish_static(static_proc, STATIC_OUT,
+                                          BUDGET_S["static"] + 60 - (t0 - start))
         print(f"static report: {outcome['static'].get('variants', 0)} variants, "
               f"{len(outcome['static'].get('budgets_missed', []))} budgets missed "
               f"({outcome['static'].get('error', 'ok')})")

@@ -24,7 +24,7 @@ What a CPU tensor cannot show is charged per event, counted with the profiler, a
 prices fitted together with the two hosts' speed ratio on H200 primitives and eager figures
 only (:mod:`benchmarks.host_model`). fastvae's H200 figures are held out, and they are
 figures of fastvae as it was at commit 56c978a: ``--code 56c978a`` runs the same estimate on
-that code (``git archive`` of its ``fastvae/`` and ``kernels/``, imported in a child process)
+that code (:func:`benchmarks.at_revision.run_module`)
 and prints them against the model; ``--check`` then fails if one misses by more than 15%.
 Validation (``benchmarks/results/host-estimate/code-56c978a.json``, and runs like it on this
 shared 2-core machine): the forward figures (recon with and without grad, sample_and_kl, and
@@ -56,14 +56,10 @@ from __future__ import annotations
 import argparse
 import contextlib
 import datetime
-import io
 import json
 import os
 import platform
-import subprocess
 import sys
-import tarfile
-import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -73,7 +69,7 @@ import numpy as np
 import torch
 import triton
 
-from benchmarks import fake_cuda, host_cases, host_count, host_model, launches
+from benchmarks import at_revision, fake_cuda, host_cases, host_count, host_model, launches
 from benchmarks.host_count import Events
 from benchmarks.host_model import Model
 
@@ -338,27 +334,6 @@ def report(result: dict) -> str:
     ])
 
 
-def _run_on_code(rev: str, argv: list[str]) -> int:
-    """This command again, in a process that imports fastvae (and its kernels) as they were
-    at git revision ``rev``: ``git archive`` into a temporary folder laid out as installed
-    (``kernels/`` as ``fastvae/kernels/``), first on the path; the benchmark's own modules
-    stay this checkout's."""
-    root = Path(__file__).resolve().parent.parent
-    with tempfile.TemporaryDirectory() as tmp:
-        archive = subprocess.run(["git", "-C", str(root), "archive", rev, "fastvae", "kernels"],
-                                 capture_output=True, check=True).stdout
-        with tarfile.open(fileobj=io.BytesIO(archive)) as tar:
-            members = tar.getmembers()
-            for m in members:
-                if m.name.startswith("kernels"):
-                    m.name = "fastvae/" + m.name
-            tar.extractall(tmp, members, **({"filter": "data"} if hasattr(tarfile, "data_filter") else {}))
-        env = {**os.environ, "PYTHONPATH": os.pathsep.join([tmp, str(root)])}
-        # cwd: python -m puts it first on the path, ahead of PYTHONPATH
-        return subprocess.run([sys.executable, "-m", "benchmarks.host", *argv,
-                               "--code-label", rev], env=env, cwd=tmp).returncode
-
-
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m benchmarks.host",
                                 description=__doc__.split("\n\n")[0])
@@ -380,7 +355,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.code:
         rest = ["--rounds", str(args.rounds), "--batch-us", str(args.batch_us)]
         rest += ["--check"] * args.check + (["--out", str(args.out.resolve())] if args.out else [])
-        return _run_on_code(args.code, rest)
+        return at_revision.run_module(args.code, "benchmarks.host",
+                                      [*rest, "--code-label", args.code])
     try:
         result = run(args.rounds, args.batch_us, args.code_label or "working tree")
     except fake_cuda.FakeDriverUnavailable as e:

@@ -156,7 +156,8 @@ def bind(launch: Launch, target: GPUTarget = SM90):
     kwargs = _add_run_options(kernel, dict(launch.kwargs))
     binder = create_function_from_signature(kernel.signature, kernel.params, backend)
     bound_args, specialization, options = binder(*launch.args, **kwargs)
-    options, signature, constexprs, attrs = kernel._pack_args(backend, kwargs, bound_args, specialization, options)
+    options, signature, constexprs, attrs = kernel._pack_args(backend, kwargs, bound_args,
+                                                              specialization, options)
     return bound_args, options, signature, constexprs, attrs
 
 

@@ -128,13 +128,15 @@ def latent_dim(case: Case) -> int:
     return case.dim if case.op == "latent" else LOSS_HEAD_LATENT
 
 
-def make_set(case: Case, device: torch.device, generator: torch.Generator) -> dict[str, torch.Tensor]:
+def make_set(case: Case, device: torch.device,
+             generator: torch.Generator) -> dict[str, torch.Tensor]:
     """One set of inputs, random and never zeros: mu ~ N(0, 1), logvar ~ N(0, 0.5^2),
     decoder outputs ~ N(0, 2^2), targets ~ U(0, 1), dz ~ N(0, 1); a scalar 1 for a loss's
     incoming gradient. Inputs require grad for "fwd+bwd"."""
 
     def randn(*shape, scale=1.0):
-        return (scale * torch.randn(*shape, generator=generator)).to(device=device, dtype=case.dtype)
+        return (scale * torch.randn(*shape, generator=generator)).to(device=device,
+                                                                     dtype=case.dtype)
 
     grad = case.mode == "fwd+bwd"
     s: dict[str, torch.Tensor] = {}

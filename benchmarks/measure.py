@@ -26,12 +26,14 @@ from fastvae.kernels._launch import CachedKernel
 
 # aten ops that allocate or re-view memory without launching a kernel.
 _NO_KERNEL = {
-    "empty", "empty_like", "empty_strided", "new_empty", "new_empty_strided", "lift_fresh", "_unsafe_view",
+    "empty", "empty_like", "empty_strided", "new_empty", "new_empty_strided", "lift_fresh",
+    "_unsafe_view",
 }
 # aten ops that make the host wait for the device (a device-to-host read of a value).
 _SYNCING = {"_local_scalar_dense", "nonzero", "equal", "is_nonzero", "unique", "masked_select"}
 # The launched kernels: every launch, cached or not, goes through one of these.
-_KERNELS = tuple(k for mod in (latent, recon) for k in vars(mod).values() if isinstance(k, CachedKernel))
+_KERNELS = tuple(k for mod in (latent, recon) for k in vars(mod).values()
+                 if isinstance(k, CachedKernel))
 
 
 # ------------------------------------------------------------------ timing

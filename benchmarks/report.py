@@ -48,7 +48,7 @@ HEADLINE_KEYS = (
 )
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
 FULL = {
-    "latent": [(b, l) for b in (128, 4096, 65536) for l in (20, 128)],
+    "latent": [(b, latent_dim) for b in (128, 4096, 65536) for latent_dim in (20, 128)],
     "recon": [(b, d) for b in (128, 4096) for d in (784, 49152)],
     "loss_head": [(128, 784)],
     "headline_recon": (4096, 49152),
@@ -74,7 +74,8 @@ def slug(name: str) -> str:
 def cases(sizes: dict, ops: tuple[str, ...], dtypes: tuple[str, ...]) -> list[Case]:
     out = []
     for op in ops:
-        shapes = sizes["latent"] if op == "latent" else sizes["loss_head"] if op == "loss_head" else sizes["recon"]
+        shapes = (sizes["latent"] if op == "latent"
+                  else sizes["loss_head"] if op == "loss_head" else sizes["recon"])
         for (b, d) in shapes:
             for dt in ("fp32",) if op == "loss_head" else dtypes:
                 for mode in losses.MODES:
@@ -87,7 +88,8 @@ def _measure_impl(case: Case, impl: str, device: torch.device, rotate_bytes: int
     if impl == "compile":
         torch._dynamo.reset()  # a fresh cache per case: no recompile limit, no stale guards
     fn = losses.forward_fn(case.op, impl, compile_backend)
-    sets = [losses.make_set(case, device, generator) for _ in range(losses.n_sets(case, rotate_bytes))]
+    sets = [losses.make_set(case, device, generator)
+            for _ in range(losses.n_sets(case, rotate_bytes))]
     step = losses.step_fn(case, fn, sets)
     step()  # compile / autotune / first-call work, outside every measurement
     ms = measure.bench(step, device, quick=quick)
@@ -101,7 +103,8 @@ def _measure_impl(case: Case, impl: str, device: torch.device, rotate_bytes: int
         inputs = losses.inputs_of(case, sets[0])
         try:
             saved = measure.saved_for_backward(lambda: fn(*inputs), inputs)
-            row["saved_bytes"], row["saved_bytes_beyond_inputs"] = saved.bytes, saved.bytes_beyond_inputs
+            row["saved_bytes"] = saved.bytes
+            row["saved_bytes_beyond_inputs"] = saved.bytes_beyond_inputs
         except RuntimeError as exc:  # a compiler that refuses saved-tensor hooks: say so, go on
             row["saved_bytes_error"] = str(exc)[:200]
     row["launches"] = measure.profiled_launches(one, device)
@@ -161,7 +164,8 @@ def headline(rows: list[dict], mnist: dict | None, sizes: dict) -> dict:
         "loss_head_launches": head.get("launches"),
         "loss_head_host_syncs": head.get("host_syncs"),
         # only a 10-epoch run fills the key named after it (a smoke run trains 1 epoch)
-        "mnist_10_epochs_seconds": mnist["fastvae"]["seconds"] if mnist and mnist["epochs"] == 10 else None,
+        "mnist_10_epochs_seconds": (mnist["fastvae"]["seconds"]
+                                    if mnist and mnist["epochs"] == 10 else None),
         "mnist_speedup_vs_baseline": mnist["speedup"] if mnist else None,
         "mnist_test_loss_fastvae": mnist["fastvae"]["test_loss"] if mnist else None,
         "mnist_test_loss_baseline": mnist["baseline"]["test_loss"] if mnist else None,
@@ -197,7 +201,8 @@ def run(*, smoke: bool = False, device: str | None = None, ops=losses.OPS, dtype
         limits = {"limit_train": 512, "limit_test": 256} if smoke else {}
         mnist = mnist_bench.run(epochs, dev, **limits)
         log(f"MNIST {epochs} epochs: baseline {mnist['baseline']['seconds']:.2f} s "
-            f"(test {mnist['baseline']['test_loss']:.2f}), fastvae {mnist['fastvae']['seconds']:.2f} s "
+            f"(test {mnist['baseline']['test_loss']:.2f}), "
+            f"fastvae {mnist['fastvae']['seconds']:.2f} s "
             f"(test {mnist['fastvae']['test_loss']:.2f}), speedup {mnist['speedup']:.1f}x")
     return {
         "device": device_name(dev),
@@ -210,7 +215,8 @@ def run(*, smoke: bool = False, device: str | None = None, ops=losses.OPS, dtype
         "compile_backend": compile_backend,
         "copy_bandwidth_gbps": copy_gbps,
         "copy_bytes": copy_bytes,
-        "timer": "triton.testing.do_bench median" if dev.type == "cuda" else "time.perf_counter median",
+        "timer": ("triton.testing.do_bench median" if dev.type == "cuda"
+                  else "time.perf_counter median"),
         "rows": rows,
         "mnist": mnist,
         "headline": headline(rows, mnist, sizes),
@@ -221,7 +227,8 @@ def format_row(r: dict) -> str:
     def f(v, spec):
         return format(v, spec) if isinstance(v, (int, float)) else "-"
 
-    head = f"{r['op']:<16} B={r['B']:<6} dim={r['dim']:<6} {r['dtype']} {r['mode']:<7} {r['impl']:<8}"
+    head = (f"{r['op']:<16} B={r['B']:<6} dim={r['dim']:<6} {r['dtype']} {r['mode']:<7} "
+            f"{r['impl']:<8}")
     if r.get("error"):
         return f"{head} ERROR {r['error']}"
     return (f"{head} {f(r['time_ms'], '9.4f')} ms {f(r['gbps'], '8.1f')} GB/s "
@@ -236,14 +243,19 @@ def default_out(result: dict) -> Path:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m benchmarks.report", description=__doc__.split("\n\n")[0])
-    p.add_argument("--smoke", action="store_true", help="tiny sizes, 1 MNIST epoch on 512 images: checks the harness")
+    p = argparse.ArgumentParser(prog="python -m benchmarks.report",
+                                description=__doc__.split("\n\n")[0])
+    p.add_argument("--smoke", action="store_true",
+                   help="tiny sizes, 1 MNIST epoch on 512 images: checks the harness")
     p.add_argument("--device", default=None, help="cuda (default when present) or cpu")
     p.add_argument("--ops", nargs="+", choices=losses.OPS, default=list(losses.OPS))
     p.add_argument("--dtypes", nargs="+", choices=tuple(DTYPES), default=list(DTYPES))
-    p.add_argument("--mnist-epochs", type=int, default=None, help="0 skips MNIST (default 10, smoke 1)")
-    p.add_argument("--compile-backend", default=None, help="torch.compile backend (default inductor)")
-    p.add_argument("--out", default=None, help="JSON path (default benchmarks/results/<device>.json, "
+    p.add_argument("--mnist-epochs", type=int, default=None,
+                   help="0 skips MNIST (default 10, smoke 1)")
+    p.add_argument("--compile-backend", default=None,
+                   help="torch.compile backend (default inductor)")
+    p.add_argument("--out", default=None,
+                   help="JSON path (default benchmarks/results/<device>.json, "
                    "smoke runs under runs/bench-smoke/)")
     args = p.parse_args(argv)
     result = run(smoke=args.smoke, device=args.device, ops=args.ops, dtypes=args.dtypes,

@@ -97,7 +97,8 @@ def disassemble(cubin: bytes) -> str:
     with tempfile.TemporaryDirectory() as d:
         path = Path(d) / "k.cubin"
         path.write_bytes(cubin)
-        out = subprocess.run([str(CUOBJDUMP), "-sass", str(path)], capture_output=True, text=True, check=True)
+        out = subprocess.run([str(CUOBJDUMP), "-sass", str(path)], capture_output=True, text=True,
+                             check=True)
     return out.stdout
 
 
@@ -124,12 +125,14 @@ def ptxas_resources(ptx: str, arch: str = "sm_90a", fp_fusion: bool = True) -> R
     spills = re.search(r"(\d+) bytes spill stores, (\d+) bytes spill loads", log)
     if not (regs and stack and spills):
         raise RuntimeError(f"unexpected ptxas -v output:\n{log}")
-    return Resources(int(regs.group(1)), int(spills.group(1)) + int(spills.group(2)), int(stack.group(1)))
+    return Resources(int(regs.group(1)), int(spills.group(1)) + int(spills.group(2)),
+                     int(stack.group(1)))
 
 
 _TENSOR = re.compile(r"tensor<((?:\d+x)+)!tt\.ptr<(\w+)>")
 _SCALAR_PTR = re.compile(r"!tt\.ptr<(\w+)>")
-_BITS = {"f64": 64, "i64": 64, "f32": 32, "i32": 32, "f16": 16, "bf16": 16, "i16": 16, "i8": 8, "i1": 8}
+_BITS = {"f64": 64, "i64": 64, "f32": 32, "i32": 32, "f16": 16, "bf16": 16, "i16": 16, "i8": 8,
+         "i1": 8}
 
 
 def access_shapes(ttgir: str, op: str) -> list[tuple[int, int]]:

@@ -44,17 +44,18 @@ Per row (``DIR/report.json``; the SASS as ``DIR/<name>.sass``):
   its 128-bit loads against those one pass over a tile makes.
 - ``sass_per_element`` = (sass_instructions - sass_last_program) / (elements_per_thread x
   tile_passes): the instructions one thread of a program that does not draw the last ticket
-  issues per element it handles, for a pass of the code over one tile. Each instruction is counted once: exact
-  for loop-free code, and for loops that run once per tile (as the benchmark sizes make them:
-  K = 1 sample, L <= the L block); a loop that runs several times per tile would be
-  undercounted, a prologue shared by several tiles overcounted.
+  issues per element it handles, for a pass of the code over one tile. Each instruction is
+  counted once: exact for loop-free code, and for loops that run once per tile (as the
+  benchmark sizes make them: K = 1 sample, L <= the L block); a loop that runs several times
+  per tile would be undercounted, a prologue shared by several tiles overcounted.
 - ``bytes_vs_model``: bytes of the launch's distinct tensor arguments (each once, read or
   written: an upper bound of what it moves) over the byte model of its phase (E = element
   size, N = B x D or B x L): recon ``fwd`` and ``fwd_rows`` 2 N E (gaussian 3), ``fwd_grad``
   and ``bwd`` 3 N E (gaussian 5: read m, v, x, write dm, dv), ``bwd_sum`` 2 N E of each
   gradient (the in-place scale when grad_output != 1; at grad_output == 1 the kernel returns
-  after one scalar load and moves nothing: the forward already wrote the gradient); latent ``fwd`` 3 N E (read mu,
-  logvar, write z), ``bwd`` 5 N E (read mu, logvar, dz, write dmu, dlogvar). Scalars left out.
+  after one scalar load and moves nothing: the forward already wrote the gradient); latent
+  ``fwd`` 3 N E (read mu, logvar, write z), ``bwd`` 5 N E (read mu, logvar, dz, write dmu,
+  dlogvar). Scalars left out.
 - ``est_pct_copy_bw_h100`` / ``_h200``: ESTIMATES, not measurements. The phase's model bytes
   over (copy bandwidth x estimated time of this launch), as a percentage: how close to a copy
   the phase would run if this launch were all of it. The time is max(memory time, issue time)
@@ -92,7 +93,7 @@ from typing import Callable, Iterator
 import torch
 
 import fastvae
-from benchmarks import launches, sass
+from benchmarks import at_revision, launches, sass
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
 LIKELIHOODS = ("bernoulli", "mse", "gaussian")
@@ -101,9 +102,10 @@ LATENT_SIZES = ((128, 20), (128, 128), (65536, 20), (65536, 128))
 QUICK_RECON_SIZES = ((128, 784),)
 QUICK_LATENT_SIZES = ((128, 20),)
 
-# The issue's budgets (issue 9, item 8), sm_90 with the runtime specialization.
+# The kernels' budgets (docs/design.md, "Kernels"), sm_90 with the runtime specialization.
 BUDGETS = {
-    "sass_per_element": {"recon_bernoulli": 36, "recon_mse": 14, "recon_gaussian": 28, "latent": 70},
+    "sass_per_element": {"recon_bernoulli": 36, "recon_mse": 14, "recon_gaussian": 28,
+                         "latent": 70},
     "registers": {"recon": 64, "latent": 96},
     "spill_bytes": 0,
     "stack_bytes": 0,
@@ -169,7 +171,8 @@ def _recon_scenarios(lik: str, dt: str, B: int, D: int) -> Iterator[Scenario]:
         return r, x, v, [t for t in (r, v) if t is not None]
 
     def loss(r, x, v, reduction):
-        return fastvae.reconstruction_loss(r, x, lik, recon_logvar=v, reduction=reduction, backend="triton")
+        return fastvae.reconstruction_loss(r, x, lik, recon_logvar=v, reduction=reduction,
+                                           backend="triton")
 
     def forward_only(rec):
         r, x, v, _ = inputs(False)
@@ -263,7 +266,8 @@ def estimate_pct(row: dict, gpu: GPU, launch_bytes: int, model_bytes: int, n: in
         # grouped tickets (the recon forward's GROUP): the groups' counters take their tickets
         # side by side, then the top counter one per group
         group = row.get("constexprs", {}).get("GROUP", programs)
-        t_tickets = (min(group, programs) + math.ceil(programs / group)) * TICKET_CYCLES / (gpu.clock_ghz * 1e9)
+        t_tickets = ((min(group, programs) + math.ceil(programs / group)) * TICKET_CYCLES
+                     / (gpu.clock_ghz * 1e9))
     t = max(t_mem, t_issue) + t_tickets + t_last + LAUNCH_US * 1e-6
     return 100.0 * model_bytes / (bw * t)
 
@@ -272,7 +276,8 @@ def analyze(compiled: launches.Compiled, name: str, scenario: Scenario) -> dict:
     """One report row (see the module docstring) for a compiled launch."""
     text = sass.disassemble(compiled.asm("cubin"))
     code = sass.parse_sass(text)
-    res = sass.ptxas_resources(compiled.asm("ptx"), fp_fusion=compiled.kernel.metadata.enable_fp_fusion)
+    res = sass.ptxas_resources(compiled.asm("ptx"),
+                               fp_fusion=compiled.kernel.metadata.enable_fp_fusion)
     ttgir = compiled.asm("ttgir")
     loads, stores = sass.access_shapes(ttgir, "load"), sass.access_shapes(ttgir, "store")
     tile = max([n for n, _ in loads + stores] + [1])
@@ -311,9 +316,11 @@ def analyze(compiled: launches.Compiled, name: str, scenario: Scenario) -> dict:
         "launch_bytes": launch_bytes,
         "model_bytes": model,
         "grid": list(compiled.grid),
-        "constexprs": {k: v if isinstance(v, (int, float, bool, str)) else str(v) for k, v in compiled.constexprs.items()},
+        "constexprs": {k: v if isinstance(v, (int, float, bool, str)) else str(v)
+                       for k, v in compiled.constexprs.items()},
         "signature": {k: v for k, v in compiled.signature.items() if v != "constexpr"},
-        "divisible_by_16": sorted(k for k, v in compiled.attrs.items() if ["tt.divisibility", 16] in v),
+        "divisible_by_16": sorted(k for k, v in compiled.attrs.items()
+                                  if ["tt.divisibility", 16] in v),
     }
     for gpu_name, gpu in GPUS.items():
         row[f"est_pct_copy_bw_{gpu_name}"] = estimate_pct(row, gpu, launch_bytes, model, scenario.n)
@@ -357,7 +364,8 @@ def missed_budgets(row: dict) -> list[str]:
     for kind in ("load", "store"):
         share = row[f"vector_{kind}_share"]
         if row[f"tile_{kind}s"] and (row[f"{kind}_bits"] < bits or share < 1.0):
-            out.append(f"{name}: tile {kind}s not all {bits}-bit (widest {row[f'{kind}_bits']} bits, "
+            out.append(f"{name}: tile {kind}s not all {bits}-bit "
+                       f"(widest {row[f'{kind}_bits']} bits, "
                        f"{100 * share:.0f}% of their bytes in {bits}-bit instructions)")
     return out
 
@@ -367,11 +375,13 @@ def _variant_key(c: launches.Compiled) -> tuple:
             repr(sorted(c.attrs.items())), c.num_warps)
 
 
-def report(quick: bool = False, dtypes=tuple(DTYPES), only: str | None = None, log=print) -> list[dict]:
+def report(quick: bool = False, dtypes=tuple(DTYPES), only: str | None = None,
+           log=print) -> list[dict]:
     """Record, compile and analyze every variant; rows sorted in scenario order. ``only``
     keeps the scenarios whose family contains it (e.g. "bernoulli", "latent")."""
     if os.environ.get("TRITON_INTERPRET", "0") == "1":
-        raise RuntimeError("run the static report without TRITON_INTERPRET=1: the interpreter compiles nothing")
+        raise RuntimeError("run the static report without TRITON_INTERPRET=1: the interpreter "
+                           "compiles nothing")
     rows, seen = [], set()
     for sc in scenarios(quick, dtypes):
         if only and only not in sc.family:
@@ -398,10 +408,13 @@ def report(quick: bool = False, dtypes=tuple(DTYPES), only: str | None = None, l
 
 
 def format_row(r: dict) -> str:
-    return (f"{r['name']:<58} w{r['num_warps']:<2} ept {r['elements_per_thread']:>5g} regs {r['registers']:>3} "
-            f"spill {r['spill_bytes']:>3} stack {r['stack_bytes']:>3} ld {r['load_bits']:>3} st {r['store_bits']:>3} "
-            f"SASS/el {r['sass_per_element']:6.1f} fp64 {r['fp64']:>2} bytes/model {r['bytes_vs_model']:.2f} "
-            f"est %copy H100 {r['est_pct_copy_bw_h100']:5.1f} H200 {r['est_pct_copy_bw_h200']:5.1f}")
+    return (f"{r['name']:<58} w{r['num_warps']:<2} ept {r['elements_per_thread']:>5g} "
+            f"regs {r['registers']:>3} spill {r['spill_bytes']:>3} stack {r['stack_bytes']:>3} "
+            f"ld {r['load_bits']:>3} st {r['store_bits']:>3} "
+            f"SASS/el {r['sass_per_element']:6.1f} fp64 {r['fp64']:>2} "
+            f"bytes/model {r['bytes_vs_model']:.2f} "
+            f"est %copy H100 {r['est_pct_copy_bw_h100']:5.1f} "
+            f"H200 {r['est_pct_copy_bw_h200']:5.1f}")
 
 
 def write(rows: list[dict], out: Path) -> None:
@@ -413,13 +426,23 @@ def write(rows: list[dict], out: Path) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m benchmarks.static", description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(prog="python -m benchmarks.static",
+                                description=__doc__.split("\n\n")[0])
     p.add_argument("--out", required=True, help="folder for report.json and the .sass files")
-    p.add_argument("--check", action="store_true", help="exit 1 when a budget is missed, listing each")
+    p.add_argument("--check", action="store_true",
+                   help="exit 1 when a budget is missed, listing each")
     p.add_argument("--quick", action="store_true", help="only the MNIST-size variants (B=128)")
     p.add_argument("--dtypes", nargs="+", choices=tuple(DTYPES), default=list(DTYPES))
-    p.add_argument("--only", default=None, help="only scenarios whose family contains this (e.g. latent)")
+    p.add_argument("--only", default=None,
+                   help="only scenarios whose family contains this (e.g. latent)")
+    p.add_argument("--code", metavar="REV", help="the kernels as they were at git revision REV "
+                   "(e.g. 56c978a, the code the H200 measured), with this checkout's model")
     args = p.parse_args(argv)
+    if args.code:
+        rest = ["--out", str(Path(args.out).resolve()), *(["--check"] * args.check),
+                *(["--quick"] * args.quick), "--dtypes", *args.dtypes,
+                *(["--only", args.only] if args.only else [])]
+        return at_revision.run_module(args.code, "benchmarks.static", rest)
     rows = report(quick=args.quick, dtypes=tuple(args.dtypes), only=args.only)
     write(rows, Path(args.out))
     print(f"wrote {Path(args.out) / 'report.json'} ({len(rows)} variants)")

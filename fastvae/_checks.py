@@ -1,4 +1,5 @@
-"""Argument checks for the public API: every failure names the argument and what was expected."""
+"""Argument checks for the public API and the layers above it (data, models, training,
+studies): every failure names the argument, what was expected and what was given."""
 
 from __future__ import annotations
 
@@ -97,14 +98,22 @@ def positive_int(name: str, value) -> None:
         raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
 
 
+def finite_nonnegative(name: str, value) -> None:
+    """``value`` must be a finite real number >= 0 (not a bool)."""
+    real = isinstance(value, numbers.Real) and not isinstance(value, bool)
+    if not real or not math.isfinite(value) or value < 0:
+        raise ValueError(f"{name} must be a finite number >= 0, got {value!r}")
+
+
 def beta(value) -> None:
-    if (
-        isinstance(value, bool)
-        or not isinstance(value, numbers.Real)
-        or not math.isfinite(value)
-        or value < 0
-    ):
-        raise ValueError(f"beta must be a finite number >= 0, got {value!r}")
+    finite_nonnegative("beta", value)
+
+
+def probability(name: str, value) -> None:
+    """``value`` must be a number in [0, 1) (a dropout probability)."""
+    real = isinstance(value, numbers.Real) and not isinstance(value, bool)
+    if not real or not 0 <= value < 1:
+        raise ValueError(f"{name} must be a probability in [0, 1), got {value!r}")
 
 
 def generator(gen, device: torch.device) -> None:

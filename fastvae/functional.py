@@ -329,7 +329,9 @@ def reconstruction_loss(
     """
     _check_recon(recon, x, likelihood, recon_logvar, full, reduction)
     if resolve_backend(backend, recon) == "torch":
-        return torch_backend.reconstruction_loss(recon, x, likelihood, recon_logvar, full, reduction)
+        return torch_backend.reconstruction_loss(
+            recon, x, likelihood, recon_logvar, full, reduction
+        )
     logvar, logvar_value = _logvar_args(recon_logvar)
     options = recon_op.Options(
         logvar_value, likelihood, reduction, full, *_grads_needed(recon, logvar)

@@ -44,8 +44,8 @@ class ELBOLoss(nn.Module):
         super().__init__()
         _checks.beta(beta)
         _check_options(likelihood, reduction, backend, kl_reduction=kl_reduction)
-        self.beta, self.likelihood, self.reduction, self.backend = beta, likelihood, reduction, backend
-        self.full, self.kl_reduction = full, kl_reduction
+        self.beta, self.likelihood, self.reduction = beta, likelihood, reduction
+        self.backend, self.full, self.kl_reduction = backend, full, kl_reduction
 
     def forward(self, recon, x, mu, logvar, recon_logvar=None) -> F.ELBO:
         return F.elbo_loss(
@@ -71,7 +71,8 @@ class ReconstructionLoss(nn.Module):
     ):
         super().__init__()
         _check_options(likelihood, reduction, backend)
-        self.likelihood, self.reduction, self.backend, self.full = likelihood, reduction, backend, full
+        self.likelihood, self.reduction = likelihood, reduction
+        self.backend, self.full = backend, full
 
     def forward(self, recon, x, recon_logvar=None) -> torch.Tensor:
         return F.reconstruction_loss(

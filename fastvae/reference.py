@@ -6,8 +6,8 @@ computed in float32 (float64 if any input is float64), and losses are returned i
 accumulation dtype; samples come back in the input dtype. Shapes: ``x`` and
 ``recon`` are ``(B, *feature_shape)``, ``mu`` and ``logvar`` ``(B, *latent_shape)``, and each
 row (sample) is summed over all non-batch dims. Reductions carry torch's names and meanings
-(:func:`reduce_rows`; :mod:`fastvae.conventions` states them). No argument checking happens here: :mod:`fastvae.functional` checks
-before dispatching.
+(:func:`reduce_rows`; :mod:`fastvae.conventions` states them). No argument checking happens
+here: :mod:`fastvae.functional` checks before dispatching.
 
 This module is the specification and the test oracle; the CPU path of the public API is
 :mod:`fastvae.torch_backend`, a faster composition of the same math tested against it.
@@ -189,7 +189,10 @@ def reconstruction_loss(
         # not inf - inf. Both where()s take their l >= 0 branch at l = 0, so autograd's
         # one-sided derivative there is the true one, sigmoid(0) - x.
         pos = r >= 0
-        elem = torch.where(pos, r * (1.0 - t), -r * t) + torch.log1p(torch.exp(torch.where(pos, -r, r)))
+        elem = (
+            torch.where(pos, r * (1.0 - t), -r * t)
+            + torch.log1p(torch.exp(torch.where(pos, -r, r)))
+        )
     elif likelihood == "bernoulli_probs":
         elem = _BernoulliProbsNLL.apply(r, t)
     elif likelihood == "mse":

@@ -91,7 +91,9 @@ def reconstruction_loss(
     if recon_logvar is None and recon.dtype is x.dtype is torch.float32:  # the common case
         return _reduced(_FUSED[likelihood], recon, x, reduction)
     tensor_logvar = isinstance(recon_logvar, torch.Tensor)
-    acc = accumulation_dtype(recon.dtype, x.dtype, *((recon_logvar.dtype,) if tensor_logvar else ()))
+    acc = accumulation_dtype(
+        recon.dtype, x.dtype, *((recon_logvar.dtype,) if tensor_logvar else ())
+    )
     r, t = _as(recon, acc), _as(x, acc)
     if likelihood != "gaussian":
         return _reduced(_FUSED[likelihood], r, t, reduction)

@@ -12,9 +12,9 @@ everything that specialization can depend on. It names those values as a ``key``
 launch for a key takes Triton's own path (compiling if needed) and keeps the compiled kernel
 it returns; every later launch with the same key calls that kernel's launcher (Triton's
 ``CudaLauncher`` and its C launch function) directly, with the current stream: what
-``JITFunction.run`` ends with. While a launch hook is set (a profiler such as Triton's proton) the compiled
-kernel's own runner (``CompiledKernel[grid]``) is called instead: it computes the launch
-metadata the hook receives.
+``JITFunction.run`` ends with. While a launch hook is set (a profiler such as Triton's proton)
+the compiled kernel's own runner (``CompiledKernel[grid]``) is called instead: it computes the
+launch metadata the hook receives.
 
 The key must determine Triton's specialization. The launchers build it from the device, the
 16-byte alignment of every pointer, every pointer's dtype, every integer argument and every
@@ -91,7 +91,9 @@ class CachedKernel:
         self.fn = fn
         self._compiled: dict[Hashable, _Compiled] = {}
 
-    def launch(self, key: Hashable | None, n_programs: int, args: tuple, num_warps: int = 4) -> None:
+    def launch(
+        self, key: Hashable | None, n_programs: int, args: tuple, num_warps: int = 4
+    ) -> None:
         c = self._compiled.get(key) if key is not None else None
         if c is None:
             self._first_launch(key, n_programs, args, num_warps)

@@ -132,7 +132,8 @@ def _minus_two_log_uniform(w):
     m = (((w >> 9) << 1) | 1).to(tl.float32)
     bits = m.to(tl.int32, bitcast=True)
     shifted = bits - _SQRT_HALF_BITS
-    k = (shifted >> 23).to(tl.float32)  # m >= 1, so shifted >= 0 and this is floor(log2(m / sqrt(1/2)))
+    # m >= 1, so shifted >= 0 and this is floor(log2(m / sqrt(1/2)))
+    k = (shifted >> 23).to(tl.float32)
     z = (bits - (shifted & -8388608)).to(tl.float32, bitcast=True)  # -8388608 = 0xFF800000
     t = z - 1.0
     p = -0.10134179145097733

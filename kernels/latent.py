@@ -14,7 +14,14 @@ import torch
 import triton
 import triton.language as tl
 
-from ._common import INTERPRETED, TicketCounters, check_launchable, device_guard, loss_dtype, pow2_at_least
+from ._common import (
+    INTERPRETED,
+    TicketCounters,
+    check_launchable,
+    device_guard,
+    loss_dtype,
+    pow2_at_least,
+)
 from ._launch import CachedKernel, launch_key
 from ._math import exp_acc, expm1_and_phi, standard_normal, standard_normal4, to_acc
 
@@ -63,7 +70,8 @@ def _strided(mu_ptr, lv_ptr, start, offs, L, mu_stride, lv_stride, STRIDED: tl.c
     place; 64-bit math once per block, 32-bit per element)."""
     if STRIDED:
         row0, q, col = _row_col(start, L, BLOCK)
-        return (mu_ptr + row0 * mu_stride) + (q * mu_stride + col), (lv_ptr + row0 * lv_stride) + (q * lv_stride + col)
+        return ((mu_ptr + row0 * mu_stride) + (q * mu_stride + col),
+                (lv_ptr + row0 * lv_stride) + (q * lv_stride + col))
     return mu_ptr + offs, lv_ptr + offs
 
 
@@ -152,7 +160,8 @@ def _sample_and_kl_fwd_kernel(
         for start in range(pid * BLOCK, N, n_programs * BLOCK):
             offs = start + tl.arange(0, BLOCK).to(tl.int64)
             mask = offs < N
-            mu_at, lv_at = _strided(mu_ptr, lv_ptr, start, offs, L, mu_stride, lv_stride, STRIDED, BLOCK)
+            mu_at, lv_at = _strided(mu_ptr, lv_ptr, start, offs, L, mu_stride, lv_stride,
+                                    STRIDED, BLOCK)
             mu = to_acc(tl.load(mu_at, mask=mask, other=0.0))
             lv = to_acc(tl.load(lv_at, mask=mask, other=0.0))
             std = exp_acc(0.5 * lv, FAST_EXP)
@@ -174,8 +183,10 @@ def _sample_and_kl_fwd_kernel(
             for col0 in range(0, L, BLOCK_L):
                 cols = col0 + tl.arange(0, BLOCK_L)
                 mask = row_mask[:, None] & (cols < L)[None, :]
-                mu = to_acc(tl.load(mu_ptr + rows[:, None] * mu_stride + cols[None, :], mask=mask, other=0.0))
-                lv = to_acc(tl.load(lv_ptr + rows[:, None] * lv_stride + cols[None, :], mask=mask, other=0.0))
+                mu = to_acc(tl.load(mu_ptr + rows[:, None] * mu_stride + cols[None, :],
+                                    mask=mask, other=0.0))
+                lv = to_acc(tl.load(lv_ptr + rows[:, None] * lv_stride + cols[None, :],
+                                    mask=mask, other=0.0))
                 std = exp_acc(0.5 * lv, FAST_EXP)
                 _, phi = expm1_and_phi(lv, std * std)  # masked lanes (mu = lv = 0) add 0
                 kl_rows += tl.sum(mu * mu + phi, axis=1)
@@ -224,7 +235,8 @@ def _sample_and_kl_bwd_kernel(
     for start in range(pid * BLOCK, N, n_programs * BLOCK):
         offs = start + tl.arange(0, BLOCK).to(tl.int64)
         mask = offs < N
-        mu_at, lv_at = _strided(mu_ptr, lv_ptr, start, offs, L, mu_stride, lv_stride, STRIDED, BLOCK)
+        mu_at, lv_at = _strided(mu_ptr, lv_ptr, start, offs, L, mu_stride, lv_stride,
+                                STRIDED, BLOCK)
         mu = to_acc(tl.load(mu_at, mask=mask, other=0.0))
         lv = to_acc(tl.load(lv_at, mask=mask, other=0.0))
         std = exp_acc(0.5 * lv, FAST_EXP)
@@ -282,7 +294,9 @@ _FWD = CachedKernel(_sample_and_kl_fwd_kernel)
 _BWD = CachedKernel(_sample_and_kl_bwd_kernel)
 
 
-def _flat_readable(mu: torch.Tensor, logvar: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, bool]:
+def _flat_readable(
+    mu: torch.Tensor, logvar: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor, bool]:
     """(mu, logvar, both contiguous) for the flat layout, given that they are not both
     contiguous: read in place (strided rows) when L + BLOCK < 2**24, the exact range of the
     kernel's fp32 row split _row_col, else contiguous copies."""
@@ -328,7 +342,8 @@ def sample_and_kl_fwd(
     # Allocations: empty_like, or new_empty with the size as a keyword: about 0.8 us of host
     # time each, against 1.2-1.4 us for new_empty with a positional tuple (torch's parser).
     if sample:
-        z = torch.empty_like(mu, memory_format=torch.contiguous_format) if n_samples == 1 else mu.new_empty(size=(n_samples, B, L))
+        z = (torch.empty_like(mu, memory_format=torch.contiguous_format) if n_samples == 1
+             else mu.new_empty(size=(n_samples, B, L)))
     kl_out = None
     if mode:
         kl_out = mu.new_empty(size=(B,) if mode == 1 else (), dtype=loss_dtype(mu.dtype))
@@ -339,7 +354,8 @@ def sample_and_kl_fwd(
     programs, block_b, block_l, p_block = _layout(B, L, flat, _FLAT_BLOCK)
     # "total": one partial per program; a single program's partial is the total's own slot
     # (it stores it, reads it back and overwrites it with the total: no workspace allocation).
-    partials = mu if mode != 2 else kl_out if programs == 1 else mu.new_empty(size=(programs,), dtype=kl_out.dtype)
+    partials = (mu if mode != 2 else kl_out if programs == 1
+                else mu.new_empty(size=(programs,), dtype=kl_out.dtype))
     in_memory = isinstance(key, torch.Tensor)
     seed, offset = (0, 0) if in_memory or key is None else key
     pointers = (
@@ -401,7 +417,8 @@ def sample_and_kl_bwd(
     check_launchable("mu", mu)
     B, L = mu.shape
     if grad_kl is not None and grad_kl.dim() and grad_kl.shape[0] != B:  # it would be read past
-        raise ValueError(f"grad_kl must be a scalar or have B = {B} rows, got shape {tuple(grad_kl.shape)}")
+        raise ValueError(f"grad_kl must be a scalar or have B = {B} rows, got shape "
+                         f"{tuple(grad_kl.shape)}")
     dmu = torch.empty_like(mu, memory_format=torch.contiguous_format)
     dlv = torch.empty_like(logvar, memory_format=torch.contiguous_format)
     if B * L == 0:

@@ -15,7 +15,14 @@ import torch
 import triton
 import triton.language as tl
 
-from ._common import INTERPRETED, TicketCounters, check_launchable, device_guard, loss_dtype, pow2_at_least
+from ._common import (
+    INTERPRETED,
+    TicketCounters,
+    check_launchable,
+    device_guard,
+    loss_dtype,
+    pow2_at_least,
+)
 from ._launch import CachedKernel, launch_key
 from ._math import log1p_unit
 
@@ -50,12 +57,14 @@ OUT_TOTAL = tl.constexpr(2)  # a scalar reduction: the last program adds all par
 #     a division (div.full.f32) costs a range check and scaling around the same MUFU.RCP.
 @triton.jit
 def _ex2_ftz(a):
-    return tl.inline_asm_elementwise("ex2.approx.ftz.f32 $0, $1;", "=f,f", [a], dtype=tl.float32, is_pure=True, pack=1)
+    return tl.inline_asm_elementwise("ex2.approx.ftz.f32 $0, $1;", "=f,f", [a], dtype=tl.float32,
+                                     is_pure=True, pack=1)
 
 
 @triton.jit
 def _rcp_ftz(a):
-    return tl.inline_asm_elementwise("rcp.approx.ftz.f32 $0, $1;", "=f,f", [a], dtype=tl.float32, is_pure=True, pack=1)
+    return tl.inline_asm_elementwise("rcp.approx.ftz.f32 $0, $1;", "=f,f", [a], dtype=tl.float32,
+                                     is_pure=True, pack=1)
 
 
 # Per element, with r the decoder output (logits l, probabilities p or mean m), x the target,
@@ -72,7 +81,8 @@ def _rcp_ftz(a):
 # log(1 + t) is a polynomial on (0, 1] (log1p_unit, error budget beside it). Writing
 # max(l, 0) - l x as l (1 - x) or -l x makes a confidently wrong infinite logit give +inf.
 @triton.jit
-def _recon_terms(r, x, v, inv_var, LIKELIHOOD: tl.constexpr, FULL: tl.constexpr, FAST: tl.constexpr):
+def _recon_terms(r, x, v, inv_var, LIKELIHOOD: tl.constexpr, FULL: tl.constexpr,
+                 FAST: tl.constexpr):
     if LIKELIHOOD == 0:
         if FAST:
             t = _ex2_ftz(tl.abs(r) * -1.4426950408889634)
@@ -202,7 +212,8 @@ def _store_losses(out_ptr, elbo_ptr, kl_ptr, at, rec, kl_stride, beta, mask, ADD
 
 
 @triton.jit
-def _last_program(counters_ptr, partial_ptr, pid, n_programs, GROUP: tl.constexpr, SUM_GROUPS: tl.constexpr):
+def _last_program(counters_ptr, partial_ptr, pid, n_programs, GROUP: tl.constexpr,
+                  SUM_GROUPS: tl.constexpr):
     """Two-level last-program ticket: True in exactly one program, which then sees every
     program's stores. Each program takes a ticket from its group's counter (GROUP programs a
     group, each counter on its own 32-byte sector); the last of a group adds the group's
@@ -218,7 +229,8 @@ def _last_program(counters_ptr, partial_ptr, pid, n_programs, GROUP: tl.constexp
         tl.store(counters_ptr + (1 + group) * _COUNTER_STRIDE, 0)
         if SUM_GROUPS:
             offs = tl.arange(0, GROUP)
-            parts = tl.load(partial_ptr + group * GROUP + offs, mask=offs < size, other=0.0, cache_modifier=".cg")
+            parts = tl.load(partial_ptr + group * GROUP + offs, mask=offs < size, other=0.0,
+                            cache_modifier=".cg")
             tl.store(partial_ptr + n_programs + group, tl.sum(parts, axis=0))
             tl.debug_barrier()
         ticket = tl.atomic_add(counters_ptr, 1, sem="acq_rel")
@@ -244,7 +256,8 @@ def _add_partials(
         acc = tl.zeros([SBLOCK], acc_ty)
         for first in range(0, n_groups, SBLOCK):
             idx = first + offs
-            acc += tl.load(partial_ptr + n_programs + idx, mask=idx < n_groups, other=0.0, cache_modifier=".cg")
+            acc += tl.load(partial_ptr + n_programs + idx, mask=idx < n_groups, other=0.0,
+                           cache_modifier=".cg")
         _store_losses(out_ptr, elbo_ptr, kl_ptr, 0, tl.sum(acc, axis=0), 0, beta, None, ADD_KL)
     else:
         offs = tl.arange(0, RBLOCK)
@@ -253,7 +266,8 @@ def _add_partials(
             keep = rows < n_rows
             acc = tl.zeros([RBLOCK], acc_ty)
             for c in range(0, n_chunks):  # chunk-major partials: a dense run of rows per chunk
-                acc += tl.load(partial_ptr + c * n_rows + rows, mask=keep, other=0.0, cache_modifier=".cg")
+                acc += tl.load(partial_ptr + c * n_rows + rows, mask=keep, other=0.0,
+                               cache_modifier=".cg")
             _store_losses(out_ptr, elbo_ptr, kl_ptr, rows, acc, kl_stride, beta, keep, ADD_KL)
 
 
@@ -334,19 +348,22 @@ def _recon_loss_fwd_kernel(
     else:
         row64, start, cols, mask = _row_tile(pid, n_chunks, D, BLOCK_D)
         loss, dr, dv = _terms(
-            r_ptr + row64 * r_row_stride + start + cols, x_ptr + row64 * x_row_stride + start + cols,
+            r_ptr + row64 * r_row_stride + start + cols,
+            x_ptr + row64 * x_row_stride + start + cols,
             v_ptr + row64 * v_row_stride, start + cols, mask, logvar_value, LIKELIHOOD, FULL,
             V_MODE, F64, EVEN_D,
         )
         _store_grads(
-            dr_ptr + row64 * dr_row_stride + start + cols, dv_ptr + row64 * dv_row_stride + start + cols,
+            dr_ptr + row64 * dr_row_stride + start + cols,
+            dv_ptr + row64 * dv_row_stride + start + cols,
             dv_ptr + pid, dr * scale, dv * scale, mask, WRITE_DR, DV_MODE, EVEN_D,
         )
     if not EVEN_D:
         loss = tl.where(mask, loss, 0.0)
     total = tl.sum(loss, axis=0) * scale
     if OUT == OUT_ROWS_DIRECT:  # one chunk a row: program pid is row pid
-        _store_losses(out_ptr, elbo_ptr, kl_ptr, pid.to(tl.int64), total, kl_stride, beta, None, ADD_KL)
+        _store_losses(out_ptr, elbo_ptr, kl_ptr, pid.to(tl.int64), total, kl_stride, beta, None,
+                      ADD_KL)
     else:
         slot = pid
         if OUT == OUT_ROWS:  # chunk-major (see _add_partials)
@@ -395,7 +412,8 @@ def _recon_loss_bwd_kernel(
     )
     g = _acc(tl.load(g_ptr + row64 * g_stride), F64)
     _store_grads(
-        dr_ptr + row64 * dr_row_stride + start + cols, dv_ptr + row64 * dv_row_stride + start + cols,
+        dr_ptr + row64 * dr_row_stride + start + cols,
+        dv_ptr + row64 * dv_row_stride + start + cols,
         dv_ptr + pid, g * dr, g * dv, mask, WRITE_DR, DV_MODE, EVEN_D,
     )
 
@@ -462,7 +480,10 @@ def _fwd_plan(
     the rows may be read as flat blocks (a scalar reduction over tensors that are each one
     dense block of B * D elements in the same order), the ticket groups and the partials."""
     block_d, num_warps, n_chunks, rblock = _layout(B, D)
-    mode = OUT_ROWS_DIRECT.value if per_row and n_chunks == 1 else OUT_ROWS.value if per_row else OUT_TOTAL.value
+    mode = (
+        OUT_ROWS_DIRECT.value if per_row and n_chunks == 1
+        else OUT_ROWS.value if per_row else OUT_TOTAL.value
+    )
     flat = (
         mode == OUT_TOTAL.value and r_row_stride == D and x_row_stride == D
         and v_mode != V_ROW.value and (v_mode != V_ELEMENTS.value or v_row_stride == D)
@@ -503,7 +524,9 @@ def _fwd_plan(
         group,  # GROUP
         4 * 32 * num_warps,  # SBLOCK
     )
-    return _FwdPlan(n_programs, num_warps, n_chunks, n_partials, values, constexprs, values + constexprs)
+    return _FwdPlan(
+        n_programs, num_warps, n_chunks, n_partials, values, constexprs, values + constexprs
+    )
 
 
 # Ticket groups (see the forward kernel). Every program of the forward takes a ticket, and
@@ -529,7 +552,8 @@ def _dense_rows_impl(shape: tuple, strides: tuple) -> bool:
     """True when each row's features are one dense block of prod(shape[1:]) elements (any
     order of the feature dims: contiguous, channels_last, a ``chunk`` of a wider tensor)."""
     expected = 1
-    for size, stride in sorted((p for p in zip(shape[1:], strides[1:]) if p[0] != 1), key=lambda p: p[1]):
+    for size, stride in sorted((p for p in zip(shape[1:], strides[1:]) if p[0] != 1),
+                               key=lambda p: p[1]):
         if stride != expected:
             return False
         expected *= size
@@ -565,9 +589,13 @@ def grad_strides(shape: tuple, strides: tuple) -> tuple:
 def _same_rows(t: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
     """``t`` (recon's shape) with its features in ``like``'s memory order: ``t`` itself when it
     already is, else a copy laid out like the kernels' gradient for ``like``."""
-    if _dense_rows(t.shape, t.stride()) and _feature_key(t.shape, t.stride()) == _feature_key(like.shape, like.stride()):
+    if _dense_rows(t.shape, t.stride()) and (
+        _feature_key(t.shape, t.stride()) == _feature_key(like.shape, like.stride())
+    ):
         return t
-    out = torch.empty_strided(like.shape, grad_strides(like.shape, like.stride()), dtype=t.dtype, device=t.device)
+    out = torch.empty_strided(
+        like.shape, grad_strides(like.shape, like.stride()), dtype=t.dtype, device=t.device
+    )
     return out.copy_(t)
 
 
@@ -587,7 +615,9 @@ class _LogVar:
             self.tensor, self.mode = lv, V_ROW.value
         else:
             rows = lv.expand((lv.shape[0],) + tuple(recon.shape[1:]))
-            self.tensor, self.mode = _same_rows(rows, recon[:1] if not per_batch else recon), V_ELEMENTS.value
+            self.tensor, self.mode = (
+                _same_rows(rows, recon[:1] if not per_batch else recon), V_ELEMENTS.value
+            )
         self.row_stride = self.tensor.stride(0) if per_batch else 0
         # recon_logvar of recon's shape: its gradient is written per element in its dtype;
         # anything broadcast is reduced to its own shape (per row in-kernel, else by a sum).
@@ -600,7 +630,9 @@ class _LogVar:
         if self.mode == V_ROW.value:
             return torch.empty(n_tiles, dtype=acc, device=recon.device)
         dtype = self.source.dtype if self.full else acc  # summed later: accumulate in acc
-        return torch.empty_strided(recon.shape, grad_strides(recon.shape, recon.stride()), dtype=dtype, device=recon.device)
+        return torch.empty_strided(
+            recon.shape, grad_strides(recon.shape, recon.stride()), dtype=dtype, device=recon.device
+        )
 
     def reduce_grad(self, buf, recon, n_chunks):
         """d loss / d logvar in logvar's shape and dtype from the kernel's buffer."""
@@ -655,8 +687,10 @@ def _empty_grads(recon, logvar, grad_recon, grad_logvar):
     dv = None
     if grad_logvar and logvar.source is not None:
         full = logvar.full and logvar.mode == V_ELEMENTS.value
-        dv = torch.zeros_like(logvar.source, memory_format=torch.contiguous_format) if not full else torch.empty_strided(
-            recon.shape, grad_strides(recon.shape, recon.stride()), dtype=logvar.source.dtype, device=recon.device
+        dv = (
+            torch.zeros_like(logvar.source, memory_format=torch.contiguous_format) if not full
+            else torch.empty_strided(recon.shape, grad_strides(recon.shape, recon.stride()),
+                                     dtype=logvar.source.dtype, device=recon.device)
         )
     return dr, dv
 

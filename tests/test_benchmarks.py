@@ -260,6 +260,8 @@ def test_headline_labels_cover_the_headline_keys():
 def test_repository_readme_is_generated_from_committed_results():
     assert readme.update(check=True), "README.md is stale: run python -m benchmarks.readme"
     assert readme.update_host(check=True), "the host estimate is stale: python -m benchmarks.readme"
+    assert readme.update_static(check=True), "the static report is stale: python -m benchmarks.readme"
+    assert readme.update_dropin(check=True), "the drop-in table is stale: python -m benchmarks.readme"
 
 
 # ------------------------------------------------------------------ bytes, host time, the GPU check

@@ -32,7 +32,7 @@ from typing import Sequence
 import torch
 from tqdm.auto import tqdm
 
-from fastvae import _validate
+from fastvae import _checks
 from fastvae.data.mnist import DataNotFoundError, Split, data_root
 
 CLASSES = ("cat", "dog", "wild")
@@ -98,9 +98,9 @@ def load_animal_faces(
     from torchvision import transforms
     from torchvision.datasets import ImageFolder
 
-    _validate.positive_int("image_size", image_size)
+    _checks.positive_int("image_size", image_size)
     if limit is not None:
-        _validate.positive_int("limit", limit)
+        _checks.positive_int("limit", limit)
     folder = Path(folder) if folder is not None else default_folder()
     split_dir = folder / ("train" if train else "val")
     try:

@@ -14,7 +14,7 @@ from typing import Iterator
 import numpy as np
 import torch
 
-from fastvae import _validate
+from fastvae import _checks
 from fastvae.data.mnist import load_mnist, static_binarize
 
 BINARIZE = ("none", "dynamic", "static")
@@ -65,8 +65,8 @@ class ImageBatches:
             raise ValueError(f"images must be (N, H, W) or (N, C, H, W), got {tuple(images.shape)}")
         if labels.shape[0] != images.shape[0]:
             raise ValueError(f"{images.shape[0]} images but {labels.shape[0]} labels")
-        _validate.choice("binarize", binarize, BINARIZE)
-        _validate.positive_int("batch_size", batch_size)
+        _checks.choice("binarize", binarize, BINARIZE)
+        _checks.positive_int("batch_size", batch_size)
         self.binarize = binarize
         self.images = static_binarize(images) if binarize == "static" else images
         # Static images are 0/1 already; the others are divided by 255 per batch (exactly as
@@ -180,7 +180,7 @@ class ShardedImageBatches(ImageBatches):
     ):
         from torch.utils.data import DistributedSampler
 
-        _validate.positive_int("global_batch_size", global_batch_size)
+        _checks.positive_int("global_batch_size", global_batch_size)
         if global_batch_size % world_size:
             raise ValueError(
                 f"batch_size (the global batch) must be a multiple of the number of processes: "

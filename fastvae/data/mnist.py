@@ -15,7 +15,7 @@ from typing import NamedTuple
 import numpy as np
 import torch
 
-from fastvae import _validate
+from fastvae import _checks
 
 MNIST_FILES = (
     "train-images-idx3-ubyte",
@@ -97,7 +97,7 @@ def load_mnist(
             the images); the message names the file and what is wrong.
     """
     if limit is not None:
-        _validate.positive_int("limit", limit)
+        _checks.positive_int("limit", limit)
     root = Path(root) if root is not None else data_root()
     raw = root / "MNIST" / "raw"
     if not all((raw / f).is_file() for f in MNIST_FILES):

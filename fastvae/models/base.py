@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from fastvae import _validate
+from fastvae import _checks
 from fastvae.functional import ELBO, reconstruction_loss, reparameterize, sample_and_kl
 from fastvae.reference import LOG_2PI, REDUCTIONS
 
@@ -57,8 +57,8 @@ class VAE(nn.Module):
         input_shape = tuple(int(s) for s in input_shape)
         if not input_shape or any(s < 1 for s in input_shape):
             raise ValueError(f"input_shape must be non-empty with sizes >= 1, got {input_shape}")
-        _validate.positive_int("latent_dim", latent_dim)
-        _validate.choice("likelihood", likelihood, MODEL_LIKELIHOODS)
+        _checks.positive_int("latent_dim", latent_dim)
+        _checks.choice("likelihood", likelihood, MODEL_LIKELIHOODS)
         check_dropout(dropout)
         if logvar_floor is not None:
             if not (isinstance(logvar_floor, (int, float)) and math.isfinite(logvar_floor)):
@@ -235,8 +235,8 @@ class VAE(nn.Module):
             :class:`fastvae.ELBO` ``(loss, recon, kl)`` in nats, float32 (float64 for a
             float64 model), differentiable.
         """
-        _validate.finite_nonnegative("beta", beta)
-        _validate.choice("reduction", reduction, REDUCTIONS)
+        _checks.finite_nonnegative("beta", beta)
+        _checks.choice("reduction", reduction, REDUCTIONS)
         mu, logvar = self.encode(x)
         z, kl = self._latent_and_kl(mu, logvar, reduction, generator)
         recon, recon_logvar = self.decode_params(z)
@@ -267,7 +267,7 @@ class VAE(nn.Module):
         (:meth:`draw_data`), the same z for the same generator state. Returns
         ``(n, *input_shape)`` in the parameters' dtype and device. No gradient.
         """
-        _validate.positive_int("n", n)
+        _checks.positive_int("n", n)
         p = next(self.parameters())
         z = torch.randn(n, self.latent_dim, generator=generator, device=p.device, dtype=p.dtype)
         recon, recon_logvar = self.decode_params(z)
@@ -311,4 +311,4 @@ class VAE(nn.Module):
 
 def check_dropout(p) -> None:
     """``p`` must be a number in [0, 1) (the dropout probability of the hidden layers)."""
-    _validate.probability("dropout", p)
+    _checks.probability("dropout", p)

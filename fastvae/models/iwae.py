@@ -15,7 +15,7 @@ import math
 
 import torch
 
-from fastvae import _validate
+from fastvae import _checks
 from fastvae.functional import ELBO, reconstruction_loss, reparameterize
 from fastvae.models.base import VAE
 from fastvae.reference import REDUCTIONS, reduce_rows
@@ -27,7 +27,7 @@ def _log_weight_parts(
     """``(-log p(x | z), log p(z) - log q(z | x))`` for k draws per image, each ``(k, B)``
     float64; the second from eps = (z - mu) / sigma as ``0.5 * sum_j (eps_j^2 - z_j^2 + logvar_j)``
     (the log(2 pi) terms cancel)."""
-    _validate.positive_int("k", k)
+    _checks.positive_int("k", k)
     mu, logvar = model.encode(x)
     z = reparameterize(mu, logvar, n_samples=k, generator=generator, backend=model.backend)
     z = z.reshape(k, *mu.shape)
@@ -75,7 +75,7 @@ def iwae_loss(
     -log p(x | z_i); ``kl = loss - recon``, the rest of the bound (for k = 1 a one-sample
     estimate of the KL). Only ``loss`` is the objective.
     """
-    _validate.choice("reduction", reduction, REDUCTIONS)
+    _checks.choice("reduction", reduction, REDUCTIONS)
     nll_x, log_prior_ratio = _log_weight_parts(model, x, k, generator)
     logw = log_prior_ratio - nll_x
     loss = -(torch.logsumexp(logw, dim=0) - math.log(k)).float()

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from fastvae import _validate
+from fastvae import _checks
 from fastvae.models.autoencoder import ConvAutoencoder, MLPAutoencoder
 from fastvae.models.base import VAE
 from fastvae.models.conv import ConvVAE
@@ -37,5 +37,5 @@ def rebuild_model(name: str, config: dict[str, Any]) -> VAE:
     """``CHECKPOINT_MODELS[name](**config)``: the architecture of a checkpoint's
     ``model_name`` and ``model_config`` (checkpoints from before ``model_name`` existed hold
     an MLPVAE)."""
-    _validate.choice("model_name", name, tuple(CHECKPOINT_MODELS))
+    _checks.choice("model_name", name, tuple(CHECKPOINT_MODELS))
     return CHECKPOINT_MODELS[name](**config)

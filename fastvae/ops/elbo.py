@@ -93,7 +93,9 @@ class ELBO(torch.autograd.Function):
         elif g is None:
             g, kl_weight = g_kl, 1.0
         if g is not None and (ctx.needs_input_grad[2] or ctx.needs_input_grad[3]):
-            dmu, dlogvar = latent.backward(mu, logvar, None, 1, None, g, ctx.kl_reduction, kl_weight)
+            dmu, dlogvar = latent.backward(
+                mu, logvar, None, 1, None, g, ctx.kl_reduction, kl_weight
+            )
         return d_recon, d_x, dmu, dlogvar, d_logvar, None
 
 

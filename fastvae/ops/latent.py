@@ -56,7 +56,9 @@ def philox_key(generator: torch.Generator | None, t: Tensor, n_samples: int):
     if key is not None:
         return key
     try:
-        return torch.randint(0, 1 << 62, (2,), generator=generator, device=t.device, dtype=torch.int64)
+        return torch.randint(
+            0, 1 << 62, (2,), generator=generator, device=t.device, dtype=torch.int64
+        )
     except RuntimeError as e:
         if generator is not None and "capture" in str(e):
             raise ValueError(
@@ -131,7 +133,9 @@ def sample_and_kl_op(
 @sample_and_kl_op.register_fake
 def _(mu, logvar, key, n_samples, sample, kl, reduction):
     z = mu.new_empty(_z_shape(mu, n_samples) if sample else (0,))
-    return z, mu.new_empty(reduced_shape(reduction, mu.shape[0]) if kl else (0,), dtype=kl_dtype(mu))
+    return z, mu.new_empty(
+        reduced_shape(reduction, mu.shape[0]) if kl else (0,), dtype=kl_dtype(mu)
+    )
 
 
 @torch.library.custom_op("fastvae::sample_and_kl_backward", mutates_args=())

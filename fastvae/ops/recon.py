@@ -49,7 +49,9 @@ def launch_forward(
     return out
 
 
-def launch_rows_backward(recon, x, recon_logvar, logvar_value, likelihood, grad_rows, need_r, need_v):
+def launch_rows_backward(
+    recon, x, recon_logvar, logvar_value, likelihood, grad_rows, need_r, need_v
+):
     """(d_recon, d_logvar) of ``sum_b grad_rows[b] * loss_rows[b]``, recomputed, one launch."""
     return kernels.recon_loss_bwd(
         recon, x, recon_logvar, logvar_value, likelihood, grad_rows, need_r, need_v
@@ -104,7 +106,10 @@ def _fake_grads(recon, recon_logvar, grad_recon, grad_logvar):
     dv = _empty(recon)
     if grad_logvar and recon_logvar is not None:
         full = tuple(recon_logvar.shape) == tuple(recon.shape) and math.prod(recon.shape[1:]) != 1
-        dv = recon.new_empty_strided(recon.shape, strides, dtype=recon_logvar.dtype) if full else torch.empty_like(recon_logvar, memory_format=torch.contiguous_format)
+        dv = (
+            recon.new_empty_strided(recon.shape, strides, dtype=recon_logvar.dtype) if full
+            else torch.empty_like(recon_logvar, memory_format=torch.contiguous_format)
+        )
     return dr, dv
 
 
@@ -115,11 +120,19 @@ def loss_dtype(recon: Tensor, x: Tensor, recon_logvar: Tensor | None) -> torch.d
 
 
 @reconstruction_loss_op.register_fake
-def _(recon, x, recon_logvar, logvar_value, likelihood, reduction, full, grad_recon, grad_logvar, kl, beta):
-    loss = recon.new_empty(reduced_shape(reduction, recon.shape[0]), dtype=loss_dtype(recon, x, recon_logvar))
+def _(
+    recon, x, recon_logvar, logvar_value, likelihood, reduction, full, grad_recon, grad_logvar,
+    kl, beta,
+):
+    loss = recon.new_empty(
+        reduced_shape(reduction, recon.shape[0]), dtype=loss_dtype(recon, x, recon_logvar)
+    )
     elbo = _empty(recon) if kl is None else torch.empty_like(loss)
     fused = reduction != "none"
-    dr, dv = _fake_grads(recon, recon_logvar, fused and grad_recon, fused and grad_logvar and likelihood == "gaussian")
+    dr, dv = _fake_grads(
+        recon, recon_logvar, fused and grad_recon,
+        fused and grad_logvar and likelihood == "gaussian",
+    )
     return loss, elbo, dr, dv
 
 
@@ -147,7 +160,10 @@ def _(recon, x, recon_logvar, logvar_value, likelihood, grad_rows, grad_recon, g
     return _fake_grads(recon, recon_logvar, grad_recon, grad_logvar and likelihood == "gaussian")
 
 
-def forward(recon, x, recon_logvar, logvar_value, likelihood, reduction, full, grad_recon, grad_logvar, kl=None, beta=1.0):
+def forward(
+    recon, x, recon_logvar, logvar_value, likelihood, reduction, full, grad_recon, grad_logvar,
+    kl=None, beta=1.0,
+):
     """:func:`launch_forward` eagerly, its custom op while torch.compile traces; returns
     ``(loss, elbo or None, d_recon or None, d_logvar or None)``."""
     if not torch.compiler.is_compiling():
@@ -192,7 +208,10 @@ def _target_grad(recon, x, recon_logvar, logvar_value, likelihood, g):
     elif likelihood == "mse":
         d = -2.0 * (r - t)
     else:
-        v = recon_logvar.to(acc) if recon_logvar is not None else torch.tensor(logvar_value, dtype=acc)
+        v = (
+            recon_logvar.to(acc) if recon_logvar is not None
+            else torch.tensor(logvar_value, dtype=acc)
+        )
         d = -(r - t) * torch.exp(-v)
     return (d * g).to(x.dtype)
 
@@ -233,7 +252,9 @@ def grads_from_saved(dr, dv, grad_loss):
     return scaled(dr, grad_loss, in_place), scaled(dv, grad_loss, in_place)
 
 
-def grads_from_inputs(recon, x, recon_logvar, dr, dv, grad_loss, needs, logvar_value, likelihood, reduction):
+def grads_from_inputs(
+    recon, x, recon_logvar, dr, dv, grad_loss, needs, logvar_value, likelihood, reduction
+):
     """(d_recon, d_x, d_logvar) when backward needs the inputs (see :func:`saves_inputs`):
     "none" recomputes the gradients weighted per row, x's gradient comes from PyTorch ops."""
     need_r, need_x, need_v = needs

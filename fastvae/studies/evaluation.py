@@ -22,7 +22,7 @@ from typing import Any, Iterable
 import torch
 from tqdm.auto import tqdm
 
-from fastvae import _validate
+from fastvae import _checks
 from fastvae.data import ImageBatches
 from fastvae.models import VAE, log_importance_weights
 from fastvae.train import build
@@ -62,9 +62,9 @@ def importance_weighted_nll(
         images of -(1/k) sum_i log w_i, the negative ELBO estimated from the same draws
         (so nll <= elbo always).
     """
-    _validate.positive_int("k", k)
+    _checks.positive_int("k", k)
     if k_chunk is not None:
-        _validate.positive_int("k_chunk", k_chunk)
+        _checks.positive_int("k_chunk", k_chunk)
     was_training = model.training
     model.eval()
     gen = None

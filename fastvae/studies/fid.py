@@ -29,7 +29,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from fastvae import _validate
+from fastvae import _checks
 
 FEATURES = ("mnist-classifier", "inception")
 INCEPTION_WEIGHTS_FILE = "weights-inception-2015-12-05-6726825d.pth"
@@ -125,7 +125,7 @@ def train_mnist_classifier(
     from fastvae.data import ImageBatches, load_mnist
     from fastvae.train.checkpoint import save_checkpoint
 
-    _validate.positive_int("epochs", epochs)
+    _checks.positive_int("epochs", epochs)
     torch.manual_seed(seed)
     train = load_mnist(True, limit=limit_train, device=device)
     test = load_mnist(False, limit=limit_test, device=device)
@@ -221,7 +221,7 @@ def fid_metric(
     elif feature == "inception":
         metric = inception_metric(inception_weights)
     else:
-        _validate.choice("feature", feature, FEATURES)
+        _checks.choice("feature", feature, FEATURES)
         net = ClassifierFeatures(load_mnist_classifier(classifier_path, device=device))
         metric = FrechetInceptionDistance(feature=net)
     return metric.to(device)

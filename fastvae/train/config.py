@@ -15,7 +15,7 @@ from typing import Any, Callable
 
 import torch
 
-from fastvae import _validate
+from fastvae import _checks
 from fastvae.data import BINARIZE, CLASSES
 from fastvae.functional import BACKENDS
 from fastvae.models import MODEL_LIKELIHOODS, MODELS
@@ -164,21 +164,21 @@ def _check_values(cfg: TrainConfig) -> None:
     """Each field alone: sizes, choices, numbers (plain ValueErrors naming the field)."""
     for name in ("epochs", "batch_size", "latent_dim", "test_batch_size", "grad_accum",
                  "iwae_k"):
-        _validate.positive_int(name, getattr(cfg, name))
+        _checks.positive_int(name, getattr(cfg, name))
     for name in ("limit_train", "limit_test", "image_size"):
         if getattr(cfg, name) is not None:
-            _validate.positive_int(name, getattr(cfg, name))
+            _checks.positive_int(name, getattr(cfg, name))
     for name in ("hidden_dims", "conv_channels"):
         for width in getattr(cfg, name) or ():
-            _validate.positive_int(name, width)
+            _checks.positive_int(name, width)
     for field in dataclasses.fields(cfg):
         if "choices" in field.metadata and field.name != "classes":
-            _validate.choice(field.name, getattr(cfg, field.name), field.metadata["choices"])
+            _checks.choice(field.name, getattr(cfg, field.name), field.metadata["choices"])
     if not (isinstance(cfg.lr, (int, float)) and cfg.lr > 0 and math.isfinite(cfg.lr)):
         raise ValueError(f"lr must be a finite number > 0, got {cfg.lr!r}")
-    _validate.finite_nonnegative("beta", cfg.beta)
-    _validate.finite_nonnegative("weight_decay", cfg.weight_decay)
-    _validate.probability("dropout", cfg.dropout)
+    _checks.finite_nonnegative("beta", cfg.beta)
+    _checks.finite_nonnegative("weight_decay", cfg.weight_decay)
+    _checks.probability("dropout", cfg.dropout)
     floor = cfg.logvar_floor
     if floor is not None and not (isinstance(floor, (int, float)) and math.isfinite(floor)):
         raise ValueError(f"logvar_floor must be a finite number, none or auto, got {floor!r}")
