@@ -41,7 +41,6 @@ from typing import Iterator
 
 import torch
 import triton
-from triton import knobs
 from triton.backends.compiler import GPUTarget
 from triton.backends.nvidia.driver import CudaDriver
 
@@ -61,6 +60,11 @@ typedef int CUresult;
 static unsigned long long launches = 0;
 unsigned long long fake_cuda_launches(void) { return launches; }
 
+CUresult cuLaunchKernel(void *f, unsigned gx, unsigned gy, unsigned gz, unsigned bx, unsigned by,
+                        unsigned bz, unsigned shared, void *stream, void **params, void **extra) {
+  ++launches; /* Triton 3.2's launcher, for kernels without thread-block clusters */
+  return OK;
+}
 CUresult cuLaunchKernelEx(const void *config, void *f, void **params, void **extra) {
   ++launches;
   return OK;
@@ -205,6 +209,22 @@ def _capability_90(device: int = 0) -> tuple[int, int]:
 _DRIVER: FakeDriver | None = None
 
 
+def _set_libcuda_path(folder: Path) -> None:
+    """Where Triton links its cuda_utils module: ``knobs.nvidia.libcuda_path`` (Triton 3.4 and
+    later); before, the ``TRITON_LIBCUDA_PATH`` environment variable, and the link is made
+    with ``-lcuda``, which needs the name ``libcuda.so`` beside the stub."""
+    knobs = getattr(triton, "knobs", None)
+    if knobs is not None:
+        knobs.nvidia.libcuda_path = str(folder)
+        return
+    os.environ["TRITON_LIBCUDA_PATH"] = str(folder)
+    if not (folder / "libcuda.so").exists():
+        tmp = folder / f"libcuda.so.{os.getpid()}.tmp"
+        tmp.unlink(missing_ok=True)
+        tmp.symlink_to("libcuda.so.1")
+        os.replace(tmp, folder / "libcuda.so")
+
+
 def _driver() -> FakeDriver:
     """The process's one fake driver (the stub is loaded once, under its soname).
 
@@ -215,7 +235,7 @@ def _driver() -> FakeDriver:
     if _DRIVER is None:
         folder = build_stub()
         stub = ctypes.CDLL(str(folder / "libcuda.so.1"), mode=ctypes.RTLD_GLOBAL)
-        knobs.nvidia.libcuda_path = str(folder)  # where Triton links its cuda_utils module
+        _set_libcuda_path(folder)
         try:
             _DRIVER = FakeDriver(stub)
         except (subprocess.CalledProcessError, RuntimeError) as e:
@@ -240,12 +260,13 @@ def active() -> Iterator[FakeDriver]:
                                     "(python -m benchmarks.gpu_check), not a fake one")
     config = triton.runtime.driver
     fake = _driver()
-    previous = config._active
+    slot = "_active" if "_active" in vars(config) else "active"  # "active": Triton 3.2
+    previous = vars(config)[slot]
     config.set_active(fake)
     try:
         yield fake
     finally:
-        config._active = previous
+        setattr(config, slot, previous)
 
 
 @triton.jit

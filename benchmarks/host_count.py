@@ -1,8 +1,8 @@
 """Count, for one call of a step, the host events a CUDA run pays for and a CPU run cannot show.
 
-:func:`count` runs the step once under ``torch.profiler`` (CPU activity, memory profiling), a
-``TorchFunctionMode`` and, for Triton launches, the fake driver's launch counter
-(:mod:`benchmarks.fake_cuda`), and returns :class:`Events`:
+:func:`count` runs the step once under ``torch.profiler`` (CPU activity, memory profiling),
+counting wrappers of the backward entry points and, for Triton launches, the fake driver's
+launch counter (:mod:`benchmarks.fake_cuda`), and returns :class:`Events`:
 
 - ``allocations``: allocator calls of a positive size made inside an op (the profiler's
   memory records; those outside every op are Python scalars wrapped into CPU tensors, CPU
@@ -27,11 +27,12 @@ allocates a buffer that the CUDA one leaves empty).
 
 from __future__ import annotations
 
+import contextlib
+import functools
 from dataclasses import dataclass, field
-from typing import Callable
+from typing import Callable, Iterator
 
 import torch
-from torch.overrides import TorchFunctionMode
 from torch.profiler import ProfilerActivity, profile
 
 from benchmarks import fake_cuda
@@ -43,7 +44,6 @@ NO_KERNEL = frozenset({
 })
 # Reductions whose CPU kernels fill their output before reducing (a CUDA reduction does not).
 _CPU_REDUCTIONS = frozenset({"aten::sum", "aten::mean", "aten::prod", "aten::amax", "aten::amin"})
-_BACKWARD = (torch.Tensor.backward, torch.autograd.backward, torch.autograd.grad)
 
 
 @dataclass(frozen=True)
@@ -61,15 +61,27 @@ class Events:
                 "backwards": self.backwards, "launches": self.launches, "ops": list(self.ops)}
 
 
-class _BackwardCounter(TorchFunctionMode):
-    def __init__(self):
-        super().__init__()
-        self.calls = 0
+@contextlib.contextmanager
+def _counting_backwards() -> Iterator[list[int]]:
+    """Within the context, ``torch.autograd.backward`` and ``torch.autograd.grad`` (which
+    ``Tensor.backward`` and every backward pass call) count their calls into the list's one
+    item. Wrapped, not seen through a ``TorchFunctionMode``: torch 2.6's
+    ``torch.autograd.backward`` does not dispatch to one."""
+    calls = [0]
+    originals = torch.autograd.backward, torch.autograd.grad
 
-    def __torch_function__(self, func, types, args=(), kwargs=None):
-        if func in _BACKWARD:
-            self.calls += 1
-        return func(*args, **(kwargs or {}))
+    def counted(fn):
+        @functools.wraps(fn)
+        def call(*args, **kwargs):
+            calls[0] += 1
+            return fn(*args, **kwargs)
+        return call
+
+    torch.autograd.backward, torch.autograd.grad = (counted(f) for f in originals)
+    try:
+        yield calls
+    finally:
+        torch.autograd.backward, torch.autograd.grad = originals
 
 
 @dataclass
@@ -148,13 +160,12 @@ def count(step: Callable[[], object], driver: fake_cuda.FakeDriver | None = None
     ``driver``: the active fake driver, whose launch counter counts Triton launches (0
     without one)."""
     step()
-    backward = _BackwardCounter()
     launched = driver.launches if driver is not None else 0
     with profile(activities=[ProfilerActivity.CPU], profile_memory=True,
-                 record_shapes=True) as prof, backward:
+                 record_shapes=True) as prof, _counting_backwards() as backwards:
         step()
     launched = (driver.launches if driver is not None else 0) - launched
     ops: list[str] = []
     roots = _tree(prof.profiler.kineto_results.events())
     allocations = sum(_kernel_ops(root, ops)[0] for root in roots)
-    return Events(allocations, len(ops), backward.calls, launched, tuple(ops))
+    return Events(allocations, len(ops), backwards[0], launched, tuple(ops))

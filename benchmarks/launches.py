@@ -24,13 +24,13 @@ Autotuned kernels are refused (the config would come from timing on a GPU).
 from __future__ import annotations
 
 import contextlib
+import os
 import sys
 from dataclasses import dataclass, field
 from typing import Any, Iterator
 
 import torch
 import triton
-from triton import knobs
 from triton.backends.compiler import GPUTarget
 from triton.compiler import ASTSource, make_backend
 from triton.runtime.autotuner import Autotuner
@@ -77,8 +77,13 @@ def _accept_any_device(*_args, **_kwargs) -> None:
 
 
 def _add_run_options(kernel: JITFunction, kwargs: dict) -> dict:
-    """Add to a launch's keywords the two options ``JITFunction.run`` adds before binding
-    (``debug``, ``instrumentation_mode``); returns ``kwargs``, changed in place."""
+    """Add to a launch's keywords the options ``JITFunction.run`` adds before binding
+    (``debug``, ``instrumentation_mode``; Triton 3.2, without ``triton.knobs``: ``debug`` from
+    ``TRITON_DEBUG``); returns ``kwargs``, changed in place."""
+    knobs = getattr(triton, "knobs", None)
+    if knobs is None:
+        kwargs["debug"] = kwargs.get("debug", False) or os.environ.get("TRITON_DEBUG", "0") == "1"
+        return kwargs
     kwargs["debug"] = kwargs.get("debug", kernel.debug) or knobs.runtime.debug
     kwargs["instrumentation_mode"] = knobs.compilation.instrumentation_mode
     return kwargs
@@ -155,10 +160,27 @@ def bind(launch: Launch, target: GPUTarget = SM90):
     backend = make_backend(target)
     kwargs = _add_run_options(kernel, dict(launch.kwargs))
     binder = create_function_from_signature(kernel.signature, kernel.params, backend)
+    if not hasattr(kernel, "_pack_args"):
+        return _bind_triton_3_2(kernel, backend, binder(*launch.args, **kwargs), kwargs)
     bound_args, specialization, options = binder(*launch.args, **kwargs)
     options, signature, constexprs, attrs = kernel._pack_args(backend, kwargs, bound_args,
                                                               specialization, options)
     return bound_args, options, signature, constexprs, attrs
+
+
+def _bind_triton_3_2(kernel: JITFunction, backend, bound: tuple, kwargs: dict):
+    """Triton 3.2's ``JITFunction.run`` binding (it has no ``_pack_args``): the signature of the
+    non-constexpr parameters, the constants (constexprs, integers equal to 1, None) keyed by
+    name, and the ``AttrsDescriptor``."""
+    bound_args, sig_and_spec = bound[:2]
+    values = tuple(bound_args.values())
+    names = [p.name for p in kernel.params if not p.is_constexpr]
+    signature = {k: "*i8" if v == "none" else v for k, v in zip(names, sig_and_spec)}
+    attrs = backend.get_attrs_descriptor(kernel.params, values)
+    constant = attrs.get_constants()
+    constexprs = {p.name: v for v, p in zip(values, kernel.params)
+                  if p.is_constexpr or p.num in constant or v is None}
+    return bound_args, backend.parse_options(kwargs), signature, constexprs, attrs
 
 
 def compile_sm90(launch: Launch, target: GPUTarget = SM90) -> Compiled:
@@ -170,8 +192,15 @@ def compile_sm90(launch: Launch, target: GPUTarget = SM90) -> Compiled:
     grid = launch.grid(bound_args) if callable(launch.grid) else launch.grid
     grid = tuple(int(g) for g in grid)
     names = [p.name for p in launch.kernel.params]
-    return Compiled(launch, compiled, signature, {names[k[0]]: v for k, v in constexprs.items()},
-                    {names[k[0]]: v for k, v in attrs.items() if v}, grid)
+    if isinstance(attrs, dict):  # keyed by argument paths
+        constexprs = {names[k[0]]: v for k, v in constexprs.items()}
+        attrs = {names[k[0]]: v for k, v in attrs.items() if v}
+    else:  # Triton 3.2: constexprs keyed by name, an AttrsDescriptor of argument indices
+        descriptor, attrs = attrs, {}
+        for prop, indices in descriptor.arg_properties.items():
+            for i in indices:
+                attrs.setdefault(names[i], []).append([prop, descriptor.property_values[prop]])
+    return Compiled(launch, compiled, signature, constexprs, attrs, grid)
 
 
 def tensor_args(launch: Launch) -> list[torch.Tensor]:

@@ -77,6 +77,17 @@ class _Compiled(NamedTuple):
     packed_metadata: Any
     grid: tuple[int, int, int]
     device: int
+    taken: tuple[int, ...] | None  # the arguments the launcher takes; None: all of them
+
+
+def _taken(fn, kernel) -> tuple[int, ...] | None:
+    """The indices of the arguments a compiled kernel's launcher takes: one per entry of its
+    compiled signature, which holds every parameter (constexprs included, None is returned)
+    or, in Triton 3.2, the non-constexpr parameters only."""
+    names = kernel.src.signature
+    if len(names) == len(fn.params):
+        return None
+    return tuple(i for i, p in enumerate(fn.params) if p.name in names)
 
 
 class CachedKernel:
@@ -97,7 +108,10 @@ class CachedKernel:
         c = self._compiled.get(key) if key is not None else None
         if c is None:
             self._first_launch(key, n_programs, args, num_warps)
-        elif _launch_hooks_set():
+            return
+        if c.taken is not None:
+            args = tuple(args[i] for i in c.taken)
+        if _launch_hooks_set():
             c.runner(*args)
         else:
             stream = triton.runtime.driver.active.get_current_stream(c.device)
@@ -112,5 +126,6 @@ class CachedKernel:
         grid = (n_programs, 1, 1)
         runner = kernel[grid]  # loads the module and makes the launcher first
         self._compiled[key] = _Compiled(
-            runner, kernel.run, kernel.function, kernel.packed_metadata, grid, key[0]
+            runner, kernel.run, kernel.function, kernel.packed_metadata, grid, key[0],
+            _taken(self.fn, kernel),
         )

@@ -151,7 +151,8 @@ def _sample_and_kl_fwd_kernel(
 ):
     pid = tl.program_id(0)
     n_programs = tl.num_programs(0)
-    EIGHT: tl.constexpr = mu_ptr.dtype.element_ty.primitive_bitwidth == 16  # 8 per 128-bit load
+    # 8 per 128-bit load; the literal first: Triton 3.2 compares a constexpr with an int only
+    EIGHT: tl.constexpr = 16 == mu_ptr.dtype.element_ty.primitive_bitwidth
     if SAMPLE:
         seed, offset = _key(key_ptr, seed, offset, KEY_IN_MEMORY)
     acc_ty = kl_ptr.dtype.element_ty
@@ -227,7 +228,8 @@ def _sample_and_kl_bwd_kernel(
 ):
     pid = tl.program_id(0)
     n_programs = tl.num_programs(0)
-    EIGHT: tl.constexpr = mu_ptr.dtype.element_ty.primitive_bitwidth == 16  # 8 per 128-bit load
+    # 8 per 128-bit load; the literal first: Triton 3.2 compares a constexpr with an int only
+    EIGHT: tl.constexpr = 16 == mu_ptr.dtype.element_ty.primitive_bitwidth
     if HAS_DZ:
         seed, offset = _key(key_ptr, seed, offset, KEY_IN_MEMORY)
     if HAS_DKL:  # in the KL's dtype (fp32, or fp64 for fp64 inputs)

@@ -8,11 +8,15 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
+import triton
 from torch.distributions import Normal, kl_divergence
 
 # Where the kernel tests run: CUDA when present, else the CPU through Triton's interpreter
 # (tests/conftest.py sets TRITON_INTERPRET=1 there).
 KERNEL_DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
+
+# (major, minor) of the installed Triton: pyproject.toml allows 3.2 and later.
+TRITON_VERSION = tuple(int(p) for p in triton.__version__.split(".")[:2])
 
 # dtype -> (rtol, atol). A pair passes where |actual - expected| <= atol + rtol * |expected|
 # (torch.isclose semantics), elementwise, compared in float64.

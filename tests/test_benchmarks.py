@@ -15,6 +15,7 @@ from benchmarks.losses import Case
 import fastvae
 from fastvae import cli
 
+from helpers import TRITON_VERSION
 from test_data import HAVE_MNIST, NO_MNIST
 
 CPU = torch.device("cpu")
@@ -341,8 +342,11 @@ def test_host_estimate_runs_end_to_end(tmp_path):
     assert res.returncode == 0, res.stderr[-3000:]
     data = json.loads(out.read_text())
     assert data["code"] == "working tree" and data["validation"] == []
-    if subprocess.run(["git", "-C", str(ROOT), "cat-file", "-e", host_model.MEASURED_CODE],
-                      capture_output=True).returncode == 0:  # not in a shallow clone
+    in_clone = subprocess.run(["git", "-C", str(ROOT), "cat-file", "-e", host_model.MEASURED_CODE],
+                              capture_output=True).returncode == 0  # not in a shallow clone
+    # The measured code's latent kernels compare an int with a constexpr, which Triton 3.2's
+    # compiler refuses (today's put the literal first).
+    if in_clone and TRITON_VERSION >= (3, 3):
         old = tmp_path / "old.json"
         res_old = _run_module("benchmarks.host", "--rounds", "1", "--batch-us", "1", "--code",
                               host_model.MEASURED_CODE, "--out", str(old))

@@ -50,7 +50,9 @@ class ELBO(torch.autograd.Function):
     @staticmethod
     def forward(ctx, recon_, x, mu, logvar, recon_logvar, options: Options):
         rec_options, beta, kl_reduction = options
-        logvar_value, likelihood, reduction = rec_options[:3]
+        # by name: torch 2.6's compiler fails on a slice of a NamedTuple
+        logvar_value, likelihood = rec_options.logvar_value, rec_options.likelihood
+        reduction = rec_options.reduction
         _, kl = latent.forward(mu, logvar, None, 1, False, True, kl_reduction)
         rec_dtype = recon.loss_dtype(recon_, x, recon_logvar)
         fused = _fused_add(reduction, kl_reduction, rec_dtype) and kl.dtype == rec_dtype
