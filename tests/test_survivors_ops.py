@@ -1,0 +1,106 @@
+"""Op-layer and kernel behaviour that single-point mutants once changed without failing a test
+(tests/mutation/mutants.py names them): the float64 KL series near its cutoff, the per-row
+log-variance gradient of rows longer than one program, the fp16 noise layout, and the
+gradient written when only the log-variance learns."""
+
+import pytest
+import torch
+import torch.nn.functional as F
+from helpers import assert_close, kl_oracle
+
+import fastvae
+from benchmarks import measure
+from fastvae import reference
+
+TRITON = {"backend": "triton"}
+
+
+@pytest.mark.parametrize("reduction", ["none", "sum"])
+def test_float64_kl_series_near_its_cutoff(reduction, device):
+    """Rows whose log-variances all have one sign, just inside the float64 series' range
+    (|lv| < 0.5, kernels/_math.py): there the v^7 term of phi(v) = exp(v) - 1 - v is about
+    5% of phi, and a wrong coefficient shifts each row by the same sign (in a mixed-sign row
+    the errors cancel). float64 oracle: torch.distributions (exp and log, no series)."""
+    values = [0.4999, 0.45, 0.3, -0.3, -0.45, -0.4999]
+    lv = torch.tensor(values, dtype=torch.float64, device=device).repeat_interleave(8).view(6, 8)
+    mu = torch.zeros_like(lv)
+    got = fastvae.gaussian_kl(mu, lv, reduction, **TRITON)
+    want = kl_oracle(mu, lv)
+    want = want if reduction == "none" else want.sum()
+    # The float64 tolerance (helpers.TOLERANCES: rtol 1e-7) is 7x tighter than the effect of
+    # 1/7! written as 1/5400 at lv = 0.4999 (6.9e-7 relative).
+    assert_close(got, want, dtype=torch.float64, name="float64 KL")
+    assert_close(reference.gaussian_kl(mu, lv, reduction), want, dtype=torch.float64,
+                 name="reference KL")
+
+
+@pytest.mark.parametrize("reduction", ["none", "sum"])
+def test_per_row_logvar_gradient_sums_every_chunk_of_the_row(reduction, device):
+    """A (B, 1) log-variance on rows of 5000 elements: two programs per row (4096 elements
+    each), whose partial gradients must be added per row."""
+    g = torch.Generator().manual_seed(21)
+    recon = torch.randn(3, 5000, generator=g, dtype=torch.float64).to(device)
+    x = torch.rand(3, 5000, generator=g, dtype=torch.float64).to(device)
+    lv = (torch.randn(3, 1, generator=g, dtype=torch.float64) * 0.3).to(device)
+    lv.requires_grad_(True)
+    got = fastvae.reconstruction_loss(recon, x, "gaussian", recon_logvar=lv, reduction=reduction,
+                                      **TRITON)
+    v = lv.detach().clone().requires_grad_(True)
+    elem = F.gaussian_nll_loss(recon, x, torch.exp(v).expand(3, 5000), full=True, eps=1e-300,
+                               reduction="none")
+    want = elem.sum(1) if reduction == "none" else elem.sum()
+    w = torch.tensor([1.0, -2.0, 0.5], dtype=torch.float64, device=device)
+    weight = w if reduction == "none" else 1.5
+    (d_got,) = torch.autograd.grad((got * weight).sum(), lv)
+    (d_want,) = torch.autograd.grad((want * weight).sum(), v)
+    assert_close(got, want, dtype=torch.float64, name="loss")
+    assert_close(d_got, d_want, dtype=torch.float64, name="d loss / d logvar")
+
+
+def test_fp16_noise_is_the_noise_of_every_other_layout(device):
+    """fp16 latents draw their noise in groups of eight elements (two Philox quads per 128-bit
+    access, kernels/latent.py); fp32 in groups of four, and the per-row KL's row tile one
+    element at a time. One seed must give every layout the same eps: fp16 ``reparameterize``
+    against fp32 ``reparameterize`` of the same values, and against fp16 ``sample_and_kl``
+    with a per-row KL (the row tile)."""
+    g = torch.Generator().manual_seed(5)
+    mu = torch.randn(6, 40, generator=g).to(device, torch.float16)
+    lv = (torch.randn(6, 40, generator=g) * 0.5).to(device, torch.float16)
+
+    def draw(fn, *args, **kwargs):
+        return fn(*args, generator=torch.Generator(device=device).manual_seed(77), **kwargs,
+                  **TRITON)
+
+    z16 = draw(fastvae.reparameterize, mu, lv)
+    z32 = draw(fastvae.reparameterize, mu.float(), lv.float())
+    rows, _ = draw(fastvae.sample_and_kl, mu, lv, reduction="none")
+    # The fp32 z rounded once to fp16 is the fp16 z up to that rounding.
+    assert_close(z16, z32, dtype=torch.float16, name="fp16 z vs fp32 z")
+    assert_close(z16, rows, dtype=torch.float16, name="flat fp16 z vs row-tile fp16 z")
+
+
+@pytest.mark.parametrize("api", ["reconstruction_loss", "elbo_loss"])
+def test_only_the_logvar_learns_the_forward_writes_its_gradient(api, device):
+    """recon is fixed and only recon_logvar requires grad: the forward launch writes d loss /
+    d logvar, so backward only scales it (no second pass over B x D)."""
+    g = torch.Generator().manual_seed(8)
+    recon = torch.randn(4, 300, generator=g).to(device)
+    x = torch.rand(4, 300, generator=g).to(device)
+    lv = (torch.randn(4, 300, generator=g) * 0.3).to(device).requires_grad_(True)
+    mu = torch.zeros(4, 3, device=device)
+    out = {}
+
+    def forward():
+        if api == "elbo_loss":
+            out["loss"] = fastvae.elbo_loss(recon, x, mu, mu, likelihood="gaussian",
+                                            recon_logvar=lv, reduction="sum", **TRITON).loss
+        else:
+            out["loss"] = fastvae.reconstruction_loss(recon, x, "gaussian", recon_logvar=lv,
+                                                      reduction="sum", **TRITON)
+
+    measure.count_dispatched(forward)
+    bwd = measure.count_dispatched(lambda: out["loss"].backward())
+    launched = [op for op in bwd.ops if op.startswith("triton:")]
+    assert launched == ["triton:_recon_loss_scale_grad_kernel"], launched
+    want = 0.5 - 0.5 * (x - recon) ** 2 * torch.exp(-lv.detach())
+    assert_close(lv.grad, want, name="d loss / d logvar")
