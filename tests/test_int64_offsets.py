@@ -11,9 +11,8 @@ import subprocess
 import sys
 from pathlib import Path
 
-import pytest
-
 import int64_offsets
+import pytest
 
 _PRODUCT = re.compile(r"(%[\w.]+) = arith\.muli (%[\w.]+), (%[\w.]+)\b[^:\n]*: (\S+)")
 _EXTEND = re.compile(r"(%[\w.]+) = arith\.extsi (%[\w.]+) ")

@@ -1,7 +1,10 @@
 """Op-layer and kernel behaviour that single-point mutants once changed without failing a test
-(tests/mutation/mutants.py names them): the float64 KL series near its cutoff, the per-row
-log-variance gradient of rows longer than one program, the fp16 noise layout, and the
-gradient written when only the log-variance learns."""
+(tests/mutation/mutants.py names them): the KL series near its cutoffs (float64 and float32),
+the Philox counter's high offset word, the per-row log-variance gradient of rows longer than
+one program, the fp16 noise layout, and the gradient written when only the log-variance
+learns."""
+
+import math
 
 import pytest
 import torch
@@ -32,6 +35,33 @@ def test_float64_kl_series_near_its_cutoff(reduction, device):
     assert_close(got, want, dtype=torch.float64, name="float64 KL")
     assert_close(reference.gaussian_kl(mu, lv, reduction), want, dtype=torch.float64,
                  name="reference KL")
+
+
+def test_float32_kl_of_each_element_near_zero(device):
+    """float32 phi(v) = exp(v) - 1 - v of single elements, |v| < 3, within the float32
+    tolerance relative to phi itself: below |v| = 1 the series (exp(v) - 1 - v loses up to
+    four digits at |v| = 0.1), above it the direct form (kernels/_math.py's error budget)."""
+    lv = torch.linspace(-2.9, 2.9, 581, dtype=torch.float32, device=device).view(-1, 1)
+    mu = torch.zeros_like(lv)
+    got = fastvae.gaussian_kl(mu, lv, "none", **TRITON)
+    assert_close(got, kl_oracle(mu, lv), rtol=1e-5, atol=0, name="float32 KL per element")
+
+
+def test_noise_counter_holds_the_whole_64_bit_offset(device):
+    """The draw's counter offset fills Philox counter words 0 (low 32 bits) and 1 (high 32
+    bits), torch's layout: at an offset past 2**32 the noise is the float64 Box-Muller of
+    exactly those words (kernels/_math.py's bound: 2e-6 * max(1, |eps|))."""
+    from test_kernels_latent import _quad_normals_and_words
+
+    Q = 256
+    got = torch.empty(Q, 4, device=device)
+    words = torch.empty(Q, 4, dtype=torch.int64, device=device)
+    _quad_normals_and_words[(1,)](got, words, 12345, 2**40 + 7, Q=Q)
+    w = words.cpu().double()
+    radius = torch.sqrt(-2 * torch.log((2 * torch.floor(w[:, 0::2] / 512) + 1) / 2**24))
+    turn = 2 * math.pi * w[:, 1::2] / 2**32
+    want = torch.stack([radius * torch.cos(turn), radius * torch.sin(turn)], 2).reshape(Q, 4)
+    assert_close(got.cpu(), want, rtol=2e-6, atol=2e-6, name="eps at offset 2**40 + 7")
 
 
 @pytest.mark.parametrize("reduction", ["none", "sum"])

@@ -1,7 +1,7 @@
 """Training behaviour that single-point mutants once changed without failing a test
-(tests/mutation/mutants.py names them): each data-order seed changes the order it seeds,
-a resumed run continues from the checkpoint's generator states and bitwise with dropout on,
-and resuming refuses one epoch fewer than the checkpoint holds."""
+(tests/mutation/mutants.py names them): each data-order and binarization seed changes what
+it seeds, a resumed run continues from the checkpoint's generator states and bitwise with
+dropout on, and resuming refuses one epoch fewer than the checkpoint holds, or another seed."""
 
 import csv
 import json
@@ -44,6 +44,21 @@ def test_the_seed_of_image_batches_sets_the_order():
         first = _order(a)
         assert torch.equal(first, _order(b))
         assert not torch.equal(first, _order(c)), "another seed, another order"
+
+
+def test_the_seed_of_image_batches_sets_the_dynamic_pixels():
+    """Dynamic binarization draws from the batches' own generator (seeded by ``seed``), not
+    from torch's global one: grey images (p = 128/255) make the pixels that stream alone."""
+    grey, labels = _images(value=128)
+
+    def pixels(seed, global_seed):
+        torch.manual_seed(global_seed)
+        batches = ImageBatches(grey, labels, 16, shuffle=False, binarize="dynamic", seed=seed)
+        return torch.cat([x for x, _ in batches])
+
+    base = pixels(1, 0)
+    assert torch.equal(base, pixels(1, 1)), "the global generator must not matter"
+    assert not torch.equal(base, pixels(2, 0)), "another seed, other pixels"
 
 
 def test_the_seed_of_sharded_batches_sets_the_order_and_the_pixels():
@@ -105,6 +120,14 @@ def test_resume_refuses_one_epoch_fewer_than_the_checkpoint_holds(two_epochs, tm
     ftrain.train(resume_config(run, epochs=2), resume=True)  # the boundary itself: nothing to do
     assert "already trained 2 of 2 epochs; nothing to do" in capsys.readouterr().out
     assert (run / "config.json").read_text() == config
+
+
+@needs_mnist
+@pytest.mark.slow
+def test_resume_refuses_another_seed(two_epochs, tmp_path):
+    run = _copy(two_epochs, tmp_path)
+    with pytest.raises(ConfigError, match=r"differs in seed \(checkpoint 0, now 1\)"):
+        ftrain.train(_tiny(run, seed=1), resume=True)
 
 
 def _draws():

@@ -21,21 +21,27 @@ class Mutant(NamedTuple):
     gpu: bool = False
 
 
-# Test files run for a mutant of each module, fastest and most specific first (pytest stops
-# at the first failure).
+# Test files (or single tests, as pytest node ids) run for a mutant of each module, fastest
+# and most specific first (pytest stops at the first failure).
 TESTS = {
     "kernels/_math.py": [
         "test_survivors_ops.py", "test_kernels_latent.py", "test_recon_features.py",
         "test_kernels_recon.py",
     ],
     "kernels/latent.py": [
-        "test_survivors_ops.py", "test_kernels_latent.py", "test_elbo_op.py",
-        "test_functional.py",
+        "test_survivors_ops.py",
+        "test_benchmarks.py::test_counter_sees_the_copy_contiguous_makes_inside_a_fastvae_op",
+        "test_kernels_latent.py", "test_elbo_op.py", "test_functional.py",
     ],
     "kernels/recon.py": [
         "test_survivors_ops.py", "test_int64_offsets.py", "test_recon_features.py",
         "test_kernels_recon.py", "test_elbo_op.py",
     ],
+    "kernels/_common.py": [
+        "test_survivors_ops.py", "test_functional.py", "test_kernels_latent.py",
+        "test_kernels_recon.py", "test_bad_input.py",
+    ],
+    "kernels/_launch.py": ["test_launch_cache.py", "test_launch_args.py"],
     "fastvae/functional.py": [
         "test_survivors_ops.py", "test_functional.py", "test_elbo_op.py",
         "test_kernels_latent.py", "test_kernels_recon.py", "test_bad_input.py",
@@ -59,11 +65,14 @@ TESTS = {
     "fastvae/train/engine.py": [
         "test_engine.py", "test_survivors_training.py", "test_train.py", "test_distributed.py",
     ],
+    "fastvae/train/graphs.py": ["test_engine.py"],
     "fastvae/train/checkpoint.py": [
-        "test_survivors_training.py", "test_train.py", "test_resume.py",
+        "test_survivors_training.py", "test_train.py", "test_resume.py", "test_reliability.py",
     ],
-    "fastvae/train/loop.py": ["test_survivors_training.py", "test_train.py", "test_resume.py"],
-    "fastvae/models/iwae.py": ["test_evaluation.py", "test_models.py"],
+    "fastvae/train/loop.py": [
+        "test_survivors_training.py", "test_train.py", "test_resume.py", "test_reliability.py",
+    ],
+    "fastvae/models/iwae.py": ["test_survivors_iwae.py", "test_evaluation.py", "test_models.py"],
 }
 
 _M = Mutant
@@ -147,6 +156,18 @@ MUTANTS = [
     _M("fast-exp-constant", "kernels/recon.py", "inv_var = _ex2_ftz(v * -1.4426950408889634)",
        "inv_var = _ex2_ftz(v * -1.4427)", "constant: fast exp(-v) (compiled for a GPU only)",
        gpu=True),
+    # ---------------------------------------------------------------- kernels/_common, _launch
+    _M("loss-dtype", "kernels/_common.py",
+       "return torch.float64 if dtype == torch.float64 else torch.float32",
+       "return torch.float64 if dtype == torch.float64 else dtype",
+       "constant: losses of 16-bit inputs kept in 16 bits"),
+    _M("bf16-refusal", "kernels/_common.py", "if t.dtype == torch.bfloat16:",
+       "if t.dtype == torch.float16:", "condition: the interpreter's dtype refusal"),
+    _M("launch-key-dtypes", "kernels/_launch.py",
+       "(pointers[0].get_device(), *[p.dtype for p in pointers], *values)",
+       "(pointers[0].get_device(), *values)", "argument dropped: pointer dtypes in the key"),
+    _M("launch-key-alignment", "kernels/_launch.py", "if bits & 15:", "if bits & 7:",
+       "constant: 8-byte aligned pointers cached as 16-byte aligned"),
     # ---------------------------------------------------------------- fastvae/functional.py
     _M("logvar-grad-from-recon", "fastvae/functional.py",
        "logvar is not None and logvar.requires_grad", "logvar is not None and recon.requires_grad",
@@ -223,6 +244,12 @@ MUTANTS = [
        "self.seed_step(seeds[W * a])", "seed ignored: the rank's noise"),
     _M("epoch-weights", "fastvae/train/engine.py", "(values * weights[:, None]).sum(0)",
        "values.sum(0)", "argument dropped: batch sizes in the epoch's means"),
+    # ---------------------------------------------------------------- fastvae/train/graphs.py
+    _M("graph-not-reseeded", "fastvae/train/graphs.py", "reseed()\n        static_x.copy_(x)",
+       "static_x.copy_(x)", "seed ignored: a replay's noise"),
+    _M("warm-up-state-kept", "fastvae/train/graphs.py",
+       "elif torch.is_tensor(v):\n                v.zero_()",
+       "elif False:\n                v.zero_()", "state not restored: the warm-up's Adam state"),
     # ---------------------------------------------------------------- fastvae/train/checkpoint.py
     _M("resume-epochs-boundary", "fastvae/train/checkpoint.py", 'if cfg.epochs < ckpt["epoch"]:',
        'if cfg.epochs < ckpt["epoch"] - 1:', "condition: resume accepts one epoch fewer"),
@@ -230,6 +257,10 @@ MUTANTS = [
        'random.setstate(state["python"])', "pass", "state not restored: Python's generator"),
     _M("torch-rng-not-restored", "fastvae/train/checkpoint.py",
        'torch.set_rng_state(state["torch"])', "pass", "state not restored: torch's generator"),
+    _M("unsafe-load", "fastvae/train/checkpoint.py",
+       "torch.load(path, map_location=map_location, weights_only=True)",
+       "torch.load(path, map_location=map_location, weights_only=False)",
+       "argument: checkpoints unpickled with arbitrary objects"),
     _M("cosine-resume-check", "fastvae/train/checkpoint.py",
        'if cfg.lr_schedule != "constant" and', 'if cfg.lr_schedule == "constant" and',
        "condition: a cosine schedule's epochs"),
