@@ -1,8 +1,8 @@
 """Op-layer and kernel behaviour that single-point mutants once changed without failing a test
 (tests/mutation/mutants.py names them): the KL series near its cutoffs (float64 and float32),
 the Philox counter's high offset word, the per-row log-variance gradient of rows longer than
-one program, the fp16 noise layout, and the gradient written when only the log-variance
-learns."""
+one program, the fp16 noise layout, the gradient written when only the log-variance learns,
+and the launch cache's alignment rule."""
 
 import math
 
@@ -13,7 +13,7 @@ from helpers import assert_close, kl_oracle
 
 import fastvae
 from benchmarks import measure
-from fastvae import reference
+from fastvae import kernels, reference
 
 TRITON = {"backend": "triton"}
 
@@ -134,3 +134,19 @@ def test_only_the_logvar_learns_the_forward_writes_its_gradient(api, device):
     assert launched == ["triton:_recon_loss_scale_grad_kernel"], launched
     want = 0.5 - 0.5 * (x - recon) ** 2 * torch.exp(-lv.detach())
     assert_close(lv.grad, want, name="d loss / d logvar")
+
+
+def test_launch_key_only_for_16_byte_aligned_pointers(monkeypatch):
+    """Triton specializes a pointer on 16-byte alignment, so a launch whose pointers are not
+    all 16-byte aligned gets no key (kernels/_launch.py): it always takes Triton's own path.
+    The rule itself, as a compiled GPU run applies it (here on CPU tensors)."""
+    _launch = kernels._launch
+    monkeypatch.setattr(_launch, "INTERPRETED", False)
+    base = torch.zeros(64)  # fp32: element 4 is 16 bytes in, element 2 is 8 and element 1 is 4
+    aligned = base[4:20]
+    assert aligned.data_ptr() % 16 == 0
+    key = _launch.launch_key((aligned, base), (16,))
+    assert key == (aligned.get_device(), torch.float32, torch.float32, 16)
+    for offset in (1, 2, 3):
+        assert _launch.launch_key((base[offset:offset + 16], base), (16,)) is None, offset
+        assert _launch.launch_key((aligned, base[offset:]), (16,)) is None, offset

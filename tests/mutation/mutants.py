@@ -41,7 +41,7 @@ TESTS = {
         "test_survivors_ops.py", "test_functional.py", "test_kernels_latent.py",
         "test_kernels_recon.py", "test_bad_input.py",
     ],
-    "kernels/_launch.py": ["test_launch_cache.py", "test_launch_args.py"],
+    "kernels/_launch.py": ["test_survivors_ops.py", "test_launch_cache.py", "test_launch_args.py"],
     "fastvae/functional.py": [
         "test_survivors_ops.py", "test_functional.py", "test_elbo_op.py",
         "test_kernels_latent.py", "test_kernels_recon.py", "test_bad_input.py",
