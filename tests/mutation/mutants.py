@@ -146,9 +146,9 @@ MUTANTS = [
     _M("chunks-per-row", "kernels/recon.py", "n_chunks = -(-features // block_d)",
        "n_chunks = max(features // block_d, 1)", "operator: programs per row rounded down"),
     _M("x-feature-order", "kernels/recon.py",
-       "if _dense_rows(t.shape, t.stride()) and _feature_key(t.shape, t.stride()) == "
-       "_feature_key(like.shape, like.stride()):",
-       "if _dense_rows(t.shape, t.stride()):", "condition dropped: x's feature order"),
+       "return tuple(s if n != 1 else None for n, s in zip(shape[1:], strides[1:]))",
+       "return tuple(None for n, s in zip(shape[1:], strides[1:]))",
+       "condition dropped: x's feature order (every dense layout's key equal)"),
     _M("bwd-dv-row-stride", "kernels/recon.py",
        "dv_row_stride = 0 if logvar.mode == V_ROW.value else D",
        "dv_row_stride = 0 if logvar.mode == V_ROW.value else 0",
