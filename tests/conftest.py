@@ -12,10 +12,9 @@ if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")
 
 import pytest  # noqa: E402
+from helpers import KERNEL_DEVICE  # noqa: E402
 
 import fastvae  # noqa: E402,F401
-
-from helpers import KERNEL_DEVICE  # noqa: E402
 
 CUDA = torch.cuda.is_available()
 

@@ -20,8 +20,8 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # benchmarks/ from a checkout
 
 import fastvae  # noqa: E402
-from fastvae.ops import recon as recon_op  # noqa: E402
 from benchmarks import launches  # noqa: E402
+from fastvae.ops import recon as recon_op  # noqa: E402
 
 DTYPES = (torch.float32, torch.float16, torch.bfloat16, torch.float64)
 # float32 gets the whole matrix; the other dtypes the shapes and modes that change the code

@@ -9,14 +9,13 @@ from pathlib import Path
 
 import pytest
 import torch
-
-from benchmarks import fake_cuda, losses, measure, readme, report
-from benchmarks.losses import Case
-import fastvae
-from fastvae import cli
-
 from helpers import TRITON_VERSION
 from test_data import HAVE_MNIST, NO_MNIST
+
+import fastvae
+from benchmarks import fake_cuda, losses, measure, readme, report
+from benchmarks.losses import Case
+from fastvae import cli
 
 CPU = torch.device("cpu")
 ROOT = Path(__file__).resolve().parent.parent

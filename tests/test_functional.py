@@ -6,9 +6,9 @@ from helpers import assert_close
 
 import fastvae
 from fastvae import reference
+from fastvae.kernels import _common
 from fastvae.ops import latent as latent_op
 from fastvae.ops import recon as recon_op
-from fastvae.kernels import _common
 
 
 def small(device="cpu", shape=(4, 6), seed=0):

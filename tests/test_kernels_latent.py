@@ -5,17 +5,17 @@ import math
 
 import pytest
 import torch
-from hypothesis import given, settings
-from hypothesis import strategies as st
 import triton
 import triton.language as tl
 from helpers import KERNEL_DEVICE, assert_close, kl_oracle
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 import fastvae
 from fastvae import reference
-from fastvae.ops import latent as latent_op
 from fastvae.kernels import latent as latent_kernels
 from fastvae.kernels._math import standard_normal, standard_normal4
+from fastvae.ops import latent as latent_op
 
 TRITON = {"backend": "triton"}
 SHAPES = [(1, 1), (1, 20), (7, 3), (5, 129), (33, 20)]

@@ -5,9 +5,9 @@ import math
 
 import pytest
 import torch
+from helpers import KERNEL_DEVICE, TOLERANCES, assert_close, recon_oracle, reduce
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from helpers import KERNEL_DEVICE, TOLERANCES, assert_close, recon_oracle, reduce
 
 import fastvae
 from fastvae import reference

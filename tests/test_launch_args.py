@@ -4,12 +4,12 @@ for each name. Shapes are chosen so that the sizes and strides differ from one a
 
 import pytest
 import torch
+from helpers import KERNEL_DEVICE
 
-from fastvae.ops import latent as latent_op
-from fastvae.ops import recon as recon_op
 from fastvae.kernels import latent as latent_kernels
 from fastvae.kernels import recon as recon_kernels
-from helpers import KERNEL_DEVICE
+from fastvae.ops import latent as latent_op
+from fastvae.ops import recon as recon_op
 
 KERNELS = (recon_kernels._FWD, recon_kernels._BWD, recon_kernels._SCALE, latent_kernels._FWD,
            latent_kernels._BWD)

@@ -13,12 +13,11 @@ import triton
 import triton.language as tl
 from helpers import assert_close
 
-import fastvae
 from benchmarks import measure
 from fastvae import kernels
-from fastvae.ops import recon as recon_op
 from fastvae.kernels import recon as recon_kernels
 from fastvae.kernels._math import log1p_unit
+from fastvae.ops import recon as recon_op
 
 OP_REDUCTIONS = ["none", "sum", "mean", "batchmean"]
 

@@ -96,10 +96,11 @@ def test_budgets(rows, family):
 def test_recording_restores_its_patches_when_the_call_raises():
     """The launch recorder patches Triton's run methods and fastvae's device check; a call that
     raises inside it must leave all of them as they were."""
-    import fastvae.functional
-    import fastvae.kernels._common as common
     from triton.runtime.autotuner import Autotuner
     from triton.runtime.jit import JITFunction
+
+    import fastvae.functional
+    import fastvae.kernels._common as common
 
     def patchable():
         return JITFunction.run, Autotuner.run, common.check_launchable, fastvae.functional.check_launchable
