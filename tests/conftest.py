@@ -21,7 +21,8 @@ CUDA = torch.cuda.is_available()
 
 def pytest_configure(config):
     config.addinivalue_line(
-        "markers", "cuda: needs a CUDA device (bf16 kernels, CUDA graphs, int64 indexing past 2**31)"
+        "markers",
+        "cuda: needs a CUDA device (bf16 kernels, CUDA graphs, int64 indexing past 2**31)",
     )
 
 
