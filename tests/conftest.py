@@ -12,17 +12,17 @@ if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")
 
 import pytest  # noqa: E402
+from helpers import KERNEL_DEVICE  # noqa: E402
 
 import fastvae  # noqa: E402,F401
-
-from helpers import KERNEL_DEVICE  # noqa: E402
 
 CUDA = torch.cuda.is_available()
 
 
 def pytest_configure(config):
     config.addinivalue_line(
-        "markers", "cuda: needs a CUDA device (bf16 kernels, CUDA graphs, int64 indexing past 2**31)"
+        "markers",
+        "cuda: needs a CUDA device (bf16 kernels, CUDA graphs, int64 indexing past 2**31)",
     )
 
 

@@ -1,12 +1,13 @@
-"""Compile every Triton kernel variant the public API launches for an H100 (sm_90), without a GPU.
+"""Compile every Triton kernel variant the public API launches for an H100 (sm_90), without a
+GPU.
 
 Run as a script in a process WITHOUT ``TRITON_INTERPRET`` (the interpreter replaces
 ``@triton.jit`` functions by plain Python ones, which skips everything the GPU compiler checks:
 constexpr globals, dtype rules, lowering of fp64 math). The public functions are called
 forward and backward over a matrix of dtypes, likelihoods, reductions, sample counts and
 shapes (odd and 16-divisible sizes, strided views), plus the recon modes that matrix leaves
-out, through the op-level entry (:func:`_recon_mode_calls`), with the Triton launches recorded instead
-of run; each distinct launch is compiled with the runtime specialization Triton gives its
+out, through the op-level entry (:func:`_recon_mode_calls`), with the Triton launches recorded
+instead of run; each distinct launch is compiled with the runtime specialization Triton gives its
 arguments (:mod:`benchmarks.launches`, shared with the static report), so what compiles here
 is what a GPU run compiles. Prints one line per compiled variant, then the number of variants.
 """
@@ -20,14 +21,15 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # benchmarks/ from a checkout
 
 import fastvae  # noqa: E402
-from fastvae.ops import recon as recon_op  # noqa: E402
 from benchmarks import launches  # noqa: E402
+from fastvae.ops import recon as recon_op  # noqa: E402
 
 DTYPES = (torch.float32, torch.float16, torch.bfloat16, torch.float64)
 # float32 gets the whole matrix; the other dtypes the shapes and modes that change the code
 # (their specializations otherwise repeat float32's, at a compile each).
 RECON_SHAPES = {"full": ((3, 785), (4, 784)), "lean": ((3, 785),)}  # odd D, 16-divisible D
-LATENT_SHAPES = {"full": ((4, 3), (128, 20), (512, 20)), "lean": ((4, 3),)}  # odd; 1 program; several
+# odd; 1 program; several
+LATENT_SHAPES = {"full": ((4, 3), (128, 20), (512, 20)), "lean": ((4, 3),)}
 REDUCTIONS = {"full": ("none", "sum", "mean"), "lean": ("none", "sum")}
 
 
@@ -68,23 +70,29 @@ def _recon_mode_calls():
         return torch.empty(*shape, dtype=dtype).requires_grad_(grad)
 
     for dtype, reduction in itertools.product((torch.float32, torch.bfloat16), ("none", "mean")):
-        yield lambda d=dtype, red=reduction: run(empty(B, D, dtype=d), empty(B, D, dtype=d, grad=False),
+        yield lambda d=dtype, red=reduction: run(empty(B, D, dtype=d),
+                                                 empty(B, D, dtype=d, grad=False),
                                                  lik="bernoulli_probs", reduction=red)
     for shape, reduction in itertools.product(((1, D), (B, 1)), ("none", "sum")):
-        yield lambda sh=shape, red=reduction: run(empty(B, D), empty(B, D, grad=False), empty(*sh), reduction=red)
+        yield lambda sh=shape, red=reduction: run(empty(B, D), empty(B, D, grad=False), empty(*sh),
+                                                  reduction=red)
     yield lambda: run(empty(B, D), empty(B, D, grad=False), None, -0.5)  # a float log-variance
-    yield lambda: run(empty(B, D, dtype=torch.bfloat16), empty(B, D, grad=False), lik="bernoulli")  # mixed
-    yield lambda: run(empty(B, D, dtype=torch.float16), empty(B, D, dtype=torch.float64, grad=False), lik="mse")
+    # mixed dtypes
+    yield lambda: run(empty(B, D, dtype=torch.bfloat16), empty(B, D, grad=False), lik="bernoulli")
+    yield lambda: run(empty(B, D, dtype=torch.float16),
+                      empty(B, D, dtype=torch.float64, grad=False), lik="mse")
 
     def channels_last(lik, logvar):
         recon = torch.empty(2, 3, 5, 7).to(memory_format=torch.channels_last).requires_grad_()
         x = torch.empty(2, 3, 5, 7).to(memory_format=torch.channels_last)
-        lv = torch.empty(2, 3, 5, 7).to(memory_format=torch.channels_last).requires_grad_() if logvar else None
+        lv = (torch.empty(2, 3, 5, 7).to(memory_format=torch.channels_last).requires_grad_()
+              if logvar else None)
         run(recon, x, lv, lik=lik)
 
     yield lambda: channels_last("bernoulli", False)
     yield lambda: channels_last("gaussian", True)
-    yield lambda: run(empty(B, 4100), empty(B, 4100, grad=False), lik="mse", reduction="none")  # 2 programs a row
+    # 2 programs a row
+    yield lambda: run(empty(B, 4100), empty(B, 4100, grad=False), lik="mse", reduction="none")
 
 
 def _latent_calls(dtype, B, L, reductions):

@@ -18,6 +18,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # benchmarks/ f
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import cuda_compile  # noqa: E402
+
 from benchmarks import launches  # noqa: E402
 from fastvae.kernels import _launch  # noqa: E402
 

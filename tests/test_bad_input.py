@@ -36,22 +36,28 @@ ERRORS = [
      raises(ValueError, "x must have the same shape as recon", "expected (2, 3)", "got (2, 4)")),
     ("mu vs logvar shape", lambda: fastvae.gaussian_kl(L, torch.zeros(2, 4)),
      raises(ValueError, "logvar must have the same shape as mu", "expected (2, 3)", "got (2, 4)")),
-    ("recon_logvar shape", lambda: fastvae.reconstruction_loss(X, X, "gaussian", recon_logvar=torch.zeros(2, 2)),
-     raises(ValueError, "recon_logvar must be broadcastable to the shape of recon (2, 3)", "got shape (2, 2)")),
-    ("recon_logvar larger than recon", lambda: fastvae.reconstruction_loss(X, X, "gaussian", recon_logvar=torch.zeros(4, 2, 3)),
-     raises(ValueError, "recon_logvar must be broadcastable to the shape of recon (2, 3)", "got shape (4, 2, 3)")),
+    ("recon_logvar shape",
+     lambda: fastvae.reconstruction_loss(X, X, "gaussian", recon_logvar=torch.zeros(2, 2)),
+     raises(ValueError, "recon_logvar must be broadcastable to the shape of recon (2, 3)",
+            "got shape (2, 2)")),
+    ("recon_logvar larger than recon",
+     lambda: fastvae.reconstruction_loss(X, X, "gaussian", recon_logvar=torch.zeros(4, 2, 3)),
+     raises(ValueError, "recon_logvar must be broadcastable to the shape of recon (2, 3)",
+            "got shape (4, 2, 3)")),
     ("batch of mu vs x", lambda: fastvae.elbo_loss(X, X, torch.zeros(5, 3), torch.zeros(5, 3)),
      raises(ValueError, "mu must have the batch size of x", "expected 2", "got 5")),
     # number of dims
     ("0-dim recon", lambda: fastvae.reconstruction_loss(torch.tensor(1.0), torch.tensor(1.0)),
      raises(ValueError, "recon must have at least 1 dim", "got shape ()")),
     ("1-D mu", lambda: fastvae.sample_and_kl(torch.zeros(3), torch.zeros(3)),
-     raises(ValueError, "mu must have at least 2 dims", "the batch and at least one latent dim", "got shape (3,)")),
+     raises(ValueError, "mu must have at least 2 dims", "the batch and at least one latent dim",
+            "got shape (3,)")),
     ("1-D logvar", lambda: fastvae.gaussian_kl(torch.zeros(3, 1), torch.zeros(3)),
      raises(ValueError, "logvar must have at least 2 dims", "got shape (3,)")),
     # dtypes
     ("integer recon", lambda: fastvae.reconstruction_loss(X.long(), X),
-     raises(TypeError, "recon must be a floating-point tensor", "float32", "got dtype torch.int64")),
+     raises(TypeError, "recon must be a floating-point tensor", "float32",
+            "got dtype torch.int64")),
     ("bool x", lambda: fastvae.reconstruction_loss(X, X.bool()),
      raises(TypeError, "x must be a floating-point tensor", "got dtype torch.bool")),
     ("integer logvar", lambda: fastvae.gaussian_kl(L, L.int()),
@@ -59,14 +65,17 @@ ERRORS = [
     ("uint8 mu", lambda: fastvae.reparameterize(L.to(torch.uint8), L),
      raises(TypeError, "mu must be a floating-point tensor", "got dtype torch.uint8")),
     ("mu vs logvar dtype", lambda: fastvae.gaussian_kl(L, L.half()),
-     raises(TypeError, "logvar must have the same dtype as mu", "expected torch.float32", "got torch.float16")),
-    ("integer recon_logvar", lambda: fastvae.reconstruction_loss(X, X, "gaussian", recon_logvar=X.long()),
+     raises(TypeError, "logvar must have the same dtype as mu", "expected torch.float32",
+            "got torch.float16")),
+    ("integer recon_logvar",
+     lambda: fastvae.reconstruction_loss(X, X, "gaussian", recon_logvar=X.long()),
      raises(TypeError, "recon_logvar must be a floating-point tensor", "got dtype torch.int64")),
     ("string recon_logvar", lambda: fastvae.reconstruction_loss(X, X, "gaussian", recon_logvar="0"),
      raises(TypeError, "recon_logvar must be a float tensor or a real number", "got str")),
     ("bool recon_logvar", lambda: fastvae.reconstruction_loss(X, X, "gaussian", recon_logvar=True),
      raises(TypeError, "recon_logvar must be a float tensor or a real number", "got bool")),
-    ("recon_logvar on another device", lambda: fastvae.reconstruction_loss(X, X, "gaussian", recon_logvar=META),
+    ("recon_logvar on another device",
+     lambda: fastvae.reconstruction_loss(X, X, "gaussian", recon_logvar=META),
      raises(ValueError, "recon_logvar must be on the same device as recon", "got meta")),
     ("list, not a tensor", lambda: fastvae.reconstruction_loss([1.0], X),
      raises(TypeError, "recon must be a torch.Tensor", "got list")),
@@ -81,23 +90,29 @@ ERRORS = [
      raises(ValueError, "is on device meta", "need CUDA tensors", "backend='torch'")),
     # names of options
     ("unknown likelihood", lambda: fastvae.reconstruction_loss(X, X, "poisson"),
-     raises(ValueError, "likelihood must be one of 'bernoulli', 'bernoulli_probs', 'mse', 'gaussian'", "got 'poisson'")),
+     raises(ValueError,
+            "likelihood must be one of 'bernoulli', 'bernoulli_probs', 'mse', 'gaussian'",
+            "got 'poisson'")),
     ("unknown reduction (recon)", lambda: fastvae.reconstruction_loss(X, X, reduction="avg"),
-     raises(ValueError, "reduction must be one of 'none', 'sum', 'mean', 'batchmean'", "got 'avg'")),
+     raises(ValueError, "reduction must be one of 'none', 'sum', 'mean', 'batchmean'",
+            "got 'avg'")),
     ("unknown reduction (KL)", lambda: fastvae.gaussian_kl(L, L, "elementwise_mean"),
      raises(ValueError, "reduction must be one of", "got 'elementwise_mean'")),
     ("unknown kl_reduction", lambda: fastvae.elbo_loss(X, X, L, L, kl_reduction="avg"),
      raises(ValueError, "kl_reduction must be one of", "got 'avg'")),
     ("full=False for bernoulli", lambda: fastvae.reconstruction_loss(X, X, full=False),
-     raises(ValueError, "full=False", "only used by likelihood='gaussian'", "got likelihood='bernoulli'")),
-    ("full not a bool", lambda: fastvae.reconstruction_loss(X, X, "gaussian", recon_logvar=0.0, full=1),
+     raises(ValueError, "full=False", "only used by likelihood='gaussian'",
+            "got likelihood='bernoulli'")),
+    ("full not a bool",
+     lambda: fastvae.reconstruction_loss(X, X, "gaussian", recon_logvar=0.0, full=1),
      raises(TypeError, "full must be a bool", "got int")),
     ("unknown backend", lambda: fastvae.gaussian_kl(L, L, backend="cuda"),
      raises(ValueError, "backend must be one of 'auto', 'triton', 'torch'", "got 'cuda'")),
     ("gaussian without recon_logvar", lambda: fastvae.reconstruction_loss(X, X, "gaussian"),
      raises(ValueError, "recon_logvar is required for likelihood='gaussian'")),
     ("recon_logvar for bernoulli", lambda: fastvae.reconstruction_loss(X, X, recon_logvar=X),
-     raises(ValueError, "recon_logvar is only used by likelihood='gaussian'", "got likelihood='bernoulli'")),
+     raises(ValueError, "recon_logvar is only used by likelihood='gaussian'",
+            "got likelihood='bernoulli'")),
     # numbers
     ("negative beta", lambda: fastvae.elbo_loss(X, X, L, L, beta=-1.0),
      raises(ValueError, "beta must be a finite number >= 0", "got -1.0")),
@@ -140,9 +155,11 @@ ERRORS = [
     ("MLPVAE x shape", lambda: MLPVAE().loss(torch.zeros(2, 10)),
      raises(ValueError, "x must have shape (B, 1, 28, 28) or (B, 784)", "got (2, 10)")),
     ("MLPVAE uint8 x", lambda: MLPVAE().loss(torch.zeros(2, 1, 28, 28, dtype=torch.uint8)),
-     raises(TypeError, "x must have the model's dtype", "expected torch.float32", "got torch.uint8")),
+     raises(TypeError, "x must have the model's dtype", "expected torch.float32",
+            "got torch.uint8")),
     ("MLPVAE float64 x", lambda: MLPVAE().loss(torch.zeros(2, 784, dtype=torch.float64)),
-     raises(TypeError, "x must have the model's dtype", "expected torch.float32", "got torch.float64")),
+     raises(TypeError, "x must have the model's dtype", "expected torch.float32",
+            "got torch.float64")),
     ("MLPVAE x on another device", lambda: MLPVAE().encode(torch.empty(2, 784, device="meta")),
      raises(ValueError, "x must be on the model's device", "expected cpu", "got meta")),
     ("MLPVAE negative beta", lambda: MLPVAE().loss(torch.zeros(2, 784), beta=-1),
@@ -172,7 +189,8 @@ def test_the_error_table_is_large_enough():
 
 @pytest.mark.cuda
 def test_tensors_on_cpu_and_cuda_are_refused():
-    with pytest.raises(ValueError, match=r"x must be on the same device as recon: expected cuda:0, got cpu"):
+    with pytest.raises(ValueError,
+                       match=r"x must be on the same device as recon: expected cuda:0, got cpu"):
         fastvae.reconstruction_loss(X.cuda(), X)
     with pytest.raises(ValueError, match="logvar must be on the same device as mu"):
         fastvae.elbo_loss(X.cuda(), X.cuda(), L.cuda(), L)
@@ -194,7 +212,8 @@ RECON_INPUTS = [("bernoulli", "recon"), ("bernoulli", "x"), ("mse", "recon"), ("
                 ("gaussian", "recon"), ("gaussian", "x"), ("gaussian", "recon_logvar")]
 VALUES = [float("nan"), float("inf"), float("-inf")]
 PROPAGATION = (
-    [(f"recon_{lik}_{name}_{v}", "recon", lik, name, v) for lik, name in RECON_INPUTS for v in VALUES]
+    [(f"recon_{lik}_{name}_{v}", "recon", lik, name, v)
+     for lik, name in RECON_INPUTS for v in VALUES]
     + [(f"kl_{name}_{v}", "kl", None, name, v) for name in ("mu", "logvar") for v in VALUES]
 )
 
@@ -216,12 +235,15 @@ def test_nan_and_inf_give_the_reference_result(case, device):
         inputs[name][where] = value
 
         def run(backend, dev):
-            t = {k: None if v is None else v.to(dev).requires_grad_(k != "x") for k, v in inputs.items()}
+            t = {k: None if v is None else v.to(dev).requires_grad_(k != "x")
+                 for k, v in inputs.items()}
             args = (t["recon"], t["x"], likelihood)
             out = (
-                reference.reconstruction_loss(*args, recon_logvar=t["recon_logvar"], reduction="none")
+                reference.reconstruction_loss(*args, recon_logvar=t["recon_logvar"],
+                                              reduction="none")
                 if backend == "reference" else
-                fastvae.reconstruction_loss(*args, recon_logvar=t["recon_logvar"], reduction="none", backend=backend)
+                fastvae.reconstruction_loss(*args, recon_logvar=t["recon_logvar"],
+                                            reduction="none", backend=backend)
             )
             out.sum().backward()
             grads = [t[k].grad for k in ("recon", "recon_logvar") if t[k] is not None]
@@ -265,24 +287,54 @@ def test_nan_and_inf_in_the_sample_are_where_the_reference_has_them(name, value,
 # ------------------------------------------------------------------ empty batch: documented result
 
 EMPTY = [
-    ("recon none", lambda e, b: fastvae.reconstruction_loss(e(0, 4), e(0, 4), reduction="none", backend=b), (0,)),
-    ("recon sum", lambda e, b: fastvae.reconstruction_loss(e(0, 4), e(0, 4), "mse", reduction="sum", backend=b), 0.0),
-    ("recon mean", lambda e, b: fastvae.reconstruction_loss(e(0, 4), e(0, 4), reduction="mean", backend=b), "nan"),
-    ("recon batchmean", lambda e, b: fastvae.reconstruction_loss(e(0, 4), e(0, 4), "mse", backend=b), "nan"),
-    ("probs sum", lambda e, b: fastvae.reconstruction_loss(e(0, 4), e(0, 4), "bernoulli_probs", reduction="sum", backend=b), 0.0),
-    ("gaussian float logvar sum", lambda e, b: fastvae.reconstruction_loss(e(0, 4), e(0, 4), "gaussian", recon_logvar=0.5, reduction="sum", backend=b), 0.0),
-    ("kl batchmean spatial", lambda e, b: fastvae.gaussian_kl(e(0, 2, 3), e(0, 2, 3), backend=b), "nan"),
-    ("sample_and_kl spatial z", lambda e, b: fastvae.sample_and_kl(e(0, 2, 3), e(0, 2, 3), backend=b).z, (0, 2, 3)),
-    ("gaussian sum", lambda e, b: fastvae.reconstruction_loss(e(0, 2, 2), e(0, 2, 2), "gaussian", recon_logvar=e(0, 2, 2), reduction="sum", backend=b), 0.0),
+    ("recon none",
+     lambda e, b: fastvae.reconstruction_loss(e(0, 4), e(0, 4), reduction="none", backend=b),
+     (0,)),
+    ("recon sum",
+     lambda e, b: fastvae.reconstruction_loss(e(0, 4), e(0, 4), "mse", reduction="sum", backend=b),
+     0.0),
+    ("recon mean",
+     lambda e, b: fastvae.reconstruction_loss(e(0, 4), e(0, 4), reduction="mean", backend=b),
+     "nan"),
+    ("recon batchmean",
+     lambda e, b: fastvae.reconstruction_loss(e(0, 4), e(0, 4), "mse", backend=b),
+     "nan"),
+    ("probs sum",
+     lambda e, b: fastvae.reconstruction_loss(e(0, 4), e(0, 4), "bernoulli_probs",
+                                              reduction="sum", backend=b),
+     0.0),
+    ("gaussian float logvar sum",
+     lambda e, b: fastvae.reconstruction_loss(e(0, 4), e(0, 4), "gaussian", recon_logvar=0.5,
+                                              reduction="sum", backend=b),
+     0.0),
+    ("kl batchmean spatial",
+     lambda e, b: fastvae.gaussian_kl(e(0, 2, 3), e(0, 2, 3), backend=b),
+     "nan"),
+    ("sample_and_kl spatial z",
+     lambda e, b: fastvae.sample_and_kl(e(0, 2, 3), e(0, 2, 3), backend=b).z,
+     (0, 2, 3)),
+    ("gaussian sum",
+     lambda e, b: fastvae.reconstruction_loss(e(0, 2, 2), e(0, 2, 2), "gaussian",
+                                              recon_logvar=e(0, 2, 2), reduction="sum", backend=b),
+     0.0),
     ("kl none", lambda e, b: fastvae.gaussian_kl(e(0, 3), e(0, 3), "none", backend=b), (0,)),
     ("kl sum", lambda e, b: fastvae.gaussian_kl(e(0, 3), e(0, 3), "sum", backend=b), 0.0),
     ("kl mean", lambda e, b: fastvae.gaussian_kl(e(0, 3), e(0, 3), "mean", backend=b), "nan"),
     ("reparameterize", lambda e, b: fastvae.reparameterize(e(0, 3), e(0, 3), backend=b), (0, 3)),
-    ("reparameterize K=4", lambda e, b: fastvae.reparameterize(e(0, 3), e(0, 3), n_samples=4, backend=b), (4, 0, 3)),
+    ("reparameterize K=4",
+     lambda e, b: fastvae.reparameterize(e(0, 3), e(0, 3), n_samples=4, backend=b),
+     (4, 0, 3)),
     ("sample_and_kl z", lambda e, b: fastvae.sample_and_kl(e(0, 3), e(0, 3), backend=b).z, (0, 3)),
-    ("elbo mean", lambda e, b: fastvae.elbo_loss(e(0, 4), e(0, 4), e(0, 3), e(0, 3), backend=b).loss, "nan"),
-    ("elbo sum", lambda e, b: fastvae.elbo_loss(e(0, 4), e(0, 4), e(0, 3), e(0, 3), reduction="sum", backend=b).loss, 0.0),
-    ("MLPVAE loss sum", lambda e, b: MLPVAE((4,), (5,), 3, backend=b).loss(e(0, 4), reduction="sum").loss, 0.0),
+    ("elbo mean",
+     lambda e, b: fastvae.elbo_loss(e(0, 4), e(0, 4), e(0, 3), e(0, 3), backend=b).loss,
+     "nan"),
+    ("elbo sum",
+     lambda e, b: fastvae.elbo_loss(e(0, 4), e(0, 4), e(0, 3), e(0, 3), reduction="sum",
+                                    backend=b).loss,
+     0.0),
+    ("MLPVAE loss sum",
+     lambda e, b: MLPVAE((4,), (5,), 3, backend=b).loss(e(0, 4), reduction="sum").loss,
+     0.0),
 ]
 
 
@@ -326,12 +378,14 @@ def test_strided_and_expanded_inputs_give_the_dense_answer(likelihood, backend, 
     recon, x = base_r.t(), row.expand(5, 6)
     lv = lv0.expand(5, 6) if likelihood == "gaussian" else None
     assert not recon.is_contiguous() and x.stride() == (0, 1)
-    got = fastvae.reconstruction_loss(recon, x, likelihood, recon_logvar=lv, reduction="none", backend=backend)
+    got = fastvae.reconstruction_loss(recon, x, likelihood, recon_logvar=lv, reduction="none",
+                                      backend=backend)
     (got * torch.arange(1.0, 6.0, device=device)).sum().backward()
 
     r2 = base_r.detach().t().contiguous().requires_grad_(True)
     lv2 = torch.full((5, 6), 0.3, device=device, requires_grad=True) if lv is not None else None
-    want = reference.reconstruction_loss(r2, x.contiguous(), likelihood, recon_logvar=lv2, reduction="none")
+    want = reference.reconstruction_loss(r2, x.contiguous(), likelihood, recon_logvar=lv2,
+                                         reduction="none")
     (want * torch.arange(1.0, 6.0, device=device)).sum().backward()
     assert_close(got, want)
     assert_close(base_r.grad, r2.grad.t())
@@ -370,7 +424,8 @@ def _free_gib():
 
 
 @pytest.mark.cuda
-@pytest.mark.parametrize("shape", [(3, 2**30 + 7), (1, 2**31 + 5)], ids=["many-rows", "one-huge-row"])
+@pytest.mark.parametrize("shape", [(3, 2**30 + 7), (1, 2**31 + 5)],
+                         ids=["many-rows", "one-huge-row"])
 def test_recon_loss_indexes_past_2_31_elements(shape):
     """fp16 recon with element offsets beyond 2**31 (row * D, and a single row longer than
     2**31): int32 offsets would wrap and read or write the wrong memory. recon is 0 except the
@@ -391,7 +446,8 @@ def test_recon_loss_indexes_past_2_31_elements(shape):
     recon.requires_grad_(True)
     fastvae.reconstruction_loss(recon, x, "mse", reduction="sum", backend="triton").backward()
     grad = recon.grad
-    assert torch.equal(grad[-1, -1000:], torch.full((1000,), 4.0, dtype=torch.float16, device="cuda"))
+    assert torch.equal(grad[-1, -1000:],
+                       torch.full((1000,), 4.0, dtype=torch.float16, device="cuda"))
     assert int(torch.count_nonzero(grad)) == 1000
 
 

@@ -9,14 +9,13 @@ from pathlib import Path
 
 import pytest
 import torch
-
-from benchmarks import fake_cuda, losses, measure, readme, report
-from benchmarks.losses import Case
-import fastvae
-from fastvae import cli
-
 from helpers import TRITON_VERSION
 from test_data import HAVE_MNIST, NO_MNIST
+
+import fastvae
+from benchmarks import fake_cuda, losses, measure, readme, report
+from benchmarks.losses import Case
+from fastvae import cli
 
 CPU = torch.device("cpu")
 ROOT = Path(__file__).resolve().parent.parent
@@ -73,7 +72,8 @@ def test_fastvae_bench_command(tmp_path):
 
 
 def test_smoke_results_go_under_runs():
-    assert report.default_out({"device": "NVIDIA H100 80GB HBM3", "smoke": False}) == report.RESULTS_DIR / "nvidia-h100-80gb-hbm3.json"
+    assert (report.default_out({"device": "NVIDIA H100 80GB HBM3", "smoke": False})
+            == report.RESULTS_DIR / "nvidia-h100-80gb-hbm3.json")
     assert str(report.default_out({"device": "x86_64", "smoke": True})).startswith("runs")
 
 
@@ -100,10 +100,10 @@ def test_loss_head_launches_and_syncs(monkeypatch):
     kernel. 5 launches, 4 of them fastvae's, no host sync.
 
     The Philox key: an eager CUDA call reads (seed, offset) from the CUDA generator on the host
-    (``fastvae.ops.latent._host_key``: no launch); under compile, graph capture or with a CPU generator,
-    ``torch.randint`` draws it on the device, one more launch. This CPU run first counts the
-    CPU path as it is (the ``randint`` draw), then with ``_host_key`` answering as it does for
-    an eager CUDA call, which is the CUDA eager launch list. (The CUDA-marked test in
+    (``fastvae.ops.latent._host_key``: no launch); under compile, graph capture or with a CPU
+    generator, ``torch.randint`` draws it on the device, one more launch. This CPU run first
+    counts the CPU path as it is (the ``randint`` draw), then with ``_host_key`` answering as it
+    does for an eager CUDA call, which is the CUDA eager launch list. (The CUDA-marked test in
     test_kernels_latent.py checks a real CUDA generator takes no ``randint``.)
     """
     kernels_and_add = [
@@ -142,7 +142,9 @@ def test_counter_sees_the_copy_contiguous_makes_inside_a_fastvae_op(monkeypatch)
     counted = measure.count_dispatched(lambda: fastvae.sample_and_kl(mu, logvar, reduction="sum"))
     assert counted.ops.count("clone") == 2, counted.ops
     for mu, logvar in (torch.randn(4, 6).chunk(2, dim=1), (mu.contiguous(), logvar.contiguous())):
-        counted = measure.count_dispatched(lambda m=mu, v=logvar: fastvae.sample_and_kl(m, v, reduction="sum"))
+        counted = measure.count_dispatched(
+            lambda m=mu, v=logvar: fastvae.sample_and_kl(m, v, reduction="sum")
+        )
         assert "clone" not in counted.ops, counted.ops
 
 
@@ -150,24 +152,30 @@ def test_eps_is_never_saved_and_recon_keeps_one_buffer(monkeypatch):
     monkeypatch.setenv("FASTVAE_BACKEND", "triton")
     lat = Case("latent", 16, 8, torch.float32, "fwd+bwd")
     s = _set(lat)
-    saved = measure.saved_for_backward(lambda: losses.fastvae_latent(s["mu"], s["logvar"]), [s["mu"], s["logvar"]])
+    saved = measure.saved_for_backward(lambda: losses.fastvae_latent(s["mu"], s["logvar"]),
+                                       [s["mu"], s["logvar"]])
     # the int64 Philox key (seed, offset) drawn on the device (here: the CPU generator's draw;
     # an eager CUDA draw keeps it as host ints, 0 bytes): eps is regenerated in backward
     assert saved.bytes_beyond_inputs == 16
-    eager = measure.saved_for_backward(lambda: losses.eager_latent(s["mu"], s["logvar"]), [s["mu"], s["logvar"]])
+    eager = measure.saved_for_backward(lambda: losses.eager_latent(s["mu"], s["logvar"]),
+                                       [s["mu"], s["logvar"]])
     assert eager.bytes_beyond_inputs >= 16 * 8 * 4  # eps (or eps * std) at least
 
     rec = Case("recon_bernoulli", 4, 16, torch.float32, "fwd+bwd")
     s = _set(rec)
-    saved = measure.saved_for_backward(lambda: losses.fastvae_recon_bernoulli(s["recon"], s["x"]), [s["recon"], s["x"]])
+    saved = measure.saved_for_backward(lambda: losses.fastvae_recon_bernoulli(s["recon"], s["x"]),
+                                       [s["recon"], s["x"]])
     assert saved.bytes_beyond_inputs == 4 * 16 * 4  # exactly one B x D buffer: the gradient
 
 
 def test_byte_model():
-    assert losses.bytes_moved(Case("recon_mse", 4096, 49152, torch.float32, "fwd+bwd")) == 3 * 4096 * 49152 * 4
-    assert losses.bytes_moved(Case("recon_bernoulli", 128, 784, torch.bfloat16, "fwd")) == 2 * 128 * 784 * 2
+    assert (losses.bytes_moved(Case("recon_mse", 4096, 49152, torch.float32, "fwd+bwd"))
+            == 3 * 4096 * 49152 * 4)
+    assert (losses.bytes_moved(Case("recon_bernoulli", 128, 784, torch.bfloat16, "fwd"))
+            == 2 * 128 * 784 * 2)
     assert losses.bytes_moved(Case("latent", 128, 20, torch.float32, "fwd+bwd")) == 8 * 128 * 20 * 4
-    assert losses.bytes_moved(Case("loss_head", 128, 784, torch.float32, "fwd")) == (3 * 128 * 20 + 2 * 128 * 784) * 4
+    assert (losses.bytes_moved(Case("loss_head", 128, 784, torch.float32, "fwd"))
+            == (3 * 128 * 20 + 2 * 128 * 784) * 4)
 
 
 def test_inputs_rotate_and_are_never_zero():
@@ -210,7 +218,8 @@ def _fake_result(device="NVIDIA Test GPU", smoke=False):
          "speedup_vs_eager": None, "speedup_vs_compile": None, "error": None},
     ]
     head = dict.fromkeys(report.HEADLINE_KEYS)
-    head.update(recon_bernoulli_pct_copy_bw=88.0, loss_head_launches=5, mnist_10_epochs_seconds=0.93)
+    head.update(recon_bernoulli_pct_copy_bw=88.0, loss_head_launches=5,
+                mnist_10_epochs_seconds=0.93)
     return {"device": device, "torch": "2.x", "triton": "3.x", "date": "2026-01-01T00:00:00+00:00",
             "smoke": smoke, "compile_backend": "inductor", "copy_bandwidth_gbps": 1818.0,
             "rows": rows, "mnist": None, "headline": head}
@@ -261,8 +270,12 @@ def test_headline_labels_cover_the_headline_keys():
 def test_repository_readme_is_generated_from_committed_results():
     assert readme.update(check=True), "README.md is stale: run python -m benchmarks.readme"
     assert readme.update_host(check=True), "the host estimate is stale: python -m benchmarks.readme"
-    assert readme.update_static(check=True), "the static report is stale: python -m benchmarks.readme"
-    assert readme.update_dropin(check=True), "the drop-in table is stale: python -m benchmarks.readme"
+    assert readme.update_static(check=True), (
+        "the static report is stale: python -m benchmarks.readme"
+    )
+    assert readme.update_dropin(check=True), (
+        "the drop-in table is stale: python -m benchmarks.readme"
+    )
 
 
 # ------------------------------------------------------------------ bytes, host time, the GPU check
@@ -279,12 +292,14 @@ def test_count_bytes_counts_kernel_loads_and_stores():
     B, D = 3, 1000  # D not a power of two: masked-off lanes must not count
     r, x = torch.randn(B, D), torch.rand(B, D)
     with torch.no_grad():
-        got = _passes(lambda: fastvae.reconstruction_loss(r, x, "bernoulli", reduction="sum", backend="triton"),
+        got = _passes(lambda: fastvae.reconstruction_loss(r, x, "bernoulli", reduction="sum",
+                                                          backend="triton"),
                       B * D * 4)
     assert 2.0 <= got < 2.01, got
     mu, lv = torch.randn(16, 20), torch.randn(16, 20)
     with torch.no_grad():
-        got = _passes(lambda: fastvae.sample_and_kl(mu, lv, reduction="none", backend="triton"), 16 * 20 * 4)
+        got = _passes(lambda: fastvae.sample_and_kl(mu, lv, reduction="none", backend="triton"),
+                      16 * 20 * 4)
     assert 3.0 <= got < 3.1, got  # + the per-row KL and the 16-byte Philox key (seed, offset)
 
 
@@ -353,7 +368,8 @@ def test_host_estimate_runs_end_to_end(tmp_path):
         assert res_old.returncode == 0, res_old.stderr[-3000:]
         checked = json.loads(old.read_text())
         assert checked["code"] == host_model.MEASURED_CODE
-        assert [r["figure"] for r in checked["validation"]] == [c.label for c in host_model.VALIDATE]
+        assert ([r["figure"] for r in checked["validation"]]
+                == [c.label for c in host_model.VALIDATE])
     assert [r["figure"] for r in data["fit"]] == list(host_model.FIT)
     assert data["model"]["scale"] > 0 and min(data["model"]["charges_us"].values()) >= 0
     rows = {(r["entry_point"], r["mode"]): r for r in data["entry_points"]}
@@ -420,7 +436,8 @@ def test_gpu_check_dry_run_and_refusal_without_cuda():
     assert res.returncode == 0 and "total budget 480 s" in res.stdout, res.stdout + res.stderr
     assert set(gpu_check.BUDGET_S) == set(gpu_check.PARTS) and "dropin" in res.stdout
     serial = sum(v for k, v in gpu_check.BUDGET_S.items() if k != "static")
-    assert serial <= gpu_check.TOTAL_BUDGET_S and gpu_check.BUDGET_S["static"] <= gpu_check.TOTAL_BUDGET_S
+    assert (serial <= gpu_check.TOTAL_BUDGET_S
+            and gpu_check.BUDGET_S["static"] <= gpu_check.TOTAL_BUDGET_S)
     if torch.cuda.is_available():
         return
     res = _run_module("benchmarks.gpu_check", timeout=120)
@@ -439,16 +456,20 @@ def test_gpu_check_smoke_flow(tmp_path):
     assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
     data = json.loads(out.read_text())
     assert data["smoke"] is True and tuple(data["headline"]) == report.HEADLINE_KEYS
-    assert {r["op"] for r in data["rows"]} == {"recon_bernoulli", "recon_mse", "loss_head", "latent"}
-    assert {(r["B"], r["dim"]) for r in data["rows"] if r["op"] == "latent"} == {report.SMOKE["latent"][0]}
+    assert ({r["op"] for r in data["rows"]}
+            == {"recon_bernoulli", "recon_mse", "loss_head", "latent"})
+    assert ({(r["B"], r["dim"]) for r in data["rows"] if r["op"] == "latent"}
+            == {report.SMOKE["latent"][0]})
     assert all(r["error"] is None for r in data["rows"])
     check = data["gpu_check"]
-    assert check["parts"] == parts and check["outcome"]["benchmarks"]["ok"] and check["outcome"]["dropin"]["ok"]
+    assert (check["parts"] == parts and check["outcome"]["benchmarks"]["ok"]
+            and check["outcome"]["dropin"]["ok"])
     drop = data["dropin"]
     assert drop["smoke"] is True and drop["checks_ok"] and len(drop["checks"]) == 2 * (3 + 2)
     assert len(drop["rows"]) == len(dropin_timing.plan("smoke"))
     for r in drop["rows"]:
-        if (r["code"], r["variant"], r["mode"], drop["device_type"]) == ("pytorch_examples", "original", "bf16", "cuda"):
+        if ((r["code"], r["variant"], r["mode"], drop["device_type"])
+                == ("pytorch_examples", "original", "bf16", "cuda")):
             assert "unsafe to autocast" in r["error"]  # F.binary_cross_entropy under CUDA autocast
         else:
             assert r["error"] is None and r["time_ms"] > 0, r

@@ -100,7 +100,8 @@ def test_reconstruction_loss_reductions_are_torchs(likelihood, reduction, backen
         want = fn(r_torch, x.to(device), reduction)
     else:
         want = torch_reduce(fn(r_torch, x.to(device), "none"), reduction)
-    check(f"{likelihood} {reduction} vs F", backend, got, want, grads(got, r_ours), grads(want, r_torch))
+    check(f"{likelihood} {reduction} vs F", backend, got, want, grads(got, r_ours),
+          grads(want, r_torch))
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
@@ -120,7 +121,8 @@ def test_gaussian_reductions_are_gaussian_nll_loss(reduction, backend, device):
 
 def kl_elements(mu, lv):
     """Per-element KL(N(mu, exp(lv)) || N(0, 1)) from torch.distributions."""
-    return kl_divergence(Normal(mu, torch.exp(0.5 * lv)), Normal(torch.zeros_like(mu), torch.ones_like(mu)))
+    return kl_divergence(Normal(mu, torch.exp(0.5 * lv)),
+                         Normal(torch.zeros_like(mu), torch.ones_like(mu)))
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
@@ -135,7 +137,8 @@ def test_kl_reductions_are_torch_distributions(reduction, backend, device):
     want = torch_reduce(kl_elements(m2, v2), reduction)
     want_grads = grads(want, (m2, v2))
     got = fastvae.gaussian_kl(m1, v1, reduction, backend=backend)
-    check(f"gaussian_kl {reduction} vs kl_divergence", backend, got, want, grads(got, (m1, v1)), want_grads)
+    check(f"gaussian_kl {reduction} vs kl_divergence", backend, got, want, grads(got, (m1, v1)),
+          want_grads)
     z, kl = fastvae.sample_and_kl(m1, v1, reduction=reduction, backend=backend)
     assert z.shape == mu.shape
     assert_close(kl, want, dtype=torch.float32, name="sample_and_kl's KL")
@@ -157,7 +160,8 @@ def test_elbo_and_modules_reduce_like_their_parts(reduction, backend, device):
     assert_close(out.loss, rec + 2.0 * kl, dtype=torch.float32, name="loss")
     mod = fastvae.ELBOLoss(2.0, reduction=reduction, backend=backend)(r, x, mu, lv)
     assert all(torch.equal(a, b) for a, b in zip(mod, out))
-    assert torch.equal(fastvae.ReconstructionLoss(reduction=reduction, backend=backend)(r, x), out.recon)
+    assert torch.equal(fastvae.ReconstructionLoss(reduction=reduction, backend=backend)(r, x),
+                       out.recon)
 
 
 def test_batchmean_is_the_default_everywhere():
@@ -193,7 +197,8 @@ def inputs(device, *, b=4, d=12, latent=3, probs=False, seed=6):
     r = torch.sigmoid(r) if probs else r
     x = torch.rand(b, d, generator=g)
     mu, lv = torch.randn(b, latent, generator=g), torch.randn(b, latent, generator=g) * 0.5
-    return [leaf(t, device) for t in (r, mu, lv)], [leaf(t, device) for t in (r, mu, lv)], x.to(device)
+    return ([leaf(t, device) for t in (r, mu, lv)], [leaf(t, device) for t in (r, mu, lv)],
+            x.to(device))
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
@@ -212,12 +217,14 @@ def test_antixk_vanilla_vae(backend, device):
     """AntixK VanillaVAE: F.mse_loss(recons, input) + kld_weight * batch mean of per-sample KL."""
     kld_weight = 0.00025
     ours, theirs, x = inputs(device, d=3 * 4 * 4)
-    ours[0], theirs[0] = (leaf(t.detach().reshape(4, 3, 4, 4), device) for t in (ours[0], theirs[0]))
+    ours[0], theirs[0] = (leaf(t.detach().reshape(4, 3, 4, 4), device)
+                          for t in (ours[0], theirs[0]))
     x = x.reshape(4, 3, 4, 4)
     loss = fastvae.elbo_loss(ours[0], x, *ours[1:], beta=kld_weight, likelihood="mse",
                              reduction="mean", kl_reduction="batchmean", backend=backend).loss
     recons, mu, log_var = theirs
-    want = F.mse_loss(recons, x) + kld_weight * torch.mean(handwritten_kl_per_sample(mu, log_var), dim=0)
+    want = (F.mse_loss(recons, x)
+            + kld_weight * torch.mean(handwritten_kl_per_sample(mu, log_var), dim=0))
     check("AntixK VanillaVAE", backend, loss, want, grads(loss, ours), grads(want, theirs))
 
 
@@ -235,9 +242,11 @@ def test_pythae_vae(recon, backend, device):
     recon_x, mu, log_var = theirs
     b = x.shape[0]
     if recon == "mse":
-        per_sample = 0.5 * F.mse_loss(recon_x.reshape(b, -1), x.reshape(b, -1), reduction="none").sum(dim=-1)
+        per_sample = 0.5 * F.mse_loss(recon_x.reshape(b, -1), x.reshape(b, -1),
+                                      reduction="none").sum(dim=-1)
     else:
-        per_sample = F.binary_cross_entropy(recon_x.reshape(b, -1), x.reshape(b, -1), reduction="none").sum(dim=-1)
+        per_sample = F.binary_cross_entropy(recon_x.reshape(b, -1), x.reshape(b, -1),
+                                            reduction="none").sum(dim=-1)
     want = (per_sample + handwritten_kl_per_sample(mu, log_var)).mean(dim=0)
     check(f"pythae {recon}", backend, loss, want, grads(loss, ours), grads(want, theirs))
 
@@ -260,12 +269,14 @@ def test_fixed_variance_gaussian(logvar, backend, device):
         v_ours, v_theirs = leaf(v, device), leaf(v, device)
         var = None
     m_ours, m_theirs = leaf(m, device), leaf(m, device)
-    loss = fastvae.reconstruction_loss(m_ours, x.to(device), "gaussian", recon_logvar=v_ours, backend=backend)
+    loss = fastvae.reconstruction_loss(m_ours, x.to(device), "gaussian", recon_logvar=v_ours,
+                                       backend=backend)
     var = var.to(device) if var is not None else v_theirs.exp().expand(4, 2, 3)
     want = F.gaussian_nll_loss(m_theirs, x.to(device), var, full=True, eps=0.0, reduction="sum") / 4
     wrt_ours = (m_ours,) if logvar == "float" else (m_ours, v_ours)
     wrt_theirs = (m_theirs,) if logvar == "float" else (m_theirs, v_theirs)
-    check(f"fixed-variance gaussian ({logvar})", backend, loss, want, grads(loss, wrt_ours), grads(want, wrt_theirs))
+    check(f"fixed-variance gaussian ({logvar})", backend, loss, want, grads(loss, wrt_ours),
+          grads(want, wrt_theirs))
 
 
 def test_float_logvar_allocates_no_batch_sized_logvar():
@@ -305,9 +316,11 @@ def test_mixed_float_dtypes(likelihood, backend, device):
     lv = (torch.randn(3, 10, generator=g) * 0.5).half() if likelihood == "gaussian" else None
     r1 = leaf(r, device)
     got = fastvae.reconstruction_loss(r1, x.to(device), likelihood,
-                                      recon_logvar=None if lv is None else lv.to(device), backend=backend)
+                                      recon_logvar=None if lv is None else lv.to(device),
+                                      backend=backend)
     r2 = r.float().requires_grad_(True)
-    want = fastvae.reference.reconstruction_loss(r2, x, likelihood, recon_logvar=None if lv is None else lv.float())
+    want = fastvae.reference.reconstruction_loss(r2, x, likelihood,
+                                                 recon_logvar=None if lv is None else lv.float())
     assert got.dtype == torch.float32
     assert_close(got, want, dtype=torch.float32, name="loss")
     (d1,), (d2,) = grads(got, (r1,)), grads(want, (r2,))
@@ -319,7 +332,8 @@ def test_mixed_float_dtypes(likelihood, backend, device):
 def test_spatial_latents(backend, device):
     """(B, C, H, W) latents: z keeps the shape (K draws in front), the KL sums over C, H, W."""
     g = gen(9)
-    mu, lv = torch.randn(2, 3, 2, 2, generator=g).to(device), torch.randn(2, 3, 2, 2, generator=g).to(device)
+    mu, lv = (torch.randn(2, 3, 2, 2, generator=g).to(device),
+              torch.randn(2, 3, 2, 2, generator=g).to(device))
     z = fastvae.reparameterize(mu, lv, backend=backend)
     assert z.shape == (2, 3, 2, 2)
     assert fastvae.reparameterize(mu, lv, n_samples=4, backend=backend).shape == (4, 2, 3, 2, 2)

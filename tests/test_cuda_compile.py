@@ -18,20 +18,26 @@ def test_all_kernel_variants_compile_for_sm90():
     )
     assert result.returncode == 0, result.stderr[-4000:]
     lines = result.stdout.splitlines()
-    compiled = [l for l in lines if l.startswith("compiled ")]
+    compiled = [line for line in lines if line.startswith("compiled ")]
     assert lines[-1] == f"variants {len(compiled)}", result.stdout[-2000:]
     # every kernel of both files, in every dtype (float64 included)
-    for name in ("_recon_loss_fwd_kernel", "_sample_and_kl_fwd_kernel", "_sample_and_kl_bwd_kernel"):
+    for name in (
+        "_recon_loss_fwd_kernel", "_sample_and_kl_fwd_kernel", "_sample_and_kl_bwd_kernel"
+    ):
         for dtype in ("*fp32", "*fp16", "*bf16", "*fp64"):
-            assert any(f"compiled {name} " in l and f"'{dtype}'" in l for l in compiled), (name, dtype)
+            assert any(
+                f"compiled {name} " in line and f"'{dtype}'" in line for line in compiled
+            ), (name, dtype)
     # the recon modes: probabilities, log-variance per row / broadcast / a float, mixed dtypes,
     # several programs per row with the per-row reduction
-    recon = [l for l in compiled if l.startswith("compiled _recon_loss_fwd_kernel ")]
-    for mode in ("'LIKELIHOOD': 3", "'V_MODE': 0", "'V_MODE': 1", "'V_MODE': 2", "'OUT': 1", "'DV_MODE': 2"):
-        assert any(mode in l for l in recon), mode
-    assert any("'r_ptr': '*fp16'" in l and "'x_ptr': '*fp64'" in l for l in recon)
+    recon = [line for line in compiled if line.startswith("compiled _recon_loss_fwd_kernel ")]
+    for mode in (
+        "'LIKELIHOOD': 3", "'V_MODE': 0", "'V_MODE': 1", "'V_MODE': 2", "'OUT': 1", "'DV_MODE': 2"
+    ):
+        assert any(mode in line for line in recon), mode
+    assert any("'r_ptr': '*fp16'" in line and "'x_ptr': '*fp64'" in line for line in recon)
     # the objective's fused addition, into a total, rows of one program and rows of several;
     # a Gaussian without its constant
     for out in (0, 1, 2):
-        assert any(f"'OUT': {out}" in l and "'ADD_KL': True" in l for l in recon), out
-    assert any("'FULL': False" in l for l in recon)
+        assert any(f"'OUT': {out}" in line and "'ADD_KL': True" in line for line in recon), out
+    assert any("'FULL': False" in line for line in recon)

@@ -45,7 +45,8 @@ def handwritten_batch_loss(model, x):
 def mnist():
     raw = data_root() / "MNIST" / "raw"
     if not all((raw / f).is_file() for f in MNIST_FILES):
-        pytest.skip(f"real MNIST not found in {raw} (set FASTVAE_DATA to a folder holding MNIST/raw)")
+        pytest.skip(f"real MNIST not found in {raw} "
+                    "(set FASTVAE_DATA to a folder holding MNIST/raw)")
 
 
 def test_one_epoch_matches_the_handwritten_loss(mnist):
@@ -54,8 +55,8 @@ def test_one_epoch_matches_the_handwritten_loss(mnist):
     baseline = run(dropin.VAE, handwritten_batch_loss, limit=LIMIT, seed=1)
     plain = run(dropin.VAE, dropin.batch_loss, limit=LIMIT, seed=1)
     one_launch = run(fused.VAE, fused.batch_loss, limit=LIMIT, seed=1)
-    print(f"\n[dropin MNIST] test loss after 1 epoch on {LIMIT} images: hand-written {baseline:.4f}, "
-          f"plain swap {plain:.4f}, fused sampler {one_launch:.4f}")
+    print(f"\n[dropin MNIST] test loss after 1 epoch on {LIMIT} images: "
+          f"hand-written {baseline:.4f}, plain swap {plain:.4f}, fused sampler {one_launch:.4f}")
     assert 150 < baseline < 544  # one short epoch moves an untrained model (543 nats) down
     assert abs(plain - baseline) / baseline < 0.005, (plain, baseline)
     assert abs(one_launch - baseline) / baseline < 0.005, (one_launch, baseline)

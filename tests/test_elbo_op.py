@@ -75,7 +75,8 @@ def test_other_likelihoods(likelihood, recon_logvar, full, device):
     if likelihood == "bernoulli_probs":
         recon = recon.detach().sigmoid().requires_grad_(True)
     if recon_logvar == "tensor":
-        recon_logvar = (0.3 * torch.randn(37, dtype=torch.float64)).to(device, recon.dtype).requires_grad_(True)
+        recon_logvar = ((0.3 * torch.randn(37, dtype=torch.float64))
+                        .to(device, recon.dtype).requires_grad_(True))
     kwargs = dict(beta=2.5, likelihood=likelihood, recon_logvar=recon_logvar, full=full)
     got = fastvae.elbo_loss(recon, x, mu, lv, backend="triton", **kwargs)
     want = reference.elbo_loss(recon, x, mu, lv, **kwargs)
@@ -103,7 +104,8 @@ def test_target_requiring_grad(device):
     x = x.detach().requires_grad_(True)
     got = fastvae.elbo_loss(recon, x, mu, lv, backend="triton").loss
     want = reference.elbo_loss(recon, x, mu, lv)[0]
-    for a, b in zip(torch.autograd.grad(got, (recon, x, mu)), torch.autograd.grad(want, (recon, x, mu))):
+    for a, b in zip(torch.autograd.grad(got, (recon, x, mu)),
+                    torch.autograd.grad(want, (recon, x, mu))):
         assert_close(a, b, name="gradient with x requiring grad")
 
 

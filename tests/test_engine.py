@@ -9,8 +9,8 @@ import torch
 from helpers import KERNEL_DEVICE, assert_close
 
 import fastvae
-from fastvae.ops import latent as latent_op
 from fastvae.data import ImageBatches, ShardedImageBatches
+from fastvae.ops import latent as latent_op
 from fastvae.train import TrainConfig, build
 from fastvae.train.engine import Engine, Records, step_seeds, train_step
 from fastvae.train.graphs import StepGraphs, _lr_on_device

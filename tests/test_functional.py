@@ -1,4 +1,5 @@
-"""Public API: backend dispatch, nn.Module wrappers, operator registration (bad input: test_bad_input.py)."""
+"""Public API: backend dispatch, nn.Module wrappers, operator registration (bad input:
+test_bad_input.py)."""
 
 import pytest
 import torch
@@ -6,9 +7,9 @@ from helpers import assert_close
 
 import fastvae
 from fastvae import reference
+from fastvae.kernels import _common
 from fastvae.ops import latent as latent_op
 from fastvae.ops import recon as recon_op
-from fastvae.kernels import _common
 
 
 def small(device="cpu", shape=(4, 6), seed=0):
@@ -83,7 +84,9 @@ def test_modules_match_functional(device):
     want = fastvae.elbo_loss(recon, x, mu, lv, beta=3.0, reduction="sum", backend="triton")
     assert all(torch.equal(a, b) for a, b in zip(got, want))
     rec = fastvae.ReconstructionLoss("mse", "none", backend="triton")(recon, x)
-    assert torch.equal(rec, fastvae.reconstruction_loss(recon, x, "mse", reduction="none", backend="triton"))
+    assert torch.equal(
+        rec, fastvae.reconstruction_loss(recon, x, "mse", reduction="none", backend="triton")
+    )
     kl = fastvae.GaussianKL(backend="triton")(mu, lv)
     assert torch.equal(kl, fastvae.gaussian_kl(mu, lv, "batchmean", backend="triton"))
     kl = fastvae.GaussianKL("mean", backend="triton")(mu, lv)
@@ -105,15 +108,24 @@ def test_operator_registrations(device):
     lv = torch.randn(3, 5, generator=g).to(device).requires_grad_(True)
     seed = torch.tensor([7, 3], device=device)  # the Philox key: (seed, counter offset)
     for reduction in ("none", "mean", "batchmean"):
-        torch.library.opcheck(latent_op.sample_and_kl_op, (mu.detach(), lv.detach(), seed, 2, True, True, reduction))
-    torch.library.opcheck(latent_op.sample_and_kl_backward_op, (mu.detach(), lv.detach(), seed, 1, torch.ones(3, 5, device=device), torch.ones((), device=device), "batchmean", 0.5))
+        torch.library.opcheck(latent_op.sample_and_kl_op,
+                              (mu.detach(), lv.detach(), seed, 2, True, True, reduction))
+    torch.library.opcheck(latent_op.sample_and_kl_backward_op,
+                          (mu.detach(), lv.detach(), seed, 1, torch.ones(3, 5, device=device),
+                           torch.ones((), device=device), "batchmean", 0.5))
     recon = torch.randn(3, 7, generator=g).to(device).requires_grad_(True)
     x = torch.rand(3, 7, generator=g).to(device)
     for reduction in ("none", "mean", "batchmean"):
-        torch.library.opcheck(recon_op.reconstruction_loss_op, (recon.detach(), x, lv[:, :1].expand(3, 7).detach(), 0.0, "gaussian", reduction, True, True, False, None, 1.0))
+        torch.library.opcheck(recon_op.reconstruction_loss_op,
+                              (recon.detach(), x, lv[:, :1].expand(3, 7).detach(), 0.0, "gaussian",
+                               reduction, True, True, False, None, 1.0))
         kl = torch.rand(3 if reduction == "none" else (), device=device)
-        torch.library.opcheck(recon_op.reconstruction_loss_op, (recon.detach(), x, None, -0.5, "gaussian", reduction, False, True, False, kl, 0.25))
-    torch.library.opcheck(recon_op.reconstruction_loss_backward_op, (recon.detach(), x, None, 0.0, "mse", torch.ones(3, device=device), True, False))
+        torch.library.opcheck(recon_op.reconstruction_loss_op,
+                              (recon.detach(), x, None, -0.5, "gaussian", reduction, False, True,
+                               False, kl, 0.25))
+    torch.library.opcheck(recon_op.reconstruction_loss_backward_op,
+                          (recon.detach(), x, None, 0.0, "mse", torch.ones(3, device=device), True,
+                           False))
 
 
 def test_compiles_without_graph_breaks(device, monkeypatch):

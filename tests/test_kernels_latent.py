@@ -5,17 +5,17 @@ import math
 
 import pytest
 import torch
-from hypothesis import given, settings
-from hypothesis import strategies as st
 import triton
 import triton.language as tl
 from helpers import KERNEL_DEVICE, assert_close, kl_oracle
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 import fastvae
 from fastvae import reference
-from fastvae.ops import latent as latent_op
 from fastvae.kernels import latent as latent_kernels
 from fastvae.kernels._math import standard_normal, standard_normal4
+from fastvae.ops import latent as latent_op
 
 TRITON = {"backend": "triton"}
 SHAPES = [(1, 1), (1, 20), (7, 3), (5, 129), (33, 20)]
@@ -41,7 +41,8 @@ def latent(shape, dtype, device, seed=0, lv_scale=1.0):
 def kernel_eps(shape, device, seed, n_samples=1, dtype=torch.float32):
     """The kernel's noise for ``seed``: with mu = 0 and logvar = 0, z is eps itself."""
     zeros = torch.zeros(shape, device=device, dtype=dtype)
-    return fastvae.reparameterize(zeros, zeros, n_samples=n_samples, generator=gen(device, seed), **TRITON)
+    return fastvae.reparameterize(zeros, zeros, n_samples=n_samples, generator=gen(device, seed),
+                                  **TRITON)
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
@@ -69,7 +70,8 @@ def test_gaussian_kl_reductions(reduction, shape, device):
     lv.requires_grad_(True)
     z, kl = fastvae.sample_and_kl(mu, lv, reduction=reduction, **TRITON)
     assert_close(kl, want, dtype=torch.float32)
-    weight = torch.randn(rows.shape, device=device) if reduction == "none" else torch.tensor(2.5, device=device)
+    weight = (torch.randn(rows.shape, device=device) if reduction == "none"
+              else torch.tensor(2.5, device=device))
     got = torch.autograd.grad((kl * weight).sum(), (mu, lv))
     scale = (weight / shape[0] if reduction == "batchmean" else weight).reshape(-1, 1)
     assert_close(got[0], scale * mu.detach(), name="dmu")
@@ -87,7 +89,8 @@ def test_kl_precise_near_zero_and_at_extremes(device):
     assert_close(got, kl_oracle(mu, lv), rtol=1e-5, atol=0)
     # Row of tiny log-variances alone: the cancellation the series exists for.
     tiny = lv[:1, :5]
-    assert_close(fastvae.gaussian_kl(tiny * 0, tiny, "none", **TRITON), kl_oracle(tiny * 0, tiny), rtol=1e-5, atol=0)
+    assert_close(fastvae.gaussian_kl(tiny * 0, tiny, "none", **TRITON), kl_oracle(tiny * 0, tiny),
+                 rtol=1e-5, atol=0)
 
 
 def test_overflow_and_nan_propagate_like_reference(device):
@@ -121,7 +124,8 @@ def test_sample_and_kl_backward(shape, reduction, device):
     assert_close(got[0], want[0], dtype=torch.float32, name="dmu")
     assert_close(got[1], want[1], dtype=torch.float32, name="dlogvar")
     # Closed forms (DESIGN.md section 2): dmu = dz + g*mu, dlv = 0.5 dz eps std + g*0.5*(e^lv - 1).
-    g = row_w if reduction == "none" else torch.full_like(row_w, 3.0 / (shape[0] if reduction == "batchmean" else 1))
+    g = (row_w if reduction == "none"
+         else torch.full_like(row_w, 3.0 / (shape[0] if reduction == "batchmean" else 1)))
     std = torch.exp(0.5 * lv.detach())
     assert_close(got[0], w + g[:, None] * mu.detach(), dtype=torch.float32, name="dmu closed form")
     dlv = 0.5 * w * eps * std + g[:, None] * 0.5 * torch.expm1(lv.detach())
@@ -157,7 +161,8 @@ def test_reparameterize_n_samples(device):
     assert torch.equal(z[0], fastvae.reparameterize(mu, lv, generator=gen(device, 9), **TRITON))
     w = torch.randn(4, 3, 5, device=device)
     got = torch.autograd.grad((z * w).sum(), (mu, lv))
-    want = torch.autograd.grad((reference.reparameterize(mu, lv, n_samples=4, eps=eps) * w).sum(), (mu, lv))
+    want = torch.autograd.grad((reference.reparameterize(mu, lv, n_samples=4, eps=eps) * w).sum(),
+                               (mu, lv))
     assert_close(got[0], want[0], name="dmu")
     assert_close(got[1], want[1], name="dlogvar")
 
@@ -185,7 +190,8 @@ def test_non_contiguous_inputs(device):
     mu, lv = mu_full[:, ::2], lv_full.t().contiguous().t()[:, 1::2]  # strided views
     assert not mu.is_contiguous() and not lv.is_contiguous()
     z, kl = fastvae.sample_and_kl(mu, lv, reduction="none", generator=gen(device, 4), **TRITON)
-    z_c, kl_c = fastvae.sample_and_kl(mu.contiguous(), lv.contiguous(), reduction="none", generator=gen(device, 4), **TRITON)
+    z_c, kl_c = fastvae.sample_and_kl(mu.contiguous(), lv.contiguous(), reduction="none",
+                                      generator=gen(device, 4), **TRITON)
     assert torch.equal(z, z_c) and torch.equal(kl, kl_c)
 
 
@@ -295,7 +301,9 @@ def test_noise_matches_float64_box_muller(device):
     want = torch.stack([n0, n1, n2, n3], dim=1)
     got = out.cpu().double()
     err = (got - want).abs() / want.abs().clamp(min=1)
-    assert err.max().item() <= 2e-6, f"worst at {divmod(err.argmax().item(), 4)}: {err.max().item():.3g}"
+    assert err.max().item() <= 2e-6, (
+        f"worst at {divmod(err.argmax().item(), 4)}: {err.max().item():.3g}"
+    )
 
 
 def test_noise_is_a_function_of_the_element_index_only(device, monkeypatch):
@@ -305,14 +313,16 @@ def test_noise_is_a_function_of_the_element_index_only(device, monkeypatch):
     mu, lv = enc.chunk(2, dim=1)
     key = (987654321, 5)
     z_rows, kl_rows = latent_kernels.sample_and_kl_fwd(mu, lv, key, 2, True, "total", 1)
-    z_flat, kl_flat = latent_kernels.sample_and_kl_fwd(mu.contiguous(), lv.contiguous(), key, 2, True, "total", 1)
+    z_flat, kl_flat = latent_kernels.sample_and_kl_fwd(mu.contiguous(), lv.contiguous(), key, 2,
+                                                       True, "total", 1)
     assert torch.equal(z_rows, z_flat)
     assert_close(kl_rows, kl_flat)
     for block, cap in ((256, 1024), (1024, 1), (512, 2)):
         monkeypatch.setattr(latent_kernels, "_FLAT_BLOCK", block)
         monkeypatch.setattr(latent_kernels, "_MAX_PROGRAMS", cap)
         latent_kernels._layout.cache_clear()
-        z, kl = latent_kernels.sample_and_kl_fwd(mu.contiguous(), lv.contiguous(), key, 2, True, "total", 1)
+        z, kl = latent_kernels.sample_and_kl_fwd(mu.contiguous(), lv.contiguous(), key, 2, True,
+                                                 "total", 1)
         assert torch.equal(z, z_flat), (block, cap)
         assert_close(kl, kl_flat)
     latent_kernels._layout.cache_clear()
@@ -345,25 +355,32 @@ def test_any_latent_shape(layout, device):
     else:
         mu, lv = (torch.randn(3, 2, 2, 3, generator=g).to(device) for _ in range(2))
         if layout == "channels_last":
-            mu, lv = mu.to(memory_format=torch.channels_last), lv.to(memory_format=torch.channels_last)
+            mu, lv = (mu.to(memory_format=torch.channels_last),
+                      lv.to(memory_format=torch.channels_last))
     mu.requires_grad_(True)
     lv.requires_grad_(True)
     z, kl = latent_op.sample_and_kl(mu, lv, gen(device, 1), 1, True, True, "none")
     assert z.shape == mu.shape and kl.shape == (3,)
-    eps = latent_op.sample_and_kl(torch.zeros_like(mu), torch.zeros_like(lv), gen(device, 1), 1, True, False, "none")[0]
+    eps = latent_op.sample_and_kl(torch.zeros_like(mu), torch.zeros_like(lv), gen(device, 1), 1,
+                                  True, False, "none")[0]
     flat = lambda t: t.reshape(3, -1)  # noqa: E731
     assert_close(z, reference.reparameterize(mu, lv, eps=eps), name="z")
     assert_close(kl, kl_oracle(flat(mu.detach()), flat(lv.detach())), name="kl")
     w = torch.randn(z.shape, generator=g).to(device)
     got = torch.autograd.grad((z * w).sum() + 2 * kl.sum(), (mu, lv))
     zr = reference.reparameterize(mu, lv, eps=eps)
-    want = torch.autograd.grad((zr * w).sum() + 2 * reference.gaussian_kl(flat(mu), flat(lv), "none").sum(), (mu, lv))
+    want = torch.autograd.grad(
+        (zr * w).sum() + 2 * reference.gaussian_kl(flat(mu), flat(lv), "none").sum(), (mu, lv)
+    )
     assert_close(got[0], want[0], name="dmu")
     assert_close(got[1], want[1], name="dlogvar")
     key = torch.tensor([5, 6], device=device)
     for reduction in ("none", "sum", "mean"):
-        torch.library.opcheck(latent_op.sample_and_kl_op, (mu.detach(), lv.detach(), key, 2, True, True, reduction))
-    torch.library.opcheck(latent_op.sample_and_kl_backward_op, (mu.detach(), lv.detach(), key, 1, torch.ones(mu.shape, device=device), torch.ones((), device=device), "batchmean", 1.0))
+        torch.library.opcheck(latent_op.sample_and_kl_op,
+                              (mu.detach(), lv.detach(), key, 2, True, True, reduction))
+    torch.library.opcheck(latent_op.sample_and_kl_backward_op,
+                          (mu.detach(), lv.detach(), key, 1, torch.ones(mu.shape, device=device),
+                           torch.ones((), device=device), "batchmean", 1.0))
 
 
 class _FakePhiloxGenerator:
@@ -419,7 +436,9 @@ def test_cuda_eager_draw_launches_only_the_kernel():
     mu = torch.randn(16, 20, device="cuda")
     lv = torch.randn(16, 20, device="cuda")
     fastvae.sample_and_kl(mu, lv, reduction="sum", **TRITON)
-    counted = measure.count_dispatched(lambda: fastvae.sample_and_kl(mu, lv, reduction="sum", **TRITON))
+    counted = measure.count_dispatched(
+        lambda: fastvae.sample_and_kl(mu, lv, reduction="sum", **TRITON)
+    )
     assert "randint" not in counted.ops
     torch.manual_seed(3)
     a = fastvae.reparameterize(mu, lv, **TRITON)
@@ -495,13 +514,15 @@ def test_cuda_graph_replay_draws_fresh_noise():
 
 
 @settings(max_examples=30, deadline=None)
-@given(batch=st.integers(1, 70), dim=st.integers(1, 300), n_samples=st.integers(1, 3), seed=st.integers(0, 2**16))
+@given(batch=st.integers(1, 70), dim=st.integers(1, 300), n_samples=st.integers(1, 3),
+       seed=st.integers(0, 2**16))
 def test_random_sizes_match_reference(batch, dim, n_samples, seed):
     """Any batch and latent size, any number of samples: z, KL and both gradients."""
     mu, lv = latent((batch, dim), torch.float32, KERNEL_DEVICE, seed=seed)
     mu.requires_grad_(True)
     lv.requires_grad_(True)
-    z = fastvae.reparameterize(mu, lv, n_samples=n_samples, generator=gen(KERNEL_DEVICE, seed), **TRITON)
+    z = fastvae.reparameterize(mu, lv, n_samples=n_samples, generator=gen(KERNEL_DEVICE, seed),
+                               **TRITON)
     kl = fastvae.gaussian_kl(mu, lv, "none", **TRITON)
     eps = kernel_eps((batch, dim), KERNEL_DEVICE, seed, n_samples=n_samples)
     z_ref = reference.reparameterize(mu, lv, n_samples=n_samples, eps=eps)
@@ -518,12 +539,14 @@ def test_random_sizes_match_reference(batch, dim, n_samples, seed):
 def test_chunk_views_are_read_in_place(reduction, device):
     """mu, logvar as chunk views of one (B, 2L) encoder output (strided rows, no copy): the
     same z, KL and gradients as contiguous copies, for a per-row and a reduced KL."""
-    enc = torch.randn(9, 2 * 7, generator=torch.Generator().manual_seed(5)).to(device).requires_grad_(True)
+    enc = (torch.randn(9, 2 * 7, generator=torch.Generator().manual_seed(5)).to(device)
+           .requires_grad_(True))
     w = torch.randn(9, 7, generator=torch.Generator().manual_seed(6)).to(device)
     outs = []
     for make in (lambda t: t, lambda t: t.contiguous()):
         mu, lv = (make(t) for t in enc.chunk(2, dim=1))
-        z, kl = fastvae.sample_and_kl(mu, lv, reduction=reduction, generator=gen(device, 8), **TRITON)
+        z, kl = fastvae.sample_and_kl(mu, lv, reduction=reduction, generator=gen(device, 8),
+                                      **TRITON)
         (grad,) = torch.autograd.grad((z * w).sum() + 1.5 * kl.sum(), enc)
         outs.append((z, kl, grad))
     assert torch.equal(outs[0][0], outs[1][0])

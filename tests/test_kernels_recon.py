@@ -5,9 +5,9 @@ import math
 
 import pytest
 import torch
+from helpers import KERNEL_DEVICE, TOLERANCES, assert_close, recon_oracle, reduce
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from helpers import KERNEL_DEVICE, TOLERANCES, assert_close, recon_oracle, reduce
 
 import fastvae
 from fastvae import reference
@@ -29,7 +29,8 @@ def make(likelihood, shape, dtype, device, seed=0):
     """(recon, x, recon_logvar or None) with x in [0, 1] for bernoulli."""
     g = torch.Generator().manual_seed(seed)
     recon = torch.randn(shape, generator=g) * 2
-    x = torch.rand(shape, generator=g) if likelihood == "bernoulli" else torch.randn(shape, generator=g)
+    x = (torch.rand(shape, generator=g) if likelihood == "bernoulli"
+         else torch.randn(shape, generator=g))
     logvar = torch.randn(shape, generator=g) * 0.5 if likelihood == "gaussian" else None
     cast = lambda t: None if t is None else t.to(device, dtype)  # noqa: E731
     return cast(recon), cast(x), cast(logvar)
@@ -47,9 +48,11 @@ def loss_tol(dtype, rows):
 def test_forward_matches_reference_and_oracle(likelihood, shape, dtype, device):
     recon, x, logvar = make(likelihood, shape, dtype, device)
     for reduction in REDUCTIONS:
-        got = fastvae.reconstruction_loss(recon, x, likelihood, recon_logvar=logvar, reduction=reduction, **TRITON)
+        got = fastvae.reconstruction_loss(recon, x, likelihood, recon_logvar=logvar,
+                                          reduction=reduction, **TRITON)
         assert got.dtype == reference.accumulation_dtype(dtype)
-        want = reference.reconstruction_loss(recon, x, likelihood, recon_logvar=logvar, reduction=reduction)
+        want = reference.reconstruction_loss(recon, x, likelihood, recon_logvar=logvar,
+                                             reduction=reduction)
         tol = loss_tol(dtype, math.prod(shape[1:]))
         assert_close(got, want, **tol, name=f"{reduction} vs reference")
         want = reduce(recon_oracle(likelihood, recon, x, logvar), reduction, recon.numel())
@@ -71,11 +74,13 @@ def test_backward_matches_reference(likelihood, reduction, dtype, device):
         return (loss * row_w).sum() + 1.0 if reduction == "none" else 3.0 * loss - 2.0
 
     got = torch.autograd.grad(
-        objective(fastvae.reconstruction_loss(recon, x, likelihood, recon_logvar=logvar, reduction=reduction, **TRITON)),
+        objective(fastvae.reconstruction_loss(recon, x, likelihood, recon_logvar=logvar,
+                                              reduction=reduction, **TRITON)),
         leaves,
     )
     want = torch.autograd.grad(
-        objective(reference.reconstruction_loss(recon, x, likelihood, recon_logvar=logvar, reduction=reduction)),
+        objective(reference.reconstruction_loss(recon, x, likelihood, recon_logvar=logvar,
+                                                reduction=reduction)),
         leaves,
     )
     for name, a, b in zip(["d_recon", "d_logvar"], got, want):
@@ -87,9 +92,12 @@ def test_backward_matches_reference(likelihood, reduction, dtype, device):
 def test_closed_form_gradients(likelihood, device):
     recon, x, logvar = make(likelihood, (4, 9), torch.float64, device, seed=2)
     recon[0, 0] = 0.0  # sigmoid'(0) case
-    leaves = [recon.requires_grad_(True)] + ([logvar.requires_grad_(True)] if logvar is not None else [])
+    leaves = ([recon.requires_grad_(True)]
+              + ([logvar.requires_grad_(True)] if logvar is not None else []))
     grads = torch.autograd.grad(
-        fastvae.reconstruction_loss(recon, x, likelihood, recon_logvar=logvar, reduction="sum", **TRITON), leaves
+        fastvae.reconstruction_loss(recon, x, likelihood, recon_logvar=logvar, reduction="sum",
+                                    **TRITON),
+        leaves,
     )
     r = recon.detach()
     if likelihood == "bernoulli":
@@ -112,7 +120,8 @@ def test_gradcheck_float64(likelihood, reduction, device):
         inputs.append(logvar.requires_grad_(True))
 
     def fn(r, t, v=None):
-        return fastvae.reconstruction_loss(r, t, likelihood, recon_logvar=v, reduction=reduction, **TRITON)
+        return fastvae.reconstruction_loss(r, t, likelihood, recon_logvar=v, reduction=reduction,
+                                           **TRITON)
 
     assert torch.autograd.gradcheck(fn, inputs, eps=1e-6, atol=1e-6, rtol=1e-4)
 
@@ -123,11 +132,13 @@ def test_non_contiguous_inputs(likelihood, device):
     views = [t.t().contiguous().t()[::2, 1:] if t is not None else None for t in (recon, x, logvar)]
     assert not views[0].is_contiguous()
     views[0].requires_grad_(True)
-    loss = fastvae.reconstruction_loss(views[0], views[1], likelihood, recon_logvar=views[2], reduction="sum", **TRITON)
+    loss = fastvae.reconstruction_loss(views[0], views[1], likelihood, recon_logvar=views[2],
+                                       reduction="sum", **TRITON)
     (grad,) = torch.autograd.grad(loss, views[0])
     dense = [v.detach().contiguous() if v is not None else None for v in views]
     dense[0].requires_grad_(True)
-    loss_c = fastvae.reconstruction_loss(dense[0], dense[1], likelihood, recon_logvar=dense[2], reduction="sum", **TRITON)
+    loss_c = fastvae.reconstruction_loss(dense[0], dense[1], likelihood, recon_logvar=dense[2],
+                                         reduction="sum", **TRITON)
     (grad_c,) = torch.autograd.grad(loss_c, dense[0])
     assert torch.equal(loss, loss_c) and torch.equal(grad, grad_c)
 
@@ -139,14 +150,19 @@ def test_forward_only_writes_no_gradient(likelihood, device):
     with torch.no_grad():
         loss = fastvae.reconstruction_loss(recon, x, likelihood, recon_logvar=logvar, **TRITON)
     assert loss.grad_fn is None
-    assert_close(loss, reference.reconstruction_loss(recon.detach(), x, likelihood, recon_logvar=logvar))
+    assert_close(loss,
+                 reference.reconstruction_loss(recon.detach(), x, likelihood, recon_logvar=logvar))
     # The op itself: gradient buffers come back empty unless asked for, and as dloss/drecon / B
     # for the op's "batchmean" when asked for.
-    _, _, d_recon, d_logvar = reconstruction_loss_op(recon.detach(), x, logvar, 0.0, likelihood, "batchmean", True, False, False, None, 1.0)
+    _, _, d_recon, d_logvar = reconstruction_loss_op(recon.detach(), x, logvar, 0.0, likelihood,
+                                                     "batchmean", True, False, False, None, 1.0)
     assert d_recon.numel() == 0 and d_logvar.numel() == 0
-    _, _, d_recon, _ = reconstruction_loss_op(recon.detach(), x, logvar, 0.0, likelihood, "batchmean", True, True, False, None, 1.0)
+    _, _, d_recon, _ = reconstruction_loss_op(recon.detach(), x, logvar, 0.0, likelihood,
+                                              "batchmean", True, True, False, None, 1.0)
     r = recon.detach().requires_grad_(True)
-    (want,) = torch.autograd.grad(reference.reconstruction_loss(r, x, likelihood, recon_logvar=logvar), r)
+    (want,) = torch.autograd.grad(
+        reference.reconstruction_loss(r, x, likelihood, recon_logvar=logvar), r
+    )
     assert_close(d_recon, want)
 
 
@@ -156,7 +172,8 @@ def test_callers_tensors_are_not_modified(likelihood, device):
     before = [t.clone() for t in (recon, x, logvar) if t is not None]
     recon.requires_grad_(True)
     for reduction in REDUCTIONS:
-        loss = fastvae.reconstruction_loss(recon, x, likelihood, recon_logvar=logvar, reduction=reduction, **TRITON)
+        loss = fastvae.reconstruction_loss(recon, x, likelihood, recon_logvar=logvar,
+                                           reduction=reduction, **TRITON)
         loss.sum().backward()
     after = [t.detach() for t in (recon, x, logvar) if t is not None]
     assert all(torch.equal(a, b) for a, b in zip(before, after))
@@ -168,7 +185,8 @@ def test_extreme_logits(device):
     logits.requires_grad_(True)
     loss = fastvae.reconstruction_loss(logits, x, "bernoulli", reduction="sum", **TRITON)
     assert torch.isfinite(loss)
-    assert_close(loss, recon_oracle("bernoulli", logits.detach(), x, None).sum(), rtol=1e-5, atol=1e-5)
+    assert_close(loss, recon_oracle("bernoulli", logits.detach(), x, None).sum(), rtol=1e-5,
+                 atol=1e-5)
     (grad,) = torch.autograd.grad(loss, logits)
     assert_close(grad, torch.sigmoid(logits.detach().double()) - x.double(), rtol=1e-5, atol=1e-6)
 
@@ -181,8 +199,10 @@ def test_nan_and_inf_propagate_like_reference(likelihood, device):
     recon[2, 0] = float("-inf")
     if logvar is not None:
         logvar[3, 1] = float("nan")
-    got = fastvae.reconstruction_loss(recon, x, likelihood, recon_logvar=logvar, reduction="none", **TRITON)
-    want = reference.reconstruction_loss(recon, x, likelihood, recon_logvar=logvar, reduction="none")
+    got = fastvae.reconstruction_loss(recon, x, likelihood, recon_logvar=logvar, reduction="none",
+                                      **TRITON)
+    want = reference.reconstruction_loss(recon, x, likelihood, recon_logvar=logvar,
+                                         reduction="none")
     assert_close(got, want)
     assert torch.isnan(got[0])
 
@@ -203,8 +223,12 @@ def test_logvar_without_grad_and_target_with_grad(likelihood, device):
     recon, x, logvar = make(likelihood, (3, 6), torch.float32, device, seed=9)
     x.requires_grad_(True)  # only the target needs a gradient: computed with PyTorch ops
     kw = dict(recon_logvar=logvar, reduction="mean")
-    (got,) = torch.autograd.grad(2.0 * fastvae.reconstruction_loss(recon, x, likelihood, **kw, **TRITON), x)
-    (want,) = torch.autograd.grad(2.0 * reference.reconstruction_loss(recon, x, likelihood, **kw), x)
+    (got,) = torch.autograd.grad(
+        2.0 * fastvae.reconstruction_loss(recon, x, likelihood, **kw, **TRITON), x
+    )
+    (want,) = torch.autograd.grad(
+        2.0 * reference.reconstruction_loss(recon, x, likelihood, **kw), x
+    )
     assert_close(got, want)
 
 
@@ -260,7 +284,10 @@ def test_backward_scales_the_saved_gradient_in_place_only_on_its_last_use(likeli
     recon.requires_grad_(True)
     inputs = {t.untyped_storage().data_ptr() for t in (recon, x, logvar) if t is not None}
     r = recon.detach().requires_grad_(True)
-    (want,) = torch.autograd.grad(3.0 * reference.reconstruction_loss(r, x, likelihood, recon_logvar=logvar, reduction="sum"), r)
+    (want,) = torch.autograd.grad(
+        3.0 * reference.reconstruction_loss(r, x, likelihood, recon_logvar=logvar, reduction="sum"),
+        r,
+    )
 
     def saved_gradient(run):
         kept = []
@@ -270,8 +297,10 @@ def test_backward_scales_the_saved_gradient_in_place_only_on_its_last_use(likeli
             return t
 
         with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-            loss = fastvae.reconstruction_loss(recon, x, likelihood, recon_logvar=logvar, reduction="sum", **TRITON)
-        (grad,) = [t for t in kept if t.untyped_storage().data_ptr() not in inputs and t.shape == recon.shape]
+            loss = fastvae.reconstruction_loss(recon, x, likelihood, recon_logvar=logvar,
+                                               reduction="sum", **TRITON)
+        (grad,) = [t for t in kept
+                   if t.untyped_storage().data_ptr() not in inputs and t.shape == recon.shape]
         return run(3.0 * loss), grad
 
     got, grad = saved_gradient(lambda loss: torch.autograd.grad(loss, recon)[0])

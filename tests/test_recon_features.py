@@ -13,12 +13,11 @@ import triton
 import triton.language as tl
 from helpers import assert_close
 
-import fastvae
 from benchmarks import measure
 from fastvae import kernels
-from fastvae.ops import recon as recon_op
 from fastvae.kernels import recon as recon_kernels
 from fastvae.kernels._math import log1p_unit
+from fastvae.ops import recon as recon_op
 
 OP_REDUCTIONS = ["none", "sum", "mean", "batchmean"]
 
@@ -35,7 +34,8 @@ def loss(recon, x, likelihood, reduction="sum", recon_logvar=None, logvar_value=
 def torch_reduce(elem, reduction):
     """torch's meanings: "none" per row, "sum", "mean" per element, "batchmean" sum / B."""
     rows = elem.reshape(elem.shape[0], -1).sum(1)
-    return {"none": rows, "sum": elem.sum(), "mean": elem.mean(), "batchmean": elem.sum() / elem.shape[0]}[reduction]
+    return {"none": rows, "sum": elem.sum(), "mean": elem.mean(),
+            "batchmean": elem.sum() / elem.shape[0]}[reduction]
 
 
 def oracle_elem(likelihood, recon, x, var=None):
@@ -45,7 +45,8 @@ def oracle_elem(likelihood, recon, x, var=None):
         return F.binary_cross_entropy(recon, x, reduction="none")
     if likelihood == "mse":
         return F.mse_loss(recon, x, reduction="none")
-    return F.gaussian_nll_loss(recon, x, var.expand_as(recon), full=True, eps=1e-300, reduction="none")
+    return F.gaussian_nll_loss(recon, x, var.expand_as(recon), full=True, eps=1e-300,
+                               reduction="none")
 
 
 def inputs(likelihood, shape, seed=0, dtype=torch.float64, device="cpu"):
@@ -71,11 +72,13 @@ def _log1p_unit_kernel(t_ptr, out_ptr, n, BLOCK: tl.constexpr):
 def test_log1p_unit_error_budget_against_float64(device):
     """log1p_unit's stated budget (kernels/_math.py), against float64 log1p of the same input:
     fp32 <= 2.0e-7 relative on [0, 1] (tiny t included); float64 (Goldberg's form) 1e-15."""
-    t64 = torch.cat([torch.linspace(0, 1, 16385, dtype=torch.float64), torch.logspace(-30, 0, 255, dtype=torch.float64)])
+    t64 = torch.cat([torch.linspace(0, 1, 16385, dtype=torch.float64),
+                     torch.logspace(-30, 0, 255, dtype=torch.float64)])
     for dtype, bound in ((torch.float32, 2.0e-7), (torch.float64, 1e-15)):
         t = t64.to(dtype).to(device)
         out = torch.empty_like(t)
-        _log1p_unit_kernel[(triton.cdiv(t.numel(), 4096),)](t_ptr=t, out_ptr=out, n=t.numel(), BLOCK=4096)
+        _log1p_unit_kernel[(triton.cdiv(t.numel(), 4096),)](t_ptr=t, out_ptr=out, n=t.numel(),
+                                                            BLOCK=4096)
         exact = torch.log1p(t.double().cpu())
         rel = ((out.double().cpu() - exact).abs() / exact.clamp_min(1e-300)).max().item()
         assert rel <= bound, (dtype, rel)
@@ -194,7 +197,8 @@ def test_scalar_logvar_float(value, device):
     want = F.gaussian_nll_loss(r, x, torch.full_like(x, math.exp(value)), full=True, eps=1e-300)
     # the float reaches the kernel as fp32: relative error ~6e-8 in v
     assert_close(got, want, rtol=1e-6, atol=1e-7)
-    assert_close(torch.autograd.grad(got, recon)[0], torch.autograd.grad(want, r)[0], rtol=1e-6, atol=1e-8)
+    assert_close(torch.autograd.grad(got, recon)[0], torch.autograd.grad(want, r)[0], rtol=1e-6,
+                 atol=1e-8)
 
 
 # ------------------------------------------------------------------ strides, copies, launches
@@ -209,7 +213,8 @@ def _no_copies(fn):
 def test_strided_inputs_are_not_copied(layout, device):
     g = torch.Generator().manual_seed(7)
     if layout == "channels_last":
-        recon = torch.randn(2, 3, 4, 5, generator=g).to(device).to(memory_format=torch.channels_last)
+        recon = (torch.randn(2, 3, 4, 5, generator=g).to(device)
+                 .to(memory_format=torch.channels_last))
         x = torch.rand(2, 3, 4, 5, generator=g).to(device).to(memory_format=torch.channels_last)
     elif layout == "chunk":
         recon, x = torch.randn(3, 40, generator=g).to(device).chunk(2, dim=1)
@@ -235,7 +240,8 @@ def test_mixed_layouts_copy_only_the_odd_one(device):
     recon = torch.randn(2, 3, 2, 2, generator=g).to(device).to(memory_format=torch.channels_last)
     x = torch.rand(2, 3, 2, 2, generator=g).to(device)
     assert _no_copies(lambda: loss(recon, x, "mse", "none")) == ["copy_"]
-    assert_close(loss(recon, x, "mse", "none"), F.mse_loss(recon, x, reduction="none").sum((1, 2, 3)))
+    assert_close(loss(recon, x, "mse", "none"),
+                 F.mse_loss(recon, x, reduction="none").sum((1, 2, 3)))
 
 
 def test_opcheck_channels_last_fake_strides(device):
@@ -246,8 +252,15 @@ def test_opcheck_channels_last_fake_strides(device):
     lv = torch.randn(2, 3, 2, 2, generator=g).to(device).to(memory_format=torch.channels_last)
     recon.requires_grad_(True)
     for reduction in ("sum", "mean"):
-        torch.library.opcheck(recon_op.reconstruction_loss_op, (recon.detach(), x, lv, 0.0, "gaussian", reduction, True, True, True, None, 1.0))
-    torch.library.opcheck(recon_op.reconstruction_loss_op, (recon.detach(), x, lv[:1, :, :1, :1], 0.0, "gaussian", "sum", True, True, True, None, 1.0))
+        torch.library.opcheck(
+            recon_op.reconstruction_loss_op,
+            (recon.detach(), x, lv, 0.0, "gaussian", reduction, True, True, True, None, 1.0),
+        )
+    torch.library.opcheck(
+        recon_op.reconstruction_loss_op,
+        (recon.detach(), x, lv[:1, :, :1, :1], 0.0, "gaussian", "sum", True, True, True, None,
+         1.0),
+    )
     torch.library.opcheck(
         recon_op.reconstruction_loss_backward_op,
         (recon.detach(), x, lv, 0.0, "gaussian", torch.ones(2, device=device), True, True),
@@ -258,13 +271,17 @@ def test_forward_is_one_launch_and_backward_one_tiny_one(device):
     """A scalar reduction: the forward is ONE kernel (loss, gradient and the reduction, no
     separate sum); backward with grad_output 1 is one scale launch that reads grad_output on
     the device (no host sync) and leaves the saved gradient untouched."""
-    recon, x = inputs("bernoulli", (5, 4100), seed=10, dtype=torch.float32, device=device)  # 2 chunks per row
+    # 2 chunks per row
+    recon, x = inputs("bernoulli", (5, 4100), seed=10, dtype=torch.float32, device=device)
     recon.requires_grad_(True)
     holder = {}
-    fwd = measure.count_dispatched(lambda: holder.setdefault("loss", loss(recon, x, "bernoulli", "sum")))
+    fwd = measure.count_dispatched(
+        lambda: holder.setdefault("loss", loss(recon, x, "bernoulli", "sum"))
+    )
     assert fwd.ops == ["triton:_recon_loss_fwd_kernel"] and fwd.syncs == 0
     bwd = measure.count_dispatched(lambda: holder["loss"].backward())
-    assert [op for op in bwd.ops if op.startswith("triton:")] == ["triton:_recon_loss_scale_grad_kernel"]
+    assert ([op for op in bwd.ops if op.startswith("triton:")]
+            == ["triton:_recon_loss_scale_grad_kernel"])
     assert bwd.syncs == 0
     want = torch.sigmoid(recon.detach()) - x
     assert_close(recon.grad, want)
@@ -288,11 +305,18 @@ def test_ticket_counter_is_reset_and_results_are_deterministic(reduction, device
     assert not recon_kernels._COUNTERS[recon.device].any()
     again = loss(recon, x, "mse", reduction)
     assert torch.equal(first, again)
-    assert_close(first, torch_reduce(F.mse_loss(recon, x, reduction="none"), reduction), rtol=1e-5, atol=1e-3)
+    assert_close(first, torch_reduce(F.mse_loss(recon, x, reduction="none"), reduction),
+                 rtol=1e-5, atol=1e-3)
 
 
 @pytest.mark.parametrize("shape", [(4, 4000), (6, 5), (2, 4096), (16, 300)])  # masked or even
-@pytest.mark.parametrize("case", ["bernoulli", "gaussian_elements", "gaussian_row", "strided_x", "rows"])
+@pytest.mark.parametrize("case", [
+    "bernoulli",
+    "gaussian_elements",
+    "gaussian_row",
+    "strided_x",
+    "rows",
+])
 def test_flat_blocks_and_ticket_groups(case, shape, device, monkeypatch):
     """A scalar reduction over inputs that are each one dense block reads flat blocks that
     span rows; a per-row log-variance, a strided target or a per-row loss keeps the row tiles.
@@ -316,8 +340,10 @@ def test_flat_blocks_and_ticket_groups(case, shape, device, monkeypatch):
             x = torch.cat([x, x], dim=1)[:, : shape[1]]  # row stride 2 D, read in place
         recon.requires_grad_(True)
         g = torch.Generator().manual_seed(14)
-        lv = {"gaussian_elements": lambda: 0.3 * torch.randn(shape, generator=g, dtype=torch.float64),
-              "gaussian_row": lambda: 0.3 * torch.randn(shape[0], 1, generator=g, dtype=torch.float64),
+        lv = {"gaussian_elements":
+              lambda: 0.3 * torch.randn(shape, generator=g, dtype=torch.float64),
+              "gaussian_row":
+              lambda: 0.3 * torch.randn(shape[0], 1, generator=g, dtype=torch.float64),
               }.get(case, lambda: None)()
         if lv is not None:
             lv = lv.to(device).requires_grad_(True)
@@ -366,7 +392,8 @@ def test_second_gpu_launch_uses_its_own_device():
     with torch.cuda.device(0):
         got = loss(recon, x, "bernoulli", "sum")
         got.backward()
-    assert_close(got, F.binary_cross_entropy_with_logits(recon.detach(), x, reduction="sum"), rtol=1e-5, atol=1e-4)
+    assert_close(got, F.binary_cross_entropy_with_logits(recon.detach(), x, reduction="sum"),
+                 rtol=1e-5, atol=1e-4)
     assert_close(recon.grad, torch.sigmoid(recon.detach()) - x)
 
 

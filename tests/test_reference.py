@@ -1,9 +1,9 @@
 """The pure-PyTorch reference (fastvae.reference) against independent oracles and against itself.
 
 Oracles: torch.distributions.kl_divergence, F.binary_cross_entropy_with_logits,
-F.binary_cross_entropy, F.mse_loss, F.gaussian_nll_loss, evaluated in float64 from the same (already rounded) inputs, and the
-closed-form gradients of DESIGN.md section 2. The reference is the test oracle for the kernels,
-so it is held here to fp32 tolerance against float64 truth.
+F.binary_cross_entropy, F.mse_loss, F.gaussian_nll_loss, evaluated in float64 from the same
+(already rounded) inputs, and the closed-form gradients of DESIGN.md section 2. The reference is
+the test oracle for the kernels, so it is held here to fp32 tolerance against float64 truth.
 """
 
 from __future__ import annotations
@@ -76,7 +76,8 @@ def test_assert_close_names_first_mismatch_index_and_count():
 def test_assert_close_nan_inf_semantics():
     nan, inf = float("nan"), float("inf")
     assert_close(torch.tensor([nan, inf, -inf, 1.0]), torch.tensor([nan, inf, -inf, 1.0]))
-    for actual, expected in [([nan], [1.0]), ([1.0], [nan]), ([inf], [-inf]), ([inf], [1e38]), ([1.0], [inf])]:
+    for actual, expected in [([nan], [1.0]), ([1.0], [nan]), ([inf], [-inf]), ([inf], [1e38]),
+                             ([1.0], [inf])]:
         with pytest.raises(AssertionError):
             assert_close(torch.tensor(actual), torch.tensor(expected))
 
@@ -135,7 +136,8 @@ def test_kl_near_zero_logvar_is_accurate():
     mu = torch.zeros_like(lv)
     # Row sums vs torch.distributions in float64 (its own cancellation, ~4e-16 absolute per
     # element, is ~1e-9 relative of a row sum here).
-    assert_close(R.gaussian_kl(mu, lv, "none"), kl_oracle(mu, lv), rtol=1e-5, atol=0, name="kl rows")
+    assert_close(R.gaussian_kl(mu, lv, "none"), kl_oracle(mu, lv), rtol=1e-5, atol=0,
+                 name="kl rows")
     # Element by element vs phi_exact, from |lv| = 1e-12 (phi ~ 5e-25, still a normal fp32).
     mags = torch.logspace(-12, math.log10(0.49), 200)
     lv1 = torch.cat([mags, -mags, lv.flatten()]).unsqueeze(1)
@@ -154,8 +156,10 @@ def test_kl_series_cutoff_is_seamless():
         lv = lv64.to(dtype)
         got = R.gaussian_kl(torch.zeros_like(lv), lv, "none")
         assert got.dtype == dtype
-        assert_close(got, 0.5 * phi_exact(lv).squeeze(1), rtol=rtol, atol=0, name=f"phi at cutoff {dtype}")
-        assert_close(got, kl_oracle(torch.zeros_like(lv), lv), rtol=rtol, atol=0, name=f"kl at cutoff {dtype}")
+        assert_close(got, 0.5 * phi_exact(lv).squeeze(1), rtol=rtol, atol=0,
+                     name=f"phi at cutoff {dtype}")
+        assert_close(got, kl_oracle(torch.zeros_like(lv), lv), rtol=rtol, atol=0,
+                     name=f"kl at cutoff {dtype}")
 
 
 def test_kl_series_float64_precision_inside_cutoff():
@@ -180,7 +184,8 @@ def test_kl_extreme_logvar_finite_and_matching():
     # Known values: lv = -80 gives 0.5 * (exp(-80) + 79), lv = 80 gives 0.5 * (exp(80) - 81).
     one = torch.zeros(1, 1)
     assert_close(R.gaussian_kl(one, one - 80, "sum"), torch.tensor(39.5), rtol=1e-6, atol=0)
-    assert_close(R.gaussian_kl(one, one + 80, "sum"), torch.tensor(0.5 * (math.exp(80) - 81)), rtol=1e-5, atol=0)
+    assert_close(R.gaussian_kl(one, one + 80, "sum"), torch.tensor(0.5 * (math.exp(80) - 81)),
+                 rtol=1e-5, atol=0)
 
 
 def test_kl_exp_overflow_gives_inf_not_nan():
@@ -205,7 +210,8 @@ def test_kl_exp_overflow_gives_inf_not_nan():
     mu_req = mu.clone().requires_grad_(True)
     R.gaussian_kl(mu_req, lv_req, "sum").backward()
     assert not torch.isnan(lv_req.grad).any() and not torch.isnan(mu_req.grad).any()
-    assert_close(lv_req.grad, (0.5 * torch.expm1(lv.double())).float(), dtype=torch.float32, name="dlv")
+    assert_close(lv_req.grad, (0.5 * torch.expm1(lv.double())).float(), dtype=torch.float32,
+                 name="dlv")
     assert_close(mu_req.grad, torch.zeros(5, 2), dtype=torch.float32, name="dmu")
 
 
@@ -227,7 +233,14 @@ def test_kl_nan_propagates_to_its_row_only(where):
 
 
 @pytest.mark.parametrize("reduction", REDUCTIONS)
-@pytest.mark.parametrize("shape", [(1, 1), (3, 1), (1, 785), (4, 785), (2, 3, 5, 7), (3, 1, 28, 28)])
+@pytest.mark.parametrize("shape", [
+    (1, 1),
+    (3, 1),
+    (1, 785),
+    (4, 785),
+    (2, 3, 5, 7),
+    (3, 1, 28, 28),
+])
 @pytest.mark.parametrize("likelihood", LIKELIHOODS)
 def test_recon_matches_functional(likelihood, shape, reduction):
     recon, x, lv = make_recon(likelihood, shape, seed=sum(shape))
@@ -249,8 +262,8 @@ def test_recon_known_values():
     # logits 0: every element costs log 2 whatever x is.
     assert_close(R.reconstruction_loss(zeros, x, "bernoulli", reduction="none"),
                  torch.full((2,), 3 * math.log(2)), dtype=torch.float32)
-    assert_close(R.reconstruction_loss(zeros, x, "mse", reduction="none"), torch.tensor([1.25, 3.0]),
-                 rtol=0, atol=0)
+    assert_close(R.reconstruction_loss(zeros, x, "mse", reduction="none"),
+                 torch.tensor([1.25, 3.0]), rtol=0, atol=0)
     # gaussian, m = x, v = 0: 0.5 * log(2 pi) per element; "batchmean" = batch mean of row
     # sums, "mean" = per element.
     assert_close(R.reconstruction_loss(x, x, "gaussian", recon_logvar=zeros, reduction="batchmean"),
@@ -277,7 +290,8 @@ def test_bernoulli_extreme_logits_finite_and_matching():
     x[0, :4] = torch.tensor([0.0, 0.0, 1.0, 1.0])
     got = R.reconstruction_loss(logits, x, "bernoulli", reduction="none")
     assert torch.isfinite(got).all()
-    assert_close(got, recon_oracle("bernoulli", logits, x), dtype=torch.float32, name="|logits| <= 1e4")
+    assert_close(got, recon_oracle("bernoulli", logits, x), dtype=torch.float32,
+                 name="|logits| <= 1e4")
     # Single elements: confident and right costs ~0, confident and wrong costs |l|.
     l4 = torch.tensor([[1e4], [-1e4], [1e4], [-1e4]])
     x4 = torch.tensor([[1.0], [0.0], [0.0], [1.0]])
@@ -298,7 +312,8 @@ def test_bernoulli_precision_confident_logits_soft_targets():
     # Tiny losses keep their relative accuracy too: log(1 + exp(-20)) and log(1 + exp(-80)).
     tiny = R.reconstruction_loss(torch.tensor([[-20.0], [-80.0]]), torch.zeros(2, 1), "bernoulli",
                                  reduction="none")
-    assert_close(tiny, torch.tensor([math.log1p(math.exp(-20)), math.exp(-80)], dtype=torch.float64),
+    assert_close(tiny,
+                 torch.tensor([math.log1p(math.exp(-20)), math.exp(-80)], dtype=torch.float64),
                  rtol=1e-5, atol=0, name="tiny bernoulli")
 
 
@@ -377,10 +392,13 @@ def test_empty_batch():
     empty = torch.zeros(0, 3)
     for likelihood in LIKELIHOODS:
         lv = empty if likelihood == "gaussian" else None
-        assert R.reconstruction_loss(empty, empty, likelihood, recon_logvar=lv, reduction="none").shape == (0,)
-        assert R.reconstruction_loss(empty, empty, likelihood, recon_logvar=lv, reduction="sum").item() == 0.0
+        assert R.reconstruction_loss(empty, empty, likelihood, recon_logvar=lv,
+                                     reduction="none").shape == (0,)
+        assert R.reconstruction_loss(empty, empty, likelihood, recon_logvar=lv,
+                                     reduction="sum").item() == 0.0
         for reduction in ("mean", "batchmean"):
-            loss = R.reconstruction_loss(empty, empty, likelihood, recon_logvar=lv, reduction=reduction)
+            loss = R.reconstruction_loss(empty, empty, likelihood, recon_logvar=lv,
+                                         reduction=reduction)
             assert math.isnan(loss.item())
     assert R.gaussian_kl(empty, empty, "none").shape == (0,)
     assert math.isnan(R.gaussian_kl(empty, empty, "mean").item())
@@ -447,7 +465,8 @@ def test_kl_gradients_match_closed_forms(reduction, dtype):
         (3.0 * kl + mu.sum() * 0.0 + 1.0).backward()
     scale = row_scale.double().unsqueeze(1)
     assert_close(mu.grad, scale * mu.detach().double(), dtype=dtype, name="dmu")
-    assert_close(lv.grad, scale * 0.5 * torch.expm1(lv.detach().double()), dtype=dtype, name="dlogvar")
+    assert_close(lv.grad, scale * 0.5 * torch.expm1(lv.detach().double()), dtype=dtype,
+                 name="dlogvar")
 
 
 def test_reparameterize_gradients_match_closed_forms():
@@ -467,7 +486,8 @@ def test_reparameterize_gradients_match_closed_forms():
 
 
 def _f64(*shape, seed, scale=1.0):
-    return (torch.randn(*shape, generator=gen(seed), dtype=torch.float64) * scale).requires_grad_(True)
+    return ((torch.randn(*shape, generator=gen(seed), dtype=torch.float64) * scale)
+            .requires_grad_(True))
 
 
 @pytest.mark.parametrize("reduction", REDUCTIONS)
@@ -504,18 +524,21 @@ def test_gradcheck_reparameterize(n_samples):
     mu, lv = _f64(3, 4, seed=16), _f64(3, 4, seed=17)
     shape = (3, 4) if n_samples == 1 else (n_samples, 3, 4)
     eps = torch.randn(shape, generator=gen(18), dtype=torch.float64)
-    assert torch.autograd.gradcheck(lambda m, v: R.reparameterize(m, v, n_samples=n_samples, eps=eps), (mu, lv))
+    assert torch.autograd.gradcheck(
+        lambda m, v: R.reparameterize(m, v, n_samples=n_samples, eps=eps), (mu, lv))
 
 
 def test_gradcheck_sample_and_kl_and_elbo():
     mu, lv = _f64(3, 4, seed=19), _f64(3, 4, seed=20)
     eps = torch.randn(3, 4, generator=gen(21), dtype=torch.float64)
-    assert torch.autograd.gradcheck(lambda m, v: R.sample_and_kl(m, v, eps=eps, reduction="sum"), (mu, lv))
+    assert torch.autograd.gradcheck(
+        lambda m, v: R.sample_and_kl(m, v, eps=eps, reduction="sum"), (mu, lv))
     recon, x = _f64(3, 5, seed=22), torch.rand(3, 5, generator=gen(23), dtype=torch.float64)
     assert torch.autograd.gradcheck(
         lambda r, m, v: R.elbo_loss(r, x, m, v, beta=4.0, reduction="mean"), (recon, mu, lv))
     assert torch.autograd.gradcheck(
-        lambda r, m, v: R.elbo_loss(r, x, m, v, beta=4.0, reduction="mean", kl_reduction="batchmean"),
+        lambda r, m, v: R.elbo_loss(r, x, m, v, beta=4.0, reduction="mean",
+                                    kl_reduction="batchmean"),
         (recon, mu, lv))
 
 
@@ -559,7 +582,8 @@ def test_reparameterize_reproducible_by_seed():
     assert (a != c).float().mean().item() > 0.99
     # Consecutive draws from one generator differ; torch.manual_seed reproduces the default RNG.
     g = gen(7)
-    assert not torch.equal(R.reparameterize(mu, lv, generator=g), R.reparameterize(mu, lv, generator=g))
+    assert not torch.equal(R.reparameterize(mu, lv, generator=g),
+                           R.reparameterize(mu, lv, generator=g))
     torch.manual_seed(99)
     d = R.reparameterize(mu, lv)
     torch.manual_seed(99)
@@ -592,7 +616,8 @@ def test_reparameterize_noise_statistics():
     uniform = (torch.rand(n, generator=gen(1), dtype=torch.float64) - 0.5) * math.sqrt(12)
     assert _normal_ks_statistic(uniform) > crit
     # Scale: lv = log 4 gives standard deviation 2 around mu = 3.
-    z2 = R.reparameterize(torch.full((n_rows, latent), 3.0), torch.full((n_rows, latent), math.log(4.0)),
+    z2 = R.reparameterize(torch.full((n_rows, latent), 3.0),
+                          torch.full((n_rows, latent), math.log(4.0)),
                           generator=gen(2025)).double()
     m = z2.numel()
     assert abs(z2.mean().item() - 3) < 6 * 2 / math.sqrt(m)
@@ -602,7 +627,8 @@ def test_reparameterize_noise_statistics():
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float32, torch.float64])
 def test_dtypes(dtype):
     g = gen(27)
-    mu64, lv64 = torch.randn(4, 6, generator=g, dtype=torch.float64), torch.randn(4, 6, generator=g, dtype=torch.float64)
+    mu64, lv64 = (torch.randn(4, 6, generator=g, dtype=torch.float64),
+                  torch.randn(4, 6, generator=g, dtype=torch.float64))
     mu, lv = mu64.to(dtype), lv64.to(dtype)
     z = R.reparameterize(mu, lv, generator=gen(28))
     assert z.dtype == dtype and z.shape == (4, 6)
@@ -632,8 +658,8 @@ def test_elbo_is_recon_plus_beta_kl(likelihood, reduction, beta):
     recon, x, lv_dec = make_recon(likelihood, (3, 2, 5), seed=29)
     g = gen(30)
     mu, lv = torch.randn(3, 4, generator=g), torch.randn(3, 4, generator=g)
-    loss, rec, kl = R.elbo_loss(recon, x, mu, lv, beta=beta, likelihood=likelihood, recon_logvar=lv_dec,
-                                reduction=reduction)
+    loss, rec, kl = R.elbo_loss(recon, x, mu, lv, beta=beta, likelihood=likelihood,
+                                recon_logvar=lv_dec, reduction=reduction)
     want_rec = reduce(recon_oracle(likelihood, recon, x, lv_dec), reduction, recon.numel())
     want_kl = reduce(kl_oracle(mu, lv), reduction, mu.numel())
     assert_close(rec, want_rec, dtype=torch.float32, name="recon")

@@ -37,7 +37,8 @@ def rows(tmp_path_factory):
     out = tmp_path_factory.mktemp("static")
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
     result = subprocess.run(
-        [sys.executable, "-m", "benchmarks.static", "--out", str(out), "--quick", "--dtypes", "fp32"],
+        [sys.executable, "-m", "benchmarks.static", "--out", str(out), "--quick", "--dtypes",
+         "fp32"],
         cwd=ROOT, env=env, capture_output=True, text=True, timeout=600,
     )
     assert result.returncode == 0, result.stderr[-4000:]
@@ -52,16 +53,19 @@ def test_report_rows_and_sass_files(rows):
     assert len(names) == len(set(names))
     for want in ("recon_bernoulli_fwd_grad_fp32_B128_D784", "recon_mse_fwd_grad_fp32_B128_D784",
                  "recon_gaussian_fwd_grad_fp32_B128_D784", "recon_bernoulli_fwd_fp32_B128_D784",
-                 "latent_sample_and_kl_fwd_fp32_B128_L20", "latent_sample_and_kl_bwd_fp32_B128_L20"):
+                 "latent_sample_and_kl_fwd_fp32_B128_L20",
+                 "latent_sample_and_kl_bwd_fp32_B128_L20"):
         assert want in names, names
     assert any(n.startswith("recon_bernoulli_bwd") for n in names)  # reduction "none"
     for r in rows:
         assert all(k in r for k in FIELDS), r
-        assert r["dtype"] == "fp32" and r["name"].endswith(tuple(["B128_D784", "B128_L20", "_mean"]))
+        assert (r["dtype"] == "fp32"
+                and r["name"].endswith(tuple(["B128_D784", "B128_L20", "_mean"])))
         assert 1 <= r["num_warps"] <= 32 and r["registers"] > 0 and r["elements_per_thread"] >= 1
         assert r["load_bits"] in (8, 16, 32, 64, 128) and r["store_bits"] in (0, 8, 16, 32, 64, 128)
         assert r["sass_per_element"] > 0 and r["grid"] and all(g >= 1 for g in r["grid"])
-        assert 0 < r["est_pct_copy_bw_h200"] and 0 < r["est_pct_copy_bw_h100"] <= 100 / min(1, r["bytes_vs_model"])
+        assert (0 < r["est_pct_copy_bw_h200"]
+                and 0 < r["est_pct_copy_bw_h100"] <= 100 / min(1, r["bytes_vs_model"]))
         # a launch passes at least the tensors of its phase's byte model
         if r["phase"] in ("fwd", "fwd_rows", "fwd_grad", "bwd"):
             assert r["bytes_vs_model"] >= 0.99, r
@@ -70,15 +74,18 @@ def test_report_rows_and_sass_files(rows):
         if (r["phase"] == "fwd_grad" and SPLITS_LAST_PROGRAM) or latent_fwd:
             # (the recon forward's: its ticket groups' sums and the total's)
             assert 0 < r["sass_last_program"] < r["sass_instructions"] * 0.8, r
-        # runtime specialization: every pointer of these freshly allocated tensors is 16-byte aligned
+        # runtime specialization: every pointer of these freshly allocated tensors is 16-byte
+        # aligned
         pointers = [k for k, v in r["signature"].items() if v.startswith("*")]
         assert set(pointers) <= set(r["divisible_by_16"]), r
         text = r["_sass_file"].read_text()
-        assert "code for sm_90" in text and sass.parse_sass(text).instructions == r["sass_instructions"]
+        assert ("code for sm_90" in text
+                and sass.parse_sass(text).instructions == r["sass_instructions"])
 
 
 def _family(name):
-    return next(f for f in ("recon_bernoulli", "recon_mse", "recon_gaussian", "latent") if name.startswith(f))
+    return next(f for f in ("recon_bernoulli", "recon_mse", "recon_gaussian", "latent")
+                if name.startswith(f))
 
 
 @pytest.mark.parametrize("family", ["recon_bernoulli", "recon_mse", "recon_gaussian", "latent"])
@@ -96,13 +103,15 @@ def test_budgets(rows, family):
 def test_recording_restores_its_patches_when_the_call_raises():
     """The launch recorder patches Triton's run methods and fastvae's device check; a call that
     raises inside it must leave all of them as they were."""
-    import fastvae.functional
-    import fastvae.kernels._common as common
     from triton.runtime.autotuner import Autotuner
     from triton.runtime.jit import JITFunction
 
+    import fastvae.functional
+    import fastvae.kernels._common as common
+
     def patchable():
-        return JITFunction.run, Autotuner.run, common.check_launchable, fastvae.functional.check_launchable
+        return (JITFunction.run, Autotuner.run, common.check_launchable,
+                fastvae.functional.check_launchable)
 
     before = patchable()
     with pytest.raises(ZeroDivisionError):
@@ -166,10 +175,10 @@ def test_access_shapes():
 
 
 def _row(**kw):
-    row = {"name": "recon_bernoulli_fwd_grad_fp32_B1_D1", "family": "recon_bernoulli", "registers": 40,
-           "sass_per_element": 30.0, "spill_bytes": 0, "stack_bytes": 0, "fp64": 0, "load_bits": 128,
-           "store_bits": 128, "tile_loads": 2, "tile_stores": 1, "vector_load_share": 1.0,
-           "vector_store_share": 1.0}
+    row = {"name": "recon_bernoulli_fwd_grad_fp32_B1_D1", "family": "recon_bernoulli",
+           "registers": 40, "sass_per_element": 30.0, "spill_bytes": 0, "stack_bytes": 0, "fp64": 0,
+           "load_bits": 128, "store_bits": 128, "tile_loads": 2, "tile_stores": 1,
+           "vector_load_share": 1.0, "vector_store_share": 1.0}
     return {**row, **kw}
 
 
@@ -179,22 +188,26 @@ def test_missed_budgets_names_each_miss():
     assert "registers" in static.missed_budgets(_row(registers=65))[0]
     assert len(static.missed_budgets(_row(spill_bytes=8, stack_bytes=8, fp64=2))) == 3
     assert "store" in static.missed_budgets(_row(store_bits=32))[0]
-    assert "load" in static.missed_budgets(_row(vector_load_share=0.5))[0]  # one input not vectorized
-    assert static.missed_budgets(_row(store_bits=32, tile_stores=0)) == []  # only partial sums stored
+    # one input not vectorized
+    assert "load" in static.missed_budgets(_row(vector_load_share=0.5))[0]
+    # only partial sums stored
+    assert static.missed_budgets(_row(store_bits=32, tile_stores=0)) == []
     mse = _row(name="recon_mse_fwd_grad_fp32_B1_D1", family="recon_mse", sass_per_element=15.0)
     assert "14" in static.missed_budgets(mse)[0]
-    latent = _row(name="latent_x", family="latent_sample_and_kl", registers=96, sass_per_element=70.0)
+    latent = _row(name="latent_x", family="latent_sample_and_kl", registers=96,
+                  sass_per_element=70.0)
     assert static.missed_budgets(latent) == []
 
 
 def test_estimate_is_bounded_by_the_byte_model():
-    row = {"num_warps": 4, "registers": 32, "grid": [1 << 16], "elements_per_tile": 4096, "sass_instructions": 200,
-           "sass_last_program": 0, "tile_passes": 1}
+    row = {"num_warps": 4, "registers": 32, "grid": [1 << 16], "elements_per_tile": 4096,
+           "sass_instructions": 200, "sass_last_program": 0, "tile_passes": 1}
     n = 1 << 28
     gpu = static.GPUS["h100"]
     full = static.estimate_pct(row, gpu, launch_bytes=3 * n * 4, model_bytes=3 * n * 4, n=n)
     assert 95 < full <= 100  # memory bound, launch cost negligible
-    assert static.estimate_pct(row, gpu, 5 * n * 4, 3 * n * 4, n) == pytest.approx(full * 3 / 5, rel=1e-3)
+    assert (static.estimate_pct(row, gpu, 5 * n * 4, 3 * n * 4, n)
+            == pytest.approx(full * 3 / 5, rel=1e-3))
     slow = {**row, "sass_instructions": 20000}  # issue bound
     assert static.estimate_pct(slow, gpu, 3 * n * 4, 3 * n * 4, n) < 50
     # an in-place launch (one argument read and written) moves at least its model's bytes
@@ -204,4 +217,5 @@ def test_estimate_is_bounded_by_the_byte_model():
     assert static.estimate_pct(summed, gpu, 3 * n * 4, 3 * n * 4, n) < full
     # tickets on one counter are taken one at a time: grouped tickets cost less
     grouped = {**summed, "constexprs": {"GROUP": 64}}
-    assert static.estimate_pct(grouped, gpu, 3 * n * 4, 3 * n * 4, n) > static.estimate_pct(summed, gpu, 3 * n * 4, 3 * n * 4, n)
+    assert (static.estimate_pct(grouped, gpu, 3 * n * 4, 3 * n * 4, n)
+            > static.estimate_pct(summed, gpu, 3 * n * 4, 3 * n * 4, n))

@@ -44,7 +44,8 @@ def both(likelihood, r, x, lv, reduction, full=True):
         rr = r.detach().clone().requires_grad_(True)
         vv = lv.detach().clone().requires_grad_(True) if isinstance(lv, torch.Tensor) else lv
         if fn is None:
-            loss = R.reconstruction_loss(rr, x, likelihood, recon_logvar=vv, full=full, reduction=reduction)
+            loss = R.reconstruction_loss(rr, x, likelihood, recon_logvar=vv, full=full,
+                                         reduction=reduction)
         else:
             loss = fn(rr, x, likelihood, vv, full, reduction)
         wrt = [rr] + ([vv] if isinstance(vv, torch.Tensor) else [])
@@ -153,7 +154,8 @@ def test_gradcheck_float64():
     x = torch.rand(3, 4, generator=g, dtype=torch.float64)
     v = torch.randn(4, generator=g, dtype=torch.float64, requires_grad=True)
     for likelihood in LIKELIHOODS:
-        rr = torch.sigmoid(r).detach().requires_grad_(True) if likelihood == "bernoulli_probs" else r
+        rr = (torch.sigmoid(r).detach().requires_grad_(True) if likelihood == "bernoulli_probs"
+              else r)
         lv = v if likelihood == "gaussian" else None
         args = (rr, lv) if lv is not None else (rr,)
         fn = lambda a, b=None: TB.reconstruction_loss(a, x, likelihood, b, True, "batchmean")  # noqa: E731
