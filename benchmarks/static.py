@@ -130,7 +130,7 @@ ISSUE_IPC = 0.7  # warp instructions per cycle per scheduler, sustained (4 sched
 LAUNCH_US = 2.5  # fixed cost of one launch on the device (start, ramp, tail)
 # Atomics on one address are served one at a time: a clock per program's ticket, from the
 # H200 run (the one-tile-per-program forward at 4096 x 49152 took 27-30 us, about one
-# clock per program, longer than torch.compile's reduction; see kernels/recon.py).
+# clock per program, longer than torch.compile's reduction; see kernels/_recon_reduce.py).
 TICKET_CYCLES = 1.0
 REGS_PER_SM, MAX_WARPS_PER_SM, MAX_PROGRAMS_PER_SM = 65536, 64, 32
 

@@ -5,7 +5,8 @@ kernel with the other half switched off at compile time. Latents arrive as ``(B,
 a unit last stride (the op flattens any ``(B, *latent)``). They run on a flat ``B * L`` layout
 (16 elements per thread: 128-bit accesses for any L when contiguous, one Philox call per 4
 elements); strided rows (``chunk`` views of one encoder output) are read in place on the same
-layout; only a per-row forward KL uses a row tile.
+layout; only a per-row forward KL uses a row tile. The kernels and their launchers are here,
+their device helpers in ``kernels/_latent_tiles.py``.
 """
 
 import functools
@@ -22,8 +23,16 @@ from ._common import (
     loss_dtype,
     pow2_at_least,
 )
+from ._latent_tiles import (
+    block_noise,
+    finish_total,
+    philox_key,
+    row_col,
+    sample_and_kl_rows,
+    strided_pointers,
+)
 from ._launch import CachedKernel, launch_key
-from ._math import exp_acc, expm1_and_phi, standard_normal, standard_normal4, to_acc
+from ._math import exp_acc, expm1_and_phi, to_acc
 
 # KL modes (constexpr): no KL, one value per row, or the total over all rows.
 KL_OFF: tl.constexpr = tl.constexpr(0)
@@ -36,92 +45,6 @@ _ROW_BLOCK_ELEMS = 512  # elements per program step on the row tile (BLOCK_B x B
 _MAX_BLOCK_L = 128
 _MAX_PROGRAMS = 1024  # grid cap; programs stride over the blocks
 _FAST_EXP = not INTERPRETED  # libdevice's fast exp when compiled for a GPU (_math.exp_acc)
-
-
-@triton.jit
-def _key(key_ptr, seed, offset, KEY_IN_MEMORY: tl.constexpr):
-    """The Philox key: (seed, counter offset) from device memory (int64[2], drawn on the
-    device: CUDA-graph replays and compiled graphs draw fresh noise) or from host scalars."""
-    if KEY_IN_MEMORY:
-        seed = tl.load(key_ptr)
-        offset = tl.load(key_ptr + 1)
-    return seed.to(tl.int64), offset.to(tl.int64)
-
-
-@triton.jit
-def _row_col(start, L, BLOCK: tl.constexpr):
-    """(row0, q, col) of the flat indices start + arange(BLOCK): element i is in row
-    row0 + q[i] (row0 an int64 scalar, q int32), column col[i]. One scalar division per block,
-    then per element an fp32 reciprocal estimate (c < L + BLOCK < 2**24 is exact in fp32, so
-    the estimate is off by at most 1) and one integer correction."""
-    row0 = start // L
-    c = (start - row0 * L).to(tl.int32) + tl.arange(0, BLOCK)
-    q = (c.to(tl.float32) * (1.0 / L)).to(tl.int32)
-    r = c - q * L
-    q = tl.where(r < 0, q - 1, tl.where(r >= L, q + 1, q))
-    return row0, q, c - q * L
-
-
-@triton.jit
-def _strided(mu_ptr, lv_ptr, start, offs, L, mu_stride, lv_stride, STRIDED: tl.constexpr,
-             BLOCK: tl.constexpr):
-    """Pointers to the flat elements ``offs = start + arange(BLOCK)``: base + offs for
-    contiguous inputs, row * row_stride + column for strided rows (``chunk`` views, read in
-    place; 64-bit math once per block, 32-bit per element)."""
-    if STRIDED:
-        row0, q, col = _row_col(start, L, BLOCK)
-        return ((mu_ptr + row0 * mu_stride) + (q * mu_stride + col),
-                (lv_ptr + row0 * lv_stride) + (q * lv_stride + col))
-    return mu_ptr + offs, lv_ptr + offs
-
-
-@triton.jit
-def _noise(seed, offset, start, BLOCK: tl.constexpr, EIGHT: tl.constexpr):
-    """N(0, 1) noise of the flat elements start + arange(BLOCK) (start a multiple of 8), in
-    element order: quad q's four values (standard_normal4) go to elements 4q + 0..3. The
-    joins leave whole groups in one thread: groups of 4 (EIGHT false) match a 128-bit access of
-    32-bit elements, groups of 8 (two quads, EIGHT true) one of 16-bit elements, so the noise
-    is already where the load put mu and needs no shared-memory layout conversion.
-
-    A join appends its new size-2 dim last (fastest), so within a group the outermost join
-    selects the lowest bit of the position and the innermost join the highest."""
-    if EIGHT:  # position 4h + 2u + v of group i: word 2u + v of quad 2i + h
-        quads = start // 4 + 2 * tl.arange(0, BLOCK // 8).to(tl.int64)
-        a0, a1, a2, a3 = standard_normal4(seed, offset, quads)
-        b0, b1, b2, b3 = standard_normal4(seed, offset, quads + 1)
-        v0 = tl.join(tl.join(a0, b0), tl.join(a2, b2))
-        v1 = tl.join(tl.join(a1, b1), tl.join(a3, b3))
-        return tl.reshape(tl.join(v0, v1), [BLOCK])
-    quads = start // 4 + tl.arange(0, BLOCK // 4).to(tl.int64)
-    n0, n1, n2, n3 = standard_normal4(seed, offset, quads)  # position 2u + v: word 2u + v of quad i
-    return tl.reshape(tl.join(tl.join(n0, n2), tl.join(n1, n3)), [BLOCK])
-
-
-@triton.jit
-def _finish_total(partial, partials_ptr, ticket_ptr, out_ptr, div, P_BLOCK: tl.constexpr):
-    """Last-program ticket: every program stores its partial, then takes a ticket from an
-    int32 counter with one acq_rel atomic; the program that draws the last ticket sums all
-    partials in a fixed order (chunks of P_BLOCK program ids, then one tl.sum: deterministic),
-    writes the total
-    and resets the counter to 0 for the next launch (the counter lives in a per-device
-    workspace; CUDA-graph replays and the interpreter see it at 0 at every launch).
-
-    Memory ordering: each program's partial store precedes (barrier, then program order)
-    its release on the counter; the atomics on one address form a single modification order,
-    so the last ticket's acquire synchronizes with every earlier release, and its loads of
-    the partials see every stored value (PTX memory model, gpu scope)."""
-    pid = tl.program_id(0)
-    n_programs = tl.num_programs(0)
-    tl.store(partials_ptr + pid, partial)
-    tl.debug_barrier()
-    ticket = tl.atomic_add(ticket_ptr, 1, sem="acq_rel")
-    if ticket == n_programs - 1:
-        ids = tl.arange(0, P_BLOCK)
-        acc = tl.zeros([P_BLOCK], dtype=partials_ptr.dtype.element_ty)
-        for first in range(0, n_programs, P_BLOCK):
-            acc += tl.load(partials_ptr + first + ids, mask=first + ids < n_programs, other=0.0)
-        tl.store(out_ptr, tl.sum(acc, axis=0) / div)
-        tl.atomic_xchg(ticket_ptr, 0, sem="relaxed")
 
 
 # Forward, for element e = b * L + j (row b, column j) and sample k:
@@ -154,15 +77,15 @@ def _sample_and_kl_fwd_kernel(
     # 8 per 128-bit load; the literal first: Triton 3.2 compares a constexpr with an int only
     EIGHT: tl.constexpr = 16 == mu_ptr.dtype.element_ty.primitive_bitwidth
     if SAMPLE:
-        seed, offset = _key(key_ptr, seed, offset, KEY_IN_MEMORY)
+        seed, offset = philox_key(key_ptr, seed, offset, KEY_IN_MEMORY)
     acc_ty = kl_ptr.dtype.element_ty
     total = tl.zeros([BLOCK], dtype=acc_ty)
     if FLAT:
         for start in range(pid * BLOCK, N, n_programs * BLOCK):
             offs = start + tl.arange(0, BLOCK).to(tl.int64)
             mask = offs < N
-            mu_at, lv_at = _strided(mu_ptr, lv_ptr, start, offs, L, mu_stride, lv_stride,
-                                    STRIDED, BLOCK)
+            mu_at, lv_at = strided_pointers(mu_ptr, lv_ptr, start, offs, L, mu_stride,
+                                            lv_stride, STRIDED, BLOCK)
             mu = to_acc(tl.load(mu_at, mask=mask, other=0.0))
             lv = to_acc(tl.load(lv_at, mask=mask, other=0.0))
             std = exp_acc(0.5 * lv, FAST_EXP)
@@ -172,36 +95,17 @@ def _sample_and_kl_fwd_kernel(
             if SAMPLE:
                 z_k = z_ptr
                 for k in range(K):
-                    eps = _noise(seed, offset + k, start, BLOCK, EIGHT).to(mu.dtype)
+                    eps = block_noise(seed, offset + k, start, BLOCK, EIGHT).to(mu.dtype)
                     z = mu + eps * std
                     tl.store(z_k + offs, z.to(z_ptr.dtype.element_ty), mask=mask)
                     z_k += N
     else:  # KL_ROWS: a row tile, each row's sum in one program
-        for row0 in range(pid * BLOCK_B, B, n_programs * BLOCK_B):
-            rows = row0 + tl.arange(0, BLOCK_B).to(tl.int64)
-            row_mask = rows < B
-            kl_rows = tl.zeros([BLOCK_B], dtype=acc_ty)
-            for col0 in range(0, L, BLOCK_L):
-                cols = col0 + tl.arange(0, BLOCK_L)
-                mask = row_mask[:, None] & (cols < L)[None, :]
-                mu = to_acc(tl.load(mu_ptr + rows[:, None] * mu_stride + cols[None, :],
-                                    mask=mask, other=0.0))
-                lv = to_acc(tl.load(lv_ptr + rows[:, None] * lv_stride + cols[None, :],
-                                    mask=mask, other=0.0))
-                std = exp_acc(0.5 * lv, FAST_EXP)
-                _, phi = expm1_and_phi(lv, std * std)  # masked lanes (mu = lv = 0) add 0
-                kl_rows += tl.sum(mu * mu + phi, axis=1)
-                if SAMPLE:
-                    idx = rows[:, None] * L + cols[None, :]
-                    z_k = z_ptr
-                    for k in range(K):
-                        eps = standard_normal(seed, offset + k, idx).to(mu.dtype)
-                        z = mu + eps * std
-                        tl.store(z_k + idx, z.to(z_ptr.dtype.element_ty), mask=mask)
-                        z_k += N
-            tl.store(kl_ptr + rows, 0.5 * kl_rows / div, mask=row_mask)
+        sample_and_kl_rows(
+            pid, n_programs, mu_ptr, lv_ptr, z_ptr, kl_ptr, seed, offset, B, L, N, mu_stride,
+            lv_stride, K, div, SAMPLE, FAST_EXP, BLOCK_B, BLOCK_L,
+        )
     if KL == KL_TOTAL:
-        _finish_total(0.5 * tl.sum(total, axis=0), partials_ptr, ticket_ptr, kl_ptr, div, P_BLOCK)
+        finish_total(0.5 * tl.sum(total, axis=0), partials_ptr, ticket_ptr, kl_ptr, div, P_BLOCK)
 
 
 # Backward, given dz (K, B, L) and dkl (B,) (stride 0 when the KL was reduced), the KL's
@@ -231,20 +135,20 @@ def _sample_and_kl_bwd_kernel(
     # 8 per 128-bit load; the literal first: Triton 3.2 compares a constexpr with an int only
     EIGHT: tl.constexpr = 16 == mu_ptr.dtype.element_ty.primitive_bitwidth
     if HAS_DZ:
-        seed, offset = _key(key_ptr, seed, offset, KEY_IN_MEMORY)
+        seed, offset = philox_key(key_ptr, seed, offset, KEY_IN_MEMORY)
     if HAS_DKL:  # in the KL's dtype (fp32, or fp64 for fp64 inputs)
         g_scale = tl.cast(kl_weight, dkl_ptr.dtype.element_ty) / div
     for start in range(pid * BLOCK, N, n_programs * BLOCK):
         offs = start + tl.arange(0, BLOCK).to(tl.int64)
         mask = offs < N
-        mu_at, lv_at = _strided(mu_ptr, lv_ptr, start, offs, L, mu_stride, lv_stride,
-                                STRIDED, BLOCK)
+        mu_at, lv_at = strided_pointers(mu_ptr, lv_ptr, start, offs, L, mu_stride, lv_stride,
+                                        STRIDED, BLOCK)
         mu = to_acc(tl.load(mu_at, mask=mask, other=0.0))
         lv = to_acc(tl.load(lv_at, mask=mask, other=0.0))
         std = exp_acc(0.5 * lv, FAST_EXP)
         if HAS_DKL:  # the KL's terms first: dz's terms then fuse onto them (no 0 + x)
             if DKL_PER_ROW:
-                row0, q, _ = _row_col(start, L, BLOCK)
+                row0, q, _ = row_col(start, L, BLOCK)
                 dkl_at = (dkl_ptr + row0 * dkl_stride) + q * dkl_stride
                 g = to_acc(tl.load(dkl_at, mask=mask, other=0.0)) * g_scale
             else:
@@ -258,13 +162,13 @@ def _sample_and_kl_bwd_kernel(
         if HAS_DZ:  # sample k = 0 starts the sums, so K = 1 adds no zeros
             dz = to_acc(tl.load(dz_ptr + offs, mask=mask, other=0.0))
             dz_sum = dz
-            dz_eps = dz * _noise(seed, offset, start, BLOCK, EIGHT).to(mu.dtype)
+            dz_eps = dz * block_noise(seed, offset, start, BLOCK, EIGHT).to(mu.dtype)
             dz_k = dz_ptr
             for k in range(1, K):
                 dz_k += N
                 dz = to_acc(tl.load(dz_k + offs, mask=mask, other=0.0))
                 dz_sum += dz
-                dz_eps += dz * _noise(seed, offset + k, start, BLOCK, EIGHT).to(mu.dtype)
+                dz_eps += dz * block_noise(seed, offset + k, start, BLOCK, EIGHT).to(mu.dtype)
             dmu += dz_sum
             dlv += (0.5 * std) * dz_eps
         tl.store(dmu_ptr + offs, dmu.to(dmu_ptr.dtype.element_ty), mask=mask)
@@ -299,12 +203,31 @@ _BWD = CachedKernel(_sample_and_kl_bwd_kernel)
 def _flat_readable(
     mu: torch.Tensor, logvar: torch.Tensor
 ) -> tuple[torch.Tensor, torch.Tensor, bool]:
-    """(mu, logvar, both contiguous) for the flat layout, given that they are not both
-    contiguous: read in place (strided rows) when L + BLOCK < 2**24, the exact range of the
-    kernel's fp32 row split _row_col, else contiguous copies."""
+    """(mu, logvar, both contiguous) for the flat layout: as they are when contiguous, or read
+    in place (strided rows) when L + BLOCK < 2**24, the exact range of the kernel's fp32 row
+    split (row_col), else contiguous copies."""
+    if mu.is_contiguous() and logvar.is_contiguous():
+        return mu, logvar, True
     if mu.shape[1] + _FLAT_BLOCK < 1 << 24:
         return mu, logvar, False
     return mu.contiguous(), logvar.contiguous(), True
+
+
+def _new_outputs(
+    mu: torch.Tensor, n_samples: int, sample: bool, mode: int
+) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+    """Uninitialized z (contiguous, ``(K, B, L)`` for K > 1) and KL (``(B,)`` per row, ``()``
+    total), None where not asked for. empty_like, or new_empty with the size as a keyword:
+    about 0.8 us of host time each, against 1.2-1.4 us with a positional size (torch's
+    argument parser)."""
+    B, L = mu.shape
+    z = kl = None
+    if sample:
+        z = (torch.empty_like(mu, memory_format=torch.contiguous_format) if n_samples == 1
+             else mu.new_empty(size=(n_samples, B, L)))
+    if mode:
+        kl = mu.new_empty(size=(B,) if mode == 1 else (), dtype=loss_dtype(mu.dtype))
+    return z, kl
 
 
 def sample_and_kl_fwd(
@@ -337,25 +260,15 @@ def sample_and_kl_fwd(
     B, L = mu.shape
     mode = _KL_MODES[kl]
     flat = mode != 1  # per-row KLs need the row tile (which takes any row stride)
-    contiguous = mu.is_contiguous() and logvar.is_contiguous()
-    if flat and not contiguous:
+    if flat:
         mu, logvar, contiguous = _flat_readable(mu, logvar)
-    z = None
-    # Allocations: empty_like, or new_empty with the size as a keyword: about 0.8 us of host
-    # time each, against 1.2-1.4 us for new_empty with a positional tuple (torch's parser).
-    if sample:
-        z = (torch.empty_like(mu, memory_format=torch.contiguous_format) if n_samples == 1
-             else mu.new_empty(size=(n_samples, B, L)))
-    kl_out = None
-    if mode:
-        kl_out = mu.new_empty(size=(B,) if mode == 1 else (), dtype=loss_dtype(mu.dtype))
+    else:
+        contiguous = mu.is_contiguous() and logvar.is_contiguous()
+    z, kl_out = _new_outputs(mu, n_samples, sample, mode)
     if B * L == 0:  # every row's KL is an empty sum (B rows of L = 0: B zeros)
-        if mode:
-            kl_out.zero_()
-        return z, kl_out
+        return z, kl_out.zero_() if mode else None
     programs, block_b, block_l, p_block = _layout(B, L, flat, _FLAT_BLOCK)
-    # "total": one partial per program; a single program's partial is the total's own slot
-    # (it stores it, reads it back and overwrites it with the total: no workspace allocation).
+    # "total": a partial per program; a lone program's partial is the total's own slot.
     partials = (mu if mode != 2 else kl_out if programs == 1
                 else mu.new_empty(size=(programs,), dtype=kl_out.dtype))
     in_memory = isinstance(key, torch.Tensor)
@@ -389,9 +302,8 @@ def sample_and_kl_fwd(
         p_block,  # P_BLOCK
     )
     with device_guard(mu):
-        # Positional arguments, in the kernel's order (named alongside): keywords would cost
-        # more host time than the rest of the launcher. seed and offset (int64, never
-        # specialized) are not part of the key.
+        # Positional, in the kernel's order (keywords cost more host time than the rest of
+        # the launcher); seed and offset (int64, never specialized) are not in the key.
         _FWD.launch(launch_key(pointers, values), programs, pointers + (seed, offset) + values)
     return z, kl_out
 
@@ -427,9 +339,7 @@ def sample_and_kl_bwd(
         return dmu, dlv
     if grad_z is not None and not grad_z.is_contiguous():
         grad_z = grad_z.contiguous()
-    contiguous = mu.is_contiguous() and logvar.is_contiguous()
-    if not contiguous:
-        mu, logvar, contiguous = _flat_readable(mu, logvar)
+    mu, logvar, contiguous = _flat_readable(mu, logvar)
     programs = _layout(B, L, True, _FLAT_BLOCK)[0]
     in_memory = isinstance(key, torch.Tensor)
     seed, offset = (0, 0) if in_memory or key is None else key

@@ -6,6 +6,7 @@ import pytest
 import torch
 from helpers import KERNEL_DEVICE
 
+from fastvae.kernels import _recon_reduce
 from fastvae.kernels import latent as latent_kernels
 from fastvae.kernels import recon as recon_kernels
 from fastvae.ops import latent as latent_op
@@ -55,7 +56,7 @@ def test_recon_launch_arguments(launched):
             fwd["F64"]) == (2, 0, True, 2, False)
     assert fwd["EVEN_D"] == (5 % fwd["BLOCK_D"] == 0) and fwd["RBLOCK"] >= fwd["BLOCK_D"]
     # x's row stride 9 keeps the row tiles: 3 programs, their partials and one group's sum
-    assert (fwd["FLAT"], fwd["n_programs"], fwd["GROUP"]) == (False, 3, recon_kernels._MIN_GROUP)
+    assert (fwd["FLAT"], fwd["n_programs"], fwd["GROUP"]) == (False, 3, _recon_reduce.MIN_GROUP)
     assert fwd["partial_ptr"].shape == (4,) and fwd["out_ptr"].shape == ()
     assert fwd["counters_ptr"] is recon_kernels._COUNTERS[recon.device]
     assert scale["grad_ptr"] is fwd["dr_ptr"] and scale["g_ptr"].shape == () and scale["n"] == 15

@@ -104,10 +104,12 @@ def test_a_plain_checkout_imports_without_an_installer(tmp_path):
     assert Path(kernels) == REPO / "kernels" / "__init__.py"
 
 
-# The training house (data, models, training, studies, command line): small files, short
-# functions. Lines of a function count without its docstring.
+# Small files, short functions (lines of a function count without its docstring): the
+# training house (data, models, training, studies, command line), and the op layer with its
+# kernels.
 HOUSE = ["fastvae/cli", "fastvae/data", "fastvae/models", "fastvae/train", "fastvae/studies",
          "fastvae/__init__.py"]
+OP_LAYER = ["kernels", "fastvae/ops", "fastvae/functional.py", "fastvae/conventions.py"]
 MAX_MODULE_LINES, MAX_FUNCTION_LINES = 400, 60
 
 
@@ -125,11 +127,18 @@ def _function_lengths(path: Path):
             yield node.name, node.end_lineno - node.lineno + 1 - doc
 
 
-def test_the_training_house_has_small_modules_and_short_functions():
-    files = [p for r in HOUSE for p in ((REPO / r).rglob("*.py") if (REPO / r).is_dir()
+def _too_long(roots):
+    files = [p for r in roots for p in ((REPO / r).rglob("*.py") if (REPO / r).is_dir()
                                         else [REPO / r])]
+    assert files, roots
     too_long = [f"{p.relative_to(REPO)}: {n} lines" for p in files
                 if (n := len(p.read_text(encoding="utf-8").splitlines())) > MAX_MODULE_LINES]
     too_long += [f"{p.relative_to(REPO)}: {name}() {n} lines" for p in files
                  for name, n in _function_lengths(p) if n > MAX_FUNCTION_LINES]
+    return too_long
+
+
+@pytest.mark.parametrize("roots", [HOUSE, OP_LAYER], ids=["training_house", "op_layer"])
+def test_small_modules_and_short_functions(roots):
+    too_long = _too_long(roots)
     assert not too_long, "\n".join(too_long)

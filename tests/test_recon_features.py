@@ -15,6 +15,7 @@ from helpers import assert_close
 
 from benchmarks import measure
 from fastvae import kernels
+from fastvae.kernels import _recon_plan, _recon_reduce
 from fastvae.kernels import recon as recon_kernels
 from fastvae.kernels._math import log1p_unit
 from fastvae.ops import recon as recon_op
@@ -323,8 +324,9 @@ def test_flat_blocks_and_ticket_groups(case, shape, device, monkeypatch):
     Tickets are taken in groups (two programs a group here, so that small sizes have several
     groups, a last one of one program). Values and gradients match the torch oracle, and
     every counter is back at 0."""
-    monkeypatch.setattr(recon_kernels, "_MIN_GROUP", 2)
-    recon_kernels._ticket_group.cache_clear()
+    monkeypatch.setattr(_recon_reduce, "MIN_GROUP", 2)
+    _recon_reduce.ticket_group.cache_clear()
+    _recon_plan.fwd_plan.cache_clear()
     seen = []
     launch = recon_kernels._FWD.launch
 
@@ -361,7 +363,8 @@ def test_flat_blocks_and_ticket_groups(case, shape, device, monkeypatch):
         assert [a["FLAT"] for a in seen][:1] == [case in ("bernoulli", "gaussian_elements")]
         assert not recon_kernels._COUNTERS[recon.device].any()
     finally:
-        recon_kernels._ticket_group.cache_clear()
+        _recon_reduce.ticket_group.cache_clear()
+        _recon_plan.fwd_plan.cache_clear()
 
 
 def test_launches_run_under_a_device_guard(device, monkeypatch):

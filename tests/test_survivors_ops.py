@@ -91,7 +91,7 @@ def test_per_row_logvar_gradient_sums_every_chunk_of_the_row(reduction, device):
 
 def test_fp16_noise_is_the_noise_of_every_other_layout(device):
     """fp16 latents draw their noise in groups of eight elements (two Philox quads per 128-bit
-    access, kernels/latent.py); fp32 in groups of four, and the per-row KL's row tile one
+    access, kernels/_latent_tiles.py); fp32 in groups of four, and the per-row KL's row tile one
     element at a time. One seed must give every layout the same eps: fp16 ``reparameterize``
     against fp32 ``reparameterize`` of the same values, and against fp16 ``sample_and_kl``
     with a per-row KL (the row tile)."""
