@@ -1,7 +1,7 @@
 """Compile for sm_90, without a GPU, the reconstruction kernels at sizes whose element offsets
 pass 2**31, and write each launch's Triton IR (TTIR) into the folder given as the argument:
 ``<name>.ttir`` for the row tile ("rows"), the flat blocks ("flat") and the gradient scale
-("scale").
+("scale"), and ``<name>.args``, the names of the TTIR function's arguments, one a line.
 
 Run as a script in a process WITHOUT ``TRITON_INTERPRET`` (tests/test_int64_offsets.py does).
 The launches are recorded, not run (:mod:`benchmarks.launches`): the 4 GiB fp16 buffer they
@@ -45,6 +45,11 @@ def main(out: Path) -> None:
         (launch,) = rec.launches
         compiled = launches.compile_sm90(launch)
         (out / f"{name}.ttir").write_text(compiled.asm("ttir"))
+        # The TTIR function's arguments, in order: the signature less the constexprs (and, on
+        # Triton 3.2, the integers specialized as constants), for TTIR without argument names.
+        arguments = [n for n, ty in compiled.signature.items()
+                     if ty != "constexpr" and n not in compiled.constexprs]
+        (out / f"{name}.args").write_text("\n".join(arguments))
         print(name, launch.name, compiled.signature, flush=True)
 
 
