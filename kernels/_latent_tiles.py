@@ -34,8 +34,8 @@ def row_col(start, L, BLOCK: tl.constexpr):
 
 
 @triton.jit
-def strided_pointers(mu_ptr, lv_ptr, start, offs, L, mu_stride, lv_stride, STRIDED: tl.constexpr,
-             BLOCK: tl.constexpr):
+def strided_pointers(mu_ptr, lv_ptr, start, offs, L, mu_stride, lv_stride,
+                     STRIDED: tl.constexpr, BLOCK: tl.constexpr):
     """Pointers to the flat elements ``offs = start + arange(BLOCK)``: base + offs for
     contiguous inputs, row * row_stride + column for strided rows (``chunk`` views, read in
     place; 64-bit math once per block, 32-bit per element)."""
