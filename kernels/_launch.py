@@ -14,7 +14,9 @@ it returns; every later launch with the same key calls that kernel's launcher (T
 ``CudaLauncher`` and its C launch function) directly, with the current stream: what
 ``JITFunction.run`` ends with. While a launch hook is set (a profiler such as Triton's proton)
 the compiled kernel's own runner (``CompiledKernel[grid]``) is called instead: it computes the
-launch metadata the hook receives.
+launch metadata the hook receives. The grid is not part of the specialization: every launch
+passes its own (a cached kernel launched with the grid of the launch that compiled it would
+leave programs out, or run past the data, when only the grid differs).
 
 The key must determine Triton's specialization. The launchers build it from the device, the
 16-byte alignment of every pointer, every pointer's dtype, every integer argument and every
@@ -69,13 +71,12 @@ def _set(hook) -> bool:
 
 
 class _Compiled(NamedTuple):
-    """One specialization's compiled kernel (its runner and its launcher) and where it runs."""
+    """One specialization's compiled kernel, its launcher and where it runs."""
 
-    runner: Any  # CompiledKernel[grid]
+    kernel: CompiledKernel  # kernel[grid] is its runner
     launcher: Any  # CompiledKernel.run
     function: int  # CompiledKernel.function, the loaded CUfunction
     packed_metadata: Any
-    grid: tuple[int, int, int]
     device: int
     taken: tuple[int, ...] | None  # the arguments the launcher takes; None: all of them
 
@@ -112,10 +113,11 @@ class CachedKernel:
         if c.taken is not None:
             args = tuple(args[i] for i in c.taken)
         if _launch_hooks_set():
-            c.runner(*args)
+            c.kernel[(n_programs, 1, 1)](*args)
         else:
             stream = triton.runtime.driver.active.get_current_stream(c.device)
-            c.launcher(*c.grid, stream, c.function, c.packed_metadata, None, None, None, *args)
+            c.launcher(n_programs, 1, 1, stream, c.function, c.packed_metadata, None, None, None,
+                       *args)
 
     def _first_launch(self, key, n_programs: int, args: tuple, num_warps: int) -> None:
         kernel = self.fn[(n_programs,)](*args, num_warps=num_warps)
@@ -123,9 +125,8 @@ class CachedKernel:
             return
         if len(self._compiled) >= _MAX_KEYS:
             self._compiled.clear()
-        grid = (n_programs, 1, 1)
-        runner = kernel[grid]  # loads the module and makes the launcher first
+        kernel[(n_programs, 1, 1)]  # loads the module and makes the launcher first
         self._compiled[key] = _Compiled(
-            runner, kernel.run, kernel.function, kernel.packed_metadata, grid, key[0],
+            kernel, kernel.run, kernel.function, kernel.packed_metadata, key[0],
             _taken(self.fn, kernel),
         )
