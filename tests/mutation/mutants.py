@@ -176,6 +176,10 @@ MUTANTS = [
        "(pointers[0].get_device(), *values)", "argument dropped: pointer dtypes in the key"),
     _M("launch-key-alignment", "kernels/_launch.py", "if bits & 15:", "if bits & 7:",
        "constant: 8-byte aligned pointers cached as 16-byte aligned"),
+    _M("cached-launch-grid", "kernels/_launch.py", "c.launcher(n_programs, 1, 1, stream,",
+       "c.launcher(1, 1, 1, stream,", "argument dropped: a cached launch's grid"),
+    _M("hooked-launch-grid", "kernels/_launch.py", "c.kernel[(n_programs, 1, 1)](*args)",
+       "c.kernel[(1, 1, 1)](*args)", "argument dropped: a hooked launch's grid"),
     # ---------------------------------------------------------------- fastvae/functional.py
     _M("logvar-grad-from-recon", "fastvae/functional.py",
        "logvar is not None and logvar.requires_grad", "logvar is not None and recon.requires_grad",
