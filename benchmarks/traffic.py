@@ -84,8 +84,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--json", action="store_true", help="print the results as JSON")
     args = p.parse_args(argv)
     results = run()
-    if args.json:
+    if args.json:  # JSON alone, so that the output can be saved as a file
         print(json.dumps(results, indent=2))
+        return 0
     for r in results:
         launches = ", ".join(f"{x['op']} {x['passes']:.2f}" for x in r["per_launch"]
                              if x["passes"] >= 0.01)

@@ -317,6 +317,19 @@ def test_recon_fwd_bwd_moves_the_model_passes(likelihood):
     assert res["passes"] < res["model_passes"] + 0.05, res
 
 
+def test_traffic_json_output_is_json_alone(capsys, monkeypatch):
+    """``python -m benchmarks.traffic --json`` prints what its committed file holds: JSON only."""
+    from benchmarks import traffic
+
+    rows = [{"op": "recon_mse", "passes": 3.0, "model_passes": 3,
+             "per_launch": [{"op": "triton:k", "passes": 3.0}]}]
+    monkeypatch.setattr(traffic, "run", lambda: rows)
+    assert traffic.main(["--json"]) == 0
+    assert json.loads(capsys.readouterr().out) == rows
+    assert traffic.main([]) == 0
+    assert "recon_mse" in capsys.readouterr().out
+
+
 def _run_module(*args, timeout=300):
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
     return subprocess.run([sys.executable, "-m", *args], cwd=ROOT, env=env, capture_output=True,
