@@ -248,13 +248,17 @@ def fit_rows(estimates: Mapping[str, Estimate], figures: Mapping[str, float]) ->
 
 
 def entry_point_rows(estimates: Mapping[str, Estimate]) -> list[dict]:
-    """One row per (entry point, mode): the two estimates and fastvae / eager."""
+    """One row per (entry point, mode): the three estimates (fastvae, eager and the floor of an
+    op written as a Python autograd.Function, :class:`benchmarks.host_cases.Floor`), fastvae
+    / eager and floor / eager."""
     rows = []
     for name in host_cases.ENTRY_POINTS:
         for mode in ("fwd", "fwd+bwd"):
-            fast, eager = estimates[f"{name}/{mode}/fastvae"], estimates[f"{name}/{mode}/eager"]
+            fast, eager, floor = (estimates[f"{name}/{mode}/{impl}"]
+                                  for impl in ("fastvae", "eager", "floor"))
             rows.append({"entry_point": name, "mode": mode, "fastvae_us": fast.h200_us,
                          "eager_us": eager.h200_us, "ratio": fast.h200_us / eager.h200_us,
+                         "floor_us": floor.h200_us, "floor_ratio": floor.h200_us / eager.h200_us,
                          "fastvae_events": fast.events.as_dict(),
                          "eager_events": eager.events.as_dict()})
     return rows
@@ -310,7 +314,8 @@ def report(result: dict) -> str:
                 + (f"  {'ok' if r['passed'] else 'MISS'}" if verdict else "") for r in rows]
 
     entries = [f"{r['entry_point']:<21}{r['mode']:<9}{r['fastvae_us']:10.1f}{r['eager_us']:10.1f}"
-               f"{r['ratio']:8.2f}" for r in result["entry_points"]]
+               f"{r['ratio']:8.2f}{r['floor_us']:10.1f}{r['floor_ratio']:8.2f}"
+               for r in result["entry_points"]]
     validation = [f"\nvalidation: run with --code {host_model.MEASURED_CODE}, the code the H200 "
                   "figures are of\n"]
     if result["validation"]:
@@ -330,7 +335,8 @@ def report(result: dict) -> str:
         *validation,
         _table(f"ESTIMATE: H200 host us per call, B={MNIST_SHAPE[0]}, D={MNIST_SHAPE[1]}, "
                f"L={MNIST_SHAPE[2]}, fp32, reduction 'sum'",
-               f"{'entry point':<21}{'mode':<9}{'fastvae':>10}{'eager':>10}{'ratio':>8}", entries),
+               f"{'entry point':<21}{'mode':<9}{'fastvae':>10}{'eager':>10}{'ratio':>8}"
+               f"{'floor':>10}{'ratio':>8}", entries),
     ])
 
 

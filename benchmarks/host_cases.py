@@ -10,9 +10,12 @@ tensor's "auto" would), so each launch goes through Triton's launch path to the 
   inputs that require grad, "fwd_bwd" ending in ``.backward()``; ``loss_heads.txt``: the loss
   head of :mod:`benchmarks.losses`, fwd+bwd through ``torch.autograd.grad`` of (loss, z) with a
   given dz).
-- :func:`entry_point_steps`: one pair (fastvae, eager) per public entry point, "fwd" and
-  "fwd+bwd" (``torch.autograd.backward`` of the outputs, a given dz for z, leaves' ``.grad``
-  accumulated as in a training step).
+- :func:`entry_point_steps`: one triple (fastvae, eager, floor) per public entry point, "fwd"
+  and "fwd+bwd" (``torch.autograd.backward`` of the outputs, a given dz for z, leaves'
+  ``.grad`` accumulated as in a training step). The floor (:class:`Floor`) is the least any
+  op written as a Python ``torch.autograd.Function`` costs, as fastvae's ops are: the eager
+  code's outputs allocated and one launch forward, the input gradients allocated and one
+  launch backward, nothing checked or computed.
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ from typing import Callable
 
 import torch
 import torch.nn.functional as F
+import triton
 
 import fastvae
 from benchmarks import losses
@@ -166,6 +170,47 @@ def _entry_points(s: Inputs) -> dict[str, tuple[Callable, Callable, tuple]]:
     }
 
 
+_NOOP: list = []  # the no-op kernel compiled, once
+
+
+def _noop_launch(t: torch.Tensor) -> None:
+    """One launch of a kernel that does nothing, through its ``CompiledKernel``'s launcher
+    called directly (the cheapest launch path; independent of the fastvae code estimated)."""
+    if not _NOOP:
+        _NOOP.append(noop_kernel.warmup(t, grid=(1,)))
+    k = _NOOP[0]
+    stream = triton.runtime.driver.active.get_current_stream(0)
+    k.run(1, 1, 1, stream, k.function, k.packed_metadata, None, None, None, t)
+
+
+class Floor(torch.autograd.Function):
+    """An op with the eager code's outputs (``shapes``: one shape per output) that only
+    allocates and launches: one no-op launch forward, one backward."""
+
+    @staticmethod
+    def forward(ctx, shapes, *inputs):
+        ctx.inputs = inputs
+        first = inputs[0]
+        _noop_launch(first)
+        outs = tuple(first.new_empty(s) for s in shapes)
+        return outs if len(outs) > 1 else outs[0]
+
+    @staticmethod
+    def backward(ctx, *grads):
+        first = ctx.inputs[0]
+        _noop_launch(first)
+        return (None, *(torch.empty_like(t) if need else None
+                        for t, need in zip(ctx.inputs, ctx.needs_input_grad[1:])))
+
+
+def floor_of(eager: Callable, args: tuple) -> Callable:
+    """The :class:`Floor` op with the outputs of ``eager(*args)``."""
+    with torch.no_grad():
+        out = eager(*args)
+    shapes = tuple(tuple(o.shape) for o in (out if isinstance(out, tuple) else (out,)))
+    return lambda *a: Floor.apply(shapes, *a)
+
+
 def _fwd_bwd(forward: Callable, args: tuple, dz: torch.Tensor) -> Step:
     """forward, then ``torch.autograd.backward`` of its outputs: z (2-D) receives dz, a loss
     the implicit 1 (as ``loss.backward()``)."""
@@ -179,11 +224,12 @@ def _fwd_bwd(forward: Callable, args: tuple, dz: torch.Tensor) -> Step:
 
 
 def entry_point_steps(s: Inputs) -> dict[tuple[str, str, str], Step]:
-    """(entry point, mode, "fastvae" | "eager") -> step, for the modes "fwd" and "fwd+bwd"."""
+    """(entry point, mode, "fastvae" | "eager" | "floor") -> step, for the modes "fwd" and
+    "fwd+bwd"."""
     out = {}
     for name, (fast, eager, names) in _entry_points(s).items():
         args = tuple(getattr(s, n) for n in names)
-        for impl, fn in (("fastvae", fast), ("eager", eager)):
+        for impl, fn in (("fastvae", fast), ("eager", eager), ("floor", floor_of(eager, args))):
             out[(name, "fwd", impl)] = lambda fn=fn, args=args: fn(*args)
             out[(name, "fwd+bwd", impl)] = _fwd_bwd(fn, args, s.dz)
     return out

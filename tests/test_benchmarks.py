@@ -386,12 +386,17 @@ def test_host_estimate_runs_end_to_end(tmp_path):
     assert [r["figure"] for r in data["fit"]] == list(host_model.FIT)
     assert data["model"]["scale"] > 0 and min(data["model"]["charges_us"].values()) >= 0
     rows = {(r["entry_point"], r["mode"]): r for r in data["entry_points"]}
+    steps = data["steps"]
     assert set(rows) == {(n, m) for n in host_cases.ENTRY_POINTS for m in ("fwd", "fwd+bwd")}
     for (name, mode), r in rows.items():
         assert r["fastvae_events"]["launches"] >= 1 and r["eager_events"]["launches"] == 0, name
         assert r["ratio"] == pytest.approx(r["fastvae_us"] / r["eager_us"])
         assert (r["eager_events"]["backwards"] == 1) == (mode == "fwd+bwd"), (name, mode)
-    steps = data["steps"]
+        # the floor: one launch each way, no op forward (backward: the leaves' .grad sums)
+        floor = steps[f"{name}/{mode}/floor"]
+        assert floor["launches"] == (2 if mode == "fwd+bwd" else 1), (name, mode)
+        assert mode == "fwd+bwd" or floor["torch_ops"] == 0, name
+        assert r["floor_ratio"] == pytest.approx(r["floor_us"] / r["eager_us"])
     # reconstruction_loss with a scalar reduction: one launch forward, one (the scale) backward
     assert steps["fastvae_recon_fwd"]["launches"] == 1
     assert steps["fastvae_recon_fwd_bwd"]["launches"] == 2
