@@ -256,7 +256,8 @@ def update_static(readme: Path = README, static_dir: Path = readme_static.STATIC
     text = readme.read_text(encoding="utf-8")
     before, after = (json.loads((static_dir / f).read_text(encoding="utf-8"))
                      for f in ("before.json", "after.json"))
-    body = readme_static.render(before, after, readme_static.h200_measured())
+    body = readme_static.render(before, after, readme_static.h200_measured(),
+                                readme_static.h200_measured(impl="compile"))
     new = _replace(text, readme_static.BEGIN, readme_static.END, body)
     return _write_if_changed(readme, text, new, check)
 

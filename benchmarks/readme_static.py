@@ -28,8 +28,8 @@ VARIANTS = (  # the rows shown: the benchmark sizes, forward alone and with its 
     "latent_sample_and_kl_fwd_fp32_B65536_L128", "latent_sample_and_kl_bwd_fp32_B65536_L128",
 )
 # a row of the log: "recon_bernoulli  B=4096   dim=49152  fp32 fwd+bwd fastvae     0.6233 ms
-#   3875.8 GB/s  91.8% copy ..." (one line there)
-_LOG_ROW = re.compile(r"^(recon_\w+)\s+B=(\d+)\s+dim=(\d+)\s+(\w+)\s+(fwd\+bwd|fwd)\s+fastvae\s+"
+#   3875.8 GB/s  91.8% copy ..." (one line there); the implementation: fastvae, eager, compile
+_LOG_ROW = re.compile(r"^(recon_\w+)\s+B=(\d+)\s+dim=(\d+)\s+(\w+)\s+(fwd\+bwd|fwd)\s+(\w+)\s+"
                       r"[\d.]+ ms\s+[\d.]+ GB/s\s+([\d.]+)% copy")
 
 
@@ -39,31 +39,40 @@ def _cell(r: dict) -> str:
             f"{r['est_pct_copy_bw_h100']:.1f}, {r['est_pct_copy_bw_h200']:.1f}")
 
 
-def h200_measured(log: Path = H200_LOG) -> dict[str, float]:
-    """% of copy bandwidth the H200 measured, by static-report variant name (the forward
-    alone is the ``fwd`` phase; forward + backward is ``fwd_grad``, whose backward's one
-    launch returns at once)."""
+def h200_measured(log: Path = H200_LOG, impl: str = "fastvae") -> dict[str, float]:
+    """% of copy bandwidth the H200 measured of ``impl`` ("fastvae", "eager" or "compile":
+    ``torch.compile`` of the eager loss), by static-report variant name (the forward alone is
+    the ``fwd`` phase; forward + backward is ``fwd_grad``, whose backward's one launch returns
+    at once)."""
     out = {}
     for line in log.read_text(encoding="utf-8").splitlines():
         m = _LOG_ROW.match(line)
-        if m:
-            family, b, d, dtype, mode, pct = m.groups()
+        if m and m.group(6) == impl:
+            family, b, d, dtype, mode, _, pct = m.groups()
             phase = "fwd_grad" if mode == "fwd+bwd" else "fwd"
             out[f"{family}_{phase}_{dtype}_B{b}_D{d}"] = float(pct)
     return out
 
 
-def render(before: list[dict], after: list[dict], measured: dict[str, float]) -> str:
+def render(before: list[dict], after: list[dict], measured: dict[str, float],
+           compiled: dict[str, float]) -> str:
+    """The two tables: the variants' cells, before and today; the model against the H200's
+    ``measured`` fastvae figures, and today's estimate against its ``compiled`` figures of
+    ``torch.compile`` (% of copy bandwidth by variant, :func:`h200_measured`)."""
     b, a = ({r["name"]: r for r in rows} for rows in (before, after))
     out = ["| variant | 56c978a (the H200's) | today |", "| --- | --- | --- |"]
     out += [f"| `{n}` | {_cell(b[n])} | {_cell(a[n])} |" for n in VARIANTS if n in a and n in b]
-    out += ["", "The model against what the H200 measured of the same (56c978a) kernels, and "
-            "its estimate for today's (% of copy bandwidth on the H200):", "",
-            "| variant | H200 measured | model, 56c978a | error | model, today |",
-            "| --- | ---: | ---: | ---: | ---: |"]
+    out += ["", "The model against what the H200 measured of the same (56c978a) kernels, its "
+            "estimate for today's, and `torch.compile` of the eager loss as the H200 measured "
+            "it in the same run (% of copy bandwidth on the H200; today / compile is an "
+            "estimate over a measurement):", "",
+            "| variant | H200 measured | model, 56c978a | error | model, today | "
+            "compile, H200 | today / compile |",
+            "| --- | ---: | ---: | ---: | ---: | ---: | ---: |"]
     for n, pct in measured.items():
         if n in b and n in a:
-            est = b[n]["est_pct_copy_bw_h200"]
-            out.append(f"| `{n}` | {pct:.1f} | {est:.1f} | {est - pct:+.1f} | "
-                       f"{a[n]['est_pct_copy_bw_h200']:.1f} |")
+            est, now = b[n]["est_pct_copy_bw_h200"], a[n]["est_pct_copy_bw_h200"]
+            comp = compiled.get(n)
+            vs = f"{comp:.1f} | {now / comp:.2f}x" if comp else "- | -"
+            out.append(f"| `{n}` | {pct:.1f} | {est:.1f} | {est - pct:+.1f} | {now:.1f} | {vs} |")
     return "\n".join(out)

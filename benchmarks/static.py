@@ -61,7 +61,9 @@ Per row (``DIR/report.json``; the SASS as ``DIR/<name>.sass``):
   the phase would run if this launch were all of it. The time is max(memory time, issue time)
   plus a fixed launch cost, plus the last program's serial sum when there is one
   (``sass_last_program`` instructions at one per cycle, plus one load latency per
-  elements_per_tile partials it adds), under these assumptions (constants ``GPUS``, ``ISSUE_IPC``,
+  elements_per_tile partials it adds; with ticket groups, one for the last group's partials
+  and one per SBLOCK group sums: :func:`last_program_trips`), under these assumptions
+  (constants ``GPUS``, ``ISSUE_IPC``,
   ``LAUNCH_US``): copy bandwidth 3.0 TB/s (H100 SXM, 90% of 3.35 peak) and 4.3 TB/s (H200,
   90% of 4.8); 132 SMs at 1.755 GHz, 4 schedulers per SM issuing ``ISSUE_IPC`` = 0.7 warp
   instructions per cycle each; memory time = launch bytes / (bandwidth x f), with f the
@@ -242,6 +244,18 @@ def _family_budget(table: dict, family: str):
     return None
 
 
+def last_program_trips(row: dict, programs: int) -> int:
+    """Dependent global-load round trips of the serial sum after the last ticket. A scalar
+    reduction with ticket groups (the recon forward's OUT_TOTAL, GROUP and SBLOCK constexprs):
+    the last group's own sum of at most GROUP partials, then the group sums SBLOCK at a time.
+    Otherwise (one counter, or one value per row) every program's partial, elements_per_tile
+    at a time."""
+    c = row.get("constexprs", {})
+    if c.get("OUT") == 2 and "GROUP" in c and "SBLOCK" in c:  # kernels/_recon_reduce.OUT_TOTAL
+        return 1 + math.ceil(math.ceil(programs / c["GROUP"]) / c["SBLOCK"])
+    return math.ceil(programs / row["elements_per_tile"])
+
+
 def estimate_pct(row: dict, gpu: GPU, launch_bytes: int, model_bytes: int, n: int) -> float:
     """Estimated % of copy bandwidth of the row's phase if this launch were all of it (see
     the module docstring for the model and its assumptions)."""
@@ -261,8 +275,8 @@ def estimate_pct(row: dict, gpu: GPU, launch_bytes: int, model_bytes: int, n: in
     t_issue = per_tile * warps * tiles / (active * 4 * gpu.clock_ghz * 1e9 * ISSUE_IPC)
     t_last = t_tickets = 0.0
     if row["sass_last_program"]:
-        trips = math.ceil(programs / row["elements_per_tile"])
-        t_last = row["sass_last_program"] / (gpu.clock_ghz * 1e9) + trips * gpu.latency_ns * 1e-9
+        t_last = (row["sass_last_program"] / (gpu.clock_ghz * 1e9)
+                  + last_program_trips(row, programs) * gpu.latency_ns * 1e-9)
         # grouped tickets (the recon forward's GROUP): the groups' counters take their tickets
         # side by side, then the top counter one per group
         group = row.get("constexprs", {}).get("GROUP", programs)

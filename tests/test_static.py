@@ -219,3 +219,10 @@ def test_estimate_is_bounded_by_the_byte_model():
     grouped = {**summed, "constexprs": {"GROUP": 64}}
     assert (static.estimate_pct(grouped, gpu, 3 * n * 4, 3 * n * 4, n)
             > static.estimate_pct(summed, gpu, 3 * n * 4, 3 * n * 4, n))
+    # a scalar reduction with ticket groups adds group sums: 2 round trips, not 1 per tile
+    total = {**summed, "constexprs": {"GROUP": 64, "OUT": 2, "SBLOCK": 1024}}
+    assert static.last_program_trips(grouped, 1 << 16) == 16
+    assert static.last_program_trips(total, 1 << 16) == 2
+    assert static.last_program_trips(total, 1 << 17) == 3  # 2048 group sums
+    assert (static.estimate_pct(total, gpu, 3 * n * 4, 3 * n * 4, n)
+            > static.estimate_pct(grouped, gpu, 3 * n * 4, 3 * n * 4, n))
