@@ -208,18 +208,21 @@ def render_host(current: dict, measured: dict) -> str:
         f"({measured['code']}, [`{_MEASURED_FILE}`]({_MEASURED_FILE}); model: "
         f"{_model(measured)}) and today's ([`{_HOST_FILE}`]({_HOST_FILE}); model: "
         f"{_model(current)}); each ratio is against the eager code estimated in the same run "
-        "(the eager column is today's run).",
+        "(the eager column is today's run). The floor is the least an op written as a Python "
+        "`torch.autograd.Function` costs (fastvae's ops are): the eager code's outputs "
+        "allocated and one no-op launch forward, the input gradients allocated and one launch "
+        "backward, nothing checked or computed (`benchmarks.host_cases.Floor`).",
         "",
         f"| entry point | mode | eager | fastvae {measured['code']} | / eager | fastvae now "
-        "| / eager |",
-        "| --- | --- | ---: | ---: | ---: | ---: | ---: |",
+        "| / eager | floor | / eager |",
+        "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
     ]
     before = {(r["entry_point"], r["mode"]): r for r in measured["entry_points"]}
     for r in current["entry_points"]:
         b = before[r["entry_point"], r["mode"]]
         out.append(f"| `{r['entry_point']}` | {r['mode']} | {r['eager_us']:.0f} | "
                    f"{b['fastvae_us']:.0f} | {b['ratio']:.2f}x | {r['fastvae_us']:.0f} | "
-                   f"**{r['ratio']:.2f}x** |")
+                   f"**{r['ratio']:.2f}x** | {r['floor_us']:.0f} | {r['floor_ratio']:.2f}x |")
     out += ["", f"The model against fastvae's H200 figures, held out of its fit (estimated on "
             f"the code they are of, {measured['code']}; pass within "
             f"{measured['tolerance']:.0%}), and figures shown beside them; a `do_bench` "
