@@ -37,7 +37,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Iterator
+from typing import Callable, Iterator
 
 import torch
 import triton
@@ -275,6 +275,20 @@ def noop_kernel(x_ptr):
     pass
 
 
+def direct_noop_launcher(x: torch.Tensor) -> Callable[[torch.Tensor], None]:
+    """``launch(t)``: one launch of :func:`noop_kernel` (compiled for ``x``'s specialization,
+    under the active driver) through its ``CompiledKernel``'s launcher called directly, on
+    the current stream: the cheapest launch path, with no ``JITFunction.run``."""
+    compiled = noop_kernel.warmup(x, grid=(1,))
+    run, function, metadata = compiled.run, compiled.function, compiled.packed_metadata
+
+    def launch(t: torch.Tensor) -> None:
+        stream = triton.runtime.driver.active.get_current_stream(0)
+        run(1, 1, 1, stream, function, metadata, None, None, None, t)
+
+    return launch
+
+
 def _per_call_us(fn, reps: int) -> float:
     fn()
     t0 = time.perf_counter()
@@ -290,14 +304,10 @@ def launch_paths(reps: int = 2000) -> dict:
     path shows as a smaller time."""
     x = torch.empty(16)
     with active() as driver:
-        compiled = noop_kernel.warmup(x, grid=(1,))
-
-        def direct():
-            compiled.run(1, 1, 1, 0, compiled.function, compiled.packed_metadata, None, None,
-                         None, x)
-
+        direct = direct_noop_launcher(x)
         out = {}
-        for name, fn in (("jit_run", lambda: noop_kernel[(1,)](x)), ("compiled_kernel", direct)):
+        for name, fn in (("jit_run", lambda: noop_kernel[(1,)](x)),
+                         ("compiled_kernel", lambda: direct(x))):
             before = driver.launches
             out[f"{name}_us"] = _per_call_us(fn, reps)
             out[f"{name}_driver_calls"] = driver.launches - before

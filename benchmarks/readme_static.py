@@ -73,6 +73,6 @@ def render(before: list[dict], after: list[dict], measured: dict[str, float],
         if n in b and n in a:
             est, now = b[n]["est_pct_copy_bw_h200"], a[n]["est_pct_copy_bw_h200"]
             comp = compiled.get(n)
-            vs = f"{comp:.1f} | {now / comp:.2f}x" if comp else "- | -"
+            vs = "- | -" if comp is None else f"{comp:.1f} | {now / comp:.2f}x"
             out.append(f"| `{n}` | {pct:.1f} | {est:.1f} | {est - pct:+.1f} | {now:.1f} | {vs} |")
     return "\n".join(out)
