@@ -105,10 +105,6 @@ def finite_nonnegative(name: str, value) -> None:
         raise ValueError(f"{name} must be a finite number >= 0, got {value!r}")
 
 
-def beta(value) -> None:
-    finite_nonnegative("beta", value)
-
-
 def probability(name: str, value) -> None:
     """``value`` must be a number in [0, 1) (a dropout probability)."""
     real = isinstance(value, numbers.Real) and not isinstance(value, bool)

@@ -373,7 +373,7 @@ def elbo_loss(
     Raises:
         TypeError, ValueError: as the two losses, a batch-size mismatch, or a bad beta.
     """
-    _checks.beta(beta)
+    _checks.finite_nonnegative("beta", beta)
     _check_recon(recon, x, likelihood, recon_logvar, full, reduction)
     _check_latent(mu, logvar)
     kl_reduction = reduction if kl_reduction is None else kl_reduction

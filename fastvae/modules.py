@@ -42,7 +42,7 @@ class ELBOLoss(nn.Module):
         kl_reduction: str | None = None,
     ):
         super().__init__()
-        _checks.beta(beta)
+        _checks.finite_nonnegative("beta", beta)
         _check_options(likelihood, reduction, backend, kl_reduction=kl_reduction)
         self.beta, self.likelihood, self.reduction = beta, likelihood, reduction
         self.backend, self.full, self.kl_reduction = backend, full, kl_reduction

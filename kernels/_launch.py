@@ -58,12 +58,14 @@ def launch_key(pointers: tuple, values: tuple) -> tuple | None:
     return (pointers[0].get_device(), *[p.dtype for p in pointers], *values)
 
 
+# Where Triton keeps its launch hooks, fixed by the installed version: ``knobs.runtime`` (a
+# chain of hooks since Triton 3.5); before 3.4, the ``CompiledKernel`` class attributes.
+_HOOKS = triton.knobs.runtime if hasattr(triton, "knobs") else CompiledKernel
+
+
 def _launch_hooks_set() -> bool:
-    """Whether Triton calls a hook around each launch (``knobs.runtime``'s, a chain of hooks
-    since Triton 3.5; before 3.4, the ``CompiledKernel`` class attributes)."""
-    hooks = getattr(triton, "knobs", None)
-    hooks = hooks.runtime if hooks is not None else CompiledKernel
-    return _set(hooks.launch_enter_hook) or _set(hooks.launch_exit_hook)
+    """Whether Triton calls a hook around each launch."""
+    return _set(_HOOKS.launch_enter_hook) or _set(_HOOKS.launch_exit_hook)
 
 
 def _set(hook) -> bool:

@@ -11,7 +11,7 @@ import torch
 
 from ._common import check_launchable, loss_dtype, pow2_at_least
 from ._recon_reduce import OUT_ROWS, OUT_ROWS_DIRECT, OUT_TOTAL, ticket_group
-from ._recon_terms import DV_ELEMENTS, DV_PARTIALS, V_ELEMENTS, V_ROW, V_SCALAR
+from ._recon_terms import DV_ELEMENTS, DV_NONE, DV_PARTIALS, V_ELEMENTS, V_ROW, V_SCALAR
 
 LIKELIHOOD_CODES = {"bernoulli": 0, "mse": 1, "gaussian": 2, "bernoulli_probs": 3}
 ELEMS_PER_THREAD = 16  # four 128-bit loads per fp32 input, two per bf16/fp16 input
@@ -49,6 +49,11 @@ class FwdPlan(NamedTuple):
     key_values: tuple  # values + constexprs: with the pointers' dtypes, the launch's key
 
 
+def dv_row_stride(dv_mode: int, D: int) -> int:
+    """The row stride of the d logvar buffer: D per element, 0 for partial sums (or none)."""
+    return D if dv_mode == DV_ELEMENTS.value else 0
+
+
 @functools.lru_cache(maxsize=512)
 def fwd_plan(
     B: int, D: int, r_row_stride: int, x_row_stride: int, v_mode: int, v_row_stride: int,
@@ -84,7 +89,7 @@ def fwd_plan(
         x_row_stride,
         v_row_stride,
         D,  # dr_row_stride
-        D if dv_mode == DV_ELEMENTS.value else 0,  # dv_row_stride
+        dv_row_stride(dv_mode, D),
         kl_stride,
         divisor,
     )
@@ -183,6 +188,13 @@ class _LogVar:
         # recon_logvar of recon's shape: its gradient is written per element in its dtype;
         # anything broadcast is reduced to its own shape (per row in-kernel, else by a sum).
         self.full = tuple(logvar.shape) == tuple(recon.shape)
+
+    def dv_mode(self, grad_logvar: bool) -> int:
+        """How the kernels write d loss / d logvar: not at all (no gradient asked for, or no
+        log-variance tensor), as a sum per tile (V_ROW) or per element."""
+        if not grad_logvar or self.source is None:
+            return DV_NONE.value
+        return DV_PARTIALS.value if self.mode == V_ROW.value else DV_ELEMENTS.value
 
     def grad_buffer(self, recon, n_tiles):
         """A new buffer for d loss / d logvar: a sum per tile (V_ROW: DV_PARTIALS), else one

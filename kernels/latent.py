@@ -260,10 +260,9 @@ def sample_and_kl_fwd(
     B, L = mu.shape
     mode = _KL_MODES[kl]
     flat = mode != 1  # per-row KLs need the row tile (which takes any row stride)
+    contiguous = True  # STRIDED: read by the flat tiles only
     if flat:
         mu, logvar, contiguous = _flat_readable(mu, logvar)
-    else:
-        contiguous = mu.is_contiguous() and logvar.is_contiguous()
     z, kl_out = _new_outputs(mu, n_samples, sample, mode)
     if B * L == 0:  # every row's KL is an empty sum (B rows of L = 0: B zeros)
         return z, kl_out.zero_() if mode else None

@@ -23,6 +23,7 @@ from ._recon_plan import (
     ELEMS_PER_THREAD,
     LIKELIHOOD_CODES,
     MAX_WARPS,
+    dv_row_stride,
     empty_grads,
     fwd_plan,
     grad_strides,
@@ -32,10 +33,7 @@ from ._recon_plan import (
 )
 from ._recon_reduce import N_COUNTERS, reduce_losses
 from ._recon_terms import (
-    DV_ELEMENTS,
     DV_NONE,
-    DV_PARTIALS,
-    V_ROW,
     forward_tile,
     row_tile,
     store_grads,
@@ -238,9 +236,7 @@ def recon_loss_fwd(
         dr, dv = empty_grads(recon, logvar, grad_recon, grad_logvar)
         out.zero_()
         return ReconOutputs(out, None if kl is None else torch.add(out, kl, alpha=beta), dr, dv)
-    dv_mode = DV_NONE.value
-    if grad_logvar and logvar.source is not None:
-        dv_mode = DV_PARTIALS.value if logvar.mode == V_ROW.value else DV_ELEMENTS.value
+    dv_mode = logvar.dv_mode(grad_logvar)
     plan = fwd_plan(
         B, D, recon.stride(0), x.stride(0), logvar.mode, logvar.row_stride, dv_mode,
         kl.stride(0) if kl is not None and kl.dim() else 0, divisor, likelihood, full,
@@ -292,16 +288,13 @@ def recon_loss_bwd(
     dtypes, shapes and strides :func:`recon_loss_fwd` gives them.
     """
     recon, x, logvar, B, D, f64 = prepare(recon, x, recon_logvar, likelihood)
-    if B * D == 0 or not (grad_recon or (grad_logvar and logvar.source is not None)):
+    dv_mode = logvar.dv_mode(grad_logvar)
+    if B * D == 0 or not (grad_recon or dv_mode != DV_NONE.value):
         return empty_grads(recon, logvar, grad_recon, grad_logvar)
     block_d, num_warps, n_chunks, _ = layout(B, D)
     n_programs = B * n_chunks
     dr = new_grad(recon) if grad_recon else None
-    dv_buf, dv_mode, dv_row_stride = (recon, DV_NONE.value, 0)
-    if grad_logvar and logvar.source is not None:
-        dv_buf = logvar.grad_buffer(recon, n_programs)
-        dv_mode = DV_PARTIALS.value if logvar.mode == V_ROW.value else DV_ELEMENTS.value
-        dv_row_stride = 0 if logvar.mode == V_ROW.value else D
+    dv_buf = recon if dv_mode == DV_NONE.value else logvar.grad_buffer(recon, n_programs)
     pointers = (
         recon,  # r_ptr
         x,  # x_ptr
@@ -317,7 +310,7 @@ def recon_loss_bwd(
         x.stride(0),  # x_row_stride
         logvar.row_stride,  # v_row_stride
         D,  # dr_row_stride
-        dv_row_stride,
+        dv_row_stride(dv_mode, D),
         grad_rows.stride(0),  # g_stride
     )
     constexprs = (

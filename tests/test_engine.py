@@ -72,8 +72,8 @@ def test_eager_engine_is_the_textbook_loop():
             want_opt.step()
             recon += out.recon.item() * x.shape[0]
             kl += out.kl.item() * x.shape[0]
-        assert got[epoch - 1].recon == pytest.approx(recon / 40, rel=1e-6)
-        assert got[epoch - 1].kl == pytest.approx(kl / 40, rel=1e-6)
+        assert got[epoch - 1].recon == pytest.approx(recon / 40, rel=1e-12)
+        assert got[epoch - 1].kl == pytest.approx(kl / 40, rel=1e-12)
         assert got[epoch - 1].first_bad is None and got[epoch - 1].steps == 3
     for a, b in zip(_weights(model, optimizer), _weights(want_model, want_opt)):
         assert torch.equal(a, b)

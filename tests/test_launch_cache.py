@@ -10,6 +10,8 @@ from types import SimpleNamespace
 
 import launch_cache
 import pytest
+import triton
+from triton.compiler import CompiledKernel
 
 from fastvae.kernels import _launch
 
@@ -65,8 +67,8 @@ def test_a_cached_launch_takes_its_own_grid(hooked, monkeypatch):
     the runner that launch hooks get."""
     hooks = SimpleNamespace(launch_enter_hook=(lambda *a: None) if hooked else None,
                             launch_exit_hook=None)
+    monkeypatch.setattr(_launch, "_HOOKS", hooks)
     monkeypatch.setattr(_launch, "triton", SimpleNamespace(
-        knobs=SimpleNamespace(runtime=hooks),
         runtime=SimpleNamespace(driver=SimpleNamespace(
             active=SimpleNamespace(get_current_stream=lambda device: 0))),
     ))
@@ -77,3 +79,12 @@ def test_a_cached_launch_takes_its_own_grid(hooked, monkeypatch):
     path = "runner" if hooked else "launcher"
     # the first launch takes Triton's path (compiling); the later ones the cached kernel
     assert fn.compiled.grids == [("triton", (3,)), (path, (5, 1, 1)), (path, (2, 1, 1))]
+
+
+def test_launch_hooks_are_read_where_triton_keeps_them(monkeypatch):
+    """A hook a profiler sets where the installed Triton reads it (``knobs.runtime``, or the
+    ``CompiledKernel`` class before Triton 3.4) sends launches to the hooked runner."""
+    holder = triton.knobs.runtime if hasattr(triton, "knobs") else CompiledKernel
+    assert not _launch._launch_hooks_set()
+    monkeypatch.setattr(holder, "launch_enter_hook", lambda *a: None)
+    assert _launch._launch_hooks_set()

@@ -9,7 +9,7 @@
 """
 
 from fastvae.models.autoencoder import Autoencoder, ConvAutoencoder, MLPAutoencoder
-from fastvae.models.base import MODEL_LIKELIHOODS, VAE, check_dropout
+from fastvae.models.base import MODEL_LIKELIHOODS, VAE
 from fastvae.models.conv import ConvVAE, default_channels
 from fastvae.models.iwae import iwae_loss, log_importance_weights
 from fastvae.models.mlp import MLPVAE
@@ -23,6 +23,6 @@ from fastvae.models.registry import (
 
 __all__ = [
     "AUTOENCODERS", "Autoencoder", "CHECKPOINT_MODELS", "ConvAutoencoder", "ConvVAE",
-    "MLPAutoencoder", "MLPVAE", "MODELS", "MODEL_LIKELIHOODS", "VAE", "check_dropout",
+    "MLPAutoencoder", "MLPVAE", "MODELS", "MODEL_LIKELIHOODS", "VAE",
     "default_channels", "iwae_loss", "log_importance_weights", "model_name", "rebuild_model",
 ]

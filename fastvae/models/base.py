@@ -59,7 +59,7 @@ class VAE(nn.Module):
             raise ValueError(f"input_shape must be non-empty with sizes >= 1, got {input_shape}")
         _checks.positive_int("latent_dim", latent_dim)
         _checks.choice("likelihood", likelihood, MODEL_LIKELIHOODS)
-        check_dropout(dropout)
+        _checks.probability("dropout", dropout)
         if logvar_floor is not None:
             if not (isinstance(logvar_floor, (int, float)) and math.isfinite(logvar_floor)):
                 raise ValueError(
@@ -307,8 +307,3 @@ class VAE(nn.Module):
 
     def extra_repr(self) -> str:
         return f"likelihood={self.likelihood!r}, latent_dim={self.latent_dim}"
-
-
-def check_dropout(p) -> None:
-    """``p`` must be a number in [0, 1) (the dropout probability of the hidden layers)."""
-    _checks.probability("dropout", p)
